@@ -1,0 +1,118 @@
+use bytes::{BufMut, BytesMut};
+
+use crate::error::DecodeError;
+use crate::frame::{check_request, Reader, LEN_PREFIX, MIN_BODY_LEN};
+use crate::op::Op;
+
+/// One request: the client's `req_id`, echoed in the response, and what it asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    pub req_id: u64,
+    pub command: Command,
+}
+
+/// The args of BUY and RESERVE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Purchase {
+    pub event: u32,
+    pub user: u64,
+    pub qty: u16,
+}
+
+/// What a request asks, with its args.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Ping,
+    Buy(Purchase),
+    Reserve(Purchase),
+    Confirm { hold_id: u64 },
+    Cancel { hold_id: u64 },
+    Stock { event: u32 },
+}
+
+impl Command {
+    pub const fn op(&self) -> Op {
+        match self {
+            Command::Ping => Op::Ping,
+            Command::Buy(_) => Op::Buy,
+            Command::Reserve(_) => Op::Reserve,
+            Command::Confirm { .. } => Op::Confirm,
+            Command::Cancel { .. } => Op::Cancel,
+            Command::Stock { .. } => Op::Stock,
+        }
+    }
+}
+
+impl Request {
+    /// Bytes this request takes on the wire, prefix included.
+    pub const fn encoded_len(&self) -> usize {
+        LEN_PREFIX + MIN_BODY_LEN as usize + self.command.op().args_len()
+    }
+
+    /// Appends the whole frame to `dst`.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        let op = self.command.op();
+        dst.reserve(self.encoded_len());
+        dst.put_u32(MIN_BODY_LEN + op.args_len() as u32);
+        dst.put_u8(op.code());
+        dst.put_u64(self.req_id);
+        match self.command {
+            Command::Ping => {}
+            Command::Buy(p) | Command::Reserve(p) => {
+                dst.put_u32(p.event);
+                dst.put_u64(p.user);
+                dst.put_u16(p.qty);
+            }
+            Command::Confirm { hold_id } | Command::Cancel { hold_id } => dst.put_u64(hold_id),
+            Command::Stock { event } => dst.put_u32(event),
+        }
+    }
+}
+
+/// Phase two: decodes the request at the front of `buf`, returning it and the bytes it
+/// consumed. Errors other than [`DecodeError::Incomplete`] and the framing errors carry
+/// the op and `req_id` to answer with, and the frame length to skip.
+pub fn decode_request(buf: &[u8], max_frame: u32) -> Result<(Request, usize), DecodeError> {
+    let frame_len = check_request(buf, max_frame)?;
+    let body = buf.get(LEN_PREFIX..frame_len).unwrap_or_default();
+    let mut r = Reader::new(body);
+    // check_request guaranteed at least MIN_BODY_LEN body bytes.
+    let (Some(op_code), Some(req_id)) = (r.u8(), r.u64()) else {
+        return Err(DecodeError::Incomplete);
+    };
+    let Some(op) = Op::from_code(op_code) else {
+        return Err(DecodeError::UnknownOp {
+            op: op_code,
+            req_id,
+            frame_len,
+        });
+    };
+    let bad_args = DecodeError::BadArgsLength {
+        op,
+        req_id,
+        frame_len,
+    };
+    if r.remaining() != op.args_len() {
+        return Err(bad_args);
+    }
+    let command = match op {
+        Op::Ping => Some(Command::Ping),
+        Op::Buy => purchase(&mut r).map(Command::Buy),
+        Op::Reserve => purchase(&mut r).map(Command::Reserve),
+        Op::Confirm => r.u64().map(|hold_id| Command::Confirm { hold_id }),
+        Op::Cancel => r.u64().map(|hold_id| Command::Cancel { hold_id }),
+        Op::Stock => r.u32().map(|event| Command::Stock { event }),
+    };
+    match command {
+        Some(command) => Ok((Request { req_id, command }, frame_len)),
+        None => Err(bad_args),
+    }
+}
+
+fn purchase(r: &mut Reader<'_>) -> Option<Purchase> {
+    Some(Purchase {
+        event: r.u32()?,
+        user: r.u64()?,
+        qty: r.u16()?,
+    })
+}

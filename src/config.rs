@@ -1,0 +1,314 @@
+//! Command line and the validated configuration built from it.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::ids::{MAX_NODE_ID, MAX_SHARDS};
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
+/// Default hold TTL: the pre-deduct payment window.
+pub const DEFAULT_HOLD_TTL: &str = "15m";
+/// Default per-user limit when `--event` gives none.
+pub const DEFAULT_PER_USER_LIMIT: u16 = 1;
+/// File descriptors kept back from `--max-conns` for listeners, pollers and logs.
+pub const RESERVED_FDS: u64 = 64;
+/// Largest stock one event may have; far above any real sale, far below `i64` overflow.
+pub const MAX_EVENT_STOCK: i64 = 1 << 40;
+
+/// The ticketd command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ticketd",
+    version,
+    about = "Lock-free shard-per-core flash-sale ticket server",
+    long_about = "Lock-free shard-per-core flash-sale ticket server.\n\n\
+        Serves the ticketd wire protocol v1 (see docs/PROTOCOL.md) on --listen, with one \
+        pinned event-loop thread per shard, each with its own SO_REUSEPORT listener."
+)]
+pub struct Cli {
+    /// Address to listen on (every shard binds it with SO_REUSEPORT).
+    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// An event on sale: its id, its stock, and optionally the per-user limit
+    /// (default 1). Repeat for several events, e.g. `--event 1:10000 --event 2:500:4`.
+    #[arg(long = "event", value_name = "ID:STOCK[:LIMIT]")]
+    pub events: Vec<EventSpec>,
+
+    /// How long RESERVE holds tickets before they return to sale, e.g. `15m`, `90s`,
+    /// `500ms`.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_HOLD_TTL, value_parser = parse_duration)]
+    pub hold_ttl: Duration,
+
+    /// Event-loop threads, each pinned to one core [default: the cores this process may
+    /// run on].
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+
+    /// Largest request body accepted, in bytes (MAX_FRAME of the protocol); a longer
+    /// frame is answered with BAD_REQUEST and the connection closed.
+    #[arg(long, value_name = "BYTES", default_value_t = ticketd_proto::DEFAULT_MAX_FRAME)]
+    pub max_frame: u32,
+
+    /// Most client connections held at once; more are accepted and closed at once
+    /// [default: the open-file limit minus 64].
+    #[arg(long, value_name = "N")]
+    pub max_conns: Option<usize>,
+
+    /// This node's id, stamped into every order and hold id (0..=4095).
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub node_id: u16,
+}
+
+/// One `--event ID:STOCK[:LIMIT]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventSpec {
+    pub id: u32,
+    pub stock: i64,
+    pub per_user_limit: u16,
+}
+
+/// Why an `--event` value or the configuration as a whole was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("event `{0}`: expected ID:STOCK[:LIMIT], e.g. 1:10000 or 1:10000:2")]
+    EventShape(String),
+    #[error("event `{spec}`: {field} `{value}` is not a valid number")]
+    EventNumber {
+        spec: String,
+        field: &'static str,
+        value: String,
+    },
+    #[error("event `{spec}`: stock must be at most {max}")]
+    EventStockTooLarge { spec: String, max: i64 },
+    #[error("event `{0}`: the per-user limit must be at least 1")]
+    ZeroLimit(String),
+    #[error("event {0} is given twice")]
+    DuplicateEvent(u32),
+    #[error("--shards must be between 1 and {max}, got {got}")]
+    Shards { got: usize, max: usize },
+    #[error("--max-frame must be at least {min} (the largest request), got {got}")]
+    MaxFrame { got: u32, min: u32 },
+    #[error("--max-conns must be at least 1")]
+    MaxConns,
+    #[error("--hold-ttl must be at least 1ms")]
+    HoldTtl,
+    #[error("--node-id must be at most {max}, got {got}")]
+    NodeId { got: u16, max: u16 },
+}
+
+impl FromStr for EventSpec {
+    type Err = ConfigError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = spec.split(':').collect();
+        let (id, stock, limit) = match parts.as_slice() {
+            [id, stock] => (*id, *stock, None),
+            [id, stock, limit] => (*id, *stock, Some(*limit)),
+            _ => return Err(ConfigError::EventShape(spec.to_owned())),
+        };
+        let number_error = |field: &'static str, value: &str| ConfigError::EventNumber {
+            spec: spec.to_owned(),
+            field,
+            value: value.to_owned(),
+        };
+        let id = id.parse::<u32>().map_err(|_| number_error("id", id))?;
+        let stock = stock
+            .parse::<i64>()
+            .ok()
+            .filter(|s| *s >= 0)
+            .ok_or_else(|| number_error("stock", stock))?;
+        if stock > MAX_EVENT_STOCK {
+            return Err(ConfigError::EventStockTooLarge {
+                spec: spec.to_owned(),
+                max: MAX_EVENT_STOCK,
+            });
+        }
+        let per_user_limit = match limit {
+            None => DEFAULT_PER_USER_LIMIT,
+            Some(limit) => limit
+                .parse::<u16>()
+                .map_err(|_| number_error("limit", limit))?,
+        };
+        if per_user_limit == 0 {
+            return Err(ConfigError::ZeroLimit(spec.to_owned()));
+        }
+        Ok(EventSpec {
+            id,
+            stock,
+            per_user_limit,
+        })
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
+}
+
+/// A validated server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub events: Vec<EventSpec>,
+    pub hold_ttl: Duration,
+    pub shards: usize,
+    pub max_frame: u32,
+    pub max_conns: usize,
+    pub node_id: u16,
+}
+
+impl Config {
+    /// A configuration for tests and embedding: loopback on an ephemeral port, one shard
+    /// per available core, default limits.
+    pub fn new(events: Vec<EventSpec>) -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            events,
+            hold_ttl: Duration::from_secs(15 * 60),
+            shards: available_cores(),
+            max_frame: ticketd_proto::DEFAULT_MAX_FRAME,
+            max_conns: 10_000,
+            node_id: 0,
+        }
+    }
+
+    /// Checks every limit the server relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.shards == 0 || self.shards > MAX_SHARDS {
+            return Err(ConfigError::Shards {
+                got: self.shards,
+                max: MAX_SHARDS,
+            });
+        }
+        let min_frame = ticketd_proto::MIN_BODY_LEN + ticketd_proto::Op::Buy.args_len() as u32;
+        if self.max_frame < min_frame {
+            return Err(ConfigError::MaxFrame {
+                got: self.max_frame,
+                min: min_frame,
+            });
+        }
+        if self.max_conns == 0 {
+            return Err(ConfigError::MaxConns);
+        }
+        if self.hold_ttl < Duration::from_millis(1) {
+            return Err(ConfigError::HoldTtl);
+        }
+        if self.node_id > MAX_NODE_ID {
+            return Err(ConfigError::NodeId {
+                got: self.node_id,
+                max: MAX_NODE_ID,
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for event in &self.events {
+            if !seen.insert(event.id) {
+                return Err(ConfigError::DuplicateEvent(event.id));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Cli {
+    /// Resolves defaults (`open_files` is the process's open-file limit) and validates.
+    pub fn into_config(self, open_files: u64) -> Result<Config, ConfigError> {
+        let default_conns = open_files.saturating_sub(RESERVED_FDS).max(1);
+        let config = Config {
+            listen: self.listen,
+            events: self.events,
+            hold_ttl: self.hold_ttl,
+            shards: self.shards.unwrap_or_else(available_cores),
+            max_frame: self.max_frame,
+            max_conns: self
+                .max_conns
+                .unwrap_or(usize::try_from(default_conns).unwrap_or(usize::MAX)),
+            node_id: self.node_id,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Cores this process may run on (its affinity mask), at least 1.
+pub fn available_cores() -> usize {
+    core_affinity::get_core_ids()
+        .map(|ids| ids.len())
+        .unwrap_or(1)
+        .clamp(1, MAX_SHARDS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_specs_parse_with_and_without_limit() {
+        assert_eq!(
+            "1:10000".parse(),
+            Ok(EventSpec {
+                id: 1,
+                stock: 10_000,
+                per_user_limit: 1
+            })
+        );
+        assert_eq!(
+            "7:5:3".parse(),
+            Ok(EventSpec {
+                id: 7,
+                stock: 5,
+                per_user_limit: 3
+            })
+        );
+    }
+
+    #[test]
+    fn malformed_event_specs_say_what_is_wrong() {
+        assert!(matches!(
+            "1".parse::<EventSpec>(),
+            Err(ConfigError::EventShape(_))
+        ));
+        assert!(matches!(
+            "1:2:3:4".parse::<EventSpec>(),
+            Err(ConfigError::EventShape(_))
+        ));
+        assert!(matches!(
+            "x:2".parse::<EventSpec>(),
+            Err(ConfigError::EventNumber { field: "id", .. })
+        ));
+        assert!(matches!(
+            "1:-2".parse::<EventSpec>(),
+            Err(ConfigError::EventNumber { field: "stock", .. })
+        ));
+        assert!(matches!(
+            "1:2:0".parse::<EventSpec>(),
+            Err(ConfigError::ZeroLimit(_))
+        ));
+        assert!(matches!(
+            "1:2:70000".parse::<EventSpec>(),
+            Err(ConfigError::EventNumber { field: "limit", .. })
+        ));
+    }
+
+    #[test]
+    fn validation_rejects_duplicates_and_tiny_frames() {
+        let spec = EventSpec {
+            id: 1,
+            stock: 1,
+            per_user_limit: 1,
+        };
+        let mut config = Config::new(vec![spec, spec]);
+        assert_eq!(config.validate(), Err(ConfigError::DuplicateEvent(1)));
+        config.events.pop();
+        config.max_frame = 22;
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::MaxFrame { .. })
+        ));
+        config.max_frame = 23;
+        assert_eq!(config.validate(), Ok(()));
+    }
+}

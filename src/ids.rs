@@ -1,0 +1,76 @@
+//! Order and hold ids.
+//!
+//! # Layout
+//! `node:12 | shard:8 | sequence:44`, most significant first. The node field makes ids
+//! unique across a cluster; the shard field routes a CONFIRM or CANCEL to the shard that
+//! owns the hold; the sequence starts at 1, so no id is ever 0.
+
+const SEQUENCE_BITS: u32 = 44;
+const SHARD_BITS: u32 = 8;
+const NODE_BITS: u32 = 12;
+
+/// Largest node id the layout has room for.
+pub const MAX_NODE_ID: u16 = (1 << NODE_BITS) - 1;
+/// Most shards a node may run: the shard field's range.
+pub const MAX_SHARDS: usize = 1 << SHARD_BITS;
+
+const SEQUENCE_MASK: u64 = (1 << SEQUENCE_BITS) - 1;
+const SHARD_MASK: u64 = (1 << SHARD_BITS) - 1;
+
+/// Hands out the ids of one shard: unique, increasing, never 0.
+#[derive(Debug)]
+pub struct IdGenerator {
+    prefix: u64,
+    last: u64,
+}
+
+impl IdGenerator {
+    /// # Panics
+    /// If `node` or `shard` is outside the layout; both are validated at start-up.
+    pub fn new(node: u16, shard: usize) -> Self {
+        assert!(node <= MAX_NODE_ID && shard < MAX_SHARDS);
+        IdGenerator {
+            prefix: (u64::from(node) << (SHARD_BITS + SEQUENCE_BITS))
+                | ((shard as u64) << SEQUENCE_BITS),
+            last: 0,
+        }
+    }
+
+    pub fn next_id(&mut self) -> u64 {
+        // 2^44 ids is half a year at a million a second on one shard; wrapping would
+        // reuse ids, so stop instead.
+        self.last += 1;
+        assert!(self.last <= SEQUENCE_MASK, "id sequence exhausted");
+        self.prefix | self.last
+    }
+}
+
+/// The shard that issued `id`, if `id` could have been issued by node `node` with
+/// `shards` shards.
+pub fn owning_shard(id: u64, node: u16, shards: usize) -> Option<usize> {
+    let id_node = id >> (SHARD_BITS + SEQUENCE_BITS);
+    let shard = ((id >> SEQUENCE_BITS) & SHARD_MASK) as usize;
+    (id & SEQUENCE_MASK != 0 && id_node == u64::from(node) && shard < shards).then_some(shard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_never_zero_and_route_back_to_their_shard() {
+        let mut ids = IdGenerator::new(5, 3);
+        let first = ids.next_id();
+        assert_ne!(first, 0);
+        assert_eq!(owning_shard(first, 5, 4), Some(3));
+        assert_eq!(owning_shard(first, 4, 4), None, "another node's id");
+        assert_eq!(owning_shard(first, 5, 3), None, "shard out of range");
+        assert!(ids.next_id() > first);
+    }
+
+    #[test]
+    fn zero_and_garbage_ids_belong_to_nobody() {
+        assert_eq!(owning_shard(0, 0, 2), None);
+        assert_eq!(owning_shard(u64::MAX, 0, 2), None);
+    }
+}

@@ -1,0 +1,441 @@
+//! The embedded ledger of one shard: the users it owns (by [`crate::routing`]), the
+//! holds and orders it created, and hold expiry.
+//!
+//! Only the owning shard's thread touches this state, so it needs no locks; other
+//! shards reach it by message. Stock itself lives in the shared [`crate::stock::Stock`]
+//! slices.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ticketd_proto::{Op, Response, ResultBody, Status};
+
+use crate::catalog::Catalog;
+use crate::ids::IdGenerator;
+
+/// Finished holds remembered per shard (so retried CONFIRM/CANCEL get the same answer).
+/// Past this, the oldest are forgotten before their TTL: a bound on memory under
+/// reserve/cancel floods.
+pub const MAX_REMEMBERED_HOLDS: usize = 1 << 20;
+
+type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
+
+/// Work for the ledger that owns a user or a hold. `event` is a catalog index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerOp {
+    Buy { event: usize, user: u64, qty: u16 },
+    Reserve { event: usize, user: u64, qty: u16 },
+    Confirm { hold_id: u64 },
+    Cancel { hold_id: u64 },
+}
+
+/// One order: a ticket sale acknowledged to a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Order {
+    pub order_id: u64,
+    pub event_id: u32,
+    pub user: u64,
+    pub qty: u16,
+}
+
+/// What one user holds or bought of one event. Removed when both reach zero, so only
+/// users who got tickets take memory.
+#[derive(Debug, Default, Clone, Copy)]
+struct UserTally {
+    bought: u32,
+    held: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HoldState {
+    Active,
+    Confirmed { order_id: u64 },
+    Cancelled,
+    Expired,
+}
+
+#[derive(Debug)]
+struct Hold {
+    event: usize,
+    user: u64,
+    qty: u16,
+    expires_at: Instant,
+    state: HoldState,
+}
+
+/// Per-event counts of what this shard decided.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EventTally {
+    /// Tickets in orders.
+    pub sold: u64,
+    /// Tickets in live holds.
+    pub held: u64,
+    pub orders: u64,
+}
+
+/// One shard's ledger.
+#[derive(Debug)]
+pub struct Ledger {
+    shard: usize,
+    catalog: Arc<Catalog>,
+    hold_ttl: Duration,
+    ids: IdGenerator,
+    users: FastMap<(usize, u64), UserTally>,
+    holds: FastMap<u64, Hold>,
+    /// Live holds by deadline. One TTL for all holds, so FIFO order is deadline order.
+    expiries: VecDeque<(Instant, u64)>,
+    /// Finished holds by the time they may be forgotten (also FIFO).
+    forgets: VecDeque<(Instant, u64)>,
+    orders: Vec<Order>,
+    tallies: Vec<EventTally>,
+}
+
+impl Ledger {
+    pub fn new(shard: usize, node_id: u16, catalog: Arc<Catalog>, hold_ttl: Duration) -> Self {
+        let tallies = vec![EventTally::default(); catalog.len()];
+        Ledger {
+            shard,
+            catalog,
+            hold_ttl,
+            ids: IdGenerator::new(node_id, shard),
+            users: FastMap::default(),
+            holds: FastMap::default(),
+            expiries: VecDeque::new(),
+            forgets: VecDeque::new(),
+            orders: Vec::new(),
+            tallies,
+        }
+    }
+
+    /// Decides one operation and builds its response.
+    pub fn apply(&mut self, op: LedgerOp, req_id: u64, now: Instant) -> Response {
+        let (wire_op, outcome) = match op {
+            LedgerOp::Buy { event, user, qty } => (Op::Buy, self.buy(event, user, qty)),
+            LedgerOp::Reserve { event, user, qty } => {
+                (Op::Reserve, self.reserve(event, user, qty, now))
+            }
+            LedgerOp::Confirm { hold_id } => (Op::Confirm, self.confirm(hold_id, now)),
+            LedgerOp::Cancel { hold_id } => (Op::Cancel, self.cancel(hold_id, now)),
+        };
+        match outcome {
+            Ok(result) => Response::ok(wire_op, req_id, result),
+            Err(status) => Response::error(wire_op.code(), req_id, status),
+        }
+    }
+
+    fn buy(&mut self, event: usize, user: u64, qty: u16) -> Result<ResultBody, Status> {
+        self.check_limit(event, user, qty)?;
+        if !self
+            .catalog
+            .get(event)
+            .stock
+            .take(self.shard, i64::from(qty))
+        {
+            return Err(Status::SoldOut);
+        }
+        self.users.entry((event, user)).or_default().bought += u32::from(qty);
+        let order_id = self.record_order(event, user, qty);
+        Ok(ResultBody::Order { order_id })
+    }
+
+    fn reserve(
+        &mut self,
+        event: usize,
+        user: u64,
+        qty: u16,
+        now: Instant,
+    ) -> Result<ResultBody, Status> {
+        self.check_limit(event, user, qty)?;
+        if !self
+            .catalog
+            .get(event)
+            .stock
+            .take(self.shard, i64::from(qty))
+        {
+            return Err(Status::SoldOut);
+        }
+        self.users.entry((event, user)).or_default().held += u32::from(qty);
+        self.tallies[event].held += u64::from(qty);
+        let hold_id = self.ids.next_id();
+        let expires_at = now + self.hold_ttl;
+        self.holds.insert(
+            hold_id,
+            Hold {
+                event,
+                user,
+                qty,
+                expires_at,
+                state: HoldState::Active,
+            },
+        );
+        self.expiries.push_back((expires_at, hold_id));
+        Ok(ResultBody::Hold {
+            hold_id,
+            expires_unix_ms: unix_ms(SystemTime::now() + self.hold_ttl),
+        })
+    }
+
+    fn confirm(&mut self, hold_id: u64, now: Instant) -> Result<ResultBody, Status> {
+        self.expire_if_due(hold_id, now);
+        let hold = self.holds.get_mut(&hold_id).ok_or(Status::NotFound)?;
+        match hold.state {
+            HoldState::Confirmed { order_id } => Ok(ResultBody::Order { order_id }),
+            HoldState::Cancelled => Err(Status::NotFound),
+            HoldState::Expired => Err(Status::Expired),
+            HoldState::Active => {
+                let (event, user, qty) = (hold.event, hold.user, hold.qty);
+                let order_id = self.ids.next_id();
+                hold.state = HoldState::Confirmed { order_id };
+                let tally = self.users.entry((event, user)).or_default();
+                tally.held -= u32::from(qty);
+                tally.bought += u32::from(qty);
+                self.tallies[event].held -= u64::from(qty);
+                self.push_order(order_id, event, user, qty);
+                self.remember(hold_id, now);
+                Ok(ResultBody::Order { order_id })
+            }
+        }
+    }
+
+    fn cancel(&mut self, hold_id: u64, now: Instant) -> Result<ResultBody, Status> {
+        self.expire_if_due(hold_id, now);
+        let hold = self.holds.get(&hold_id).ok_or(Status::NotFound)?;
+        match hold.state {
+            HoldState::Cancelled => Ok(ResultBody::Empty),
+            HoldState::Confirmed { .. } => Err(Status::NotFound),
+            HoldState::Expired => Err(Status::Expired),
+            HoldState::Active => {
+                self.release(hold_id, HoldState::Cancelled, now);
+                Ok(ResultBody::Empty)
+            }
+        }
+    }
+
+    /// Expires every hold whose deadline has passed and forgets finished holds whose
+    /// memory period ended. Returns how many holds expired.
+    pub fn expire_due(&mut self, now: Instant) -> usize {
+        let mut expired = 0;
+        while let Some(&(deadline, hold_id)) = self.expiries.front() {
+            if deadline > now {
+                break;
+            }
+            self.expiries.pop_front();
+            if self.is_active(hold_id) {
+                self.release(hold_id, HoldState::Expired, now);
+                expired += 1;
+            }
+        }
+        while let Some(&(forget_at, hold_id)) = self.forgets.front() {
+            if forget_at > now && self.forgets.len() <= MAX_REMEMBERED_HOLDS {
+                break;
+            }
+            self.forgets.pop_front();
+            self.holds.remove(&hold_id);
+        }
+        expired
+    }
+
+    /// When [`Ledger::expire_due`] next has work, if ever.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let expiry = self.expiries.front().map(|&(at, _)| at);
+        let forget = self.forgets.front().map(|&(at, _)| at);
+        match (expiry, forget) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// This shard's per-event counts, in catalog order.
+    pub fn tallies(&self) -> &[EventTally] {
+        &self.tallies
+    }
+
+    /// Every order this shard created.
+    pub fn orders(&self) -> &[Order] {
+        &self.orders
+    }
+
+    fn check_limit(&self, event: usize, user: u64, qty: u16) -> Result<(), Status> {
+        let limit = u32::from(self.catalog.get(event).per_user_limit);
+        let tally = self.users.get(&(event, user)).copied().unwrap_or_default();
+        if tally.bought + tally.held + u32::from(qty) > limit {
+            return Err(Status::LimitReached);
+        }
+        Ok(())
+    }
+
+    fn is_active(&self, hold_id: u64) -> bool {
+        self.holds
+            .get(&hold_id)
+            .is_some_and(|h| h.state == HoldState::Active)
+    }
+
+    fn expire_if_due(&mut self, hold_id: u64, now: Instant) {
+        let due = self
+            .holds
+            .get(&hold_id)
+            .is_some_and(|h| h.state == HoldState::Active && h.expires_at <= now);
+        if due {
+            self.release(hold_id, HoldState::Expired, now);
+        }
+    }
+
+    /// Ends a live hold without a sale: tickets back to sale, room back to the user.
+    fn release(&mut self, hold_id: u64, end: HoldState, now: Instant) {
+        let Some(hold) = self.holds.get_mut(&hold_id) else {
+            return;
+        };
+        debug_assert_eq!(hold.state, HoldState::Active);
+        hold.state = end;
+        let (event, user, qty) = (hold.event, hold.user, hold.qty);
+        self.catalog
+            .get(event)
+            .stock
+            .give_back(self.shard, i64::from(qty));
+        self.tallies[event].held -= u64::from(qty);
+        if let Some(tally) = self.users.get_mut(&(event, user)) {
+            tally.held -= u32::from(qty);
+            if tally.held == 0 && tally.bought == 0 {
+                self.users.remove(&(event, user));
+            }
+        }
+        self.remember(hold_id, now);
+    }
+
+    fn remember(&mut self, hold_id: u64, now: Instant) {
+        self.forgets.push_back((now + self.hold_ttl, hold_id));
+    }
+
+    fn record_order(&mut self, event: usize, user: u64, qty: u16) -> u64 {
+        let order_id = self.ids.next_id();
+        self.push_order(order_id, event, user, qty);
+        order_id
+    }
+
+    fn push_order(&mut self, order_id: u64, event: usize, user: u64, qty: u16) {
+        let event_id = self.catalog.get(event).id;
+        self.orders.push(Order {
+            order_id,
+            event_id,
+            user,
+            qty,
+        });
+        let tally = &mut self.tallies[event];
+        tally.sold += u64::from(qty);
+        tally.orders += 1;
+    }
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EventSpec;
+
+    fn ledger(stock: i64, limit: u16, ttl: Duration) -> Ledger {
+        let catalog = Arc::new(Catalog::new(
+            &[EventSpec {
+                id: 9,
+                stock,
+                per_user_limit: limit,
+            }],
+            1,
+        ));
+        Ledger::new(0, 0, catalog, ttl)
+    }
+
+    fn status(r: Response) -> Status {
+        r.status
+    }
+
+    fn hold_id(r: Response) -> u64 {
+        match r.result {
+            ResultBody::Hold { hold_id, .. } => hold_id,
+            other => panic!("not a hold: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn limit_counts_holds_and_orders_and_cancel_gives_room_back() {
+        let now = Instant::now();
+        let mut l = ledger(10, 2, Duration::from_secs(60));
+        let buy = LedgerOp::Buy {
+            event: 0,
+            user: 1,
+            qty: 1,
+        };
+        let reserve = LedgerOp::Reserve {
+            event: 0,
+            user: 1,
+            qty: 1,
+        };
+        assert_eq!(status(l.apply(buy, 1, now)), Status::Ok);
+        let hold = hold_id(l.apply(reserve, 2, now));
+        assert_eq!(status(l.apply(buy, 3, now)), Status::LimitReached);
+        assert_eq!(
+            status(l.apply(LedgerOp::Cancel { hold_id: hold }, 4, now)),
+            Status::Ok
+        );
+        assert_eq!(status(l.apply(buy, 5, now)), Status::Ok);
+        assert_eq!(l.tallies()[0].sold, 2);
+        assert_eq!(l.tallies()[0].held, 0);
+    }
+
+    #[test]
+    fn expiry_returns_stock_and_later_ops_see_expired() {
+        let now = Instant::now();
+        let ttl = Duration::from_secs(5);
+        let mut l = ledger(1, 1, ttl);
+        let reserve = LedgerOp::Reserve {
+            event: 0,
+            user: 1,
+            qty: 1,
+        };
+        let hold = hold_id(l.apply(reserve, 1, now));
+        assert_eq!(l.catalog.get(0).stock.remaining(), 0);
+        assert_eq!(l.next_deadline(), Some(now + ttl));
+        assert_eq!(l.expire_due(now + ttl), 1);
+        assert_eq!(l.catalog.get(0).stock.remaining(), 1);
+        let later = now + ttl + Duration::from_millis(1);
+        assert_eq!(
+            status(l.apply(LedgerOp::Confirm { hold_id: hold }, 2, later)),
+            Status::Expired
+        );
+        assert_eq!(
+            status(l.apply(LedgerOp::Cancel { hold_id: hold }, 3, later)),
+            Status::Expired
+        );
+        // Remembered for one TTL after it ended, then forgotten.
+        l.expire_due(now + ttl * 2 + Duration::from_millis(1));
+        assert_eq!(
+            status(l.apply(LedgerOp::Confirm { hold_id: hold }, 4, later)),
+            Status::NotFound
+        );
+    }
+
+    #[test]
+    fn confirm_is_idempotent_and_cancel_after_confirm_is_not_found() {
+        let now = Instant::now();
+        let mut l = ledger(1, 1, Duration::from_secs(60));
+        let reserve = LedgerOp::Reserve {
+            event: 0,
+            user: 1,
+            qty: 1,
+        };
+        let hold = hold_id(l.apply(reserve, 1, now));
+        let first = l.apply(LedgerOp::Confirm { hold_id: hold }, 2, now);
+        let again = l.apply(LedgerOp::Confirm { hold_id: hold }, 3, now);
+        assert_eq!(first.result, again.result);
+        assert_eq!(
+            status(l.apply(LedgerOp::Cancel { hold_id: hold }, 4, now)),
+            Status::NotFound
+        );
+        assert_eq!(l.orders().len(), 1);
+    }
+}

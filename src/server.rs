@@ -1,0 +1,185 @@
+//! Starting and stopping a whole node: bind the listeners, build the shard mesh, spawn
+//! one pinned thread per shard, and on shutdown collect what each decided.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use mio::{Poll, Waker};
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::listener;
+use crate::placement;
+use crate::shard::mailbox::{Mailbox, Peer};
+use crate::shard::{self, Shard, ShardParts, ShardReport, ShardSettings, ShutdownSignal};
+use crate::summary::Summary;
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+    #[error("cannot create the event loop of shard {shard}: {source}")]
+    Poll { shard: usize, source: io::Error },
+    #[error("cannot spawn the thread of shard {shard}: {source}")]
+    Spawn { shard: usize, source: io::Error },
+}
+
+/// A running node. Dropping it shuts the node down and waits for its threads.
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    catalog: Arc<Catalog>,
+    shutdown: Arc<ShutdownSignal>,
+    wakers: Vec<Arc<Waker>>,
+    threads: Vec<JoinHandle<ShardReport>>,
+    cores: Vec<Option<usize>>,
+}
+
+/// Starts a node. When this returns, every listener is bound and accepting (queued in
+/// the kernel until its shard polls), so clients may connect at once.
+pub fn start(config: Config) -> Result<ServerHandle, StartError> {
+    config.validate()?;
+    let shards = config.shards;
+    let catalog = Arc::new(Catalog::new(&config.events, shards));
+    let listeners =
+        listener::bind_group(config.listen, shards).map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listeners
+        .first()
+        .map(|l| l.local_addr())
+        .transpose()
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?
+        .unwrap_or(config.listen);
+
+    let mut polls = Vec::with_capacity(shards);
+    let mut peers = Vec::with_capacity(shards);
+    let mut inboxes = Vec::with_capacity(shards);
+    for shard in 0..shards {
+        let poll = Poll::new().map_err(|source| StartError::Poll { shard, source })?;
+        let waker = shard::waker_for(&poll).map_err(|source| StartError::Poll { shard, source })?;
+        let (sender, inbox) = crossbeam_channel::unbounded();
+        peers.push(Peer { sender, waker });
+        inboxes.push(inbox);
+        polls.push(poll);
+    }
+    let peers: Arc<[Peer]> = peers.into();
+    let shutdown = Arc::new(ShutdownSignal::default());
+    let plan = placement::plan(shards);
+    let max_sessions = config.max_conns.div_ceil(shards);
+
+    let mut threads = Vec::with_capacity(shards);
+    let parts = polls.into_iter().zip(inboxes).zip(listeners).enumerate();
+    for (index, ((poll, inbox), listener)) in parts {
+        let core = plan.get(index).copied().flatten();
+        let parts = ShardParts {
+            settings: ShardSettings {
+                index,
+                shards,
+                node_id: config.node_id,
+                max_frame: config.max_frame,
+                max_sessions,
+                hold_ttl: config.hold_ttl,
+            },
+            poll,
+            listener,
+            mailbox: Mailbox {
+                inbox,
+                peers: Arc::clone(&peers),
+            },
+            catalog: Arc::clone(&catalog),
+            shutdown: Arc::clone(&shutdown),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("ticketd-shard-{index}"))
+            .spawn(move || {
+                // Pin first, so everything the shard allocates is touched from its core.
+                if !placement::pin_current_thread(core) {
+                    tracing::warn!(shard = index, "could not pin to a core; running unpinned");
+                }
+                match Shard::new(parts) {
+                    Ok(shard) => shard.run(),
+                    Err(e) => panic!("shard {index} could not start: {e}"),
+                }
+            })
+            .map_err(|source| StartError::Spawn {
+                shard: index,
+                source,
+            })?;
+        threads.push(thread);
+    }
+
+    let cores: Vec<Option<usize>> = plan.iter().map(|c| c.map(|c| c.id)).collect();
+    tracing::info!(
+        addr = %local_addr,
+        shards,
+        cores = ?cores,
+        events = ?config.events.iter().map(|e| format!("{}:{}:{}", e.id, e.stock, e.per_user_limit)).collect::<Vec<_>>(),
+        max_conns = config.max_conns,
+        max_frame = config.max_frame,
+        hold_ttl = %humantime::format_duration(config.hold_ttl),
+        "ticketd started"
+    );
+    Ok(ServerHandle {
+        local_addr,
+        catalog,
+        shutdown,
+        wakers: peers.iter().map(|p| Arc::clone(&p.waker)).collect(),
+        threads,
+        cores,
+    })
+}
+
+impl ServerHandle {
+    /// The address the listeners are bound to (with the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The core each shard was placed on (`None`: unpinned).
+    pub fn cores(&self) -> &[Option<usize>] {
+        &self.cores
+    }
+
+    /// Live view of an event's stock: (total, remaining).
+    pub fn stock(&self, event_id: u32) -> Option<(i64, i64)> {
+        let index = self.catalog.index_of(event_id)?;
+        let stock = &self.catalog.get(index).stock;
+        Some((stock.total(), stock.remaining()))
+    }
+
+    /// Stops accepting, answers what was already read, waits for every shard and
+    /// returns what the node sold.
+    pub fn shutdown(mut self) -> Summary {
+        self.stop_and_collect()
+    }
+
+    fn stop_and_collect(&mut self) -> Summary {
+        self.shutdown.request();
+        for waker in &self.wakers {
+            let _ = waker.wake();
+        }
+        let reports: Vec<ShardReport> = self
+            .threads
+            .drain(..)
+            .filter_map(|thread| thread.join().ok())
+            .collect();
+        Summary::collect(&self.catalog, &reports)
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.stop_and_collect();
+        }
+    }
+}

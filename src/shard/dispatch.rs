@@ -1,0 +1,193 @@
+//! Turning request bytes into answers: decode every whole frame, answer what this shard
+//! can answer itself, and forward what another shard owns.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use ticketd_proto::{
+    decode_request, Command, DecodeError, Op, Purchase, Request, Response, ResultBody, Status,
+};
+
+use super::mailbox::{ConnRef, Message, Outbox};
+use crate::catalog::Catalog;
+use crate::ids;
+use crate::ledger::{Ledger, LedgerOp};
+use crate::routing::owner_of_user;
+
+/// What one shard needs to decide requests: everything but its connections.
+#[derive(Debug)]
+pub struct Dispatcher {
+    pub shard: usize,
+    pub shards: usize,
+    pub node_id: u16,
+    pub max_frame: u32,
+    pub catalog: Arc<Catalog>,
+    pub ledger: Ledger,
+    pub outbox: Outbox,
+    /// Well-framed requests answered BAD_REQUEST, and streams that lost framing.
+    pub bad_requests: u64,
+}
+
+/// The result of handling a buffer of request bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handled {
+    /// Bytes of whole frames handled; the rest is an incomplete frame to keep.
+    pub consumed: usize,
+    /// The stream cannot be framed any more; the framing error has been answered.
+    pub framing_lost: bool,
+}
+
+impl Dispatcher {
+    /// Handles every whole frame at the front of `input`: local answers are encoded into
+    /// `output`, requests owned elsewhere are queued in the outbox and counted in
+    /// `in_flight`.
+    pub fn handle_frames(
+        &mut self,
+        conn: ConnRef,
+        input: &[u8],
+        output: &mut BytesMut,
+        in_flight: &mut u32,
+        now: Instant,
+    ) -> Handled {
+        let mut consumed = 0;
+        loop {
+            let rest = input.get(consumed..).unwrap_or_default();
+            match decode_request(rest, self.max_frame) {
+                Ok((request, used)) => {
+                    consumed += used;
+                    self.dispatch(conn, request, output, in_flight, now);
+                }
+                Err(DecodeError::Incomplete) => break,
+                Err(DecodeError::UnknownOp {
+                    op,
+                    req_id,
+                    frame_len,
+                }) => {
+                    self.bad_requests += 1;
+                    consumed += frame_len;
+                    Response::error(op, req_id, Status::BadRequest).encode(output);
+                }
+                Err(DecodeError::BadArgsLength {
+                    op,
+                    req_id,
+                    frame_len,
+                }) => {
+                    self.bad_requests += 1;
+                    consumed += frame_len;
+                    Response::error(op.code(), req_id, Status::BadRequest).encode(output);
+                }
+                // The length prefix is out of range; response-side errors cannot come
+                // from decode_request but would mean the same: no more frames.
+                Err(_) => {
+                    self.bad_requests += 1;
+                    Response::framing_error().encode(output);
+                    return Handled {
+                        consumed: input.len(),
+                        framing_lost: true,
+                    };
+                }
+            }
+        }
+        Handled {
+            consumed,
+            framing_lost: false,
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        conn: ConnRef,
+        request: Request,
+        output: &mut BytesMut,
+        in_flight: &mut u32,
+        now: Instant,
+    ) {
+        let req_id = request.req_id;
+        let routed = match request.command {
+            Command::Ping => Err(Response::ok(Op::Ping, req_id, ResultBody::Empty)),
+            Command::Stock { event } => Err(self.stock(event, req_id)),
+            Command::Buy(purchase) => self.validate(Op::Buy, purchase, req_id).map(|event| {
+                let op = LedgerOp::Buy {
+                    event,
+                    user: purchase.user,
+                    qty: purchase.qty,
+                };
+                (owner_of_user(purchase.user, self.shards), op)
+            }),
+            Command::Reserve(purchase) => {
+                self.validate(Op::Reserve, purchase, req_id).map(|event| {
+                    let op = LedgerOp::Reserve {
+                        event,
+                        user: purchase.user,
+                        qty: purchase.qty,
+                    };
+                    (owner_of_user(purchase.user, self.shards), op)
+                })
+            }
+            Command::Confirm { hold_id } => self
+                .hold_owner(Op::Confirm, hold_id, req_id)
+                .map(|owner| (owner, LedgerOp::Confirm { hold_id })),
+            Command::Cancel { hold_id } => self
+                .hold_owner(Op::Cancel, hold_id, req_id)
+                .map(|owner| (owner, LedgerOp::Cancel { hold_id })),
+        };
+        match routed {
+            Err(answer) => answer.encode(output),
+            Ok((owner, op)) if owner == self.shard => {
+                self.ledger.apply(op, req_id, now).encode(output);
+            }
+            Ok((owner, op)) => {
+                *in_flight += 1;
+                self.outbox.push(
+                    owner,
+                    Message::Decide {
+                        reply_to: conn,
+                        req_id,
+                        op,
+                    },
+                );
+            }
+        }
+    }
+
+    fn stock(&self, event: u32, req_id: u64) -> Response {
+        match self.catalog.index_of(event) {
+            Some(index) => {
+                let stock = &self.catalog.get(index).stock;
+                Response::ok(
+                    Op::Stock,
+                    req_id,
+                    ResultBody::Stock {
+                        total: stock.total(),
+                        remaining: stock.remaining(),
+                    },
+                )
+            }
+            None => Response::error(Op::Stock.code(), req_id, Status::NotFound),
+        }
+    }
+
+    /// The event's catalog index, or the answer refusing the purchase: qty 0 or over the
+    /// limit is BAD_REQUEST, an unknown event NOT_FOUND.
+    fn validate(&self, op: Op, purchase: Purchase, req_id: u64) -> Result<usize, Response> {
+        let refuse = |status| Response::error(op.code(), req_id, status);
+        if purchase.qty == 0 {
+            return Err(refuse(Status::BadRequest));
+        }
+        let index = self
+            .catalog
+            .index_of(purchase.event)
+            .ok_or_else(|| refuse(Status::NotFound))?;
+        if purchase.qty > self.catalog.get(index).per_user_limit {
+            return Err(refuse(Status::BadRequest));
+        }
+        Ok(index)
+    }
+
+    /// The shard that owns a hold, or NOT_FOUND for an id this node never issued.
+    fn hold_owner(&self, op: Op, hold_id: u64, req_id: u64) -> Result<usize, Response> {
+        ids::owning_shard(hold_id, self.node_id, self.shards)
+            .ok_or_else(|| Response::error(op.code(), req_id, Status::NotFound))
+    }
+}

@@ -1,0 +1,572 @@
+//! One shard: a pinned thread running its own `mio` event loop over its own listener,
+//! its connections, its slice of every event's stock, and its users' ledger.
+
+mod dispatch;
+pub mod mailbox;
+mod session;
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Buf;
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+pub use dispatch::{Dispatcher, Handled};
+use mailbox::{ConnRef, Mailbox, Message};
+use session::Session;
+
+use crate::catalog::Catalog;
+use crate::ledger::{EventTally, Ledger};
+
+/// Wakes the shard when another shard sent it a batch or shutdown was asked.
+pub const WAKER_TOKEN: Token = Token(0);
+const LISTENER_TOKEN: Token = Token(1);
+/// Session slab keys are offset by this to form their tokens.
+const FIRST_SESSION_TOKEN: usize = 2;
+
+/// Size of the per-shard read buffer, and so of one read call.
+const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read from one connection in one pass before others get their turn.
+const READ_BUDGET_PER_PASS: usize = 4 * READ_CHUNK;
+/// Readiness events taken per poll.
+const EVENTS_CAPACITY: usize = 1024;
+/// How long a connection that lost framing may keep sending before it is closed.
+const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
+/// When the open-file limit stops accept, retry after this long.
+const ACCEPT_RETRY: Duration = Duration::from_millis(10);
+/// On shutdown: the longest wait for clients to take the answers they are owed.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// On shutdown: how often a shard looks whether all shards are done.
+const SHUTDOWN_TICK: Duration = Duration::from_millis(5);
+
+/// Shared between the shards and whoever stops them.
+#[derive(Debug, Default)]
+pub struct ShutdownSignal {
+    requested: AtomicBool,
+    finished: AtomicUsize,
+}
+
+impl ShutdownSignal {
+    pub fn request(&self) {
+        self.requested.store(true, Ordering::Release);
+    }
+
+    fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+}
+
+/// The fixed settings of one shard.
+#[derive(Debug, Clone)]
+pub struct ShardSettings {
+    pub index: usize,
+    pub shards: usize,
+    pub node_id: u16,
+    pub max_frame: u32,
+    pub max_sessions: usize,
+    pub hold_ttl: Duration,
+}
+
+/// Counters of one shard's life, reported when it stops.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ShardStats {
+    pub accepted: u64,
+    /// Connections closed at once because the shard was at `--max-conns`.
+    pub refused: u64,
+    pub bad_requests: u64,
+    /// Answers from other shards whose connection had gone.
+    pub orphan_replies: u64,
+}
+
+/// What a shard hands back when it stops.
+#[derive(Debug, Clone)]
+pub struct ShardReport {
+    pub index: usize,
+    pub tallies: Vec<EventTally>,
+    pub stats: ShardStats,
+}
+
+/// Everything a shard thread needs, built on the spawning thread.
+pub struct ShardParts {
+    pub settings: ShardSettings,
+    pub poll: Poll,
+    pub listener: std::net::TcpListener,
+    pub mailbox: Mailbox,
+    pub catalog: Arc<Catalog>,
+    pub shutdown: Arc<ShutdownSignal>,
+}
+
+pub struct Shard {
+    settings: ShardSettings,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    sessions: Slab<Session>,
+    next_generation: u32,
+    dispatcher: Dispatcher,
+    mailbox: Mailbox,
+    scratch: Box<[u8]>,
+    /// Sessions with output to write at the end of this pass.
+    dirty: Vec<usize>,
+    /// Sessions that may have unread input (read budget spent, or resumed after
+    /// back-pressure).
+    read_queue: Vec<usize>,
+    /// Sessions that lost framing, by close deadline.
+    lingering: VecDeque<(Instant, usize, u32)>,
+    accept_retry_at: Option<Instant>,
+    shutdown: Arc<ShutdownSignal>,
+    stopping: Option<Instant>,
+    finished: bool,
+    stats: ShardStats,
+}
+
+impl Shard {
+    /// Allocates the shard's state; call on the shard's own (already pinned) thread.
+    pub fn new(parts: ShardParts) -> io::Result<Shard> {
+        let ShardParts {
+            settings,
+            poll,
+            listener,
+            mailbox,
+            catalog,
+            shutdown,
+        } = parts;
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry()
+            .register(&mut listener, LISTENER_TOKEN, Interest::READABLE)?;
+        let ledger = Ledger::new(
+            settings.index,
+            settings.node_id,
+            Arc::clone(&catalog),
+            settings.hold_ttl,
+        );
+        let dispatcher = Dispatcher {
+            shard: settings.index,
+            shards: settings.shards,
+            node_id: settings.node_id,
+            max_frame: settings.max_frame,
+            catalog,
+            ledger,
+            outbox: mailbox::Outbox::new(settings.shards),
+            bad_requests: 0,
+        };
+        Ok(Shard {
+            settings,
+            poll,
+            listener: Some(listener),
+            sessions: Slab::new(),
+            next_generation: 0,
+            dispatcher,
+            mailbox,
+            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
+            dirty: Vec::new(),
+            read_queue: Vec::new(),
+            lingering: VecDeque::new(),
+            accept_retry_at: None,
+            shutdown,
+            stopping: None,
+            finished: false,
+            stats: ShardStats::default(),
+        })
+    }
+
+    /// Runs the event loop until every shard has finished shutting down.
+    ///
+    /// # Panics
+    /// If `epoll_wait` itself fails: the shard cannot go on, and the process-wide panic
+    /// hook takes the whole server down rather than leave it half alive.
+    pub fn run(mut self) -> ShardReport {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                panic!("shard {}: poll failed: {e}", self.settings.index);
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    WAKER_TOKEN => {}
+                    LISTENER_TOKEN => self.accept(now),
+                    Token(token) => {
+                        let slot = token - FIRST_SESSION_TOKEN;
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read_session(slot, now);
+                        }
+                        if event.is_writable() {
+                            self.mark_dirty(slot);
+                        }
+                    }
+                }
+            }
+            self.drain_inbox(now);
+            self.drain_read_queue(now);
+            self.dispatcher.ledger.expire_due(now);
+            self.close_expired_lingerers(now);
+            if self.accept_retry_at.is_some_and(|at| at <= now) {
+                self.accept_retry_at = None;
+                self.accept(now);
+            }
+            self.flush_dirty(now);
+            self.dispatcher.outbox.flush(&self.mailbox.peers);
+            if self.shutdown_step(now) {
+                break;
+            }
+        }
+        self.stats.bad_requests = self.dispatcher.bad_requests;
+        ShardReport {
+            index: self.settings.index,
+            tallies: self.dispatcher.ledger.tallies().to_vec(),
+            stats: self.stats,
+        }
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.read_queue.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let deadlines = [
+            self.dispatcher.ledger.next_deadline(),
+            self.lingering.front().map(|&(at, _, _)| at),
+            self.accept_retry_at,
+        ];
+        let timeout = deadlines
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|at| at.saturating_duration_since(now));
+        match self.stopping {
+            Some(_) => Some(timeout.map_or(SHUTDOWN_TICK, |t| t.min(SHUTDOWN_TICK))),
+            None => timeout,
+        }
+    }
+
+    fn accept(&mut self, now: Instant) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        let max_sessions = self.settings.max_sessions;
+        loop {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    if self.sessions.len() >= max_sessions {
+                        self.stats.refused += 1;
+                        continue;
+                    }
+                    // Answers are small and latency is the product: no Nagle.
+                    let _ = stream.set_nodelay(true);
+                    let entry = self.sessions.vacant_entry();
+                    let token = Token(entry.key() + FIRST_SESSION_TOKEN);
+                    if let Err(e) =
+                        self.poll
+                            .registry()
+                            .register(&mut stream, token, Interest::READABLE)
+                    {
+                        tracing::warn!(error = %e, "could not register a connection");
+                        continue;
+                    }
+                    self.next_generation = self.next_generation.wrapping_add(1);
+                    entry.insert(Session::new(stream, self.next_generation));
+                    self.stats.accepted += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(e) => {
+                    // Out of file descriptors or memory: the pending connection stays in
+                    // the backlog; try again shortly instead of spinning.
+                    tracing::warn!(error = %e, shard = self.settings.index, "accept failed; retrying");
+                    self.accept_retry_at = Some(now + ACCEPT_RETRY);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn read_session(&mut self, slot: usize, now: Instant) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let Some(session) = self.sessions.get_mut(slot) else {
+            return;
+        };
+        let conn = ConnRef {
+            shard: self.settings.index,
+            slot,
+            generation: session.generation,
+        };
+        let mut budget = READ_BUDGET_PER_PASS;
+        let mut broken = false;
+        loop {
+            if session.read_closed {
+                break;
+            }
+            if session.is_paused() {
+                session.read_stalled = true;
+                break;
+            }
+            if budget == 0 {
+                if !session.queued_read {
+                    session.queued_read = true;
+                    self.read_queue.push(slot);
+                }
+                break;
+            }
+            match session.stream.read(&mut self.scratch) {
+                Ok(0) => session.read_closed = true,
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    if !session.lingering {
+                        ingest(&mut self.dispatcher, conn, session, &self.scratch[..n], now);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    broken = true;
+                    break;
+                }
+            }
+        }
+        if broken {
+            self.close(slot);
+        } else {
+            self.mark_dirty(slot);
+        }
+    }
+
+    fn drain_read_queue(&mut self, now: Instant) {
+        let queued = std::mem::take(&mut self.read_queue);
+        for slot in queued {
+            if let Some(session) = self.sessions.get_mut(slot) {
+                session.queued_read = false;
+                self.read_session(slot, now);
+            }
+        }
+    }
+
+    fn drain_inbox(&mut self, now: Instant) {
+        while let Ok(batch) = self.mailbox.inbox.try_recv() {
+            for message in batch {
+                match message {
+                    Message::Decide {
+                        reply_to,
+                        req_id,
+                        op,
+                    } => {
+                        let response = self.dispatcher.ledger.apply(op, req_id, now);
+                        self.dispatcher.outbox.push(
+                            reply_to.shard,
+                            Message::Reply {
+                                conn: reply_to,
+                                response,
+                            },
+                        );
+                    }
+                    Message::Reply { conn, response } => match self.sessions.get_mut(conn.slot) {
+                        Some(session) if session.generation == conn.generation => {
+                            response.encode(&mut session.output);
+                            session.in_flight -= 1;
+                            self.mark_dirty(conn.slot);
+                        }
+                        _ => self.stats.orphan_replies += 1,
+                    },
+                }
+            }
+        }
+    }
+
+    fn mark_dirty(&mut self, slot: usize) {
+        if let Some(session) = self.sessions.get_mut(slot) {
+            if !session.dirty {
+                session.dirty = true;
+                self.dirty.push(slot);
+            }
+        }
+    }
+
+    fn flush_dirty(&mut self, now: Instant) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &slot in &dirty {
+            self.flush(slot, now);
+        }
+        // Keep the allocation for the next pass.
+        self.dirty = dirty;
+        self.dirty.clear();
+    }
+
+    /// Writes what is owed (one write call unless the socket takes it piecemeal), then
+    /// fixes up interest, back-pressure and the session's end of life.
+    fn flush(&mut self, slot: usize, now: Instant) {
+        let Some(session) = self.sessions.get_mut(slot) else {
+            return;
+        };
+        session.dirty = false;
+        let mut broken = false;
+        while !session.output.is_empty() {
+            match session.stream.write(&session.output) {
+                Ok(0) => {
+                    broken = true;
+                    break;
+                }
+                Ok(n) => session.output.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    broken = true;
+                    break;
+                }
+            }
+        }
+        if broken {
+            self.close(slot);
+            return;
+        }
+        let wants_write = !session.output.is_empty();
+        if wants_write != session.wants_write {
+            let interest = if wants_write {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let token = Token(slot + FIRST_SESSION_TOKEN);
+            if self
+                .poll
+                .registry()
+                .reregister(&mut session.stream, token, interest)
+                .is_err()
+            {
+                self.close(slot);
+                return;
+            }
+            session.wants_write = wants_write;
+        }
+        if session.is_settled() {
+            if session.read_closed {
+                self.close(slot);
+                return;
+            }
+            if session.lingering && !session.write_shut {
+                // The framing error is out: send FIN, then discard input until the peer
+                // closes, so our close does not reset away the error frame.
+                let _ = session.stream.shutdown(Shutdown::Write);
+                session.write_shut = true;
+                self.lingering
+                    .push_back((now + LINGER_TIMEOUT, slot, session.generation));
+            }
+        }
+        if session.read_stalled && !session.is_paused() {
+            // It stopped reading for back-pressure with input perhaps still waiting;
+            // edge-triggered readiness will not tell us again.
+            session.read_stalled = false;
+            if !session.queued_read {
+                session.queued_read = true;
+                self.read_queue.push(slot);
+            }
+        }
+        session.release_idle_buffers();
+    }
+
+    fn close_expired_lingerers(&mut self, now: Instant) {
+        while let Some(&(deadline, slot, generation)) = self.lingering.front() {
+            if deadline > now {
+                break;
+            }
+            self.lingering.pop_front();
+            if self
+                .sessions
+                .get(slot)
+                .is_some_and(|s| s.generation == generation)
+            {
+                self.close(slot);
+            }
+        }
+    }
+
+    fn close(&mut self, slot: usize) {
+        if let Some(mut session) = self.sessions.try_remove(slot) {
+            let _ = self.poll.registry().deregister(&mut session.stream);
+        }
+    }
+
+    /// Advances shutdown; returns true when the loop may end.
+    fn shutdown_step(&mut self, now: Instant) -> bool {
+        if self.stopping.is_none() {
+            if !self.shutdown.is_requested() {
+                return false;
+            }
+            self.stopping = Some(now + DRAIN_TIMEOUT);
+            if let Some(mut listener) = self.listener.take() {
+                let _ = self.poll.registry().deregister(&mut listener);
+            }
+            self.read_queue.clear();
+        }
+        if !self.finished {
+            let drained = self.sessions.iter().all(|(_, s)| s.is_settled());
+            if drained || self.stopping.is_some_and(|deadline| now >= deadline) {
+                self.finished = true;
+                self.shutdown.finished.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        // Keep answering other shards' forwarded requests until every shard is done.
+        self.finished && self.shutdown.finished.load(Ordering::Acquire) == self.settings.shards
+    }
+}
+
+/// Feeds freshly read bytes through the dispatcher, keeping any incomplete tail.
+fn ingest(
+    dispatcher: &mut Dispatcher,
+    conn: ConnRef,
+    session: &mut Session,
+    bytes: &[u8],
+    now: Instant,
+) {
+    let handled = if session.input.is_empty() {
+        // Common case: decode straight from the read buffer, copy only a partial tail.
+        let handled = dispatcher.handle_frames(
+            conn,
+            bytes,
+            &mut session.output,
+            &mut session.in_flight,
+            now,
+        );
+        if !handled.framing_lost {
+            session
+                .input
+                .extend_from_slice(bytes.get(handled.consumed..).unwrap_or_default());
+        }
+        handled
+    } else {
+        session.input.extend_from_slice(bytes);
+        let handled = dispatcher.handle_frames(
+            conn,
+            &session.input,
+            &mut session.output,
+            &mut session.in_flight,
+            now,
+        );
+        session
+            .input
+            .advance(handled.consumed.min(session.input.len()));
+        handled
+    };
+    if handled.framing_lost {
+        session.lingering = true;
+        session.input.clear();
+    }
+}
+
+/// Builds a waker for a poll, before the poll moves to its shard's thread.
+pub fn waker_for(poll: &Poll) -> io::Result<Arc<Waker>> {
+    Waker::new(poll.registry(), WAKER_TOKEN).map(Arc::new)
+}

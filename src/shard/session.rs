@@ -1,0 +1,80 @@
+//! One client connection's state inside a shard.
+
+use bytes::BytesMut;
+use mio::net::TcpStream;
+
+/// Output above this many unsent bytes stops reading from the client until it drains:
+/// a client that never reads cannot make the server buffer without bound.
+pub const OUTPUT_HIGH_WATER: usize = 64 * 1024;
+/// Forwarded requests a connection may have awaiting another shard's answer before the
+/// server stops reading it.
+pub const MAX_IN_FLIGHT: u32 = 4096;
+/// Buffers larger than this are released when they empty, so an idle connection that
+/// once pipelined heavily goes back to costing almost nothing.
+pub const RELEASE_CAPACITY: usize = 16 * 1024;
+
+#[derive(Debug)]
+pub struct Session {
+    pub stream: TcpStream,
+    pub generation: u32,
+    /// Bytes read but not yet a whole frame.
+    pub input: BytesMut,
+    /// Encoded responses not yet written.
+    pub output: BytesMut,
+    /// Requests forwarded to other shards and not yet answered.
+    pub in_flight: u32,
+    /// WRITABLE interest is registered (only while output is pending).
+    pub wants_write: bool,
+    /// The peer sent EOF; close once everything owed is written.
+    pub read_closed: bool,
+    /// The stream could not be framed: nothing more is decoded; after the owed output
+    /// the write side is shut and input discarded until EOF, so the error reaches the
+    /// client instead of being destroyed by a reset.
+    pub lingering: bool,
+    /// The write side has been shut (only when lingering).
+    pub write_shut: bool,
+    /// Queued for a flush at the end of this pass.
+    pub dirty: bool,
+    /// Queued for another read (unread input may be waiting: edge-triggered).
+    pub queued_read: bool,
+    /// Reading stopped for back-pressure; resume once the client catches up.
+    pub read_stalled: bool,
+}
+
+impl Session {
+    pub fn new(stream: TcpStream, generation: u32) -> Self {
+        Session {
+            stream,
+            generation,
+            input: BytesMut::new(),
+            output: BytesMut::new(),
+            in_flight: 0,
+            wants_write: false,
+            read_closed: false,
+            lingering: false,
+            write_shut: false,
+            dirty: false,
+            queued_read: false,
+            read_stalled: false,
+        }
+    }
+
+    /// Back-pressure: stop reading while the client is behind.
+    pub fn is_paused(&self) -> bool {
+        self.output.len() >= OUTPUT_HIGH_WATER || self.in_flight >= MAX_IN_FLIGHT
+    }
+
+    /// Nothing is owed to the client.
+    pub fn is_settled(&self) -> bool {
+        self.output.is_empty() && self.in_flight == 0
+    }
+
+    pub fn release_idle_buffers(&mut self) {
+        if self.output.is_empty() && self.output.capacity() > RELEASE_CAPACITY {
+            self.output = BytesMut::new();
+        }
+        if self.input.is_empty() && self.input.capacity() > RELEASE_CAPACITY {
+            self.input = BytesMut::new();
+        }
+    }
+}
