@@ -41,7 +41,8 @@ pub struct Handled {
 impl Dispatcher {
     /// Handles every whole frame at the front of `input`: local answers are encoded into
     /// `output`, requests owned elsewhere are queued in the outbox and counted in
-    /// `in_flight`.
+    /// `in_flight`. When `shed` is set (the connection is over `--max-conns`), every
+    /// well-formed request is answered OVERLOADED without doing anything.
     pub fn handle_frames(
         &mut self,
         conn: ConnRef,
@@ -49,6 +50,7 @@ impl Dispatcher {
         output: &mut BytesMut,
         in_flight: &mut u32,
         now: Instant,
+        shed: bool,
     ) -> Handled {
         let mut consumed = 0;
         loop {
@@ -56,7 +58,12 @@ impl Dispatcher {
             match decode_request(rest, self.max_frame) {
                 Ok((request, used)) => {
                     consumed += used;
-                    self.dispatch(conn, request, output, in_flight, now);
+                    if shed {
+                        let op = request.command.op().code();
+                        Response::error(op, request.req_id, Status::Overloaded).encode(output);
+                    } else {
+                        self.dispatch(conn, request, output, in_flight, now);
+                    }
                 }
                 Err(DecodeError::Incomplete) => break,
                 Err(DecodeError::UnknownOp {

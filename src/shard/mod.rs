@@ -42,6 +42,9 @@ const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
 const ACCEPT_RETRY: Duration = Duration::from_millis(10);
 /// On shutdown: the longest wait for clients to take the answers they are owed.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections over `--max-conns` that a shard keeps just long enough to answer their
+/// first requests OVERLOADED; beyond this they are closed unanswered.
+const MAX_SHEDDING_SESSIONS: usize = 64;
 /// On shutdown: how often a shard looks whether all shards are done.
 const SHUTDOWN_TICK: Duration = Duration::from_millis(5);
 
@@ -77,7 +80,8 @@ pub struct ShardSettings {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ShardStats {
     pub accepted: u64,
-    /// Connections closed at once because the shard was at `--max-conns`.
+    /// Connections over `--max-conns`: answered OVERLOADED, or closed unanswered when
+    /// even the shedding slots were taken.
     pub refused: u64,
     pub bad_requests: u64,
     /// Answers from other shards whose connection had gone.
@@ -107,6 +111,8 @@ pub struct Shard {
     poll: Poll,
     listener: Option<TcpListener>,
     sessions: Slab<Session>,
+    /// Sessions in `sessions` that are being shed (over `--max-conns`).
+    shedding: usize,
     next_generation: u32,
     dispatcher: Dispatcher,
     mailbox: Mailbox,
@@ -160,6 +166,7 @@ impl Shard {
             poll,
             listener: Some(listener),
             sessions: Slab::new(),
+            shedding: 0,
             next_generation: 0,
             dispatcher,
             mailbox,
@@ -256,9 +263,12 @@ impl Shard {
         loop {
             match listener.accept() {
                 Ok((mut stream, _)) => {
-                    if self.sessions.len() >= max_sessions {
+                    let shedding = self.sessions.len() - self.shedding >= max_sessions;
+                    if shedding {
                         self.stats.refused += 1;
-                        continue;
+                        if self.shedding >= MAX_SHEDDING_SESSIONS {
+                            continue;
+                        }
                     }
                     // Answers are small and latency is the product: no Nagle.
                     let _ = stream.set_nodelay(true);
@@ -273,8 +283,20 @@ impl Shard {
                         continue;
                     }
                     self.next_generation = self.next_generation.wrapping_add(1);
-                    entry.insert(Session::new(stream, self.next_generation));
-                    self.stats.accepted += 1;
+                    let mut session = Session::new(stream, self.next_generation);
+                    session.shedding = shedding;
+                    if shedding {
+                        self.shedding += 1;
+                        // Closed after its first answers, or after the linger timeout.
+                        self.lingering.push_back((
+                            now + LINGER_TIMEOUT,
+                            entry.key(),
+                            session.generation,
+                        ));
+                    } else {
+                        self.stats.accepted += 1;
+                    }
+                    entry.insert(session);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e)
@@ -495,6 +517,9 @@ impl Shard {
 
     fn close(&mut self, slot: usize) {
         if let Some(mut session) = self.sessions.try_remove(slot) {
+            if session.shedding {
+                self.shedding -= 1;
+            }
             let _ = self.poll.registry().deregister(&mut session.stream);
         }
     }
@@ -531,6 +556,7 @@ fn ingest(
     bytes: &[u8],
     now: Instant,
 ) {
+    let shed = session.shedding;
     let handled = if session.input.is_empty() {
         // Common case: decode straight from the read buffer, copy only a partial tail.
         let handled = dispatcher.handle_frames(
@@ -539,6 +565,7 @@ fn ingest(
             &mut session.output,
             &mut session.in_flight,
             now,
+            shed,
         );
         if !handled.framing_lost {
             session
@@ -554,13 +581,15 @@ fn ingest(
             &mut session.output,
             &mut session.in_flight,
             now,
+            shed,
         );
         session
             .input
             .advance(handled.consumed.min(session.input.len()));
         handled
     };
-    if handled.framing_lost {
+    // A shed connection is done once it has had its answers.
+    if handled.framing_lost || (shed && handled.consumed > 0) {
         session.lingering = true;
         session.input.clear();
     }

@@ -39,6 +39,9 @@ pub struct Session {
     pub queued_read: bool,
     /// Reading stopped for back-pressure; resume once the client catches up.
     pub read_stalled: bool,
+    /// Over `--max-conns`: its first requests are answered OVERLOADED, then it is
+    /// closed like a connection that lost framing.
+    pub shedding: bool,
 }
 
 impl Session {
@@ -56,6 +59,7 @@ impl Session {
             dirty: false,
             queued_read: false,
             read_stalled: false,
+            shedding: false,
         }
     }
 

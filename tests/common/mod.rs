@@ -1,0 +1,184 @@
+//! A small blocking client for the integration tests, written on the `ticketd-proto`
+//! crate, plus helpers to start servers on loopback.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use ticketd::{Config, EventSpec, ServerHandle};
+use ticketd_proto::{
+    decode_response, Command, Purchase, Request, Response, ResultBody, Status, DEFAULT_MAX_FRAME,
+};
+
+/// Upper bound on any single wait in a test; a hung server fails instead of hanging CI.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn event(id: u32, stock: i64, per_user_limit: u16) -> EventSpec {
+    EventSpec {
+        id,
+        stock,
+        per_user_limit,
+    }
+}
+
+/// Starts a node on 127.0.0.1:0 with `shards` shards.
+pub fn start(events: &[EventSpec], shards: usize) -> ServerHandle {
+    start_with(events, |c| c.shards = shards)
+}
+
+pub fn start_with(events: &[EventSpec], tweak: impl FnOnce(&mut Config)) -> ServerHandle {
+    let mut config = Config::new(events.to_vec());
+    config.shards = 2;
+    tweak(&mut config);
+    ticketd::start(config).expect("server starts")
+}
+
+pub struct Client {
+    stream: TcpStream,
+    input: BytesMut,
+    next_req_id: u64,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            input: BytesMut::new(),
+            next_req_id: 1,
+        }
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    pub fn next_req_id(&mut self) -> u64 {
+        let id = self.next_req_id;
+        self.next_req_id += 1;
+        id
+    }
+
+    pub fn send(&mut self, request: Request) {
+        let mut buf = BytesMut::new();
+        request.encode(&mut buf);
+        self.send_raw(&buf);
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// The next response, or `None` if the server closed the connection cleanly.
+    pub fn try_recv(&mut self) -> Option<Response> {
+        loop {
+            match decode_response(&self.input, DEFAULT_MAX_FRAME) {
+                Ok((response, used)) => {
+                    self.input.advance(used);
+                    return Some(response);
+                }
+                Err(ticketd_proto::DecodeError::Incomplete) => {}
+                Err(e) => panic!("server sent a malformed response: {e}"),
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).expect("read (timed out?)");
+            if n == 0 {
+                assert!(self.input.is_empty(), "connection closed mid-frame");
+                return None;
+            }
+            self.input.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    pub fn recv(&mut self) -> Response {
+        self.try_recv().expect("a response, not EOF")
+    }
+
+    /// Asserts the server closes the connection without sending anything more.
+    pub fn expect_eof(&mut self) {
+        assert_eq!(self.try_recv(), None, "expected the server to close");
+    }
+
+    /// Sends one request and waits for its response.
+    pub fn call(&mut self, command: Command) -> Response {
+        let req_id = self.next_req_id();
+        self.send(Request { req_id, command });
+        let response = self.recv();
+        assert_eq!(response.req_id, req_id, "response to another request");
+        assert_eq!(response.request_op(), Some(command.op()));
+        response
+    }
+
+    pub fn buy(&mut self, event: u32, user: u64, qty: u16) -> Response {
+        self.call(Command::Buy(Purchase { event, user, qty }))
+    }
+
+    pub fn reserve(&mut self, event: u32, user: u64, qty: u16) -> Response {
+        self.call(Command::Reserve(Purchase { event, user, qty }))
+    }
+
+    pub fn confirm(&mut self, hold_id: u64) -> Response {
+        self.call(Command::Confirm { hold_id })
+    }
+
+    pub fn cancel(&mut self, hold_id: u64) -> Response {
+        self.call(Command::Cancel { hold_id })
+    }
+
+    /// (total, remaining)
+    pub fn stock(&mut self, event: u32) -> (i64, i64) {
+        match self.call(Command::Stock { event }) {
+            Response {
+                status: Status::Ok,
+                result: ResultBody::Stock { total, remaining },
+                ..
+            } => (total, remaining),
+            other => panic!("STOCK failed: {other:?}"),
+        }
+    }
+}
+
+pub fn order_id(response: &Response) -> u64 {
+    match (response.status, response.result) {
+        (Status::Ok, ResultBody::Order { order_id }) => order_id,
+        _ => panic!("expected an order, got {response:?}"),
+    }
+}
+
+pub fn hold(response: &Response) -> (u64, u64) {
+    match (response.status, response.result) {
+        (
+            Status::Ok,
+            ResultBody::Hold {
+                hold_id,
+                expires_unix_ms,
+            },
+        ) => (hold_id, expires_unix_ms),
+        _ => panic!("expected a hold, got {response:?}"),
+    }
+}
+
+/// Frame bytes for a raw request body (op, req_id, args) with the right length prefix.
+pub fn frame(op: u8, req_id: u64, args: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(9 + args.len() as u32).to_be_bytes());
+    out.push(op);
+    out.extend_from_slice(&req_id.to_be_bytes());
+    out.extend_from_slice(args);
+    out
+}
+
+/// Polls `condition` until it holds, failing the test after [`IO_TIMEOUT`]. For things
+/// that take real time (hold expiry, a closed slot being noticed), never for start-up.
+pub fn wait_until(mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "condition never held");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
