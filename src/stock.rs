@@ -1,36 +1,48 @@
 //! Lock-free ticket stock split into per-shard slices.
 //!
-//! Each shard decrements its own cache-padded slice with one `fetch_sub` (the hot path:
-//! no CAS loop, no shared line with other shards). When the slice cannot cover a request
-//! the `fetch_sub` is undone with `fetch_add` and the shard *gathers* from every slice
-//! with CAS takes that never drive a slice negative.
+//! Each shard takes single tickets from its own cache-padded slice with one
+//! `fetch_sub` (the hot path: no CAS loop, no cache line shared with other shards),
+//! undone with `fetch_add` when it would go negative. Multi-ticket takes use a CAS on
+//! the slice, so a slice is only ever negative for a failed single-ticket take, which
+//! hides no tickets (the slice held none).
+//!
+//! When the own slice cannot cover a request the shard *gathers*: first it tries to take
+//! the whole quantity from one other slice (atomic, nothing in transit); only a
+//! multi-ticket request facing stock fragmented across slices collects from several,
+//! and hands everything back if it cannot complete.
 //!
 //! # Exactness
-//! A take answers "sold out" only after a *settled* sweep: one that saw no slice in a
-//! transient negative state (a failed `fetch_sub` not yet undone), no other gatherer
-//! holding tickets in transit, and no ticket returned while it swept. Anything else
-//! retries, so a ticket that exists is never refused because another request had it in
-//! hand for a moment. Stock that is returned (a cancelled or expired hold) after a sweep
-//! finished is, of course, for later buyers.
+//! A take answers "sold out" only after a *settled* sweep: one during which no other
+//! gatherer had tickets in its hands and no ticket was returned to any slice. Anything
+//! else sweeps again, so a ticket that exists is not refused because another request
+//! held it for a moment. Waiting is bounded by time ([`DEFAULT_SETTLE_WAIT`]): a
+//! gatherer descheduled longer than that mid-gather can make a concurrent request see
+//! SOLD_OUT while those tickets are in transit; they are back on sale the moment it
+//! runs again. Stock returned (a cancelled or expired hold) after a sweep finished is,
+//! of course, for later buyers.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use crossbeam_utils::{Backoff, CachePadded};
 
-/// Sweeps a gather may make before it gives up and answers sold out. Reaching it needs
-/// other gatherers to overlap every sweep; it is a bound, not an expected path.
-const MAX_GATHER_SWEEPS: usize = 256;
+/// How long a take may wait for other requests' in-transit tickets to settle before it
+/// answers sold out. Only reached when multi-ticket gathers overlap at the very end of
+/// a sale.
+pub const DEFAULT_SETTLE_WAIT: Duration = Duration::from_millis(5);
 
 /// One event's stock.
 #[derive(Debug)]
 pub struct Stock {
     total: i64,
     slices: Box<[CachePadded<AtomicI64>]>,
-    /// Gathers in progress; while non-zero, tickets may be in transit between slices
-    /// and a gatherer's hands.
+    /// Partial gathers in progress: while non-zero, tickets may be in a gatherer's hands.
     gatherers: CachePadded<AtomicUsize>,
     /// Bumped after every return of tickets to a slice.
     returns: CachePadded<AtomicU64>,
+    /// Sweeps that could not settle (tickets in transit, or returned meanwhile).
+    unsettled_sweeps: AtomicU64,
+    settle_wait: Duration,
 }
 
 impl Stock {
@@ -39,6 +51,11 @@ impl Stock {
     /// # Panics
     /// If `slices` is 0 or `total` is negative: both come from validated configuration.
     pub fn new(total: i64, slices: usize) -> Self {
+        Self::with_settle_wait(total, slices, DEFAULT_SETTLE_WAIT)
+    }
+
+    /// Like [`Stock::new`] with a chosen bound on waiting for in-transit tickets.
+    pub fn with_settle_wait(total: i64, slices: usize, settle_wait: Duration) -> Self {
         assert!(slices > 0, "stock needs at least one slice");
         assert!(total >= 0, "stock total must not be negative");
         let n = slices as i64;
@@ -50,6 +67,8 @@ impl Stock {
             slices,
             gatherers: CachePadded::new(AtomicUsize::new(0)),
             returns: CachePadded::new(AtomicU64::new(0)),
+            unsettled_sweeps: AtomicU64::new(0),
+            settle_wait,
         }
     }
 
@@ -61,15 +80,26 @@ impl Stock {
         self.slices.len()
     }
 
+    /// Sweeps so far that had to look again because tickets were in transit or being
+    /// returned: a measure of end-of-sale contention.
+    pub fn unsettled_sweeps(&self) -> u64 {
+        self.unsettled_sweeps.load(Ordering::Relaxed)
+    }
+
     /// Takes `qty` tickets for a request handled by shard `home`, all or nothing.
     /// Returns false only when the tickets do not exist (see the module docs).
     pub fn take(&self, home: usize, qty: i64) -> bool {
         debug_assert!(qty > 0);
-        let slice = &self.slices[home % self.slices.len()];
-        if slice.fetch_sub(qty, Ordering::AcqRel) >= qty {
+        let home = home % self.slices.len();
+        let slice = &self.slices[home];
+        if qty == 1 {
+            if slice.fetch_sub(1, Ordering::AcqRel) >= 1 {
+                return true;
+            }
+            slice.fetch_add(1, Ordering::AcqRel);
+        } else if self.take_whole(home, qty) {
             return true;
         }
-        slice.fetch_add(qty, Ordering::AcqRel);
         self.gather(home, qty)
     }
 
@@ -88,69 +118,96 @@ impl Stock {
             .sum()
     }
 
-    /// The slow path: collect `qty` from all slices, starting with `home`.
+    /// The slow path, until a settled sweep or the settle wait runs out.
     fn gather(&self, home: usize, qty: i64) -> bool {
         let n = self.slices.len();
         let backoff = Backoff::new();
-        for _ in 0..MAX_GATHER_SWEEPS {
+        let mut deadline = None;
+        loop {
             let returns_before = self.returns.load(Ordering::SeqCst);
-            self.gatherers.fetch_add(1, Ordering::SeqCst);
-            let mut got = 0;
-            let mut unsettled = false;
-            for k in 0..n {
-                got += self.take_up_to((home + k) % n, qty - got, &mut unsettled);
-                if got == qty {
-                    self.gatherers.fetch_sub(1, Ordering::SeqCst);
-                    return true;
+            if (1..n).any(|k| self.take_whole((home + k) % n, qty)) {
+                return true;
+            }
+            let outcome = if qty > 1 && self.remaining() >= qty {
+                self.gather_pieces(home, qty, returns_before)
+            } else {
+                Sweep::Short {
+                    settled: self.gatherers.load(Ordering::SeqCst) == 0
+                        && self.returns.load(Ordering::SeqCst) == returns_before,
+                }
+            };
+            match outcome {
+                Sweep::Done => return true,
+                Sweep::Short { settled: true } => return false,
+                Sweep::Short { settled: false } => {
+                    self.unsettled_sweeps.fetch_add(1, Ordering::Relaxed);
+                    let deadline =
+                        *deadline.get_or_insert_with(|| Instant::now() + self.settle_wait);
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                    backoff.snooze();
                 }
             }
-            // Decide before handing back what we hold: our own return must not look
-            // like somebody else's.
-            let settled = !unsettled
-                && self.gatherers.load(Ordering::SeqCst) == 1
-                && self.returns.load(Ordering::SeqCst) == returns_before;
-            if got > 0 {
-                self.give_back(home, got);
-            }
-            self.gatherers.fetch_sub(1, Ordering::SeqCst);
-            if settled {
-                return false;
-            }
-            backoff.snooze();
         }
-        false
     }
 
-    /// Takes up to `want` from slice `i` without ever driving it negative.
-    fn take_up_to(&self, i: usize, want: i64, unsettled: &mut bool) -> i64 {
-        let slice = &self.slices[i];
-        let mut current = slice.load(Ordering::Acquire);
-        loop {
-            if current < 0 {
-                // A failed fetch_sub is about to be undone: tickets may be hiding here.
-                *unsettled = true;
-                return 0;
-            }
-            if current == 0 {
-                return 0;
-            }
-            let take = current.min(want);
-            match slice.compare_exchange_weak(
-                current,
-                current - take,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return take,
-                Err(actual) => current = actual,
+    /// Collects `qty` from several slices; hands everything back if it cannot.
+    fn gather_pieces(&self, home: usize, qty: i64, returns_before: u64) -> Sweep {
+        let n = self.slices.len();
+        self.gatherers.fetch_add(1, Ordering::SeqCst);
+        let mut got = 0;
+        for k in 0..n {
+            got += self.take_up_to((home + k) % n, qty - got);
+            if got == qty {
+                self.gatherers.fetch_sub(1, Ordering::SeqCst);
+                return Sweep::Done;
             }
         }
+        // Decide before handing back what we hold: our own return must not look like
+        // somebody else's.
+        let settled = self.gatherers.load(Ordering::SeqCst) == 1
+            && self.returns.load(Ordering::SeqCst) == returns_before;
+        if got > 0 {
+            self.give_back(home, got);
+        }
+        self.gatherers.fetch_sub(1, Ordering::SeqCst);
+        Sweep::Short { settled }
     }
+
+    /// Takes all of `qty` from slice `i`, or nothing.
+    fn take_whole(&self, i: usize, qty: i64) -> bool {
+        self.slices[i]
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                (v >= qty).then_some(v - qty)
+            })
+            .is_ok()
+    }
+
+    /// Takes up to `want` from slice `i`, never driving it negative.
+    fn take_up_to(&self, i: usize, want: i64) -> i64 {
+        match self.slices[i].fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+            (v > 0).then(|| v - v.min(want))
+        }) {
+            Ok(before) => before.min(want),
+            Err(_) => 0,
+        }
+    }
+}
+
+/// How one sweep ended.
+enum Sweep {
+    Done,
+    /// Not enough found; `settled` says whether that is the truth or a moment's view.
+    Short {
+        settled: bool,
+    },
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn split_spreads_the_remainder_over_the_first_slices() {
@@ -194,6 +251,44 @@ mod tests {
         assert!(!stock.take(0, 1));
         stock.give_back(1, 1);
         assert!(stock.take(0, 1));
+    }
+
+    #[test]
+    fn a_take_waits_for_tickets_in_another_gatherers_hands() {
+        // Stage the race deterministically: a gatherer has taken the last ticket into
+        // its hands (as gather_pieces does) and not yet handed it back.
+        let stock = Arc::new(Stock::with_settle_wait(1, 2, Duration::from_secs(30)));
+        stock.gatherers.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(stock.take_up_to(0, 2), 1);
+
+        let buyer = {
+            let stock = Arc::clone(&stock);
+            std::thread::spawn(move || stock.take(1, 1))
+        };
+        // The buyer sees every slice empty, but must not call it sold out while the
+        // ticket is in transit.
+        while stock.unsettled_sweeps() == 0 {
+            assert!(
+                !buyer.is_finished(),
+                "the buyer answered while a ticket was in transit"
+            );
+            std::thread::yield_now();
+        }
+        stock.give_back(0, 1);
+        stock.gatherers.fetch_sub(1, Ordering::SeqCst);
+        assert!(
+            buyer.join().unwrap(),
+            "the in-transit ticket was sold to the buyer"
+        );
+        assert_eq!(stock.remaining(), 0);
+    }
+
+    #[test]
+    fn a_settled_empty_stock_answers_at_once() {
+        let stock = Stock::new(0, 4);
+        assert!(!stock.take(2, 1));
+        assert!(!stock.take(2, 3));
+        assert_eq!(stock.unsettled_sweeps(), 0);
     }
 
     #[test]

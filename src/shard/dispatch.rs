@@ -34,7 +34,8 @@ pub struct Dispatcher {
 pub struct Handled {
     /// Bytes of whole frames handled; the rest is an incomplete frame to keep.
     pub consumed: usize,
-    /// The stream cannot be framed any more; the framing error has been answered.
+    /// The stream cannot be framed any more: the connection owes the client the framing
+    /// error response, after the answers to every request before it.
     pub framing_lost: bool,
 }
 
@@ -85,10 +86,10 @@ impl Dispatcher {
                     Response::error(op.code(), req_id, Status::BadRequest).encode(output);
                 }
                 // The length prefix is out of range; response-side errors cannot come
-                // from decode_request but would mean the same: no more frames.
+                // from decode_request but would mean the same: no more frames. The
+                // caller sends the framing error once everything before it is answered.
                 Err(_) => {
                     self.bad_requests += 1;
-                    Response::framing_error().encode(output);
                     return Handled {
                         consumed: input.len(),
                         framing_lost: true,

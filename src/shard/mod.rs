@@ -16,6 +16,7 @@ use bytes::Buf;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
+use ticketd_proto::Response;
 
 pub use dispatch::{Dispatcher, Handled};
 use mailbox::{ConnRef, Mailbox, Message};
@@ -434,6 +435,10 @@ impl Shard {
             return;
         };
         session.dirty = false;
+        if session.owes_framing_error && session.in_flight == 0 {
+            session.owes_framing_error = false;
+            Response::framing_error().encode(&mut session.output);
+        }
         let mut broken = false;
         while !session.output.is_empty() {
             match session.stream.write(&session.output) {
@@ -591,6 +596,7 @@ fn ingest(
     // A shed connection is done once it has had its answers.
     if handled.framing_lost || (shed && handled.consumed > 0) {
         session.lingering = true;
+        session.owes_framing_error = handled.framing_lost;
         session.input.clear();
     }
 }

@@ -31,6 +31,9 @@ pub struct Session {
     /// the write side is shut and input discarded until EOF, so the error reaches the
     /// client instead of being destroyed by a reset.
     pub lingering: bool,
+    /// The framing error response is still to be sent: it goes last, once every request
+    /// read before the bad frame has been answered.
+    pub owes_framing_error: bool,
     /// The write side has been shut (only when lingering).
     pub write_shut: bool,
     /// Queued for a flush at the end of this pass.
@@ -55,6 +58,7 @@ impl Session {
             wants_write: false,
             read_closed: false,
             lingering: false,
+            owes_framing_error: false,
             write_shut: false,
             dirty: false,
             queued_read: false,
@@ -70,7 +74,7 @@ impl Session {
 
     /// Nothing is owed to the client.
     pub fn is_settled(&self) -> bool {
-        self.output.is_empty() && self.in_flight == 0
+        self.output.is_empty() && self.in_flight == 0 && !self.owes_framing_error
     }
 
     pub fn release_idle_buffers(&mut self) {

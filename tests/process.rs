@@ -1,0 +1,165 @@
+//! The `ticketd` binary itself: CLI errors, start-up log, thread names and pinning,
+//! and a clean SIGTERM shutdown with a per-event summary.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+
+mod common;
+use common::Client;
+use ticketd_proto::Status;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ticketd");
+
+#[test]
+fn help_documents_every_flag() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--event",
+        "--hold-ttl",
+        "--shards",
+        "--max-frame",
+        "--max-conns",
+        "--node-id",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+}
+
+#[test]
+fn bad_arguments_exit_2_with_a_clear_message() {
+    for (args, needle) in [
+        (vec!["--event", "1"], "ID:STOCK"),
+        (vec!["--event", "1:10", "--event", "1:5"], "twice"),
+        (vec!["--shards", "0"], "--shards"),
+        (vec!["--max-frame", "8"], "--max-frame"),
+        (vec!["--hold-ttl", "soon"], "hold-ttl"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}
+
+/// Kills the child by PID if the test fails midway.
+struct Reaper(std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_prints_the_summary() {
+    let child = Command::new(BIN)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--event",
+            "1:10",
+        ])
+        .args(["--event", "2:5:2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Reaper(child);
+    let pid = child.0.id();
+
+    // The start-up line names the address; read it rather than sleep.
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
+    let mut startup = String::new();
+    while !startup.contains("ticketd started") {
+        startup.clear();
+        assert!(
+            stderr.read_line(&mut startup).unwrap() > 0,
+            "exited before starting"
+        );
+    }
+    let startup = strip_ansi(&startup);
+    let addr: SocketAddr = startup
+        .split("addr=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .expect("start-up line has addr=");
+    for field in ["shards=2", "cores=", "events="] {
+        assert!(startup.contains(field), "{startup}");
+    }
+
+    // A thread names itself once it runs, which may be just after the log line.
+    common::wait_until(|| {
+        let threads = thread_names(pid);
+        ["ticketd-shard-0", "ticketd-shard-1"]
+            .iter()
+            .all(|name| threads.iter().any(|t| t == name))
+    });
+
+    let mut client = Client::connect(addr);
+    assert_eq!(client.buy(1, 1, 1).status, Status::Ok);
+    let (hold_id, _) = common::hold(&client.reserve(2, 1, 2));
+    assert_ne!(hold_id, 0);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    client.expect_eof();
+    let status = child.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    let mut stdout = String::new();
+    child
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let rows: Vec<Vec<String>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["event", "total", "sold", "held", "remaining", "orders"]
+    );
+    assert_eq!(rows[1], ["1", "10", "1", "0", "9", "1"], "{stdout}");
+    assert_eq!(rows[2], ["2", "5", "0", "2", "3", "0"], "{stdout}");
+}
+
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+/// The log is coloured only on a terminal, but be safe either way.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::new();
+    let mut in_escape = false;
+    for c in text.chars() {
+        match (in_escape, c) {
+            (false, '\u{1b}') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}
