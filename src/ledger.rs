@@ -5,6 +5,7 @@
 //! shards reach it by message. Stock itself lives in the shared [`crate::stock::Stock`]
 //! slices.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -37,6 +38,13 @@ pub struct Order {
     pub event_id: u32,
     pub user: u64,
     pub qty: u16,
+}
+
+/// How acquired tickets count against a user.
+#[derive(Debug, Clone, Copy)]
+enum Acquired {
+    Bought,
+    Held,
 }
 
 /// What one user holds or bought of one event. Removed when both reach zero, so only
@@ -125,16 +133,7 @@ impl Ledger {
     }
 
     fn buy(&mut self, event: usize, user: u64, qty: u16) -> Result<ResultBody, Status> {
-        self.check_limit(event, user, qty)?;
-        if !self
-            .catalog
-            .get(event)
-            .stock
-            .take(self.shard, i64::from(qty))
-        {
-            return Err(Status::SoldOut);
-        }
-        self.users.entry((event, user)).or_default().bought += u32::from(qty);
+        self.acquire(event, user, qty, Acquired::Bought)?;
         let order_id = self.record_order(event, user, qty);
         Ok(ResultBody::Order { order_id })
     }
@@ -146,16 +145,7 @@ impl Ledger {
         qty: u16,
         now: Instant,
     ) -> Result<ResultBody, Status> {
-        self.check_limit(event, user, qty)?;
-        if !self
-            .catalog
-            .get(event)
-            .stock
-            .take(self.shard, i64::from(qty))
-        {
-            return Err(Status::SoldOut);
-        }
-        self.users.entry((event, user)).or_default().held += u32::from(qty);
+        self.acquire(event, user, qty, Acquired::Held)?;
         self.tallies[event].held += u64::from(qty);
         let hold_id = self.ids.next_id();
         let expires_at = now + self.hold_ttl;
@@ -174,6 +164,40 @@ impl Ledger {
             hold_id,
             expires_unix_ms: unix_ms(SystemTime::now() + self.hold_ttl),
         })
+    }
+
+    /// Checks the user's limit, takes the stock and counts it against the user, with
+    /// one probe of the user table (the hot path's one likely cache miss).
+    fn acquire(&mut self, event: usize, user: u64, qty: u16, as_: Acquired) -> Result<(), Status> {
+        let listing = self.catalog.get(event);
+        let limit = u32::from(listing.per_user_limit);
+        let qty32 = u32::from(qty);
+        let tally = match self.users.entry((event, user)) {
+            Entry::Occupied(entry) => {
+                let tally = entry.into_mut();
+                if tally.bought + tally.held + qty32 > limit {
+                    return Err(Status::LimitReached);
+                }
+                if !listing.stock.take(self.shard, i64::from(qty)) {
+                    return Err(Status::SoldOut);
+                }
+                tally
+            }
+            Entry::Vacant(entry) => {
+                if qty32 > limit {
+                    return Err(Status::LimitReached);
+                }
+                if !listing.stock.take(self.shard, i64::from(qty)) {
+                    return Err(Status::SoldOut);
+                }
+                entry.insert(UserTally::default())
+            }
+        };
+        match as_ {
+            Acquired::Bought => tally.bought += qty32,
+            Acquired::Held => tally.held += qty32,
+        }
+        Ok(())
     }
 
     fn confirm(&mut self, hold_id: u64, now: Instant) -> Result<ResultBody, Status> {
@@ -254,15 +278,6 @@ impl Ledger {
     /// Every order this shard created.
     pub fn orders(&self) -> &[Order] {
         &self.orders
-    }
-
-    fn check_limit(&self, event: usize, user: u64, qty: u16) -> Result<(), Status> {
-        let limit = u32::from(self.catalog.get(event).per_user_limit);
-        let tally = self.users.get(&(event, user)).copied().unwrap_or_default();
-        if tally.bought + tally.held + u32::from(qty) > limit {
-            return Err(Status::LimitReached);
-        }
-        Ok(())
     }
 
     fn is_active(&self, hold_id: u64) -> bool {
