@@ -32,23 +32,26 @@ fn stock(c: &mut Criterion) {
         b.iter(|| assert!(!sold_out.take(black_box(0), 1)))
     });
 
-    // One background thread hammering the other slice and stealing from ours: the cost
-    // of the cache traffic a shard sees when another shard runs dry.
-    let shared = Arc::new(Stock::new(ENDLESS, 2));
-    let stop = Arc::new(AtomicBool::new(false));
-    let hammer = {
-        let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                shared.take(1, 1);
-            }
-        })
-    };
-    group.bench_function("take_own_slice_with_a_neighbour", |b| {
-        b.iter(|| assert!(shared.take(black_box(0), 1)))
-    });
-    stop.store(true, Ordering::Relaxed);
-    let _ = hammer.join();
+    // A background thread on the other core: first on its own slice (what shards do
+    // normally: no shared cache line), then on ours (what happens when it steals).
+    for (name, neighbour_home) in [
+        ("take_own_slice_neighbour_on_its_slice", 1),
+        ("take_own_slice_neighbour_on_our_slice", 0),
+    ] {
+        let shared = Arc::new(Stock::new(ENDLESS, 2));
+        let stop = Arc::new(AtomicBool::new(false));
+        let hammer = {
+            let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    shared.take(neighbour_home, 1);
+                }
+            })
+        };
+        group.bench_function(name, |b| b.iter(|| assert!(shared.take(black_box(0), 1))));
+        stop.store(true, Ordering::Relaxed);
+        let _ = hammer.join();
+    }
     group.finish();
 }
 

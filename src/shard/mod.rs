@@ -399,7 +399,7 @@ impl Shard {
                     Message::Reply { conn, response } => match self.sessions.get_mut(conn.slot) {
                         Some(session) if session.generation == conn.generation => {
                             response.encode(&mut session.output);
-                            session.in_flight -= 1;
+                            session.in_flight = session.in_flight.saturating_sub(1);
                             self.mark_dirty(conn.slot);
                         }
                         _ => self.stats.orphan_replies += 1,

@@ -1,0 +1,38 @@
+# ticketd — common tasks. `make run` and `make test` are the two that matter.
+CARGO ?= cargo
+LISTEN ?= 127.0.0.1:7878
+EVENT ?= 1:10000
+
+.PHONY: run build release test deps lint fmt bench clean
+
+## Build in release mode and serve the demo sale: event 1, 10,000 tickets.
+run: release
+	./target/release/ticketd --listen $(LISTEN) --event $(EVENT)
+
+release:
+	$(CARGO) build --release --workspace
+
+build:
+	$(CARGO) build --workspace
+
+## Install anything missing, then formatting, lints and every test.
+test: deps lint
+	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
+
+deps:
+	./scripts/install-deps.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Criterion micro-benchmarks (codec, stock, pipelined dispatch).
+bench: deps
+	$(CARGO) bench --workspace
+
+clean:
+	$(CARGO) clean

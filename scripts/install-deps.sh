@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what `make test` and `make bench` need when it is missing. Idempotent;
+# run as root on Debian (as the CI machines are), or with the tools already present.
+set -euo pipefail
+
+need_apt=()
+want() { command -v "$1" >/dev/null 2>&1 || need_apt+=("$2"); }
+
+want python3 python3   # tests/readme.rs runs the README's Python client
+
+for tool in "$@"; do
+  case "$tool" in
+    redis) want redis-server redis-server; want redis-cli redis-tools ;;
+    perf) want perf linux-perf ;;
+    *) echo "install-deps: unknown tool $tool" >&2; exit 2 ;;
+  esac
+done
+
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    echo "install-deps: installing Rust with rustup" >&2
+    curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+fi
+if command -v rustup >/dev/null 2>&1; then
+  for component in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$component" \
+      || rustup component add "$component"
+  done
+fi
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "install-deps: installing ${need_apt[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}"
+fi
