@@ -1,0 +1,200 @@
+//! The outcome checks: a run is judged on what it sold, not only on how fast.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ticketd_proto::Status;
+
+use crate::config::OpKind;
+use crate::report::{StockView, ThreadResult, Verdict};
+
+pub struct CheckInput<'a> {
+    pub result: &'a ThreadResult,
+    pub op: OpKind,
+    pub limit: u32,
+    pub conns_requested: u64,
+    pub before: Option<StockView>,
+    pub after: Option<StockView>,
+    pub stock_skipped_because: Option<String>,
+}
+
+pub fn run_checks(input: CheckInput<'_>) -> BTreeMap<&'static str, Verdict> {
+    let r = input.result;
+    let mut checks = BTreeMap::new();
+    checks.insert(
+        "connections_established",
+        Verdict::check(
+            r.established == input.conns_requested,
+            format!(
+                "{} of {} connections established",
+                r.established, input.conns_requested
+            ),
+        ),
+    );
+    checks.insert(
+        "every_request_answered",
+        Verdict::check(
+            r.lost == 0 && r.malformed == 0 && r.answered == r.sent,
+            format!(
+                "{} sent, {} answered, {} lost, {} malformed",
+                r.sent, r.answered, r.lost, r.malformed
+            ),
+        ),
+    );
+    let selling = matches!(input.op, OpKind::Buy | OpKind::ReserveConfirm);
+    if !selling {
+        return checks;
+    }
+    match (input.before, input.after) {
+        (Some(before), Some(after)) => {
+            let sold = r.sold as i64;
+            checks.insert(
+                "sold_within_stock",
+                Verdict::check(
+                    sold <= before.remaining,
+                    format!("sold {sold}, {} were on sale", before.remaining),
+                ),
+            );
+            let server_sold = before.remaining - after.remaining;
+            checks.insert(
+                "server_agrees",
+                Verdict::check(
+                    server_sold == sold && after.total == before.total,
+                    format!(
+                        "the server's remaining fell by {server_sold}; clients saw {sold} sales"
+                    ),
+                ),
+            );
+            let demand_exceeded = r.statuses[usize::from(Status::SoldOut.code())] > 0;
+            checks.insert(
+                "exact_sell_out",
+                if demand_exceeded {
+                    Verdict::check(
+                        sold == before.remaining && after.remaining == 0,
+                        format!(
+                            "demand exceeded stock: sold {sold} of {}, {} left",
+                            before.remaining, after.remaining
+                        ),
+                    )
+                } else {
+                    Verdict::skipped(format!(
+                        "demand ({sold} sold) did not exceed stock ({} on sale)",
+                        before.remaining
+                    ))
+                },
+            );
+        }
+        _ => {
+            let why = input
+                .stock_skipped_because
+                .clone()
+                .unwrap_or_else(|| "STOCK was not read".into());
+            for name in ["sold_within_stock", "server_agrees", "exact_sell_out"] {
+                checks.insert(name, Verdict::skipped(why.clone()));
+            }
+        }
+    }
+    if r.orders_truncated {
+        let why = format!("more than {} orders: not tracked", r.orders.len());
+        checks.insert("order_ids_unique", Verdict::skipped(why.clone()));
+        checks.insert("users_within_limit", Verdict::skipped(why));
+        return checks;
+    }
+    let mut ids: Vec<u64> = r.orders.iter().map(|&(id, _)| id).collect();
+    ids.sort_unstable();
+    let before_dedup = ids.len();
+    ids.dedup();
+    let zero = ids.first() == Some(&0);
+    checks.insert(
+        "order_ids_unique",
+        Verdict::check(
+            ids.len() == before_dedup && !zero,
+            format!(
+                "{before_dedup} orders, {} distinct ids{}",
+                ids.len(),
+                if zero { ", one is 0" } else { "" }
+            ),
+        ),
+    );
+    let mut per_user: HashMap<u64, u32> = HashMap::new();
+    for &(_, user) in &r.orders {
+        *per_user.entry(user).or_default() += 1;
+    }
+    let worst = per_user.values().copied().max().unwrap_or(0);
+    checks.insert(
+        "users_within_limit",
+        Verdict::check(
+            worst <= input.limit,
+            format!(
+                "{} buyers, most tickets to one user {worst}, limit {}",
+                per_user.len(),
+                input.limit
+            ),
+        ),
+    );
+    checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(result: &ThreadResult, before: i64, after: i64) -> CheckInput<'_> {
+        CheckInput {
+            result,
+            op: OpKind::Buy,
+            limit: 1,
+            conns_requested: result.established,
+            before: Some(StockView {
+                total: before,
+                remaining: before,
+            }),
+            after: Some(StockView {
+                total: before,
+                remaining: after,
+            }),
+            stock_skipped_because: None,
+        }
+    }
+
+    fn sold_out_run(sold: u64) -> ThreadResult {
+        let mut r = ThreadResult::new();
+        r.established = 1;
+        r.sent = sold + 5;
+        r.answered = sold + 5;
+        r.statuses[1] = 5;
+        for i in 0..sold {
+            r.track_order(i + 1, i + 1, 100);
+        }
+        r
+    }
+
+    #[test]
+    fn an_exact_sell_out_passes_everything() {
+        let r = sold_out_run(10);
+        let checks = run_checks(input(&r, 10, 0));
+        assert!(checks.values().all(|v| v.verdict == "pass"), "{checks:?}");
+    }
+
+    #[test]
+    fn undersell_oversell_and_duplicates_fail() {
+        let r = sold_out_run(9);
+        assert!(
+            run_checks(input(&r, 10, 1))["exact_sell_out"].failed(),
+            "undersell"
+        );
+        let r = sold_out_run(11);
+        assert!(
+            run_checks(input(&r, 10, 0))["sold_within_stock"].failed(),
+            "oversell"
+        );
+        let mut r = sold_out_run(2);
+        r.orders[1].0 = r.orders[0].0;
+        assert!(run_checks(input(&r, 2, 0))["order_ids_unique"].failed());
+        let mut r = sold_out_run(2);
+        r.orders[1].1 = r.orders[0].1;
+        assert!(run_checks(input(&r, 2, 0))["users_within_limit"].failed());
+        let mut r = sold_out_run(2);
+        r.lost = 1;
+        assert!(run_checks(input(&r, 2, 0))["every_request_answered"].failed());
+    }
+}

@@ -1,0 +1,89 @@
+//! A blocking side connection for STOCK before and after the run.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ticketd_proto::{
+    decode_response, Command, DecodeError, Request, ResultBody, Status, DEFAULT_MAX_FRAME,
+};
+
+use crate::report::StockView;
+
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why STOCK could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{addr}: {source}")]
+    Io { addr: SocketAddr, source: io::Error },
+    #[error("{addr}: STOCK of event {event} answered {status}")]
+    Status {
+        addr: SocketAddr,
+        event: u32,
+        status: Status,
+    },
+    #[error("{addr}: malformed STOCK answer: {error}")]
+    Malformed {
+        addr: SocketAddr,
+        error: DecodeError,
+    },
+}
+
+/// STOCK of `event` on each distinct server, summed (each is its own node).
+pub fn stock(addrs: &[SocketAddr], event: u32) -> Result<StockView, ControlError> {
+    let mut distinct = addrs.to_vec();
+    distinct.sort();
+    distinct.dedup();
+    let mut sum = StockView {
+        total: 0,
+        remaining: 0,
+    };
+    for addr in distinct {
+        let view = stock_one(addr, event)?;
+        sum.total += view.total;
+        sum.remaining += view.remaining;
+    }
+    Ok(sum)
+}
+
+fn stock_one(addr: SocketAddr, event: u32) -> Result<StockView, ControlError> {
+    let io_error = |source| ControlError::Io { addr, source };
+    let mut stream = TcpStream::connect_timeout(&addr, CONTROL_TIMEOUT).map_err(io_error)?;
+    stream
+        .set_read_timeout(Some(CONTROL_TIMEOUT))
+        .map_err(io_error)?;
+    let mut out = BytesMut::new();
+    Request {
+        req_id: 1,
+        command: Command::Stock { event },
+    }
+    .encode(&mut out);
+    stream.write_all(&out).map_err(io_error)?;
+    let mut input = Vec::new();
+    let mut chunk = [0u8; 64];
+    loop {
+        match decode_response(&input, DEFAULT_MAX_FRAME) {
+            Ok((response, _)) => {
+                return match (response.status, response.result) {
+                    (Status::Ok, ResultBody::Stock { total, remaining }) => {
+                        Ok(StockView { total, remaining })
+                    }
+                    (status, _) => Err(ControlError::Status {
+                        addr,
+                        event,
+                        status,
+                    }),
+                };
+            }
+            Err(DecodeError::Incomplete) => {}
+            Err(error) => return Err(ControlError::Malformed { addr, error }),
+        }
+        let n = stream.read(&mut chunk).map_err(io_error)?;
+        if n == 0 {
+            return Err(io_error(io::ErrorKind::UnexpectedEof.into()));
+        }
+        input.extend_from_slice(&chunk[..n]);
+    }
+}

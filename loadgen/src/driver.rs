@@ -1,0 +1,612 @@
+//! One load thread: it opens its connections at the ramp rate, waits at the start gate,
+//! then drives them — closed loop (`depth` in flight) or open loop (a constant rate,
+//! each request scheduled ahead) — and returns what it saw.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use ticketd_proto::{
+    decode_response, Command, DecodeError, Op, Purchase, Request, ResultBody, Status,
+    DEFAULT_MAX_FRAME,
+};
+
+use crate::config::{OpKind, StopRule};
+use crate::connect;
+use crate::report::ThreadResult;
+use crate::workload::{quota, UserSequence};
+
+/// A connect that has not completed after this long counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the last send, how long to wait for outstanding answers.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open loop: most requests in flight per connection; later ones wait (and their wait
+/// counts in the corrected latency).
+const MAX_OPEN_LOOP_IN_FLIGHT: u32 = 1024;
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What every thread of a run shares.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub op: OpKind,
+    pub event: u32,
+    pub users: UserSequence,
+    pub total_conns: u64,
+    pub depth: u32,
+    /// Open loop: requests per second per connection.
+    pub rate_per_conn: Option<f64>,
+    pub stop: StopRule,
+    /// Time between two connects of one thread.
+    pub connect_interval: Duration,
+    pub max_tracked_orders: usize,
+}
+
+/// Live counters for progress reporting.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub established: AtomicU64,
+    pub failed: AtomicU64,
+    pub answered: AtomicU64,
+    pub threads_ready: AtomicU64,
+}
+
+/// Holds every thread after its connect phase until the run starts, so all start
+/// together and connecting is not measured.
+#[derive(Debug, Default)]
+pub struct StartGate {
+    start: Mutex<Option<Instant>>,
+    opened: Condvar,
+}
+
+impl StartGate {
+    pub fn open(&self) -> Instant {
+        let now = Instant::now();
+        if let Ok(mut start) = self.start.lock() {
+            *start = Some(now);
+        }
+        self.opened.notify_all();
+        now
+    }
+
+    fn wait(&self) -> Instant {
+        let mut start = match self.start.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        loop {
+            if let Some(at) = *start {
+                return at;
+            }
+            start = match self.opened.wait(start) {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+        }
+    }
+}
+
+/// One connection to open: its global index, where to, and from which source address.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnTarget {
+    pub global: u64,
+    pub addr: SocketAddr,
+    pub source: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    req_id: u64,
+    intended: Instant,
+    sent: Instant,
+    op: Op,
+    user: u64,
+}
+
+struct Conn {
+    stream: TcpStream,
+    global: u64,
+    out: BytesMut,
+    input: BytesMut,
+    slots: Vec<Option<Pending>>,
+    free: Vec<u32>,
+    /// Requests this connection has started (its `j` in the user sequence).
+    started: u64,
+    /// Frames sent, for unique request ids.
+    sends: u64,
+    /// Requests it may still start (request-count runs).
+    quota_left: Option<u64>,
+    /// Open loop: a due request that found every slot taken.
+    waiting_due: Option<Instant>,
+    wants_write: bool,
+    dead: bool,
+}
+
+impl Conn {
+    fn in_flight(&self) -> u32 {
+        (self.slots.len() - self.free.len()) as u32
+    }
+}
+
+/// Runs one load thread to completion.
+pub fn run_thread(
+    targets: Vec<ConnTarget>,
+    settings: Arc<RunSettings>,
+    progress: Arc<Progress>,
+    gate: Arc<StartGate>,
+) -> ThreadResult {
+    let mut result = ThreadResult::new();
+    let mut poll = match Poll::new() {
+        Ok(poll) => poll,
+        Err(e) => {
+            *result
+                .connect_errors
+                .entry(format!("cannot create a poller: {e}"))
+                .or_default() += targets.len() as u64;
+            progress.threads_ready.fetch_add(1, Ordering::AcqRel);
+            gate.wait();
+            return result;
+        }
+    };
+    let mut conns = connect_all(&mut poll, &targets, &settings, &progress, &mut result);
+    result.established = conns.len() as u64;
+    progress.threads_ready.fetch_add(1, Ordering::AcqRel);
+    let start = gate.wait();
+    drive(
+        &mut poll,
+        &mut conns,
+        &settings,
+        &progress,
+        &mut result,
+        start,
+    );
+    result
+}
+
+fn connect_all(
+    poll: &mut Poll,
+    targets: &[ConnTarget],
+    settings: &RunSettings,
+    progress: &Progress,
+    result: &mut ThreadResult,
+) -> Vec<Conn> {
+    let mut events = Events::with_capacity(1024);
+    let mut connecting: Vec<Option<(TcpStream, u64, Instant)>> = Vec::with_capacity(targets.len());
+    let mut open = 0usize;
+    let mut next = 0usize;
+    let ramp_start = Instant::now();
+    let capacity = match settings.rate_per_conn {
+        Some(_) => MAX_OPEN_LOOP_IN_FLIGHT,
+        None => settings.depth,
+    };
+    let mut established: Vec<(TcpStream, u64)> = Vec::new();
+    let fail = |result: &mut ThreadResult, e: &io::Error| {
+        *result
+            .connect_errors
+            .entry(connect::explain(e))
+            .or_default() += 1;
+        progress.failed.fetch_add(1, Ordering::Relaxed);
+    };
+    while next < targets.len() || open > 0 {
+        let now = Instant::now();
+        // Start every connect whose turn on the ramp has come.
+        while next < targets.len() && ramp_start + settings.connect_interval * next as u32 <= now {
+            let target = targets[next];
+            match connect::start_connect(target.addr, target.source) {
+                Ok(mut stream) => {
+                    let token = Token(connecting.len());
+                    if let Err(e) = poll
+                        .registry()
+                        .register(&mut stream, token, Interest::WRITABLE)
+                    {
+                        fail(result, &e);
+                    } else {
+                        connecting.push(Some((stream, target.global, now)));
+                        open += 1;
+                    }
+                }
+                Err(e) => fail(result, &e),
+            }
+            next += 1;
+        }
+        let until_next = (next < targets.len()).then(|| {
+            (ramp_start + settings.connect_interval * next as u32).saturating_duration_since(now)
+        });
+        let timeout = until_next
+            .unwrap_or(Duration::from_millis(50))
+            .min(Duration::from_millis(50));
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                break;
+            }
+        }
+        for event in events.iter() {
+            let index = event.token().0;
+            let Some(slot) = connecting.get_mut(index) else {
+                continue;
+            };
+            let Some((stream, _, _)) = slot.as_ref() else {
+                continue;
+            };
+            let outcome = match stream.take_error() {
+                Ok(Some(e)) | Err(e) => Err(e),
+                Ok(None) => match stream.peer_addr() {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => continue,
+                    Err(e) => Err(e),
+                },
+            };
+            let Some((mut stream, global, _)) = slot.take() else {
+                continue;
+            };
+            open -= 1;
+            let _ = poll.registry().deregister(&mut stream);
+            match outcome {
+                Ok(()) => {
+                    progress.established.fetch_add(1, Ordering::Relaxed);
+                    established.push((stream, global));
+                }
+                Err(e) => fail(result, &e),
+            }
+        }
+        // Connects that never completed.
+        let now = Instant::now();
+        for slot in connecting.iter_mut() {
+            if slot
+                .as_ref()
+                .is_some_and(|(_, _, at)| now.duration_since(*at) > CONNECT_TIMEOUT)
+            {
+                if let Some((mut stream, _, _)) = slot.take() {
+                    let _ = poll.registry().deregister(&mut stream);
+                    open -= 1;
+                    fail(result, &io::Error::from_raw_os_error(libc::ETIMEDOUT));
+                }
+            }
+        }
+    }
+    // Register the established connections for the run.
+    let mut conns = Vec::new();
+    for (mut stream, global) in established {
+        let token = Token(conns.len());
+        if let Err(e) = poll
+            .registry()
+            .register(&mut stream, token, Interest::READABLE)
+        {
+            fail(result, &e);
+            continue;
+        }
+        let quota_left = match settings.stop {
+            StopRule::Requests(total) => Some(quota(global, settings.total_conns, total)),
+            StopRule::Duration(_) => None,
+        };
+        conns.push(Conn {
+            stream,
+            global,
+            out: BytesMut::new(),
+            input: BytesMut::new(),
+            slots: vec![None; capacity as usize],
+            free: (0..capacity).rev().collect(),
+            started: 0,
+            sends: 0,
+            quota_left,
+            waiting_due: None,
+            wants_write: false,
+            dead: false,
+        });
+    }
+    conns
+}
+
+fn drive(
+    poll: &mut Poll,
+    conns: &mut [Conn],
+    settings: &RunSettings,
+    progress: &Progress,
+    result: &mut ThreadResult,
+    start: Instant,
+) {
+    let mut events = Events::with_capacity(1024);
+    let mut scratch = vec![0u8; READ_CHUNK];
+    let deadline = match settings.stop {
+        StopRule::Duration(d) => Some(start + d),
+        StopRule::Requests(_) => None,
+    };
+    // Open loop: each connection's next intended send, earliest first.
+    let interval = settings
+        .rate_per_conn
+        .map(|r| Duration::from_secs_f64(1.0 / r));
+    let mut schedule: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
+    if let Some(interval) = interval {
+        let n = conns.len().max(1) as u32;
+        for i in 0..conns.len() {
+            // Spread the first sends over one interval so the load is smooth from t=0.
+            schedule.push(Reverse((start + interval * i as u32 / n, i)));
+        }
+    } else {
+        for i in 0..conns.len() {
+            fill_closed_loop(&mut conns[i], settings, start, result);
+            flush(poll, &mut conns[i], i, result);
+        }
+    }
+    let mut stopped_sending_at = None;
+    loop {
+        let now = Instant::now();
+        let sending = deadline.is_none_or(|d| now < d);
+        if !sending && stopped_sending_at.is_none() {
+            stopped_sending_at = Some(now);
+        }
+        if let Some(interval) = interval.filter(|_| sending) {
+            while let Some(&Reverse((due, i))) = schedule.peek() {
+                if due > now {
+                    break;
+                }
+                schedule.pop();
+                let conn = &mut conns[i];
+                if conn.dead || conn.quota_left == Some(0) {
+                    continue;
+                }
+                if conn.free.is_empty() {
+                    conn.waiting_due = Some(due);
+                    continue;
+                }
+                start_request(conn, settings, due, now, result);
+                schedule.push(Reverse((due + interval, i)));
+                flush(poll, conn, i, result);
+            }
+        }
+        let all_done = conns
+            .iter()
+            .all(|c| c.dead || (c.in_flight() == 0 && (c.quota_left == Some(0) || !sending)));
+        if all_done {
+            break;
+        }
+        if stopped_sending_at.is_some_and(|at| now.duration_since(at) > DRAIN_TIMEOUT) {
+            break;
+        }
+        let timeout = match schedule.peek() {
+            Some(&Reverse((due, _))) if sending => due.saturating_duration_since(now),
+            _ => Duration::from_millis(100),
+        };
+        let timeout = deadline
+            .filter(|_| sending)
+            .map_or(timeout, |d| timeout.min(d.saturating_duration_since(now)));
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                break;
+            }
+        }
+        let now = Instant::now();
+        let sending = deadline.is_none_or(|d| now < d);
+        for event in events.iter() {
+            let i = event.token().0;
+            let Some(conn) = conns.get_mut(i) else {
+                continue;
+            };
+            if conn.dead {
+                continue;
+            }
+            if event.is_writable() {
+                flush(poll, conn, i, result);
+            }
+            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                let before = result.answered;
+                read_responses(conn, &mut scratch, settings, now, result);
+                progress
+                    .answered
+                    .fetch_add(result.answered - before, Ordering::Relaxed);
+                if sending {
+                    match interval {
+                        None => fill_closed_loop(conn, settings, now, result),
+                        Some(interval) => {
+                            if let Some(due) = conn.waiting_due.take() {
+                                start_request(conn, settings, due, now, result);
+                                schedule.push(Reverse((due + interval, i)));
+                            }
+                        }
+                    }
+                }
+                flush(poll, conn, i, result);
+            }
+        }
+    }
+    result.elapsed = start.elapsed();
+    for conn in conns.iter() {
+        result.lost += u64::from(conn.in_flight());
+    }
+}
+
+fn fill_closed_loop(
+    conn: &mut Conn,
+    settings: &RunSettings,
+    now: Instant,
+    result: &mut ThreadResult,
+) {
+    while !conn.dead
+        && conn.in_flight() < settings.depth
+        && conn.quota_left != Some(0)
+        && !conn.free.is_empty()
+    {
+        start_request(conn, settings, now, now, result);
+    }
+}
+
+/// Starts the connection's next request of the workload.
+fn start_request(
+    conn: &mut Conn,
+    settings: &RunSettings,
+    intended: Instant,
+    now: Instant,
+    result: &mut ThreadResult,
+) {
+    let k = conn.global + conn.started * settings.total_conns;
+    conn.started += 1;
+    if let Some(left) = conn.quota_left.as_mut() {
+        *left -= 1;
+    }
+    let user = settings.users.user(k);
+    let purchase = Purchase {
+        event: settings.event,
+        user,
+        qty: 1,
+    };
+    let command = match settings.op {
+        OpKind::Buy => Command::Buy(purchase),
+        OpKind::ReserveConfirm => Command::Reserve(purchase),
+        OpKind::Ping => Command::Ping,
+        OpKind::Stock => Command::Stock {
+            event: settings.event,
+        },
+    };
+    send(conn, command, user, intended, now, result);
+}
+
+fn send(
+    conn: &mut Conn,
+    command: Command,
+    user: u64,
+    intended: Instant,
+    now: Instant,
+    result: &mut ThreadResult,
+) {
+    let Some(slot) = conn.free.pop() else { return };
+    // The slot in the low bits, a per-connection counter above: stale answers are caught.
+    conn.sends += 1;
+    let req_id = (conn.sends << 32) | u64::from(slot);
+    conn.slots[slot as usize] = Some(Pending {
+        req_id,
+        intended,
+        sent: now,
+        op: command.op(),
+        user,
+    });
+    Request { req_id, command }.encode(&mut conn.out);
+    result.sent += 1;
+}
+
+fn flush(poll: &Poll, conn: &mut Conn, token: usize, result: &mut ThreadResult) {
+    while !conn.out.is_empty() && !conn.dead {
+        match conn.stream.write(&conn.out) {
+            Ok(0) => conn.dead = true,
+            Ok(n) => conn.out.advance(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => conn.dead = true,
+        }
+    }
+    if conn.dead {
+        result.broken_conns += 1;
+        let _ = poll.registry().deregister(&mut conn.stream);
+        return;
+    }
+    let wants_write = !conn.out.is_empty();
+    if wants_write != conn.wants_write {
+        let interest = if wants_write {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        if poll
+            .registry()
+            .reregister(&mut conn.stream, Token(token), interest)
+            .is_ok()
+        {
+            conn.wants_write = wants_write;
+        }
+    }
+}
+
+fn read_responses(
+    conn: &mut Conn,
+    scratch: &mut [u8],
+    settings: &RunSettings,
+    now: Instant,
+    result: &mut ThreadResult,
+) {
+    loop {
+        match conn.stream.read(scratch) {
+            Ok(0) => {
+                conn.dead = true;
+                result.broken_conns += 1;
+                return;
+            }
+            Ok(n) => {
+                conn.input.extend_from_slice(&scratch[..n]);
+                let mut used = 0;
+                loop {
+                    match decode_response(&conn.input[used..], DEFAULT_MAX_FRAME) {
+                        Ok((response, len)) => {
+                            used += len;
+                            handle_response(conn, response, settings, now, result);
+                        }
+                        Err(DecodeError::Incomplete) => break,
+                        Err(_) => {
+                            result.malformed += 1;
+                            conn.dead = true;
+                            return;
+                        }
+                    }
+                }
+                conn.input.advance(used);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                conn.dead = true;
+                result.broken_conns += 1;
+                return;
+            }
+        }
+    }
+}
+
+fn handle_response(
+    conn: &mut Conn,
+    response: ticketd_proto::Response,
+    settings: &RunSettings,
+    now: Instant,
+    result: &mut ThreadResult,
+) {
+    let slot = (response.req_id & 0xFFFF_FFFF) as usize;
+    let pending = match conn.slots.get_mut(slot) {
+        Some(entry) if entry.is_some_and(|p| p.req_id == response.req_id) => entry.take(),
+        _ => None,
+    };
+    let Some(pending) = pending else {
+        result.malformed += 1;
+        return;
+    };
+    conn.free.push(slot as u32);
+    result.answered += 1;
+    result.statuses[usize::from(response.status.code())] += 1;
+    let corrected = now.saturating_duration_since(pending.intended);
+    let uncorrected = now.saturating_duration_since(pending.sent);
+    result
+        .latency
+        .saturating_record(corrected.as_nanos() as u64);
+    result
+        .latency_uncorrected
+        .saturating_record(uncorrected.as_nanos() as u64);
+    match (pending.op, response.status, response.result) {
+        (Op::Buy | Op::Confirm, Status::Ok, ResultBody::Order { order_id }) => {
+            result.track_order(order_id, pending.user, settings.max_tracked_orders);
+        }
+        (Op::Reserve, Status::Ok, ResultBody::Hold { hold_id, .. }) => {
+            // Pay at once: the CONFIRM is part of the same purchase.
+            send(
+                conn,
+                Command::Confirm { hold_id },
+                pending.user,
+                now,
+                now,
+                result,
+            );
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,257 @@
+//! `loadgen`: plays a flash-sale crowd against ticketd and judges the outcome.
+
+mod check;
+mod config;
+mod connect;
+mod control;
+mod driver;
+mod report;
+mod run;
+mod workload;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use config::{Cli, OpKind, StopRule};
+use driver::RunSettings;
+use report::{Percentiles, Report, ThreadResult};
+use run::{LocalRun, ProcessPlan, WorkerSet};
+use workload::UserSequence;
+
+/// Files kept back from each process's limit for pollers, pipes and the side connection.
+const RESERVED_FDS: u64 = 100;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = cli.validate() {
+        eprintln!("loadgen: {e}");
+        return ExitCode::from(2);
+    }
+    let open_files = raise_open_file_limit();
+    let threads = cli
+        .threads
+        .unwrap_or_else(|| core_affinity::get_core_ids().map_or(1, |c| c.len().max(1)));
+    let per_process = open_files.saturating_sub(RESERVED_FDS).max(1);
+    let processes = cli.conns.div_ceil(per_process) as usize;
+    let plan = |range| ProcessPlan {
+        range,
+        threads,
+        addrs: cli.addrs.clone(),
+        source_addrs: cli
+            .source_addrs
+            .unwrap_or_else(|| cli.conns.div_ceil(connect::CONNS_PER_SOURCE) as u32),
+        settings: Arc::new(settings(&cli, processes * threads)),
+    };
+    match cli.worker_range() {
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::from(2)
+        }
+        Ok(Some(range)) => match run::worker_main(&plan(range)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("loadgen worker: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(None) => coordinate(&cli, processes, threads, per_process, plan),
+    }
+}
+
+fn settings(cli: &Cli, all_threads: usize) -> RunSettings {
+    RunSettings {
+        op: cli.op,
+        event: cli.event,
+        users: UserSequence::new(cli.user_count(), cli.seed),
+        total_conns: cli.conns,
+        depth: cli.depth,
+        rate_per_conn: cli.rate.map(|r| r / cli.conns as f64),
+        stop: cli
+            .stop_rule()
+            .unwrap_or(StopRule::Duration(Duration::from_secs(10))),
+        connect_interval: Duration::from_secs_f64(all_threads as f64 / cli.connect_rate),
+        max_tracked_orders: cli.max_tracked_orders,
+    }
+}
+
+fn coordinate(
+    cli: &Cli,
+    processes: usize,
+    threads: usize,
+    per_process: u64,
+    plan: impl Fn((u64, u64)) -> ProcessPlan,
+) -> ExitCode {
+    let selling = matches!(cli.op, OpKind::Buy | OpKind::ReserveConfirm);
+    let stock_skipped = if cli.no_stock_check {
+        Some("--no-stock-check: several independent nodes behind one address".to_string())
+    } else if !selling {
+        Some("the op sells nothing".to_string())
+    } else {
+        None
+    };
+    let before = match stock_skipped {
+        Some(_) => None,
+        None => match control::stock(&cli.addrs, cli.event) {
+            Ok(view) => Some(view),
+            Err(e) => {
+                eprintln!("loadgen: cannot read STOCK before the run: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    if processes > 1 {
+        eprintln!(
+            "loadgen: {} connections exceed one process's {} usable files: running {processes} worker processes",
+            cli.conns, per_process
+        );
+    }
+    let bar = ProgressBar::new(cli.conns);
+    bar.set_style(
+        ProgressStyle::with_template("connecting {bar:40} {pos}/{len} ({per_sec}) {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let result = if processes == 1 {
+        let local = match LocalRun::spawn(&plan((0, cli.conns))) {
+            Ok(local) => local,
+            Err(e) => {
+                eprintln!("loadgen: cannot spawn load threads: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        local.wait_ready(|p| {
+            let failed = p.failed.load(std::sync::atomic::Ordering::Relaxed);
+            bar.set_position(p.established.load(std::sync::atomic::Ordering::Relaxed) + failed);
+            if failed > 0 {
+                bar.set_message(format!("{failed} failed"));
+            }
+        });
+        bar.finish_and_clear();
+        local.start();
+        local.join()
+    } else {
+        match run_workers(cli, processes, &bar) {
+            Ok(result) => result,
+            Err(e) => {
+                bar.abandon();
+                eprintln!("loadgen: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let after = match before {
+        Some(_) => match control::stock(&cli.addrs, cli.event) {
+            Ok(view) => Some(view),
+            Err(e) => {
+                eprintln!("loadgen: cannot read STOCK after the run: {e}");
+                None
+            }
+        },
+        None => None,
+    };
+    let report = build_report(
+        cli,
+        processes,
+        threads,
+        &result,
+        before,
+        after,
+        stock_skipped,
+    );
+    report.print();
+    if let Some(path) = &cli.json {
+        let written = serde_json::to_string_pretty(&report)
+            .map_err(|e| e.to_string())
+            .and_then(|json| std::fs::write(path, json + "\n").map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            eprintln!("loadgen: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("loadgen: a check failed");
+        ExitCode::FAILURE
+    }
+}
+
+fn run_workers(cli: &Cli, processes: usize, bar: &ProgressBar) -> Result<ThreadResult, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n = processes as u64;
+    let ranges: Vec<(u64, u64)> = (0..n)
+        .map(|i| (cli.conns * i / n, cli.conns * (i + 1) / n))
+        .collect();
+    let mut workers = WorkerSet::spawn(&args, &ranges)?;
+    workers.wait_ready(|established, failed| {
+        bar.set_position(established + failed);
+        if failed > 0 {
+            bar.set_message(format!("{failed} failed"));
+        }
+    })?;
+    bar.finish_and_clear();
+    workers.start()?;
+    workers.join()
+}
+
+fn build_report(
+    cli: &Cli,
+    processes: usize,
+    threads: usize,
+    result: &ThreadResult,
+    before: Option<report::StockView>,
+    after: Option<report::StockView>,
+    stock_skipped: Option<String>,
+) -> Report {
+    let elapsed_s = result.elapsed.as_secs_f64();
+    let invariants = check::run_checks(check::CheckInput {
+        result,
+        op: cli.op,
+        limit: cli.limit,
+        conns_requested: cli.conns,
+        before,
+        after,
+        stock_skipped_because: stock_skipped,
+    });
+    Report {
+        conns: result.established,
+        conns_requested: cli.conns,
+        processes,
+        threads_per_process: threads,
+        op: cli.op,
+        mode: if cli.rate.is_some() {
+            "open-loop"
+        } else {
+            "closed-loop"
+        },
+        requests: result.answered,
+        sent: result.sent,
+        lost: result.lost,
+        malformed: result.malformed,
+        elapsed_s,
+        throughput_rps: if elapsed_s > 0.0 {
+            result.answered as f64 / elapsed_s
+        } else {
+            0.0
+        },
+        statuses: Report::statuses(result),
+        sold: result.sold,
+        latency_us: Percentiles::of(&result.latency),
+        latency_uncorrected_us: cli
+            .rate
+            .map(|_| Percentiles::of(&result.latency_uncorrected)),
+        connect_errors: result.connect_errors.clone(),
+        stock_before: before,
+        stock_after: after,
+        invariants,
+    }
+}
+
+/// Raises the soft open-file limit to the hard one; returns the limit in force.
+fn raise_open_file_limit() -> u64 {
+    let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
+    rlimit::increase_nofile_limit(hard).unwrap_or(soft)
+}
