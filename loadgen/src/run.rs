@@ -242,15 +242,19 @@ impl WorkerSet {
     pub fn join(mut self) -> Result<ThreadResult, String> {
         let n = self.children.len();
         let mut total = ThreadResult::new();
-        let mut done = 0;
-        while done < n {
+        let mut reported = vec![false; n];
+        while !reported.iter().all(|r| *r) {
             match self.messages.recv() {
-                Ok((_, Some(WorkerMessage::Result(wire)))) => {
+                Ok((i, Some(WorkerMessage::Result(wire)))) => {
                     total.merge(wire.into_result().map_err(|e| e.to_string())?);
-                    done += 1;
+                    reported[i] = true;
                 }
                 Ok((_, Some(_))) => {}
-                Ok((i, None)) => return Err(format!("worker {i} exited without a result")),
+                // A worker's output ends after its result; before it, that is a failure.
+                Ok((i, None)) if !reported[i] => {
+                    return Err(format!("worker {i} exited without a result"))
+                }
+                Ok((_, None)) => {}
                 Err(_) => return Err("lost every worker".into()),
             }
         }
