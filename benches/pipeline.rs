@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use ticketd::catalog::Catalog;
 use ticketd::ledger::Ledger;
-use ticketd::shard::mailbox::{ConnRef, Outbox};
+use ticketd::shard::mailbox::ConnRef;
 use ticketd::shard::Dispatcher;
 use ticketd::EventSpec;
 use ticketd_proto::{Command, Purchase, Request, DEFAULT_MAX_FRAME};
@@ -28,16 +28,8 @@ fn dispatcher(stock: i64, per_user_limit: u16) -> Dispatcher {
         }],
         1,
     ));
-    Dispatcher {
-        shard: 0,
-        shards: 1,
-        node_id: 0,
-        max_frame: DEFAULT_MAX_FRAME,
-        ledger: Ledger::new(0, 0, Arc::clone(&catalog), Duration::from_secs(900)),
-        catalog,
-        outbox: Outbox::new(1),
-        bad_requests: 0,
-    }
+    let ledger = Ledger::new(0, 0, catalog, Duration::from_secs(900));
+    Dispatcher::new(0, 1, 0, DEFAULT_MAX_FRAME, ledger)
 }
 
 fn buys(first_user: u64) -> BytesMut {

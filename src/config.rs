@@ -62,6 +62,11 @@ pub struct Cli {
     /// This node's id, stamped into every order and hold id (0..=4095).
     #[arg(long, value_name = "K", default_value_t = 0)]
     pub node_id: u16,
+
+    /// Also serve `GET /buy/ticket[?event=E&user=U]` over HTTP/1.x here, answering the
+    /// JSON the Go/Java prototypes answer (for `ab` and `wrk`).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http: Option<SocketAddr>,
 }
 
 /// One `--event ID:STOCK[:LIMIT]`.
@@ -159,6 +164,7 @@ pub struct Config {
     pub max_frame: u32,
     pub max_conns: usize,
     pub node_id: u16,
+    pub http: Option<SocketAddr>,
 }
 
 impl Config {
@@ -173,6 +179,7 @@ impl Config {
             max_frame: ticketd_proto::DEFAULT_MAX_FRAME,
             max_conns: 10_000,
             node_id: 0,
+            http: None,
         }
     }
 
@@ -227,6 +234,7 @@ impl Cli {
                 .max_conns
                 .unwrap_or(usize::try_from(default_conns).unwrap_or(usize::MAX)),
             node_id: self.node_id,
+            http: self.http,
         };
         config.validate()?;
         Ok(config)

@@ -270,6 +270,10 @@ impl Ledger {
         }
     }
 
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
     /// This shard's per-event counts, in catalog order.
     pub fn tallies(&self) -> &[EventTally] {
         &self.tallies

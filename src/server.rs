@@ -32,6 +32,7 @@ pub enum StartError {
 /// A running node. Dropping it shuts the node down and waits for its threads.
 pub struct ServerHandle {
     local_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     catalog: Arc<Catalog>,
     shutdown: Arc<ShutdownSignal>,
     wakers: Vec<Arc<Waker>>,
@@ -60,6 +61,22 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         })?
         .unwrap_or(config.listen);
 
+    let http_listeners: Vec<Option<std::net::TcpListener>> = match config.http {
+        Some(addr) => listener::bind_group(addr, shards)
+            .map_err(|source| StartError::Listen { addr, source })?
+            .into_iter()
+            .map(Some)
+            .collect(),
+        None => (0..shards).map(|_| None).collect(),
+    };
+    let http_addr = match http_listeners.first() {
+        Some(Some(l)) => Some(l.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?),
+        _ => None,
+    };
+
     let mut polls = Vec::with_capacity(shards);
     let mut peers = Vec::with_capacity(shards);
     let mut inboxes = Vec::with_capacity(shards);
@@ -77,8 +94,12 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     let max_sessions = config.max_conns.div_ceil(shards);
 
     let mut threads = Vec::with_capacity(shards);
-    let parts = polls.into_iter().zip(inboxes).zip(listeners).enumerate();
-    for (index, ((poll, inbox), listener)) in parts {
+    let parts = polls
+        .into_iter()
+        .zip(inboxes)
+        .zip(listeners.into_iter().zip(http_listeners))
+        .enumerate();
+    for (index, ((poll, inbox), (listener, http_listener))) in parts {
         let core = plan.get(index).copied().flatten();
         let parts = ShardParts {
             settings: ShardSettings {
@@ -91,6 +112,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             },
             poll,
             listener,
+            http_listener,
             mailbox: Mailbox {
                 inbox,
                 peers: Arc::clone(&peers),
@@ -120,6 +142,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     let cores: Vec<Option<usize>> = plan.iter().map(|c| c.map(|c| c.id)).collect();
     tracing::info!(
         addr = %local_addr,
+        http = ?http_addr,
         shards,
         cores = ?cores,
         events = ?config.events.iter().map(|e| format!("{}:{}:{}", e.id, e.stock, e.per_user_limit)).collect::<Vec<_>>(),
@@ -130,6 +153,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     );
     Ok(ServerHandle {
         local_addr,
+        http_addr,
         catalog,
         shutdown,
         wakers: peers.iter().map(|p| Arc::clone(&p.waker)).collect(),
@@ -142,6 +166,11 @@ impl ServerHandle {
     /// The address the listeners are bound to (with the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The HTTP endpoint's address, when `--http` was given.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The core each shard was placed on (`None`: unpinned).

@@ -329,9 +329,9 @@ fn drive(
             schedule.push(Reverse((start + interval * i as u32 / n, i)));
         }
     } else {
-        for i in 0..conns.len() {
-            fill_closed_loop(&mut conns[i], settings, start, result);
-            flush(poll, &mut conns[i], i, result);
+        for (i, conn) in conns.iter_mut().enumerate() {
+            fill_closed_loop(conn, settings, start, result);
+            flush(poll, conn, i, result);
         }
     }
     let mut stopped_sending_at = None;

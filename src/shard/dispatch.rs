@@ -27,6 +27,8 @@ pub struct Dispatcher {
     pub outbox: Outbox,
     /// Well-framed requests answered BAD_REQUEST, and streams that lost framing.
     pub bad_requests: u64,
+    /// Anonymous HTTP buyers created so far.
+    pub anonymous_users: u64,
 }
 
 /// The result of handling a buffer of request bytes.
@@ -40,6 +42,20 @@ pub struct Handled {
 }
 
 impl Dispatcher {
+    pub fn new(shard: usize, shards: usize, node_id: u16, max_frame: u32, ledger: Ledger) -> Self {
+        Dispatcher {
+            shard,
+            shards,
+            node_id,
+            max_frame,
+            catalog: Arc::clone(ledger.catalog()),
+            ledger,
+            outbox: Outbox::new(shards),
+            bad_requests: 0,
+            anonymous_users: 0,
+        }
+    }
+
     /// Handles every whole frame at the front of `input`: local answers are encoded into
     /// `output`, requests owned elsewhere are queued in the outbox and counted in
     /// `in_flight`. When `shed` is set (the connection is over `--max-conns`), every
@@ -62,8 +78,8 @@ impl Dispatcher {
                     if shed {
                         let op = request.command.op().code();
                         Response::error(op, request.req_id, Status::Overloaded).encode(output);
-                    } else {
-                        self.dispatch(conn, request, output, in_flight, now);
+                    } else if let Some(response) = self.decide(conn, request, in_flight, now) {
+                        response.encode(output);
                     }
                 }
                 Err(DecodeError::Incomplete) => break,
@@ -103,14 +119,15 @@ impl Dispatcher {
         }
     }
 
-    fn dispatch(
+    /// Decides a request here, or forwards it to the shard that owns its user or hold
+    /// (counted in `in_flight`; the answer comes back as a [`Message::Reply`]).
+    pub fn decide(
         &mut self,
         conn: ConnRef,
         request: Request,
-        output: &mut BytesMut,
         in_flight: &mut u32,
         now: Instant,
-    ) {
+    ) -> Option<Response> {
         let req_id = request.req_id;
         let routed = match request.command {
             Command::Ping => Err(Response::ok(Op::Ping, req_id, ResultBody::Empty)),
@@ -141,10 +158,8 @@ impl Dispatcher {
                 .map(|owner| (owner, LedgerOp::Cancel { hold_id })),
         };
         match routed {
-            Err(answer) => answer.encode(output),
-            Ok((owner, op)) if owner == self.shard => {
-                self.ledger.apply(op, req_id, now).encode(output);
-            }
+            Err(answer) => Some(answer),
+            Ok((owner, op)) if owner == self.shard => Some(self.ledger.apply(op, req_id, now)),
             Ok((owner, op)) => {
                 *in_flight += 1;
                 self.outbox.push(
@@ -155,8 +170,41 @@ impl Dispatcher {
                         op,
                     },
                 );
+                None
             }
         }
+    }
+
+    /// The HTTP endpoint's BUY of one ticket: the first event and a fresh anonymous user
+    /// unless the query named them.
+    pub fn http_buy(
+        &mut self,
+        conn: ConnRef,
+        event: Option<u32>,
+        user: Option<u64>,
+        in_flight: &mut u32,
+        now: Instant,
+    ) -> Option<Response> {
+        let Some(event) = event.or_else(|| self.catalog.iter().next().map(|e| e.id)) else {
+            return Some(Response::error(Op::Buy.code(), 0, Status::NotFound));
+        };
+        let user = user.unwrap_or_else(|| self.next_anonymous_user());
+        let command = Command::Buy(Purchase {
+            event,
+            user,
+            qty: 1,
+        });
+        self.decide(conn, Request { req_id: 0, command }, in_flight, now)
+    }
+
+    /// Anonymous HTTP buyers get ids with the top bit set, then node, shard and a
+    /// counter: unique, and apart from any id a binary client is likely to use.
+    fn next_anonymous_user(&mut self) -> u64 {
+        self.anonymous_users += 1;
+        (1 << 63)
+            | (u64::from(self.node_id) << 51)
+            | ((self.shard as u64) << 43)
+            | (self.anonymous_users & ((1 << 43) - 1))
     }
 
     fn stock(&self, event: u32, req_id: u64) -> Response {

@@ -2,6 +2,7 @@
 //! its connections, its slice of every event's stock, and its users' ledger.
 
 mod dispatch;
+pub mod http;
 pub mod mailbox;
 mod session;
 
@@ -20,7 +21,7 @@ use ticketd_proto::Response;
 
 pub use dispatch::{Dispatcher, Handled};
 use mailbox::{ConnRef, Mailbox, Message};
-use session::Session;
+use session::{Protocol, Session};
 
 use crate::catalog::Catalog;
 use crate::ledger::{EventTally, Ledger};
@@ -28,8 +29,9 @@ use crate::ledger::{EventTally, Ledger};
 /// Wakes the shard when another shard sent it a batch or shutdown was asked.
 pub const WAKER_TOKEN: Token = Token(0);
 const LISTENER_TOKEN: Token = Token(1);
+const HTTP_LISTENER_TOKEN: Token = Token(2);
 /// Session slab keys are offset by this to form their tokens.
-const FIRST_SESSION_TOKEN: usize = 2;
+const FIRST_SESSION_TOKEN: usize = 3;
 
 /// Size of the per-shard read buffer, and so of one read call.
 const READ_CHUNK: usize = 64 * 1024;
@@ -102,6 +104,8 @@ pub struct ShardParts {
     pub settings: ShardSettings,
     pub poll: Poll,
     pub listener: std::net::TcpListener,
+    /// The `--http` listener, if any.
+    pub http_listener: Option<std::net::TcpListener>,
     pub mailbox: Mailbox,
     pub catalog: Arc<Catalog>,
     pub shutdown: Arc<ShutdownSignal>,
@@ -111,6 +115,7 @@ pub struct Shard {
     settings: ShardSettings,
     poll: Poll,
     listener: Option<TcpListener>,
+    http_listener: Option<TcpListener>,
     sessions: Slab<Session>,
     /// Sessions in `sessions` that are being shed (over `--max-conns`).
     shedding: usize,
@@ -139,6 +144,7 @@ impl Shard {
             settings,
             poll,
             listener,
+            http_listener,
             mailbox,
             catalog,
             shutdown,
@@ -146,26 +152,28 @@ impl Shard {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER_TOKEN, Interest::READABLE)?;
-        let ledger = Ledger::new(
-            settings.index,
-            settings.node_id,
-            Arc::clone(&catalog),
-            settings.hold_ttl,
-        );
-        let dispatcher = Dispatcher {
-            shard: settings.index,
-            shards: settings.shards,
-            node_id: settings.node_id,
-            max_frame: settings.max_frame,
-            catalog,
-            ledger,
-            outbox: mailbox::Outbox::new(settings.shards),
-            bad_requests: 0,
+        let http_listener = match http_listener {
+            Some(l) => {
+                let mut l = TcpListener::from_std(l);
+                poll.registry()
+                    .register(&mut l, HTTP_LISTENER_TOKEN, Interest::READABLE)?;
+                Some(l)
+            }
+            None => None,
         };
+        let ledger = Ledger::new(settings.index, settings.node_id, catalog, settings.hold_ttl);
+        let dispatcher = Dispatcher::new(
+            settings.index,
+            settings.shards,
+            settings.node_id,
+            settings.max_frame,
+            ledger,
+        );
         Ok(Shard {
             settings,
             poll,
             listener: Some(listener),
+            http_listener,
             sessions: Slab::new(),
             shedding: 0,
             next_generation: 0,
@@ -202,7 +210,8 @@ impl Shard {
             for event in events.iter() {
                 match event.token() {
                     WAKER_TOKEN => {}
-                    LISTENER_TOKEN => self.accept(now),
+                    LISTENER_TOKEN => self.accept(Protocol::Binary, now),
+                    HTTP_LISTENER_TOKEN => self.accept(Protocol::Http, now),
                     Token(token) => {
                         let slot = token - FIRST_SESSION_TOKEN;
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
@@ -220,7 +229,8 @@ impl Shard {
             self.close_expired_lingerers(now);
             if self.accept_retry_at.is_some_and(|at| at <= now) {
                 self.accept_retry_at = None;
-                self.accept(now);
+                self.accept(Protocol::Binary, now);
+                self.accept(Protocol::Http, now);
             }
             self.flush_dirty(now);
             self.dispatcher.outbox.flush(&self.mailbox.peers);
@@ -256,8 +266,12 @@ impl Shard {
         }
     }
 
-    fn accept(&mut self, now: Instant) {
-        let Some(listener) = &self.listener else {
+    fn accept(&mut self, protocol: Protocol, now: Instant) {
+        let listener = match protocol {
+            Protocol::Binary => &self.listener,
+            Protocol::Http => &self.http_listener,
+        };
+        let Some(listener) = listener else {
             return;
         };
         let max_sessions = self.settings.max_sessions;
@@ -284,7 +298,7 @@ impl Shard {
                         continue;
                     }
                     self.next_generation = self.next_generation.wrapping_add(1);
-                    let mut session = Session::new(stream, self.next_generation);
+                    let mut session = Session::new(stream, self.next_generation, protocol);
                     session.shedding = shedding;
                     if shedding {
                         self.shedding += 1;
@@ -349,8 +363,14 @@ impl Shard {
                 Ok(0) => session.read_closed = true,
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
-                    if !session.lingering {
-                        ingest(&mut self.dispatcher, conn, session, &self.scratch[..n], now);
+                    let bytes = &self.scratch[..n];
+                    match session.protocol {
+                        _ if session.lingering || session.close_when_settled => {}
+                        Protocol::Binary => ingest(&mut self.dispatcher, conn, session, bytes, now),
+                        Protocol::Http => {
+                            session.input.extend_from_slice(bytes);
+                            serve_http(&mut self.dispatcher, conn, session, now);
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -398,8 +418,20 @@ impl Shard {
                     }
                     Message::Reply { conn, response } => match self.sessions.get_mut(conn.slot) {
                         Some(session) if session.generation == conn.generation => {
-                            response.encode(&mut session.output);
                             session.in_flight = session.in_flight.saturating_sub(1);
+                            match session.http_waiting.take() {
+                                Some(head) => {
+                                    http::write_outcome(
+                                        &mut session.output,
+                                        response.status,
+                                        response.result,
+                                        &head,
+                                    );
+                                    // Requests that arrived meanwhile can go now.
+                                    serve_http(&mut self.dispatcher, conn, session, now);
+                                }
+                                None => response.encode(&mut session.output),
+                            }
                             self.mark_dirty(conn.slot);
                         }
                         _ => self.stats.orphan_replies += 1,
@@ -479,7 +511,7 @@ impl Shard {
             session.wants_write = wants_write;
         }
         if session.is_settled() {
-            if session.read_closed {
+            if session.read_closed || session.close_when_settled {
                 self.close(slot);
                 return;
             }
@@ -536,7 +568,8 @@ impl Shard {
                 return false;
             }
             self.stopping = Some(now + DRAIN_TIMEOUT);
-            if let Some(mut listener) = self.listener.take() {
+            let listeners = [self.listener.take(), self.http_listener.take()];
+            for mut listener in listeners.into_iter().flatten() {
                 let _ = self.poll.registry().deregister(&mut listener);
             }
             self.read_queue.clear();
@@ -598,6 +631,67 @@ fn ingest(
         session.lingering = true;
         session.owes_framing_error = handled.framing_lost;
         session.input.clear();
+    }
+}
+
+/// Answers the HTTP requests buffered in `session.input`, one at a time: a request whose
+/// answer another shard decides holds the rest until it is written.
+fn serve_http(dispatcher: &mut Dispatcher, conn: ConnRef, session: &mut Session, now: Instant) {
+    while session.http_waiting.is_none() && !session.close_when_settled {
+        let head = match http::parse(&session.input) {
+            http::Parsed::Incomplete => return,
+            http::Parsed::Invalid(code) => {
+                dispatcher.bad_requests += 1;
+                http::write_error(
+                    &mut session.output,
+                    code,
+                    "malformed HTTP request",
+                    false,
+                    false,
+                );
+                session.input.clear();
+                session.close_when_settled = true;
+                return;
+            }
+            http::Parsed::Request(head) => head,
+        };
+        session
+            .input
+            .advance(head.consumed.min(session.input.len()));
+        let (keep_alive, http10) = (head.keep_alive, head.http10);
+        match head.target {
+            http::Target::Buy { event, user } => {
+                match dispatcher.http_buy(conn, event, user, &mut session.in_flight, now) {
+                    Some(response) => http::write_outcome(
+                        &mut session.output,
+                        response.status,
+                        response.result,
+                        &head,
+                    ),
+                    None => session.http_waiting = Some(head),
+                }
+            }
+            http::Target::NotFound => http::write_error(
+                &mut session.output,
+                404,
+                "not found: try GET /buy/ticket",
+                keep_alive,
+                http10,
+            ),
+            http::Target::MethodNotAllowed => http::write_error(
+                &mut session.output,
+                405,
+                "method not allowed: use GET",
+                keep_alive,
+                http10,
+            ),
+            http::Target::BadQuery(why) => {
+                http::write_error(&mut session.output, 400, why, keep_alive, http10)
+            }
+        }
+        if !keep_alive {
+            session.close_when_settled = true;
+        }
     }
 }
 

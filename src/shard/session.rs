@@ -3,6 +3,15 @@
 use bytes::BytesMut;
 use mio::net::TcpStream;
 
+use super::http;
+
+/// Which protocol a connection speaks: decided by the listener that accepted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Binary,
+    Http,
+}
+
 /// Output above this many unsent bytes stops reading from the client until it drains:
 /// a client that never reads cannot make the server buffer without bound.
 pub const OUTPUT_HIGH_WATER: usize = 64 * 1024;
@@ -16,6 +25,7 @@ pub const RELEASE_CAPACITY: usize = 16 * 1024;
 #[derive(Debug)]
 pub struct Session {
     pub stream: TcpStream,
+    pub protocol: Protocol,
     pub generation: u32,
     /// Bytes read but not yet a whole frame.
     pub input: BytesMut,
@@ -45,12 +55,19 @@ pub struct Session {
     /// Over `--max-conns`: its first requests are answered OVERLOADED, then it is
     /// closed like a connection that lost framing.
     pub shedding: bool,
+    /// HTTP: the request whose answer another shard is deciding. Later requests wait in
+    /// `input`, so answers leave in request order.
+    pub http_waiting: Option<http::Head>,
+    /// Close once everything owed is written (HTTP without keep-alive, or an HTTP
+    /// request that could not be parsed).
+    pub close_when_settled: bool,
 }
 
 impl Session {
-    pub fn new(stream: TcpStream, generation: u32) -> Self {
+    pub fn new(stream: TcpStream, generation: u32, protocol: Protocol) -> Self {
         Session {
             stream,
+            protocol,
             generation,
             input: BytesMut::new(),
             output: BytesMut::new(),
@@ -64,6 +81,8 @@ impl Session {
             queued_read: false,
             read_stalled: false,
             shedding: false,
+            http_waiting: None,
+            close_when_settled: false,
         }
     }
 

@@ -1,0 +1,263 @@
+//! HTTP compatibility: `GET /buy/ticket[?event=E&user=U]`, answered with the JSON shape
+//! the Go/Java + Redis prototypes use, so `ab` and `wrk` measure ticketd exactly the way
+//! they measured those. Parsing is httparse's; this module only interprets.
+//!
+//! One request per connection is in flight at a time (the next is parsed once the
+//! current one is answered), so answers always leave in request order as HTTP requires.
+
+use bytes::{BufMut, BytesMut};
+use ticketd_proto::{ResultBody, Status};
+
+/// Largest request head accepted; a longer one gets 431 and a close.
+pub const MAX_HEAD: usize = 8 * 1024;
+/// Largest request body skipped over (GET has none; a POST body is ignored).
+pub const MAX_BODY: usize = 8 * 1024;
+const MAX_HEADERS: usize = 32;
+
+/// What the client asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// GET /buy/ticket; `None` means "default": the first event, a fresh anonymous user.
+    Buy {
+        event: Option<u32>,
+        user: Option<u64>,
+    },
+    NotFound,
+    MethodNotAllowed,
+    BadQuery(&'static str),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub target: Target,
+    pub keep_alive: bool,
+    pub http10: bool,
+    /// Bytes of head and body, to drop from the input.
+    pub consumed: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parsed {
+    Incomplete,
+    Request(Head),
+    /// Not HTTP, or too large: answer with this status code and close.
+    Invalid(u16),
+}
+
+/// Parses the request at the front of `input`.
+pub fn parse(input: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let head_len = match request.parse(input) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if input.len() > MAX_HEAD => return Parsed::Invalid(431),
+        Ok(httparse::Status::Partial) => return Parsed::Incomplete,
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Invalid(431),
+        Err(_) => return Parsed::Invalid(400),
+    };
+    let http10 = request.version == Some(0);
+    let mut keep_alive = !http10;
+    let mut body_len = 0usize;
+    for header in request.headers.iter() {
+        if header.name.eq_ignore_ascii_case("connection") {
+            let value = header.value.to_ascii_lowercase();
+            if value.windows(5).any(|w| w == b"close") {
+                keep_alive = false;
+            } else if value.windows(10).any(|w| w == b"keep-alive") {
+                keep_alive = true;
+            }
+        } else if header.name.eq_ignore_ascii_case("content-length") {
+            match std::str::from_utf8(header.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+            {
+                Some(n) if n <= MAX_BODY => body_len = n,
+                Some(_) => return Parsed::Invalid(413),
+                None => return Parsed::Invalid(400),
+            }
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            // Chunked bodies are not supported on a GET endpoint.
+            return Parsed::Invalid(400);
+        }
+    }
+    if input.len() < head_len + body_len {
+        return Parsed::Incomplete;
+    }
+    let target = match (request.method, request.path) {
+        (Some("GET"), Some(path)) => route(path),
+        (Some(_), Some(path)) if route(path) != Target::NotFound => Target::MethodNotAllowed,
+        _ => Target::NotFound,
+    };
+    Parsed::Request(Head {
+        target,
+        keep_alive,
+        http10,
+        consumed: head_len + body_len,
+    })
+}
+
+fn route(path: &str) -> Target {
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    if path != "/buy/ticket" {
+        return Target::NotFound;
+    }
+    let mut event = None;
+    let mut user = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "event" => match value.parse() {
+                Ok(v) => event = Some(v),
+                Err(_) => return Target::BadQuery("event must be a number from 0 to 4294967295"),
+            },
+            "user" => match value.parse() {
+                Ok(v) => user = Some(v),
+                Err(_) => {
+                    return Target::BadQuery("user must be a number from 0 to 18446744073709551615")
+                }
+            },
+            _ => {}
+        }
+    }
+    Target::Buy { event, user }
+}
+
+/// Writes the answer to a BUY in the prototypes' shape: code 1 on success, -1 when sold
+/// out, and further negative codes for the other statuses.
+pub fn write_outcome(out: &mut BytesMut, status: Status, result: ResultBody, head: &Head) {
+    let order;
+    let (http, code, msg) = match status {
+        Status::Ok => {
+            order = match result {
+                ResultBody::Order { order_id } => format!("order {order_id}"),
+                _ => "order placed".to_string(),
+            };
+            (200, 1, order.as_str())
+        }
+        Status::SoldOut => (200, -1, "sold out"),
+        Status::LimitReached => (200, -2, "limit reached: this user already bought"),
+        Status::NotFound => (404, -3, "no such event"),
+        Status::BadRequest => (400, -5, "bad request"),
+        Status::Unavailable => (503, -6, "ledger unavailable; nothing was sold"),
+        Status::Overloaded => (503, -7, "overloaded; retry later"),
+        Status::Expired => (200, -4, "expired"),
+    };
+    write_json(out, http, code, msg, head.keep_alive, head.http10);
+}
+
+/// Answers that need no ticket logic: unknown path, wrong method, bad query, and the
+/// framing-level errors of [`Parsed::Invalid`].
+pub fn write_error(out: &mut BytesMut, http: u16, msg: &str, keep_alive: bool, http10: bool) {
+    write_json(out, http, -5, msg, keep_alive, http10);
+}
+
+fn write_json(out: &mut BytesMut, http: u16, code: i32, msg: &str, keep_alive: bool, http10: bool) {
+    let body = format!("{{\"code\":{code},\"msg\":\"{msg}\",\"data\":null}}");
+    let reason = match http {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        _ => "Service Unavailable",
+    };
+    let version = if http10 { "HTTP/1.0" } else { "HTTP/1.1" };
+    let connection = match (keep_alive, http10) {
+        (true, true) => "Connection: keep-alive\r\n",
+        (false, false) => "Connection: close\r\n",
+        _ => "",
+    };
+    let head = format!(
+        "{version} {http} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{connection}\r\n",
+        body.len()
+    );
+    out.reserve(head.len() + body.len());
+    out.put_slice(head.as_bytes());
+    out.put_slice(body.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(input: &str) -> Head {
+        match parse(input.as_bytes()) {
+            Parsed::Request(head) => head,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn keep_alive_defaults_differ_by_version() {
+        let h = head("GET /buy/ticket HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(h.keep_alive && !h.http10);
+        let h = head("GET /buy/ticket HTTP/1.0\r\n\r\n");
+        assert!(!h.keep_alive && h.http10);
+        let h = head("GET /buy/ticket HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
+        assert!(h.keep_alive);
+        let h = head("GET /buy/ticket HTTP/1.1\r\nConnection: close\r\n\r\n");
+        assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn query_and_routes() {
+        let h = head("GET /buy/ticket?event=3&user=42 HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            h.target,
+            Target::Buy {
+                event: Some(3),
+                user: Some(42)
+            }
+        );
+        assert_eq!(
+            h.consumed,
+            "GET /buy/ticket?event=3&user=42 HTTP/1.1\r\n\r\n".len()
+        );
+        assert_eq!(head("GET /other HTTP/1.1\r\n\r\n").target, Target::NotFound);
+        assert_eq!(
+            head("POST /buy/ticket HTTP/1.1\r\n\r\n").target,
+            Target::MethodNotAllowed
+        );
+        assert!(matches!(
+            head("GET /buy/ticket?user=x HTTP/1.1\r\n\r\n").target,
+            Target::BadQuery(_)
+        ));
+    }
+
+    #[test]
+    fn partial_garbage_and_oversized_input() {
+        assert_eq!(parse(b"GET /buy/tic"), Parsed::Incomplete);
+        assert_eq!(
+            parse(b"\x00\x01\x02\x03 nonsense\r\n\r\n"),
+            Parsed::Invalid(400)
+        );
+        let huge = format!("GET /{} HTTP/1.1\r\n", "a".repeat(MAX_HEAD + 1));
+        assert_eq!(parse(huge.as_bytes()), Parsed::Invalid(431));
+        assert_eq!(
+            parse(b"GET /buy/ticket HTTP/1.1\r\nContent-Length: 999999\r\n\r\n"),
+            Parsed::Invalid(413)
+        );
+    }
+
+    #[test]
+    fn a_body_is_skipped_whole() {
+        let input = b"GET /buy/ticket HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET";
+        assert_eq!(
+            head(std::str::from_utf8(input).unwrap()).consumed,
+            input.len() - 3
+        );
+        assert_eq!(parse(&input[..input.len() - 5]), Parsed::Incomplete);
+    }
+
+    #[test]
+    fn answers_have_the_prototype_shape() {
+        let h = head("GET /buy/ticket HTTP/1.0\r\n\r\n");
+        let mut out = BytesMut::new();
+        write_outcome(&mut out, Status::SoldOut, ResultBody::Empty, &h);
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(text.starts_with("HTTP/1.0 200 OK\r\n"));
+        assert!(text.ends_with("\r\n\r\n{\"code\":-1,\"msg\":\"sold out\",\"data\":null}"));
+        assert!(text.contains("Content-Length: 40\r\n"));
+    }
+}

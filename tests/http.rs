@@ -1,0 +1,122 @@
+//! The HTTP compatibility endpoint over real sockets: HTTP/1.0 and keep-alive HTTP/1.1,
+//! the prototypes' JSON, answers in request order, errors.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use common::{event, start_with, IO_TIMEOUT};
+
+fn http_server(stock: i64) -> ticketd::ServerHandle {
+    start_with(&[event(1, stock, 1), event(2, 5, 1)], |c| {
+        c.shards = 4;
+        c.http = Some("127.0.0.1:0".parse().unwrap());
+    })
+}
+
+fn connect(server: &ticketd::ServerHandle) -> TcpStream {
+    let stream = TcpStream::connect(server.http_addr().expect("http enabled")).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream
+}
+
+/// Reads one response: head and exactly Content-Length body bytes.
+fn read_response(stream: &mut TcpStream, buffered: &mut Vec<u8>) -> (String, String) {
+    loop {
+        if let Some(end) = buffered.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8(buffered[..end].to_vec()).unwrap();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .expect("Content-Length")
+                .parse()
+                .unwrap();
+            if buffered.len() >= end + 4 + len {
+                let body = String::from_utf8(buffered[end + 4..end + 4 + len].to_vec()).unwrap();
+                buffered.drain(..end + 4 + len);
+                return (head, body);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed before a whole response");
+        buffered.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[test]
+fn http10_answers_once_and_closes() {
+    let server = http_server(10);
+    let mut stream = connect(&server);
+    stream
+        .write_all(b"GET /buy/ticket HTTP/1.0\r\n\r\n")
+        .unwrap();
+    let mut all = String::new();
+    stream.read_to_string(&mut all).unwrap();
+    assert!(all.starts_with("HTTP/1.0 200 OK\r\n"), "{all}");
+    assert!(all.contains("Content-Type: application/json\r\n"));
+    assert!(all.ends_with(",\"data\":null}"), "{all}");
+    assert!(all.contains("{\"code\":1,\"msg\":\"order "), "{all}");
+}
+
+#[test]
+fn keep_alive_pipelined_requests_are_answered_in_order_until_sold_out() {
+    let server = http_server(3);
+    let mut stream = connect(&server);
+    // Anonymous users spread over every shard, so some answers are decided elsewhere;
+    // they must still come back in request order.
+    let mut wire = String::new();
+    for _ in 0..5 {
+        wire.push_str("GET /buy/ticket HTTP/1.1\r\nHost: t\r\n\r\n");
+    }
+    wire.push_str("GET /buy/ticket?event=2&user=7 HTTP/1.1\r\n\r\n");
+    wire.push_str("GET /buy/ticket?event=2&user=7 HTTP/1.1\r\n\r\n");
+    wire.push_str("GET /nowhere HTTP/1.1\r\n\r\n");
+    wire.push_str("GET /buy/ticket?event=9 HTTP/1.1\r\n\r\n");
+    wire.push_str("GET /buy/ticket?user=abc HTTP/1.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(wire.as_bytes()).unwrap();
+    let mut buffered = Vec::new();
+    let codes: Vec<String> = (0..10)
+        .map(|_| {
+            let (head, body) = read_response(&mut stream, &mut buffered);
+            let status = head.split(' ').nth(1).unwrap().to_string();
+            let code = body
+                .split(',')
+                .next()
+                .unwrap()
+                .trim_start_matches("{\"code\":")
+                .to_string();
+            format!("{status} {code}")
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "200 1", "200 1", "200 1", "200 -1",
+            "200 -1", // event 1: 3 tickets, then sold out
+            "200 1", "200 -2", // user 7 on event 2: one ticket, then the limit
+            "404 -5", "404 -3", "400 -5",
+        ]
+    );
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "closed after Connection: close");
+    let summary = server.shutdown();
+    assert_eq!(summary.event(1).unwrap().sold, 3);
+    assert_eq!(summary.event(2).unwrap().sold, 1);
+}
+
+#[test]
+fn garbage_gets_400_and_a_close_and_binary_port_is_unaffected() {
+    let server = http_server(10);
+    let mut stream = connect(&server);
+    stream
+        .write_all(b"\x00\x00\x00\x09\x01garbage\r\n\r\n")
+        .unwrap();
+    let mut all = String::new();
+    stream.read_to_string(&mut all).unwrap();
+    assert!(all.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{all}");
+    let mut client = common::Client::connect(server.local_addr());
+    assert_eq!(client.stock(1), (10, 10));
+}
