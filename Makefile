@@ -3,7 +3,7 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:7878
 EVENT ?= 1:10000
 
-.PHONY: run build release test deps lint fmt bench clean
+.PHONY: run build release test deps lint fmt bench bench-micro perf clean
 
 ## Build in release mode and serve the demo sale: event 1, 10,000 tickets.
 run: release
@@ -30,8 +30,12 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## Criterion micro-benchmarks (codec, stock, pipelined dispatch).
+## The flash-sale scenarios end to end, pinned, with the peers (BENCH_QUICK=1: < 1 min).
 bench: deps
+	./scripts/bench.sh
+
+## Criterion micro-benchmarks only (codec, stock, pipelined dispatch).
+bench-micro: deps
 	$(CARGO) bench --workspace
 
 clean:

@@ -12,6 +12,8 @@ for tool in "$@"; do
   case "$tool" in
     redis) want redis-server redis-server; want redis-cli redis-tools ;;
     perf) want perf linux-perf ;;
+    bench) want redis-server redis-server; want redis-benchmark redis-tools
+           want ab apache2-utils; want wrk wrk; want nginx nginx-light; want taskset util-linux ;;
     *) echo "install-deps: unknown tool $tool" >&2; exit 2 ;;
   esac
 done

