@@ -38,5 +38,9 @@ bench: deps
 bench-micro: deps
 	$(CARGO) bench --workspace
 
+## Profile ticketd under the throughput scenario: target/perf/flamegraph.svg.
+perf: deps
+	./scripts/perf.sh
+
 clean:
 	$(CARGO) clean

@@ -33,10 +33,11 @@ pub enum LedgerOp {
 
 /// One order: a ticket sale acknowledged to a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C, packed(4))]
 pub struct Order {
     pub order_id: u64,
-    pub event_id: u32,
     pub user: u64,
+    pub event_id: u32,
     pub qty: u16,
 }
 
@@ -89,7 +90,9 @@ pub struct Ledger {
     catalog: Arc<Catalog>,
     hold_ttl: Duration,
     ids: IdGenerator,
-    users: FastMap<(usize, u64), UserTally>,
+    /// Per event (catalog index), per user: 16-byte entries, since at a million sales a
+    /// second this table's size is what the hot path pays for in cache misses.
+    users: Vec<FastMap<u64, UserTally>>,
     holds: FastMap<u64, Hold>,
     /// Live holds by deadline. One TTL for all holds, so FIFO order is deadline order.
     expiries: VecDeque<(Instant, u64)>,
@@ -102,12 +105,13 @@ pub struct Ledger {
 impl Ledger {
     pub fn new(shard: usize, node_id: u16, catalog: Arc<Catalog>, hold_ttl: Duration) -> Self {
         let tallies = vec![EventTally::default(); catalog.len()];
+        let users = (0..catalog.len()).map(|_| FastMap::default()).collect();
         Ledger {
             shard,
             catalog,
             hold_ttl,
             ids: IdGenerator::new(node_id, shard),
-            users: FastMap::default(),
+            users,
             holds: FastMap::default(),
             expiries: VecDeque::new(),
             forgets: VecDeque::new(),
@@ -172,7 +176,7 @@ impl Ledger {
         let listing = self.catalog.get(event);
         let limit = u32::from(listing.per_user_limit);
         let qty32 = u32::from(qty);
-        let tally = match self.users.entry((event, user)) {
+        let tally = match self.users[event].entry(user) {
             Entry::Occupied(entry) => {
                 let tally = entry.into_mut();
                 if tally.bought + tally.held + qty32 > limit {
@@ -211,7 +215,7 @@ impl Ledger {
                 let (event, user, qty) = (hold.event, hold.user, hold.qty);
                 let order_id = self.ids.next_id();
                 hold.state = HoldState::Confirmed { order_id };
-                let tally = self.users.entry((event, user)).or_default();
+                let tally = self.users[event].entry(user).or_default();
                 tally.held -= u32::from(qty);
                 tally.bought += u32::from(qty);
                 self.tallies[event].held -= u64::from(qty);
@@ -313,10 +317,10 @@ impl Ledger {
             .stock
             .give_back(self.shard, i64::from(qty));
         self.tallies[event].held -= u64::from(qty);
-        if let Some(tally) = self.users.get_mut(&(event, user)) {
+        if let Some(tally) = self.users[event].get_mut(&user) {
             tally.held -= u32::from(qty);
             if tally.held == 0 && tally.bought == 0 {
-                self.users.remove(&(event, user));
+                self.users[event].remove(&user);
             }
         }
         self.remember(hold_id, now);

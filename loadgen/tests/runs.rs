@@ -1,0 +1,243 @@
+//! loadgen end to end: the real binary against a real ticketd on loopback, its JSON
+//! report, its verdicts and exit codes, and its worker processes.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use ticketd::{Config, EventSpec, ServerHandle};
+
+const LOADGEN: &str = env!("CARGO_BIN_EXE_loadgen");
+
+fn server(stock: i64, limit: u16) -> ServerHandle {
+    let mut config = Config::new(vec![EventSpec {
+        id: 1,
+        stock,
+        per_user_limit: limit,
+    }]);
+    config.shards = 2;
+    ticketd::start(config).expect("server starts")
+}
+
+fn json_path(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("loadgen-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn run(server: &ServerHandle, args: &[&str], json: &PathBuf) -> (Output, serde_json::Value) {
+    let out = Command::new(LOADGEN)
+        .args(["--addr", &server.local_addr().to_string(), "--threads", "2"])
+        .args(args)
+        .arg("--json")
+        .arg(json)
+        .output()
+        .unwrap();
+    let report = std::fs::read_to_string(json)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (out, report)
+}
+
+fn verdicts(report: &serde_json::Value) -> Vec<(String, String)> {
+    report["invariants"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v["verdict"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn a_rush_sells_exactly_the_stock_and_the_report_has_every_field() {
+    let server = server(100, 1);
+    let json = json_path("rush.json");
+    let (out, report) = run(
+        &server,
+        &[
+            "--conns",
+            "20",
+            "--requests",
+            "1000",
+            "--users",
+            "1000",
+            "--depth",
+            "4",
+        ],
+        &json,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report["conns"], 20);
+    assert_eq!(report["requests"], 1000);
+    assert_eq!(report["statuses"]["OK"], 100);
+    assert_eq!(report["statuses"]["SOLD_OUT"], 900);
+    assert_eq!(report["sold"], 100);
+    assert!(report["elapsed_s"].as_f64().unwrap() > 0.0);
+    assert!(report["throughput_rps"].as_f64().unwrap() > 0.0);
+    for p in ["p50", "p90", "p99", "p999", "p9999", "max"] {
+        assert!(report["latency_us"][p].as_f64().unwrap() > 0.0, "{p}");
+    }
+    assert!(
+        report.get("latency_uncorrected_us").is_none(),
+        "closed loop has one latency"
+    );
+    for (name, verdict) in verdicts(&report) {
+        assert_eq!(verdict, "pass", "{name}");
+    }
+    assert_eq!(server.stock(1), Some((100, 0)));
+}
+
+#[test]
+fn open_loop_reports_corrected_and_uncorrected_latency() {
+    let server = server(1_000_000, 1);
+    let json = json_path("rate.json");
+    let (out, report) = run(
+        &server,
+        &[
+            "--conns",
+            "10",
+            "--rate",
+            "2000",
+            "--duration",
+            "1s",
+            "--op",
+            "ping",
+        ],
+        &json,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let requests = report["requests"].as_u64().unwrap();
+    assert!(
+        (1_500..=2_100).contains(&requests),
+        "about 2,000 in one second: {requests}"
+    );
+    assert_eq!(report["mode"], "open-loop");
+    assert!(report["latency_uncorrected_us"]["p99"].as_f64().unwrap() > 0.0);
+    // Measured from the intended send time, the corrected latency is never the smaller.
+    assert!(
+        report["latency_us"]["max"].as_f64() >= report["latency_uncorrected_us"]["max"].as_f64()
+    );
+}
+
+#[test]
+fn reserve_confirm_sells_through_holds() {
+    let server = server(50, 1);
+    let json = json_path("holds.json");
+    let (out, report) = run(
+        &server,
+        &[
+            "--conns",
+            "5",
+            "--requests",
+            "200",
+            "--op",
+            "reserve-confirm",
+            "--depth",
+            "2",
+        ],
+        &json,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report["sold"], 50);
+    let summary = server.shutdown();
+    let e = summary.event(1).unwrap();
+    assert_eq!((e.sold, e.held, e.orders), (50, 0, 50));
+}
+
+#[test]
+fn a_broken_invariant_fails_the_run() {
+    // --limit 0 claims nobody may buy anything: every sale breaks it.
+    let server = server(10, 1);
+    let json = json_path("limit.json");
+    let (out, report) = run(
+        &server,
+        &["--conns", "2", "--requests", "20", "--limit", "0"],
+        &json,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        report["invariants"]["users_within_limit"]["verdict"],
+        "fail"
+    );
+}
+
+#[test]
+fn more_connections_than_one_process_may_hold_use_worker_processes() {
+    // 450 buyers over three processes for 400 tickets: the sell-out must be exact
+    // across the merged results.
+    let server = server(400, 1);
+    let json = json_path("workers.json");
+    // A 300-file limit leaves 200 connections per process: 450 need 3 processes.
+    let script = format!(
+        "ulimit -n 300 && exec {LOADGEN} --addr {} --threads 1 --conns 450 --requests 450 --json {}",
+        server.local_addr(),
+        json.display()
+    );
+    let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["processes"], 3);
+    assert_eq!(report["conns"], 450);
+    assert_eq!(report["requests"], 450);
+    assert_eq!(report["sold"], 400);
+    assert_eq!(report["statuses"]["SOLD_OUT"], 50);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("worker processes"));
+    for (name, verdict) in verdicts(&report) {
+        assert_eq!(verdict, "pass", "{name}");
+    }
+}
+
+#[test]
+fn nothing_listening_is_a_clear_error() {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let out = Command::new(LOADGEN)
+        .args([
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--conns",
+            "1",
+            "--requests",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("STOCK") && stderr.contains("refused"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        vec!["--conns", "0", "--requests", "1"],
+        vec!["--conns", "5", "--requests", "2"],
+        vec!["--conns", "1"],
+        vec!["--conns", "1", "--requests", "1", "--depth", "0"],
+    ] {
+        let out = Command::new(LOADGEN).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+}
