@@ -58,10 +58,10 @@ stop_pid() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true;
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 if [ "$QUICK" = 1 ]; then
-  RUSH_REQUESTS=100000; RUN=2s; RATES="100000 200000"; SWEEP_RUN=1s
+  RUSH_REQUESTS=100000; RUN=2s; RATES="40000 100000"; SWEEP_RUN=1s
   CONNS=20000; SERVERS=2; AB_N=2000; WRK_RUN=2s; REDIS_N=200000
 else
-  RUSH_REQUESTS=1000000; RUN=10s; RATES="100000 150000 200000 250000 300000 400000"; SWEEP_RUN=4s
+  RUSH_REQUESTS=1000000; RUN=10s; RATES="20000 40000 60000 80000 100000 120000"; SWEEP_RUN=4s
   CONNS=100000; SERVERS=6; AB_N=10000; WRK_RUN=10s; REDIS_N=2000000
 fi
 ENDLESS=1000000000000
@@ -78,6 +78,12 @@ echo "== throughput: endless stock, 64 connections x depth 64, $RUN"
 start_ticketd --listen 127.0.0.1:$PORT --event 1:$ENDLESS
 on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 64 --depth 64 \
   --duration "$RUN" --json "$OUT/throughput.json" | tee "$OUT/throughput.txt"
+stop_pid "$TICKETD_PID"
+
+echo "== throughput after sell-out: 10,000 tickets, then the rush keeps coming, $RUN"
+start_ticketd --listen 127.0.0.1:$PORT --event 1:10000
+on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 64 --depth 64 \
+  --duration "$RUN" --json "$OUT/throughput-rejecting.json" | tee "$OUT/throughput-rejecting.txt"
 stop_pid "$TICKETD_PID"
 
 echo "== latency: open loop over 1,000 connections"

@@ -67,6 +67,7 @@ def machine():
 
 
 rush, thr, lat = load("rush.json"), load("throughput.json"), load("latency.json")
+thr_rej = load("throughput-rejecting.json")
 conns, rss = load("connections.json"), load("connections-rss.json")
 incr_p1, incr_p64 = redis_rps("redis-incr-p1.csv"), redis_rps("redis-incr-p64.csv")
 evalsha = redis_rps("redis-evalsha.csv")
@@ -83,7 +84,8 @@ for path in glob.glob(os.path.join(out, "sweep-*.json")):
 sweep.sort()
 best_rate = max((rate for rate, p99, _ in sweep if p99 < 1000), default=None)
 
-runs = {"rush": rush, "throughput": thr, "latency": lat, "connections": conns}
+runs = {"rush": rush, "throughput": thr, "throughput_rejecting": thr_rej, "latency": lat,
+        "connections": conns}
 failed = {
     name: [k for k, v in run["invariants"].items() if v["verdict"] == "fail"]
     for name, run in runs.items()
@@ -112,8 +114,12 @@ if rush:
                  f"{rush['elapsed_s']:.3f} s ({fmt(rush['throughput_rps'], '/s')}), sold {rush['sold']}",
                  "-", "-", "all decided < 1 s, sold 10,000"))
 if thr:
-    rows.append(("throughput: 64 conns x depth 64", fmt(thr["throughput_rps"], "/s"),
+    rows.append(("throughput, every request sells: 64 x 64", fmt(thr["throughput_rps"], "/s"),
                  f"redis INCR -P 64: {fmt(incr_p64, '/s')}", ratio(thr["throughput_rps"], incr_p64),
+                 ">= 2x redis -P 64 (4 M/s)"))
+if thr_rej:
+    rows.append(("throughput after sell-out: 64 x 64", fmt(thr_rej["throughput_rps"], "/s"),
+                 f"redis INCR -P 64: {fmt(incr_p64, '/s')}", ratio(thr_rej["throughput_rps"], incr_p64),
                  ">= 2x redis -P 64 (4 M/s)"))
 if lat:
     l = lat["latency_us"]

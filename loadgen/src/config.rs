@@ -109,7 +109,7 @@ pub struct Cli {
     pub max_tracked_orders: usize,
 
     /// Loopback source addresses to spread connections over (127.0.0.2 upwards), so the
-    /// ephemeral port range is no limit [default: one per 20,000 connections].
+    /// ephemeral port range is no limit [default: one per 4,000 connections].
     #[arg(long, value_name = "K")]
     pub source_addrs: Option<u32>,
 

@@ -3,7 +3,7 @@
 //! each request scheduled ahead) — and returns what it saw.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -185,6 +185,8 @@ fn connect_all(
 ) -> Vec<Conn> {
     let mut events = Events::with_capacity(1024);
     let mut connecting: Vec<Option<(TcpStream, u64, Instant)>> = Vec::with_capacity(targets.len());
+    // Indices into `connecting`, oldest connect first.
+    let mut oldest_first: VecDeque<usize> = VecDeque::new();
     let mut open = 0usize;
     let mut next = 0usize;
     let ramp_start = Instant::now();
@@ -214,6 +216,7 @@ fn connect_all(
                     {
                         fail(result, &e);
                     } else {
+                        oldest_first.push_back(connecting.len());
                         connecting.push(Some((stream, target.global, now)));
                         open += 1;
                     }
@@ -262,19 +265,29 @@ fn connect_all(
                 Err(e) => fail(result, &e),
             }
         }
-        // Connects that never completed.
+        // Connects that never completed. They start in time order, so only the oldest
+        // still pending can have expired: look at the front, never scan them all (a
+        // scan per pass falls behind at thousands of connects and then expires
+        // connects whose completion is merely waiting in the event queue).
         let now = Instant::now();
-        for slot in connecting.iter_mut() {
-            if slot
-                .as_ref()
-                .is_some_and(|(_, _, at)| now.duration_since(*at) > CONNECT_TIMEOUT)
-            {
-                if let Some((mut stream, _, _)) = slot.take() {
-                    let _ = poll.registry().deregister(&mut stream);
-                    open -= 1;
-                    fail(result, &io::Error::from_raw_os_error(libc::ETIMEDOUT));
+        while let Some(&oldest) = oldest_first.front() {
+            match connecting.get_mut(oldest) {
+                Some(slot @ Some(_)) => {
+                    let expired = slot
+                        .as_ref()
+                        .is_some_and(|(_, _, at)| now.duration_since(*at) > CONNECT_TIMEOUT);
+                    if !expired {
+                        break;
+                    }
+                    if let Some((mut stream, _, _)) = slot.take() {
+                        let _ = poll.registry().deregister(&mut stream);
+                        open -= 1;
+                        fail(result, &io::Error::from_raw_os_error(libc::ETIMEDOUT));
+                    }
                 }
+                _ => {}
             }
+            oldest_first.pop_front();
         }
     }
     // Register the established connections for the run.
