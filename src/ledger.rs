@@ -20,6 +20,10 @@ use crate::ids::IdGenerator;
 /// reserve/cancel floods.
 pub const MAX_REMEMBERED_HOLDS: usize = 1 << 20;
 
+/// Most entries a shard's user table or order list is sized for at start (about 16 MiB
+/// and 24 MiB).
+pub const MAX_PRESIZED_ENTRIES: usize = 1 << 20;
+
 type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
 
 /// Work for the ledger that owns a user or a hold. `event` is a catalog index.
@@ -105,7 +109,25 @@ pub struct Ledger {
 impl Ledger {
     pub fn new(shard: usize, node_id: u16, catalog: Arc<Catalog>, hold_ttl: Duration) -> Self {
         let tallies = vec![EventTally::default(); catalog.len()];
-        let users = (0..catalog.len()).map(|_| FastMap::default()).collect();
+        // Buyers and orders per event are bounded by its stock: size the tables for this
+        // shard's share up front, so a sale never stalls on a table doubling. (Huge
+        // events still grow past the cap.)
+        let share = |event: &crate::catalog::Event| {
+            let per_shard = event.stock.total() / event.stock.slice_count() as i64;
+            // A quarter more for uneven spread of buyers over shards.
+            usize::try_from(per_shard + per_shard / 4 + 16)
+                .unwrap_or(0)
+                .min(MAX_PRESIZED_ENTRIES)
+        };
+        let users = catalog
+            .iter()
+            .map(|e| FastMap::with_capacity_and_hasher(share(e), Default::default()))
+            .collect();
+        let orders_capacity = catalog
+            .iter()
+            .map(share)
+            .sum::<usize>()
+            .min(MAX_PRESIZED_ENTRIES);
         Ledger {
             shard,
             catalog,
@@ -115,7 +137,7 @@ impl Ledger {
             holds: FastMap::default(),
             expiries: VecDeque::new(),
             forgets: VecDeque::new(),
-            orders: Vec::new(),
+            orders: Vec::with_capacity(orders_capacity),
             tallies,
         }
     }
