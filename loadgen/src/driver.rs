@@ -271,21 +271,18 @@ fn connect_all(
         // connects whose completion is merely waiting in the event queue).
         let now = Instant::now();
         while let Some(&oldest) = oldest_first.front() {
-            match connecting.get_mut(oldest) {
-                Some(slot @ Some(_)) => {
-                    let expired = slot
-                        .as_ref()
-                        .is_some_and(|(_, _, at)| now.duration_since(*at) > CONNECT_TIMEOUT);
-                    if !expired {
-                        break;
-                    }
-                    if let Some((mut stream, _, _)) = slot.take() {
-                        let _ = poll.registry().deregister(&mut stream);
-                        open -= 1;
-                        fail(result, &io::Error::from_raw_os_error(libc::ETIMEDOUT));
-                    }
+            if let Some(slot @ Some(_)) = connecting.get_mut(oldest) {
+                let expired = slot
+                    .as_ref()
+                    .is_some_and(|(_, _, at)| now.duration_since(*at) > CONNECT_TIMEOUT);
+                if !expired {
+                    break;
                 }
-                _ => {}
+                if let Some((mut stream, _, _)) = slot.take() {
+                    let _ = poll.registry().deregister(&mut stream);
+                    open -= 1;
+                    fail(result, &io::Error::from_raw_os_error(libc::ETIMEDOUT));
+                }
             }
             oldest_first.pop_front();
         }
