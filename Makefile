@@ -21,7 +21,7 @@ test: deps lint
 	$(CARGO) test --workspace --doc
 
 deps:
-	./scripts/install-deps.sh
+	./scripts/install-deps.sh redis
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -27,6 +27,7 @@ pub mod ids;
 pub mod ledger;
 pub mod listener;
 pub mod placement;
+pub mod redis_ledger;
 pub mod routing;
 pub mod server;
 pub mod shard;

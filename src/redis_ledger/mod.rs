@@ -1,0 +1,288 @@
+//! The global ledger in Redis: the Function library that decides a coalesced batch of
+//! requests for one event atomically and exactly once, and the typed commands and
+//! replies around it.
+//!
+//! Not yet wired into the shard loops: today every ticketd process keeps its own
+//! embedded ledger ([`crate::ledger`]). What is here is the part that makes the
+//! multi-node ledger correct — limit check, `sold + held + qty <= total`, the order
+//! outbox stream, hold expiry on Redis's clock (so a dead node's holds still expire),
+//! and replay of a call id's first results — with its commands and reply parsing, tested
+//! against a real redis-server.
+
+use redis::{Cmd, Value};
+use ticketd_proto::Status;
+
+/// The Function library, loaded with `FUNCTION LOAD REPLACE`.
+pub const FUNCTION_LIBRARY: &str = include_str!("ticketd.lua");
+
+/// How long Redis remembers a call's results for replay after a lost connection.
+pub const DEFAULT_REPLAY_TTL_MS: u64 = 10 * 60 * 1000;
+
+/// The keys of one event; all share the hash tag `{ev:ID}` (one cluster slot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventKeys {
+    tag: String,
+}
+
+impl EventKeys {
+    pub fn new(event: u32) -> Self {
+        EventKeys {
+            tag: format!("{{ev:{event}}}"),
+        }
+    }
+
+    pub fn meta(&self) -> String {
+        format!("{}:meta", self.tag)
+    }
+
+    /// The order outbox stream.
+    pub fn orders(&self) -> String {
+        format!("{}:orders", self.tag)
+    }
+
+    fn state(&self) -> [String; 6] {
+        ["meta", "users", "holds", "deadlines", "forget", "orders"]
+            .map(|k| format!("{}:{k}", self.tag))
+    }
+
+    fn call(&self, call_id: u64) -> String {
+        format!("{}:call:{call_id}", self.tag)
+    }
+}
+
+/// One request inside a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Buy { user: u64, qty: u16, order_id: u64 },
+    Reserve { user: u64, qty: u16, hold_id: u64 },
+    Confirm { hold_id: u64, order_id: u64 },
+    Cancel { hold_id: u64 },
+}
+
+/// What the ledger decided for one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// BUY or CONFIRM: the order id.
+    Ordered { order_id: u64 },
+    /// RESERVE: the hold and when it expires (Unix ms, Redis's clock).
+    Held { hold_id: u64, expires_unix_ms: u64 },
+    /// CANCEL done.
+    Cancelled,
+    /// Refused; nothing changed.
+    Refused(Status),
+}
+
+/// A reply the ledger should never give.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReplyError {
+    #[error("expected {expected} results, got {got}")]
+    Count { expected: usize, got: usize },
+    #[error("malformed result {index}: {value}")]
+    Malformed { index: usize, value: String },
+}
+
+/// `FUNCTION LOAD REPLACE`: idempotent, so it is safe on every (re)connect.
+pub fn load_functions() -> Cmd {
+    let mut cmd = redis::cmd("FUNCTION");
+    cmd.arg("LOAD").arg("REPLACE").arg(FUNCTION_LIBRARY);
+    cmd
+}
+
+/// Creates the event if it is absent; replies `[total, sold, held]`.
+pub fn init_event(event: u32, total: i64, per_user_limit: u16, hold_ttl_ms: u64) -> Cmd {
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg("ticketd_init")
+        .arg(1)
+        .arg(EventKeys::new(event).meta())
+        .arg(total)
+        .arg(per_user_limit)
+        .arg(hold_ttl_ms);
+    cmd
+}
+
+/// One atomic call deciding every step for `event`. `call_id` must be unique per node
+/// and reused only to retry this very batch.
+pub fn decide(event: u32, call_id: u64, node: u16, replay_ttl_ms: u64, steps: &[Step]) -> Cmd {
+    let keys = EventKeys::new(event);
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg("ticketd_decide").arg(7);
+    for key in keys.state() {
+        cmd.arg(key);
+    }
+    cmd.arg(keys.call(call_id))
+        .arg(call_id)
+        .arg(node)
+        .arg(replay_ttl_ms)
+        .arg(steps.len());
+    for step in steps {
+        match *step {
+            Step::Buy {
+                user,
+                qty,
+                order_id,
+            } => cmd.arg("B").arg(user).arg(qty).arg(order_id),
+            Step::Reserve { user, qty, hold_id } => cmd.arg("R").arg(user).arg(qty).arg(hold_id),
+            Step::Confirm { hold_id, order_id } => cmd.arg("C").arg(hold_id).arg(0).arg(order_id),
+            Step::Cancel { hold_id } => cmd.arg("X").arg(hold_id).arg(0).arg(0),
+        };
+    }
+    cmd
+}
+
+/// STOCK from the ledger (expiring due holds first); replies `[total, remaining]`.
+pub fn stock(event: u32) -> Cmd {
+    let keys = EventKeys::new(event).state();
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg("ticketd_stock").arg(5);
+    for key in &keys[..5] {
+        cmd.arg(key);
+    }
+    cmd
+}
+
+/// Decodes the reply to [`decide`] for `steps`.
+pub fn parse_decisions(reply: &Value, steps: &[Step]) -> Result<Vec<Decision>, ReplyError> {
+    let Value::Array(results) = reply else {
+        return Err(ReplyError::Count {
+            expected: steps.len(),
+            got: 0,
+        });
+    };
+    if results.len() != steps.len() {
+        return Err(ReplyError::Count {
+            expected: steps.len(),
+            got: results.len(),
+        });
+    }
+    results
+        .iter()
+        .zip(steps)
+        .enumerate()
+        .map(|(index, (result, step))| parse_one(index, result, step))
+        .collect()
+}
+
+fn parse_one(index: usize, result: &Value, step: &Step) -> Result<Decision, ReplyError> {
+    let malformed = || ReplyError::Malformed {
+        index,
+        value: format!("{result:?}"),
+    };
+    let Value::Array(fields) = result else {
+        return Err(malformed());
+    };
+    let text = |i: usize| -> Option<String> {
+        match fields.get(i)? {
+            Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+            Value::SimpleString(s) => Some(s.clone()),
+            Value::Int(n) => Some(n.to_string()),
+            _ => None,
+        }
+    };
+    let status = text(0).ok_or_else(malformed)?;
+    let number = |i: usize| {
+        text(i)
+            .and_then(|t| t.parse::<u64>().ok())
+            .ok_or_else(malformed)
+    };
+    let refused = match status.as_str() {
+        "OK" => None,
+        "SOLD_OUT" => Some(Status::SoldOut),
+        "LIMIT_REACHED" => Some(Status::LimitReached),
+        "NOT_FOUND" => Some(Status::NotFound),
+        "EXPIRED" => Some(Status::Expired),
+        _ => return Err(malformed()),
+    };
+    if let Some(status) = refused {
+        return Ok(Decision::Refused(status));
+    }
+    Ok(match step {
+        Step::Buy { .. } | Step::Confirm { .. } => Decision::Ordered {
+            order_id: number(1)?,
+        },
+        Step::Reserve { .. } => Decision::Held {
+            hold_id: number(1)?,
+            expires_unix_ms: number(2)?,
+        },
+        Step::Cancel { .. } => Decision::Cancelled,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn keys_share_one_hash_tag() {
+        let keys = EventKeys::new(7);
+        assert_eq!(keys.meta(), "{ev:7}:meta");
+        assert!(keys.state().iter().all(|k| k.starts_with("{ev:7}:")));
+        assert_eq!(keys.call(9), "{ev:7}:call:9");
+    }
+
+    #[test]
+    fn decide_packs_every_step() {
+        let steps = [
+            Step::Buy {
+                user: 1,
+                qty: 2,
+                order_id: 3,
+            },
+            Step::Cancel { hold_id: 4 },
+        ];
+        let packed =
+            String::from_utf8_lossy(&decide(5, 6, 7, 8, &steps).get_packed_command()).to_string();
+        for needle in ["ticketd_decide", "{ev:5}:call:6", "\r\nB\r\n", "\r\nX\r\n"] {
+            assert!(packed.contains(needle), "{needle} in {packed}");
+        }
+    }
+
+    #[test]
+    fn replies_decode_per_step_and_bad_ones_are_errors() {
+        let steps = [
+            Step::Buy {
+                user: 1,
+                qty: 1,
+                order_id: 10,
+            },
+            Step::Reserve {
+                user: 2,
+                qty: 1,
+                hold_id: 11,
+            },
+            Step::Buy {
+                user: 3,
+                qty: 1,
+                order_id: 12,
+            },
+        ];
+        let reply = Value::Array(vec![
+            Value::Array(vec![bulk("OK"), bulk("10"), bulk("0")]),
+            Value::Array(vec![bulk("OK"), bulk("11"), bulk("1767225600000")]),
+            Value::Array(vec![bulk("SOLD_OUT"), bulk("0"), bulk("0")]),
+        ]);
+        assert_eq!(
+            parse_decisions(&reply, &steps).unwrap(),
+            vec![
+                Decision::Ordered { order_id: 10 },
+                Decision::Held {
+                    hold_id: 11,
+                    expires_unix_ms: 1_767_225_600_000
+                },
+                Decision::Refused(Status::SoldOut),
+            ]
+        );
+        assert!(matches!(
+            parse_decisions(&reply, &steps[..2]),
+            Err(ReplyError::Count { .. })
+        ));
+        let garbage = Value::Array(vec![Value::Array(vec![bulk("MAYBE")])]);
+        assert!(matches!(
+            parse_decisions(&garbage, &steps[..1]),
+            Err(ReplyError::Malformed { .. })
+        ));
+    }
+}

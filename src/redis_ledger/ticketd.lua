@@ -1,0 +1,188 @@
+#!lua name=ticketd
+-- ticketd's global ledger, as a Redis Function library (FUNCTION LOAD survives restarts
+-- and replication, unlike SCRIPT LOAD). Every key of an event carries the hash tag
+-- {ev:ID}, so one call touches one cluster slot.
+--
+-- Keys of event ID:
+--   {ev:ID}:meta       hash   total, sold, held, limit, hold_ttl_ms
+--   {ev:ID}:users      hash   user -> tickets bought or held
+--   {ev:ID}:holds      hash   hold_id -> "user qty expires_ms state order_id"
+--   {ev:ID}:deadlines  zset   hold_id scored by expires_ms (live holds)
+--   {ev:ID}:forget     zset   hold_id scored by when its record may go
+--   {ev:ID}:orders     stream the outbox: one entry per order
+--   {ev:ID}:call:<id>  string a call's results, kept for replay (exactly once)
+--
+-- Time is Redis's own clock (TIME), so every node agrees when a hold expires.
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function meta(key)
+  local m = redis.call('HMGET', key, 'total', 'sold', 'held', 'limit', 'hold_ttl_ms')
+  if not m[1] then return nil end
+  return { total = tonumber(m[1]), sold = tonumber(m[2]), held = tonumber(m[3]),
+           limit = tonumber(m[4]), ttl = tonumber(m[5]) }
+end
+
+local function parse_hold(text)
+  if not text then return nil end
+  local user, qty, expires, state, order = string.match(text, '^(%S+) (%d+) (%d+) (%a) (%d+)$')
+  return { user = user, qty = tonumber(qty), expires = tonumber(expires), state = state,
+           order = order }
+end
+
+local function format_hold(h)
+  return h.user .. ' ' .. h.qty .. ' ' .. h.expires .. ' ' .. h.state .. ' ' .. h.order
+end
+
+-- Ends a live hold without a sale: tickets and the user's room go back.
+local function release(k, m, id, h, state, now)
+  m.held = m.held - h.qty
+  local left = redis.call('HINCRBY', k.users, h.user, -h.qty)
+  if left <= 0 then redis.call('HDEL', k.users, h.user) end
+  h.state = state
+  redis.call('HSET', k.holds, id, format_hold(h))
+  redis.call('ZREM', k.deadlines, id)
+  redis.call('ZADD', k.forget, now + m.ttl, id)
+end
+
+-- Expires due holds (including those of nodes that died) and forgets finished ones.
+local function sweep(k, m, now)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', k.deadlines, '-inf', now)) do
+    local h = parse_hold(redis.call('HGET', k.holds, id))
+    if h and h.state == 'A' then release(k, m, id, h, 'E', now) end
+    redis.call('ZREM', k.deadlines, id)
+  end
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', k.forget, '-inf', now)) do
+    redis.call('HDEL', k.holds, id)
+    redis.call('ZREM', k.forget, id)
+  end
+end
+
+local function order(k, id, user, qty, node, call)
+  redis.call('XADD', k.orders, '*', 'order_id', id, 'user', user, 'qty', qty,
+             'node', node, 'call', call)
+end
+
+-- Room and stock for qty more tickets for user: nil, or the refusal.
+local function refuse(k, m, user, qty)
+  local has = tonumber(redis.call('HGET', k.users, user) or '0')
+  if has + qty > m.limit then return 'LIMIT_REACHED' end
+  if m.sold + m.held + qty > m.total then return 'SOLD_OUT' end
+  return nil
+end
+
+local function keys_of(keys)
+  return { meta = keys[1], users = keys[2], holds = keys[3], deadlines = keys[4],
+           forget = keys[5], orders = keys[6], call = keys[7] }
+end
+
+-- ticketd_init(meta) total limit hold_ttl_ms -> {total, sold, held}
+-- Creates the event only if absent: a node that joins never overwrites sales.
+redis.register_function('ticketd_init', function(keys, args)
+  if redis.call('EXISTS', keys[1]) == 0 then
+    redis.call('HSET', keys[1], 'total', args[1], 'sold', 0, 'held', 0,
+               'limit', args[2], 'hold_ttl_ms', args[3])
+  end
+  local m = meta(keys[1])
+  return { m.total, m.sold, m.held }
+end)
+
+-- ticketd_decide(meta users holds deadlines forget orders call)
+--   call_id node replay_ttl_ms n  then n × (kind user qty id)
+--   kind: B buy, R reserve, C confirm (user/qty ignored, id = order id to use),
+--         X cancel (id ignored). For R, id is the hold id; for B the order id; for C
+--         and X the hold is named by `user` (the hold id).
+-- -> n × {status, a, b}: OK with (order_id) / (hold_id, expires_ms), or a refusal.
+-- A call id seen before returns the first attempt's results and changes nothing.
+redis.register_function('ticketd_decide', function(keys, args)
+  local k = keys_of(keys)
+  local replay = redis.call('GET', k.call)
+  if replay then return cjson.decode(replay) end
+  local m = meta(k.meta)
+  local call, node, replay_ttl, n = args[1], args[2], tonumber(args[3]), tonumber(args[4])
+  local results = {}
+  if not m then
+    for i = 1, n do results[i] = { 'NOT_FOUND', '0', '0' } end
+    return results
+  end
+  local now = now_ms()
+  sweep(k, m, now)
+  for i = 1, n do
+    local base = 4 + (i - 1) * 4
+    local kind, user, qty, id = args[base + 1], args[base + 2], tonumber(args[base + 3]), args[base + 4]
+    local r
+    if kind == 'B' or kind == 'R' then
+      local no = refuse(k, m, user, qty)
+      if no then
+        r = { no, '0', '0' }
+      else
+        redis.call('HINCRBY', k.users, user, qty)
+        if kind == 'B' then
+          m.sold = m.sold + qty
+          order(k, id, user, qty, node, call)
+          r = { 'OK', id, '0' }
+        else
+          m.held = m.held + qty
+          local expires = now + m.ttl
+          redis.call('HSET', k.holds, id, format_hold({ user = user, qty = qty,
+                     expires = expires, state = 'A', order = '0' }))
+          redis.call('ZADD', k.deadlines, expires, id)
+          r = { 'OK', id, tostring(expires) }
+        end
+      end
+    else
+      local hold_id = user
+      local h = parse_hold(redis.call('HGET', k.holds, hold_id))
+      if h and h.state == 'A' and h.expires <= now then
+        release(k, m, hold_id, h, 'E', now)
+      end
+      if not h then
+        r = { 'NOT_FOUND', '0', '0' }
+      elseif h.state == 'E' then
+        r = { 'EXPIRED', '0', '0' }
+      elseif kind == 'C' then
+        if h.state == 'C' then
+          r = { 'OK', h.order, '0' }
+        elseif h.state == 'X' then
+          r = { 'NOT_FOUND', '0', '0' }
+        else
+          m.held = m.held - h.qty
+          m.sold = m.sold + h.qty
+          h.state, h.order = 'C', id
+          redis.call('HSET', k.holds, hold_id, format_hold(h))
+          redis.call('ZREM', k.deadlines, hold_id)
+          redis.call('ZADD', k.forget, now + m.ttl, hold_id)
+          order(k, id, h.user, h.qty, node, call)
+          r = { 'OK', id, '0' }
+        end
+      else -- X: cancel
+        if h.state == 'X' then
+          r = { 'OK', '0', '0' }
+        elseif h.state == 'C' then
+          r = { 'NOT_FOUND', '0', '0' }
+        else
+          release(k, m, hold_id, h, 'X', now)
+          r = { 'OK', '0', '0' }
+        end
+      end
+    end
+    results[i] = r
+  end
+  redis.call('HSET', k.meta, 'sold', m.sold, 'held', m.held)
+  redis.call('SET', k.call, cjson.encode(results), 'PX', replay_ttl)
+  return results
+end)
+
+-- ticketd_stock(meta users holds deadlines forget) -> {total, remaining}, after expiring
+-- due holds; {-1, -1} when the event does not exist.
+redis.register_function('ticketd_stock', function(keys, args)
+  local k = keys_of(keys)
+  local m = meta(k.meta)
+  if not m then return { -1, -1 } end
+  sweep(k, m, now_ms())
+  redis.call('HSET', k.meta, 'held', m.held)
+  return { m.total, m.total - m.sold - m.held }
+end)

@@ -1,0 +1,393 @@
+//! The Redis Function library against a real redis-server (started here on a private
+//! loopback port in a temp dir, killed by PID when the test ends): batch decisions,
+//! exactly-once replay, holds and their expiry on Redis's clock, and exact stock under
+//! concurrent callers.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use redis::{Connection, Value};
+use ticketd::redis_ledger::{self, Decision, EventKeys, Step};
+use ticketd_proto::Status;
+
+struct RedisServer {
+    child: Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let dir = std::env::temp_dir().join(format!("ticketd-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (make test installs it)");
+        let server = RedisServer { child, dir, port };
+        // Bounded wait for it to answer PING: it is another process, not ours to signal.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = server.try_client() {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut c = server.client();
+        redis_ledger::load_functions()
+            .query::<String>(&mut c)
+            .expect("FUNCTION LOAD");
+        server
+    }
+
+    fn try_client(&self) -> redis::RedisResult<Connection> {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?.get_connection()
+    }
+
+    fn client(&self) -> Connection {
+        self.try_client().expect("connect to redis")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn init(c: &mut Connection, event: u32, total: i64, limit: u16, ttl_ms: u64) -> Vec<i64> {
+    redis_ledger::init_event(event, total, limit, ttl_ms)
+        .query(c)
+        .unwrap()
+}
+
+fn decide(c: &mut Connection, event: u32, call: u64, steps: &[Step]) -> Vec<Decision> {
+    let reply: Value = redis_ledger::decide(event, call, 1, 60_000, steps)
+        .query(c)
+        .unwrap();
+    redis_ledger::parse_decisions(&reply, steps).unwrap()
+}
+
+fn stock(c: &mut Connection, event: u32) -> (i64, i64) {
+    let v: Vec<i64> = redis_ledger::stock(event).query(c).unwrap();
+    (v[0], v[1])
+}
+
+fn outbox_len(c: &mut Connection, event: u32) -> usize {
+    redis::cmd("XLEN")
+        .arg(EventKeys::new(event).orders())
+        .query(c)
+        .unwrap()
+}
+
+fn buy(user: u64, order_id: u64) -> Step {
+    Step::Buy {
+        user,
+        qty: 1,
+        order_id,
+    }
+}
+
+#[test]
+fn a_batch_sells_exactly_the_stock_once_per_user_and_records_each_order() {
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    assert_eq!(init(&mut c, 1, 3, 1, 60_000), vec![3, 0, 0]);
+    let steps = [
+        buy(10, 100),
+        buy(10, 101),
+        buy(11, 102),
+        buy(12, 103),
+        buy(13, 104),
+    ];
+    assert_eq!(
+        decide(&mut c, 1, 1, &steps),
+        vec![
+            Decision::Ordered { order_id: 100 },
+            Decision::Refused(Status::LimitReached),
+            Decision::Ordered { order_id: 102 },
+            Decision::Ordered { order_id: 103 },
+            Decision::Refused(Status::SoldOut),
+        ]
+    );
+    assert_eq!(stock(&mut c, 1), (3, 0));
+    assert_eq!(outbox_len(&mut c, 1), 3);
+    // Sold + qty must stay within total: the prototypes' off-by-one is not here.
+    assert_eq!(
+        decide(&mut c, 1, 2, &[buy(14, 105)]),
+        vec![Decision::Refused(Status::SoldOut)]
+    );
+}
+
+#[test]
+fn a_retried_call_returns_its_first_results_and_changes_nothing() {
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    init(&mut c, 1, 10, 1, 60_000);
+    let steps = [buy(1, 100), buy(2, 101)];
+    let first = decide(&mut c, 1, 77, &steps);
+    let again = decide(&mut c, 1, 77, &steps);
+    assert_eq!(first, again);
+    assert_eq!(stock(&mut c, 1), (10, 8), "deducted once");
+    assert_eq!(outbox_len(&mut c, 1), 2, "recorded once");
+    // A new call id is a new decision: both users are now at their limit.
+    assert_eq!(
+        decide(&mut c, 1, 78, &steps),
+        vec![Decision::Refused(Status::LimitReached); 2]
+    );
+}
+
+#[test]
+fn init_never_overwrites_an_event_in_progress_and_unknown_events_are_not_found() {
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    init(&mut c, 1, 5, 1, 60_000);
+    decide(&mut c, 1, 1, &[buy(1, 100)]);
+    assert_eq!(
+        init(&mut c, 1, 999, 9, 1),
+        vec![5, 1, 0],
+        "a joining node keeps the sales"
+    );
+    assert_eq!(
+        decide(&mut c, 2, 1, &[buy(1, 1)]),
+        vec![Decision::Refused(Status::NotFound)]
+    );
+    assert_eq!(stock(&mut c, 2), (-1, -1));
+}
+
+#[test]
+fn holds_confirm_cancel_and_their_retries() {
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    init(&mut c, 1, 2, 1, 60_000);
+    let held = decide(
+        &mut c,
+        1,
+        1,
+        &[Step::Reserve {
+            user: 1,
+            qty: 1,
+            hold_id: 500,
+        }],
+    );
+    assert!(
+        matches!(held[0], Decision::Held { hold_id: 500, expires_unix_ms } if expires_unix_ms > 0)
+    );
+    assert_eq!(stock(&mut c, 1), (2, 1), "held is not remaining");
+    // The hold counts toward the limit.
+    assert_eq!(
+        decide(&mut c, 1, 2, &[buy(1, 101)]),
+        vec![Decision::Refused(Status::LimitReached)]
+    );
+    let confirm = Step::Confirm {
+        hold_id: 500,
+        order_id: 600,
+    };
+    assert_eq!(
+        decide(&mut c, 1, 3, &[confirm]),
+        vec![Decision::Ordered { order_id: 600 }]
+    );
+    let retry = Step::Confirm {
+        hold_id: 500,
+        order_id: 601,
+    };
+    assert_eq!(
+        decide(&mut c, 1, 4, &[retry]),
+        vec![Decision::Ordered { order_id: 600 }],
+        "same order"
+    );
+    assert_eq!(
+        decide(&mut c, 1, 5, &[Step::Cancel { hold_id: 500 }]),
+        vec![Decision::Refused(Status::NotFound)]
+    );
+
+    decide(
+        &mut c,
+        1,
+        6,
+        &[Step::Reserve {
+            user: 2,
+            qty: 1,
+            hold_id: 501,
+        }],
+    );
+    assert_eq!(
+        decide(&mut c, 1, 7, &[Step::Cancel { hold_id: 501 }]),
+        vec![Decision::Cancelled]
+    );
+    assert_eq!(
+        decide(&mut c, 1, 8, &[Step::Cancel { hold_id: 501 }]),
+        vec![Decision::Cancelled]
+    );
+    assert_eq!(
+        decide(
+            &mut c,
+            1,
+            9,
+            &[Step::Confirm {
+                hold_id: 501,
+                order_id: 602
+            }]
+        ),
+        vec![Decision::Refused(Status::NotFound)]
+    );
+    assert_eq!(
+        stock(&mut c, 1),
+        (2, 1),
+        "the cancelled ticket is back on sale"
+    );
+    assert_eq!(
+        decide(&mut c, 1, 10, &[buy(2, 603)]),
+        vec![Decision::Ordered { order_id: 603 }],
+        "room back"
+    );
+    assert_eq!(
+        decide(&mut c, 1, 11, &[Step::Cancel { hold_id: 999 }]),
+        vec![Decision::Refused(Status::NotFound)]
+    );
+    assert_eq!(outbox_len(&mut c, 1), 2);
+}
+
+#[test]
+fn holds_expire_on_redis_clock_without_their_node() {
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    init(&mut c, 1, 1, 1, 100);
+    decide(
+        &mut c,
+        1,
+        1,
+        &[Step::Reserve {
+            user: 1,
+            qty: 1,
+            hold_id: 500,
+        }],
+    );
+    assert_eq!(stock(&mut c, 1), (1, 0));
+    // The node that took the hold never comes back; any caller's STOCK or decision
+    // expires it once Redis's clock passes the deadline.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stock(&mut c, 1) != (1, 1) {
+        assert!(Instant::now() < deadline, "the hold never expired");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        decide(
+            &mut c,
+            1,
+            2,
+            &[Step::Confirm {
+                hold_id: 500,
+                order_id: 600
+            }]
+        ),
+        vec![Decision::Refused(Status::Expired)]
+    );
+    assert_eq!(
+        decide(&mut c, 1, 3, &[buy(2, 601)]),
+        vec![Decision::Ordered { order_id: 601 }]
+    );
+}
+
+#[test]
+fn concurrent_callers_sell_exactly_the_stock() {
+    let redis = RedisServer::start();
+    init(&mut redis.client(), 1, 500, 2, 60_000);
+    let port = redis.port;
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+                    .unwrap()
+                    .get_connection()
+                    .unwrap();
+                let mut sold = 0;
+                for call in 0..40u64 {
+                    // Users overlap across threads, so limits are contended too.
+                    let steps: Vec<Step> = (0..10)
+                        .map(|i| buy((call * 10 + i) % 300, t << 32 | call << 8 | i))
+                        .collect();
+                    let call_id = t << 32 | call;
+                    sold += decide(&mut c, 1, call_id, &steps)
+                        .iter()
+                        .filter(|d| matches!(d, Decision::Ordered { .. }))
+                        .count();
+                }
+                sold
+            })
+        })
+        .collect();
+    let sold: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    let mut c = redis.client();
+    // 300 users × limit 2 = 600 wanted, 500 exist.
+    assert_eq!(sold, 500);
+    assert_eq!(stock(&mut c, 1), (500, 0));
+    assert_eq!(outbox_len(&mut c, 1), 500);
+}
+
+#[test]
+fn functions_reload_after_a_flush() {
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    init(&mut c, 1, 5, 1, 60_000);
+    redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query::<String>(&mut c)
+        .unwrap();
+    let lost = redis_ledger::decide(1, 1, 1, 60_000, &[buy(1, 1)]).query::<Value>(&mut c);
+    assert!(lost.is_err(), "FCALL fails while the library is gone");
+    redis_ledger::load_functions()
+        .query::<String>(&mut c)
+        .unwrap();
+    assert_eq!(
+        decide(&mut c, 1, 1, &[buy(1, 100)]),
+        vec![Decision::Ordered { order_id: 100 }]
+    );
+}
+
+#[test]
+fn full_width_ids_pass_through_lua_untouched() {
+    // Lua numbers are doubles: ids above 2^53 must travel as strings.
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    init(&mut c, 1, 5, 1, 60_000);
+    let (hold_id, order_id) = (u64::MAX - 1, (1u64 << 63) | 12_345_678_901);
+    let held = decide(
+        &mut c,
+        1,
+        1,
+        &[Step::Reserve {
+            user: u64::MAX,
+            qty: 1,
+            hold_id,
+        }],
+    );
+    assert!(matches!(held[0], Decision::Held { hold_id: h, .. } if h == hold_id));
+    assert_eq!(
+        decide(&mut c, 1, 2, &[Step::Confirm { hold_id, order_id }]),
+        vec![Decision::Ordered { order_id }]
+    );
+}
