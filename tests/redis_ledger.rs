@@ -3,80 +3,14 @@
 //! exactly-once replay, holds and their expiry on Redis's clock, and exact stock under
 //! concurrent callers.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::redis_server::RedisServer;
 use redis::{Connection, Value};
 use ticketd::redis_ledger::{self, Decision, EventKeys, Step};
 use ticketd_proto::Status;
-
-struct RedisServer {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let dir = std::env::temp_dir().join(format!("ticketd-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (make test installs it)");
-        let server = RedisServer { child, dir, port };
-        // Bounded wait for it to answer PING: it is another process, not ours to signal.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut c) = server.try_client() {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let mut c = server.client();
-        redis_ledger::load_functions()
-            .query::<String>(&mut c)
-            .expect("FUNCTION LOAD");
-        server
-    }
-
-    fn try_client(&self) -> redis::RedisResult<Connection> {
-        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?.get_connection()
-    }
-
-    fn client(&self) -> Connection {
-        self.try_client().expect("connect to redis")
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn init(c: &mut Connection, event: u32, total: i64, limit: u16, ttl_ms: u64) -> Vec<i64> {
     redis_ledger::init_event(event, total, limit, ttl_ms)

@@ -9,6 +9,8 @@
 //! and replay of a call id's first results — with its commands and reply parsing, tested
 //! against a real redis-server.
 
+pub mod conn;
+
 use redis::{Cmd, Value};
 use ticketd_proto::Status;
 

@@ -2,6 +2,8 @@
 //! crate, plus helpers to start servers on loopback.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod redis_server;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;

@@ -1,0 +1,99 @@
+//! A real redis-server for tests: a private loopback port, a temp dir, killed by PID.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use redis::Connection;
+
+pub struct RedisServer {
+    child: Child,
+    dir: PathBuf,
+    pub port: u16,
+}
+
+impl RedisServer {
+    /// Starts redis-server on a free port and loads ticketd's Function library.
+    pub fn start() -> RedisServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let dir = std::env::temp_dir().join(format!("ticketd-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = spawn(port, &dir);
+        let server = RedisServer { child, dir, port };
+        server.wait_until_up();
+        let mut c = server.client();
+        ticketd::redis_ledger::load_functions()
+            .query::<String>(&mut c)
+            .expect("FUNCTION LOAD");
+        server
+    }
+
+    /// Kills the server (as a crash would) and starts a fresh one on the same port,
+    /// without the Function library: it must be reloaded by whoever connects.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = spawn(self.port, &self.dir);
+        self.wait_until_up();
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn try_client(&self) -> redis::RedisResult<Connection> {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?.get_connection()
+    }
+
+    pub fn client(&self) -> Connection {
+        self.try_client().expect("connect to redis")
+    }
+
+    /// Bounded wait for it to answer PING: it is another process, not ours to signal.
+    fn wait_until_up(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = self.try_client() {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn spawn(port: u16, dir: &PathBuf) -> Child {
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "no", "--daemonize", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed (make test installs it)")
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
