@@ -120,3 +120,31 @@ fn garbage_gets_400_and_a_close_and_binary_port_is_unaffected() {
     let mut client = common::Client::connect(server.local_addr());
     assert_eq!(client.stock(1), (10, 10));
 }
+
+#[test]
+fn http_connections_over_max_conns_get_503_and_a_close() {
+    let server = start_with(&[event(1, 10, 1)], |c| {
+        c.shards = 1;
+        c.max_conns = 1;
+        c.http = Some("127.0.0.1:0".parse().unwrap());
+    });
+    let mut held = connect(&server);
+    held.write_all(b"GET /buy/ticket HTTP/1.1\r\n\r\n").unwrap();
+    let mut buffered = Vec::new();
+    let (head, _) = read_response(&mut held, &mut buffered);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    let mut extra = connect(&server);
+    extra
+        .write_all(b"GET /buy/ticket HTTP/1.1\r\n\r\n")
+        .unwrap();
+    let mut all = String::new();
+    extra.read_to_string(&mut all).unwrap();
+    assert!(
+        all.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{all}"
+    );
+    assert!(all.ends_with("{\"code\":-7,\"msg\":\"overloaded; retry later\",\"data\":null}"));
+    let summary = server.shutdown();
+    assert_eq!(summary.event(1).unwrap().sold, 1, "shed before any work");
+}

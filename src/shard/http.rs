@@ -150,7 +150,8 @@ pub fn write_outcome(out: &mut BytesMut, status: Status, result: ResultBody, hea
 /// Answers that need no ticket logic: unknown path, wrong method, bad query, and the
 /// framing-level errors of [`Parsed::Invalid`].
 pub fn write_error(out: &mut BytesMut, http: u16, msg: &str, keep_alive: bool, http10: bool) {
-    write_json(out, http, -5, msg, keep_alive, http10);
+    let code = if http == 503 { -7 } else { -5 };
+    write_json(out, http, code, msg, keep_alive, http10);
 }
 
 fn write_json(out: &mut BytesMut, http: u16, code: i32, msg: &str, keep_alive: bool, http10: bool) {

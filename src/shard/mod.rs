@@ -658,6 +658,19 @@ fn ingest(
 /// Answers the HTTP requests buffered in `session.input`, one at a time: a request whose
 /// answer another shard decides holds the rest until it is written.
 fn serve_http(dispatcher: &mut Dispatcher, conn: ConnRef, session: &mut Session, now: Instant) {
+    if session.shedding {
+        // Over --max-conns: shed before any work, in the endpoint's own JSON.
+        http::write_error(
+            &mut session.output,
+            503,
+            "overloaded; retry later",
+            false,
+            false,
+        );
+        session.input.clear();
+        session.close_when_settled = true;
+        return;
+    }
     while session.http_waiting.is_none() && !session.close_when_settled {
         let head = match http::parse(&session.input) {
             http::Parsed::Incomplete => return,
