@@ -18,6 +18,10 @@ pub const OUTPUT_HIGH_WATER: usize = 64 * 1024;
 /// Forwarded requests a connection may have awaiting another shard's answer before the
 /// server stops reading it.
 pub const MAX_IN_FLIGHT: u32 = 4096;
+/// Unparsed input above this stops reading. Binary input never holds more than one
+/// partial frame after a pass; HTTP input waits unparsed while the request before it is
+/// decided on another shard, and this bounds it.
+pub const INPUT_HIGH_WATER: usize = 64 * 1024;
 /// Buffers larger than this are released when they empty, so an idle connection that
 /// once pipelined heavily goes back to costing almost nothing.
 pub const RELEASE_CAPACITY: usize = 16 * 1024;
@@ -88,7 +92,9 @@ impl Session {
 
     /// Back-pressure: stop reading while the client is behind.
     pub fn is_paused(&self) -> bool {
-        self.output.len() >= OUTPUT_HIGH_WATER || self.in_flight >= MAX_IN_FLIGHT
+        self.output.len() >= OUTPUT_HIGH_WATER
+            || self.in_flight >= MAX_IN_FLIGHT
+            || self.input.len() >= INPUT_HIGH_WATER
     }
 
     /// Nothing is owed to the client.
