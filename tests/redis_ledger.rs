@@ -325,3 +325,79 @@ fn full_width_ids_pass_through_lua_untouched() {
         vec![Decision::Ordered { order_id }]
     );
 }
+
+fn settle(c: &mut Connection, call: u64, steps: &[Step]) -> Vec<Decision> {
+    let reply: Value = redis_ledger::settle(call, 1, 60_000, steps)
+        .query(c)
+        .unwrap();
+    redis_ledger::parse_decisions(&reply, steps).unwrap()
+}
+
+#[test]
+fn holds_are_settled_by_hold_id_alone_across_events() {
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    init(&mut c, 1, 5, 1, 60_000);
+    init(&mut c, 2, 5, 1, 60_000);
+    decide(
+        &mut c,
+        1,
+        1,
+        &[Step::Reserve {
+            user: 1,
+            qty: 1,
+            hold_id: 500,
+        }],
+    );
+    decide(
+        &mut c,
+        2,
+        2,
+        &[Step::Reserve {
+            user: 1,
+            qty: 1,
+            hold_id: 501,
+        }],
+    );
+    let steps = [
+        Step::Confirm {
+            hold_id: 500,
+            order_id: 600,
+        },
+        Step::Cancel { hold_id: 501 },
+        Step::Confirm {
+            hold_id: 999,
+            order_id: 601,
+        },
+    ];
+    let expected = vec![
+        Decision::Ordered { order_id: 600 },
+        Decision::Cancelled,
+        Decision::Refused(Status::NotFound),
+    ];
+    assert_eq!(settle(&mut c, 10, &steps), expected);
+    assert_eq!(
+        settle(&mut c, 10, &steps),
+        expected,
+        "replayed, not re-applied"
+    );
+    assert_eq!(stock(&mut c, 1), (5, 4));
+    assert_eq!(
+        stock(&mut c, 2),
+        (5, 5),
+        "the cancelled hold is back on sale"
+    );
+    assert_eq!(outbox_len(&mut c, 1), 1);
+    assert_eq!(
+        settle(
+            &mut c,
+            11,
+            &[Step::Confirm {
+                hold_id: 501,
+                order_id: 602
+            }]
+        ),
+        vec![Decision::Refused(Status::NotFound)],
+        "a cancelled hold cannot be confirmed"
+    );
+}

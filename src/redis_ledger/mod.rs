@@ -131,6 +131,32 @@ pub fn decide(event: u32, call_id: u64, node: u16, replay_ttl_ms: u64, steps: &[
     cmd
 }
 
+/// One atomic call settling CONFIRM/CANCEL steps by hold id alone: the ledger finds each
+/// hold's event in its hold index, so the hold may have been taken through any node.
+/// Other steps are skipped by the caller's contract: pass only Confirm and Cancel.
+pub fn settle(call_id: u64, node: u16, replay_ttl_ms: u64, steps: &[Step]) -> Cmd {
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg("ticketd_settle")
+        .arg(1)
+        .arg(format!("ticketd:call:{call_id}"))
+        .arg(call_id)
+        .arg(node)
+        .arg(replay_ttl_ms);
+    let settling: Vec<&Step> = steps
+        .iter()
+        .filter(|s| matches!(s, Step::Confirm { .. } | Step::Cancel { .. }))
+        .collect();
+    cmd.arg(settling.len());
+    for step in settling {
+        match *step {
+            Step::Confirm { hold_id, order_id } => cmd.arg("C").arg(hold_id).arg(order_id),
+            Step::Cancel { hold_id } => cmd.arg("X").arg(hold_id).arg(0),
+            Step::Buy { .. } | Step::Reserve { .. } => continue,
+        };
+    }
+    cmd
+}
+
 /// STOCK from the ledger (expiring due holds first); replies `[total, remaining]`.
 pub fn stock(event: u32) -> Cmd {
     let keys = EventKeys::new(event).state();

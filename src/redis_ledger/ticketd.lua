@@ -14,6 +14,11 @@
 --
 -- Time is Redis's own clock (TIME), so every node agrees when a hold expires.
 
+-- hold_id -> event id, so CONFIRM/CANCEL can arrive at any node with only the hold id.
+-- (Outside every event's hash slot: on a Redis Cluster, hold ids would have to carry
+-- their event instead.)
+local HOLD_INDEX = 'ticketd:hold-events'
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -57,6 +62,7 @@ local function sweep(k, m, now)
   end
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', k.forget, '-inf', now)) do
     redis.call('HDEL', k.holds, id)
+    redis.call('HDEL', HOLD_INDEX, id)
     redis.call('ZREM', k.forget, id)
   end
 end
@@ -72,6 +78,32 @@ local function refuse(k, m, user, qty)
   if has + qty > m.limit then return 'LIMIT_REACHED' end
   if m.sold + m.held + qty > m.total then return 'SOLD_OUT' end
   return nil
+end
+
+-- CONFIRM (kind C, order_id used if it becomes an order) or CANCEL (kind X) of a hold.
+local function settle(k, m, kind, hold_id, order_id, node, call, now)
+  local h = parse_hold(redis.call('HGET', k.holds, hold_id))
+  if h and h.state == 'A' and h.expires <= now then
+    release(k, m, hold_id, h, 'E', now)
+  end
+  if not h then return { 'NOT_FOUND', '0', '0' } end
+  if h.state == 'E' then return { 'EXPIRED', '0', '0' } end
+  if kind == 'C' then
+    if h.state == 'C' then return { 'OK', h.order, '0' } end
+    if h.state == 'X' then return { 'NOT_FOUND', '0', '0' } end
+    m.held = m.held - h.qty
+    m.sold = m.sold + h.qty
+    h.state, h.order = 'C', order_id
+    redis.call('HSET', k.holds, hold_id, format_hold(h))
+    redis.call('ZREM', k.deadlines, hold_id)
+    redis.call('ZADD', k.forget, now + m.ttl, hold_id)
+    order(k, order_id, h.user, h.qty, node, call)
+    return { 'OK', order_id, '0' }
+  end
+  if h.state == 'X' then return { 'OK', '0', '0' } end
+  if h.state == 'C' then return { 'NOT_FOUND', '0', '0' } end
+  release(k, m, hold_id, h, 'X', now)
+  return { 'OK', '0', '0' }
 end
 
 local function keys_of(keys)
@@ -103,6 +135,7 @@ redis.register_function('ticketd_decide', function(keys, args)
   if replay then return cjson.decode(replay) end
   local m = meta(k.meta)
   local call, node, replay_ttl, n = args[1], args[2], tonumber(args[3]), tonumber(args[4])
+  local event = string.match(k.meta, '^{ev:(%d+)}')
   local results = {}
   if not m then
     for i = 1, n do results[i] = { 'NOT_FOUND', '0', '0' } end
@@ -130,44 +163,12 @@ redis.register_function('ticketd_decide', function(keys, args)
           redis.call('HSET', k.holds, id, format_hold({ user = user, qty = qty,
                      expires = expires, state = 'A', order = '0' }))
           redis.call('ZADD', k.deadlines, expires, id)
+          redis.call('HSET', HOLD_INDEX, id, event)
           r = { 'OK', id, tostring(expires) }
         end
       end
     else
-      local hold_id = user
-      local h = parse_hold(redis.call('HGET', k.holds, hold_id))
-      if h and h.state == 'A' and h.expires <= now then
-        release(k, m, hold_id, h, 'E', now)
-      end
-      if not h then
-        r = { 'NOT_FOUND', '0', '0' }
-      elseif h.state == 'E' then
-        r = { 'EXPIRED', '0', '0' }
-      elseif kind == 'C' then
-        if h.state == 'C' then
-          r = { 'OK', h.order, '0' }
-        elseif h.state == 'X' then
-          r = { 'NOT_FOUND', '0', '0' }
-        else
-          m.held = m.held - h.qty
-          m.sold = m.sold + h.qty
-          h.state, h.order = 'C', id
-          redis.call('HSET', k.holds, hold_id, format_hold(h))
-          redis.call('ZREM', k.deadlines, hold_id)
-          redis.call('ZADD', k.forget, now + m.ttl, hold_id)
-          order(k, id, h.user, h.qty, node, call)
-          r = { 'OK', id, '0' }
-        end
-      else -- X: cancel
-        if h.state == 'X' then
-          r = { 'OK', '0', '0' }
-        elseif h.state == 'C' then
-          r = { 'NOT_FOUND', '0', '0' }
-        else
-          release(k, m, hold_id, h, 'X', now)
-          r = { 'OK', '0', '0' }
-        end
-      end
+      r = settle(k, m, kind, user, id, node, call, now)
     end
     results[i] = r
   end
@@ -185,4 +186,46 @@ redis.register_function('ticketd_stock', function(keys, args)
   sweep(k, m, now_ms())
   redis.call('HSET', k.meta, 'held', m.held)
   return { m.total, m.total - m.sold - m.held }
+end)
+
+-- ticketd_settle(call) call_id node replay_ttl_ms n  then n × (kind hold_id order_id)
+--   kind: C confirm, X cancel. Each hold's event is found in the hold index, so the
+--   caller needs to know only the hold id. Replies like ticketd_decide; replays alike.
+redis.register_function('ticketd_settle', function(keys, args)
+  local replay = redis.call('GET', keys[1])
+  if replay then return cjson.decode(replay) end
+  local call, node, replay_ttl, n = args[1], args[2], tonumber(args[3]), tonumber(args[4])
+  local now = now_ms()
+  local touched = {}
+  local results = {}
+  for i = 1, n do
+    local base = 4 + (i - 1) * 3
+    local kind, hold_id, order_id = args[base + 1], args[base + 2], args[base + 3]
+    local event = redis.call('HGET', HOLD_INDEX, hold_id)
+    if not event then
+      results[i] = { 'NOT_FOUND', '0', '0' }
+    else
+      local state = touched[event]
+      if not state then
+        local tag = '{ev:' .. event .. '}'
+        local k = { meta = tag .. ':meta', users = tag .. ':users', holds = tag .. ':holds',
+                    deadlines = tag .. ':deadlines', forget = tag .. ':forget',
+                    orders = tag .. ':orders' }
+        state = { k = k, m = meta(k.meta) }
+        touched[event] = state
+      end
+      if not state.m then
+        results[i] = { 'NOT_FOUND', '0', '0' }
+      else
+        results[i] = settle(state.k, state.m, kind, hold_id, order_id, node, call, now)
+      end
+    end
+  end
+  for _, state in pairs(touched) do
+    if state.m then
+      redis.call('HSET', state.k.meta, 'sold', state.m.sold, 'held', state.m.held)
+    end
+  end
+  redis.call('SET', keys[1], cjson.encode(results), 'PX', replay_ttl)
+  return results
 end)
