@@ -2,6 +2,7 @@
 //! stock slices change, and those are atomics.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 
 use crate::config::EventSpec;
 use crate::stock::Stock;
@@ -11,7 +12,10 @@ use crate::stock::Stock;
 pub struct Event {
     pub id: u32,
     pub per_user_limit: u16,
+    /// With the embedded ledger: the tickets. With `--redis`: this node's gate.
     pub stock: Stock,
+    /// With `--redis`: the ledger said sold out, so every shard answers SOLD_OUT locally.
+    pub sold_out: AtomicBool,
 }
 
 /// All events, addressed by wire id or by dense index (used as a key in shard state).
@@ -29,6 +33,7 @@ impl Catalog {
                 id: spec.id,
                 per_user_limit: spec.per_user_limit,
                 stock: Stock::new(spec.stock, shards),
+                sold_out: AtomicBool::new(false),
             })
             .collect();
         let by_id = events

@@ -67,6 +67,45 @@ pub struct Cli {
     /// JSON the Go/Java prototypes answer (for `ab` and `wrk`).
     #[arg(long, value_name = "HOST:PORT")]
     pub http: Option<SocketAddr>,
+
+    /// Ledger mode: Redis (7.0+, Functions) holds the one global stock for every node,
+    /// e.g. `redis://127.0.0.1:6379`. Without it, this process is a node of its own.
+    #[arg(long, value_name = "URL", value_parser = parse_redis_url)]
+    pub redis: Option<SocketAddr>,
+
+    /// Ledger mode: how many ticketd nodes share the events (sizes each node's gate).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub nodes: u32,
+
+    /// Ledger mode: tickets a node's gate lets through beyond its share.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub buffer: i64,
+
+    /// Ledger mode: a Redis call unanswered this long fails (a request that never
+    /// reached Redis answers UNAVAILABLE).
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// Ledger mode: Redis calls in flight per shard.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub redis_depth: usize,
+
+    /// Ledger mode: delete the events' sales in Redis at start-up and begin again.
+    /// Without it an existing event is joined as it is and never overwritten.
+    #[arg(long)]
+    pub reset_events: bool,
+}
+
+/// `redis://HOST:PORT[/]` or `HOST:PORT`, resolved to an address.
+fn parse_redis_url(text: &str) -> Result<SocketAddr, String> {
+    let hostport = text
+        .strip_prefix("redis://")
+        .unwrap_or(text)
+        .trim_end_matches('/');
+    std::net::ToSocketAddrs::to_socket_addrs(hostport)
+        .map_err(|e| format!("`{text}`: {e} (expected redis://HOST:PORT)"))?
+        .next()
+        .ok_or_else(|| format!("`{text}` resolves to no address"))
 }
 
 /// One `--event ID:STOCK[:LIMIT]`.
@@ -102,6 +141,8 @@ pub enum ConfigError {
     MaxConns,
     #[error("--hold-ttl must be at least 1ms")]
     HoldTtl,
+    #[error("--nodes and --redis-depth must be at least 1 and --buffer not negative")]
+    Ledger,
     #[error("--node-id must be at most {max}, got {got}")]
     NodeId { got: u16, max: u16 },
 }
@@ -165,6 +206,19 @@ pub struct Config {
     pub max_conns: usize,
     pub node_id: u16,
     pub http: Option<SocketAddr>,
+    /// Ledger mode, when set.
+    pub redis: Option<RedisConfig>,
+}
+
+/// `--redis` and its companions.
+#[derive(Debug, Clone, Copy)]
+pub struct RedisConfig {
+    pub addr: SocketAddr,
+    pub nodes: u32,
+    pub buffer: i64,
+    pub timeout: Duration,
+    pub depth: usize,
+    pub reset_events: bool,
 }
 
 impl Config {
@@ -180,6 +234,7 @@ impl Config {
             max_conns: 10_000,
             node_id: 0,
             http: None,
+            redis: None,
         }
     }
 
@@ -210,6 +265,11 @@ impl Config {
                 max: MAX_NODE_ID,
             });
         }
+        if let Some(redis) = &self.redis {
+            if redis.nodes == 0 || redis.buffer < 0 || redis.depth == 0 {
+                return Err(ConfigError::Ledger);
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for event in &self.events {
             if !seen.insert(event.id) {
@@ -235,6 +295,14 @@ impl Cli {
                 .unwrap_or(usize::try_from(default_conns).unwrap_or(usize::MAX)),
             node_id: self.node_id,
             http: self.http,
+            redis: self.redis.map(|addr| RedisConfig {
+                addr,
+                nodes: self.nodes,
+                buffer: self.buffer,
+                timeout: self.redis_timeout,
+                depth: self.redis_depth,
+                reset_events: self.reset_events,
+            }),
         };
         config.validate()?;
         Ok(config)

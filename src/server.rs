@@ -9,10 +9,13 @@ use std::thread::JoinHandle;
 use mio::{Poll, Waker};
 
 use crate::catalog::Catalog;
-use crate::config::Config;
+use crate::config::{Config, EventSpec};
 use crate::listener;
 use crate::placement;
+use crate::redis_ledger::conn::ConnSettings;
+use crate::redis_ledger::setup;
 use crate::shard::mailbox::{Mailbox, Peer};
+use crate::shard::remote::RemoteSettings;
 use crate::shard::{self, Shard, ShardParts, ShardReport, ShardSettings, ShutdownSignal};
 use crate::summary::Summary;
 
@@ -25,6 +28,8 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: io::Error },
     #[error("cannot create the event loop of shard {shard}: {source}")]
     Poll { shard: usize, source: io::Error },
+    #[error("cannot prepare the ledger: {0}")]
+    Ledger(#[from] setup::LedgerError),
     #[error("cannot spawn the thread of shard {shard}: {source}")]
     Spawn { shard: usize, source: io::Error },
 }
@@ -32,6 +37,8 @@ pub enum StartError {
 /// A running node. Dropping it shuts the node down and waits for its threads.
 pub struct ServerHandle {
     local_addr: SocketAddr,
+    /// Ledger mode: where the figures of the final summary come from.
+    redis: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
     catalog: Arc<Catalog>,
     shutdown: Arc<ShutdownSignal>,
@@ -45,7 +52,32 @@ pub struct ServerHandle {
 pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     config.validate()?;
     let shards = config.shards;
-    let catalog = Arc::new(Catalog::new(&config.events, shards));
+    // Ledger mode: Redis holds the totals; each shard's slices become this node's gate.
+    let (catalog_events, remote) = match &config.redis {
+        None => (config.events.clone(), None),
+        Some(redis) => {
+            let totals = setup::prepare(redis, &config.events, config.hold_ttl)?;
+            let gates = config
+                .events
+                .iter()
+                .zip(totals)
+                .map(|(e, total)| EventSpec {
+                    stock: setup::gate_size(total, redis.nodes, redis.buffer),
+                    ..*e
+                })
+                .collect();
+            let settings = RemoteSettings {
+                addr: redis.addr,
+                conn: ConnSettings {
+                    timeout: redis.timeout,
+                    max_in_flight: redis.depth,
+                    ..ConnSettings::default()
+                },
+            };
+            (gates, Some(settings))
+        }
+    };
+    let catalog = Arc::new(Catalog::new(&catalog_events, shards));
     let listeners =
         listener::bind_group(config.listen, shards).map_err(|source| StartError::Listen {
             addr: config.listen,
@@ -109,6 +141,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                 max_frame: config.max_frame,
                 max_sessions,
                 hold_ttl: config.hold_ttl,
+                remote,
             },
             poll,
             listener,
@@ -153,6 +186,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     );
     Ok(ServerHandle {
         local_addr,
+        redis: config.redis.map(|r| r.addr),
         http_addr,
         catalog,
         shutdown,
@@ -201,7 +235,17 @@ impl ServerHandle {
             .drain(..)
             .filter_map(|thread| thread.join().ok())
             .collect();
-        Summary::collect(&self.catalog, &reports)
+        let mut summary = Summary::collect(&self.catalog, &reports);
+        if let Some(addr) = self.redis {
+            let ids: Vec<u32> = self.catalog.iter().map(|e| e.id).collect();
+            match setup::snapshot(addr, &ids) {
+                Ok(views) => summary.use_ledger_view(&views),
+                Err(e) => {
+                    tracing::warn!(error = %e, "summary shows this node's gate, not the ledger")
+                }
+            }
+        }
+        summary
     }
 }
 

@@ -61,6 +61,17 @@ impl Summary {
         Summary { events, stats }
     }
 
+    /// Ledger mode: total, sold, held and remaining are the ledger's (all nodes');
+    /// `orders` stays this node's.
+    pub fn use_ledger_view(&mut self, views: &[crate::redis_ledger::setup::LedgerView]) {
+        for (event, view) in self.events.iter_mut().zip(views) {
+            event.total = view.total;
+            event.sold = view.sold;
+            event.held = view.held;
+            event.remaining = view.remaining;
+        }
+    }
+
     pub fn event(&self, id: u32) -> Option<&EventSummary> {
         self.events.iter().find(|e| e.id == id)
     }

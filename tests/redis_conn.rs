@@ -132,7 +132,7 @@ fn a_crash_loses_calls_in_flight_and_the_handshake_restores_the_functions() {
         order_id: 100,
     }];
     conn.send(
-        &redis_ledger::decide(1, 1, 1, 60_000, &steps),
+        &redis_ledger::decide(1, "1", 1, 60_000, &steps),
         3,
         Instant::now(),
     );

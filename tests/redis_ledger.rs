@@ -19,7 +19,7 @@ fn init(c: &mut Connection, event: u32, total: i64, limit: u16, ttl_ms: u64) -> 
 }
 
 fn decide(c: &mut Connection, event: u32, call: u64, steps: &[Step]) -> Vec<Decision> {
-    let reply: Value = redis_ledger::decide(event, call, 1, 60_000, steps)
+    let reply: Value = redis_ledger::decide(event, &call.to_string(), 1, 60_000, steps)
         .query(c)
         .unwrap();
     redis_ledger::parse_decisions(&reply, steps).unwrap()
@@ -291,7 +291,7 @@ fn functions_reload_after_a_flush() {
         .arg("FLUSH")
         .query::<String>(&mut c)
         .unwrap();
-    let lost = redis_ledger::decide(1, 1, 1, 60_000, &[buy(1, 1)]).query::<Value>(&mut c);
+    let lost = redis_ledger::decide(1, "1", 1, 60_000, &[buy(1, 1)]).query::<Value>(&mut c);
     assert!(lost.is_err(), "FCALL fails while the library is gone");
     redis_ledger::load_functions()
         .query::<String>(&mut c)
@@ -327,7 +327,7 @@ fn full_width_ids_pass_through_lua_untouched() {
 }
 
 fn settle(c: &mut Connection, call: u64, steps: &[Step]) -> Vec<Decision> {
-    let reply: Value = redis_ledger::settle(call, 1, 60_000, steps)
+    let reply: Value = redis_ledger::settle(&call.to_string(), 1, 60_000, steps)
         .query(c)
         .unwrap();
     redis_ledger::parse_decisions(&reply, steps).unwrap()

@@ -10,6 +10,7 @@
 //! against a real redis-server.
 
 pub mod conn;
+pub mod setup;
 
 use redis::{Cmd, Value};
 use ticketd_proto::Status;
@@ -19,6 +20,31 @@ pub const FUNCTION_LIBRARY: &str = include_str!("ticketd.lua");
 
 /// How long Redis remembers a call's results for replay after a lost connection.
 pub const DEFAULT_REPLAY_TTL_MS: u64 = 10 * 60 * 1000;
+
+/// Call ids of one shard: `node-boot_ms-shard-seq`. The boot time keeps a restarted
+/// node from reusing an id whose results Redis still remembers for replay.
+#[derive(Debug)]
+pub struct CallIds {
+    prefix: String,
+    next: u64,
+}
+
+impl CallIds {
+    pub fn new(node: u16, shard: usize) -> Self {
+        let boot_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        CallIds {
+            prefix: format!("{node}-{boot_ms}-{shard}-"),
+            next: 0,
+        }
+    }
+
+    pub fn next_id(&mut self) -> String {
+        self.next += 1;
+        format!("{}{}", self.prefix, self.next)
+    }
+}
 
 /// The keys of one event; all share the hash tag `{ev:ID}` (one cluster slot).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,12 +68,13 @@ impl EventKeys {
         format!("{}:orders", self.tag)
     }
 
-    fn state(&self) -> [String; 6] {
+    /// Every key holding the event's state (not the per-call replay keys, which expire).
+    pub fn state(&self) -> [String; 6] {
         ["meta", "users", "holds", "deadlines", "forget", "orders"]
             .map(|k| format!("{}:{k}", self.tag))
     }
 
-    fn call(&self, call_id: u64) -> String {
+    fn call(&self, call_id: &str) -> String {
         format!("{}:call:{call_id}", self.tag)
     }
 }
@@ -102,9 +129,9 @@ pub fn init_event(event: u32, total: i64, per_user_limit: u16, hold_ttl_ms: u64)
     cmd
 }
 
-/// One atomic call deciding every step for `event`. `call_id` must be unique per node
-/// and reused only to retry this very batch.
-pub fn decide(event: u32, call_id: u64, node: u16, replay_ttl_ms: u64, steps: &[Step]) -> Cmd {
+/// One atomic call deciding every step for `event`. `call_id` must never repeat in the
+/// cluster (see [`CallIds`]) except to retry this very batch.
+pub fn decide(event: u32, call_id: &str, node: u16, replay_ttl_ms: u64, steps: &[Step]) -> Cmd {
     let keys = EventKeys::new(event);
     let mut cmd = redis::cmd("FCALL");
     cmd.arg("ticketd_decide").arg(7);
@@ -134,7 +161,7 @@ pub fn decide(event: u32, call_id: u64, node: u16, replay_ttl_ms: u64, steps: &[
 /// One atomic call settling CONFIRM/CANCEL steps by hold id alone: the ledger finds each
 /// hold's event in its hold index, so the hold may have been taken through any node.
 /// Other steps are skipped by the caller's contract: pass only Confirm and Cancel.
-pub fn settle(call_id: u64, node: u16, replay_ttl_ms: u64, steps: &[Step]) -> Cmd {
+pub fn settle(call_id: &str, node: u16, replay_ttl_ms: u64, steps: &[Step]) -> Cmd {
     let mut cmd = redis::cmd("FCALL");
     cmd.arg("ticketd_settle")
         .arg(1)
@@ -248,7 +275,7 @@ mod tests {
         let keys = EventKeys::new(7);
         assert_eq!(keys.meta(), "{ev:7}:meta");
         assert!(keys.state().iter().all(|k| k.starts_with("{ev:7}:")));
-        assert_eq!(keys.call(9), "{ev:7}:call:9");
+        assert_eq!(keys.call("9"), "{ev:7}:call:9");
     }
 
     #[test]
@@ -262,7 +289,7 @@ mod tests {
             Step::Cancel { hold_id: 4 },
         ];
         let packed =
-            String::from_utf8_lossy(&decide(5, 6, 7, 8, &steps).get_packed_command()).to_string();
+            String::from_utf8_lossy(&decide(5, "6", 7, 8, &steps).get_packed_command()).to_string();
         for needle in ["ticketd_decide", "{ev:5}:call:6", "\r\nB\r\n", "\r\nX\r\n"] {
             assert!(packed.contains(needle), "{needle} in {packed}");
         }

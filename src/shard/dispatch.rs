@@ -29,6 +29,8 @@ pub struct Dispatcher {
     pub bad_requests: u64,
     /// Anonymous HTTP buyers created so far.
     pub anonymous_users: u64,
+    /// With `--redis`: the global ledger decides instead of `ledger`.
+    pub remote: Option<super::remote::RemoteLedger>,
 }
 
 /// The result of handling a buffer of request bytes.
@@ -53,6 +55,7 @@ impl Dispatcher {
             outbox: Outbox::new(shards),
             bad_requests: 0,
             anonymous_users: 0,
+            remote: None,
         }
     }
 
@@ -129,6 +132,9 @@ impl Dispatcher {
         now: Instant,
     ) -> Option<Response> {
         let req_id = request.req_id;
+        if self.remote.is_some() {
+            return self.decide_remote(conn, request, in_flight);
+        }
         let routed = match request.command {
             Command::Ping => Err(Response::ok(Op::Ping, req_id, ResultBody::Empty)),
             Command::Stock { event } => Err(self.stock(event, req_id)),
@@ -173,6 +179,52 @@ impl Dispatcher {
                 None
             }
         }
+    }
+
+    /// Ledger mode: everything but PING goes to Redis (after the local gate), decided on
+    /// this shard's own connection, so nothing is forwarded between shards.
+    fn decide_remote(
+        &mut self,
+        conn: ConnRef,
+        request: Request,
+        in_flight: &mut u32,
+    ) -> Option<Response> {
+        let req_id = request.req_id;
+        let waiter = (conn, req_id);
+        let queued = match request.command {
+            Command::Ping => return Some(Response::ok(Op::Ping, req_id, ResultBody::Empty)),
+            Command::Stock { event } => match self.catalog.index_of(event) {
+                Some(index) => {
+                    self.remote.as_mut()?.stock(index, waiter);
+                    true
+                }
+                None => return Some(Response::error(Op::Stock.code(), req_id, Status::NotFound)),
+            },
+            Command::Buy(p) | Command::Reserve(p) => {
+                let op = request.command.op();
+                let index = match self.validate(op, p, req_id) {
+                    Ok(index) => index,
+                    Err(refusal) => return Some(refusal),
+                };
+                let remote = self.remote.as_mut()?;
+                if let Some(answer) =
+                    remote.purchase(&self.catalog, index, op, p.user, p.qty, waiter)
+                {
+                    return Some(answer);
+                }
+                true
+            }
+            Command::Confirm { hold_id } | Command::Cancel { hold_id } => {
+                self.remote
+                    .as_mut()?
+                    .settle(request.command.op(), hold_id, waiter);
+                true
+            }
+        };
+        if queued {
+            *in_flight += 1;
+        }
+        None
     }
 
     /// The HTTP endpoint's BUY of one ticket: the first event and a fresh anonymous user

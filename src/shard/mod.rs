@@ -4,6 +4,7 @@
 mod dispatch;
 pub mod http;
 pub mod mailbox;
+pub mod remote;
 mod session;
 
 use std::collections::VecDeque;
@@ -30,8 +31,10 @@ use crate::ledger::{EventTally, Ledger};
 pub const WAKER_TOKEN: Token = Token(0);
 const LISTENER_TOKEN: Token = Token(1);
 const HTTP_LISTENER_TOKEN: Token = Token(2);
+/// The shard's Redis connection (`--redis`).
+const REDIS_TOKEN: Token = Token(3);
 /// Session slab keys are offset by this to form their tokens.
-const FIRST_SESSION_TOKEN: usize = 3;
+const FIRST_SESSION_TOKEN: usize = 4;
 
 /// Size of the per-shard read buffer, and so of one read call.
 const READ_CHUNK: usize = 64 * 1024;
@@ -89,6 +92,8 @@ pub struct ShardSettings {
     pub max_frame: u32,
     pub max_sessions: usize,
     pub hold_ttl: Duration,
+    /// `--redis`: decide through the global ledger.
+    pub remote: Option<remote::RemoteSettings>,
 }
 
 /// Counters of one shard's life, reported when it stops.
@@ -143,6 +148,9 @@ pub struct Shard {
     /// Sessions that lost framing, by close deadline.
     lingering: VecDeque<(Instant, usize, u32)>,
     accept_retry_at: Option<Instant>,
+    /// Ledger mode: completions read this pass, and the answers they produce.
+    redis_done: Vec<crate::redis_ledger::conn::Completion<u64>>,
+    redis_answers: Vec<(ConnRef, Response)>,
     shutdown: Arc<ShutdownSignal>,
     stopping: Option<Instant>,
     finished: bool,
@@ -174,13 +182,22 @@ impl Shard {
             None => None,
         };
         let ledger = Ledger::new(settings.index, settings.node_id, catalog, settings.hold_ttl);
-        let dispatcher = Dispatcher::new(
+        let mut dispatcher = Dispatcher::new(
             settings.index,
             settings.shards,
             settings.node_id,
             settings.max_frame,
             ledger,
         );
+        if let Some(remote) = settings.remote {
+            dispatcher.remote = Some(remote::RemoteLedger::new(
+                settings.index,
+                settings.node_id,
+                &dispatcher.catalog,
+                remote,
+                REDIS_TOKEN,
+            ));
+        }
         Ok(Shard {
             settings,
             poll,
@@ -196,6 +213,8 @@ impl Shard {
             read_queue: Vec::new(),
             lingering: VecDeque::new(),
             accept_retry_at: None,
+            redis_done: Vec::new(),
+            redis_answers: Vec::new(),
             shutdown,
             stopping: None,
             finished: false,
@@ -224,6 +243,11 @@ impl Shard {
                     WAKER_TOKEN => {}
                     LISTENER_TOKEN => self.accept(Protocol::Binary, now),
                     HTTP_LISTENER_TOKEN => self.accept(Protocol::Http, now),
+                    REDIS_TOKEN => {
+                        if let Some(remote) = self.dispatcher.remote.as_mut() {
+                            remote.on_event(self.poll.registry(), event, now, &mut self.redis_done);
+                        }
+                    }
                     Token(token) => {
                         let slot = token - FIRST_SESSION_TOKEN;
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
@@ -242,6 +266,7 @@ impl Shard {
             }
             self.drain_inbox(now);
             self.drain_read_queue(now);
+            self.drive_remote(now);
             self.dispatcher.ledger.expire_due(now);
             self.close_expired_lingerers(now);
             if self.accept_retry_at.is_some_and(|at| at <= now) {
@@ -256,9 +281,13 @@ impl Shard {
             }
         }
         self.stats.bad_requests = self.dispatcher.bad_requests;
+        let tallies = match &self.dispatcher.remote {
+            Some(remote) => remote.tallies.clone(),
+            None => self.dispatcher.ledger.tallies().to_vec(),
+        };
         ShardReport {
             index: self.settings.index,
-            tallies: self.dispatcher.ledger.tallies().to_vec(),
+            tallies,
             stats: self.stats,
         }
     }
@@ -269,6 +298,10 @@ impl Shard {
         }
         let deadlines = [
             self.dispatcher.ledger.next_deadline(),
+            self.dispatcher
+                .remote
+                .as_ref()
+                .and_then(|r| r.conn.next_deadline()),
             self.lingering.front().map(|&(at, _, _)| at),
             self.accept_retry_at,
         ];
@@ -437,29 +470,57 @@ impl Shard {
                             },
                         );
                     }
-                    Message::Reply { conn, response } => match self.sessions.get_mut(conn.slot) {
-                        Some(session) if session.generation == conn.generation => {
-                            session.in_flight = session.in_flight.saturating_sub(1);
-                            match session.http_waiting.take() {
-                                Some(head) => {
-                                    http::write_outcome(
-                                        &mut session.output,
-                                        response.status,
-                                        response.result,
-                                        &head,
-                                    );
-                                    // Requests that arrived meanwhile can go now.
-                                    serve_http(&mut self.dispatcher, conn, session, now);
-                                }
-                                None => response.encode(&mut session.output),
-                            }
-                            self.mark_dirty(conn.slot);
-                        }
-                        _ => self.stats.orphan_replies += 1,
-                    },
+                    Message::Reply { conn, response } => self.deliver(conn, response, now),
                 }
             }
         }
+    }
+
+    /// An answer decided elsewhere (another shard, or Redis) for one of our sessions.
+    fn deliver(&mut self, conn: ConnRef, response: Response, now: Instant) {
+        match self.sessions.get_mut(conn.slot) {
+            Some(session) if session.generation == conn.generation => {
+                session.in_flight = session.in_flight.saturating_sub(1);
+                match session.http_waiting.take() {
+                    Some(head) => {
+                        http::write_outcome(
+                            &mut session.output,
+                            response.status,
+                            response.result,
+                            &head,
+                        );
+                        // Requests that arrived meanwhile can go now.
+                        serve_http(&mut self.dispatcher, conn, session, now);
+                    }
+                    None => response.encode(&mut session.output),
+                }
+                self.mark_dirty(conn.slot);
+            }
+            _ => self.stats.orphan_replies += 1,
+        }
+    }
+
+    /// Ledger mode: timeouts and reconnects, answers from Redis, then this pass's batches.
+    fn drive_remote(&mut self, now: Instant) {
+        let Some(remote) = self.dispatcher.remote.as_mut() else {
+            return;
+        };
+        remote
+            .conn
+            .tick(self.poll.registry(), now, &mut self.redis_done);
+        let mut answers = std::mem::take(&mut self.redis_answers);
+        for completion in self.redis_done.drain(..) {
+            remote.complete(&self.dispatcher.catalog, completion, now, &mut answers);
+        }
+        remote.flush();
+        for (conn, response) in answers.drain(..) {
+            self.deliver(conn, response, now);
+        }
+        // Answers can queue new requests (HTTP pipelines): send those this pass too.
+        if let Some(remote) = self.dispatcher.remote.as_mut() {
+            remote.flush();
+        }
+        self.redis_answers = answers;
     }
 
     fn mark_dirty(&mut self, slot: usize) {
