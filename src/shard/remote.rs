@@ -14,11 +14,11 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::{Registry, Token};
 use redis::{Cmd, Value};
-use ticketd_proto::{Op, Response, ResultBody, Status};
+use ticketd_proto::{Op, Purchase, Response, ResultBody, Status};
 
 use super::mailbox::ConnRef;
 use crate::catalog::Catalog;
@@ -29,6 +29,10 @@ use crate::redis_ledger::{self, CallIds, Decision, Step};
 
 /// Tag of the FUNCTION LOAD sent after Redis reports the library missing.
 const RELOAD_TAG: u64 = u64::MAX;
+/// A closed or empty gate asks Redis again at most this often (per shard and event), so
+/// tickets that come back — expired or cancelled holds, a dead node's unused share — are
+/// sold, while rejections stay local.
+const REFILL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// How a shard reaches the ledger.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +84,7 @@ pub struct RemoteLedger {
     settle_batch: (Vec<Step>, Vec<Waiter>),
     stock_batches: Vec<Vec<Waiter>>,
     refilling: Vec<bool>,
+    last_refill: Vec<Option<Instant>>,
     /// What this node sold, per event (catalog order).
     pub tallies: Vec<EventTally>,
 }
@@ -117,26 +122,26 @@ impl RemoteLedger {
             settle_batch: (Vec::new(), Vec::new()),
             stock_batches: (0..events).map(|_| Vec::new()).collect(),
             refilling: vec![false; events],
+            last_refill: vec![None; events],
             tallies: vec![EventTally::default(); events],
         }
     }
 
-    /// BUY or RESERVE of `qty` for `user`: answered now (gate closed), or queued.
+    /// BUY or RESERVE: answered now (gate closed), or queued for this pass's call.
     pub fn purchase(
         &mut self,
         catalog: &Catalog,
         event: usize,
         op: Op,
-        user: u64,
-        qty: u16,
+        purchase: Purchase,
         waiter: (ConnRef, u64),
+        now: Instant,
     ) -> Option<Response> {
         let listing = catalog.get(event);
-        if listing.sold_out.load(Ordering::Acquire) {
-            return Some(Response::error(op.code(), waiter.1, Status::SoldOut));
-        }
-        if !listing.stock.take(self.shard, i64::from(qty)) {
-            self.request_refill(event);
+        if listing.sold_out.load(Ordering::Acquire)
+            || !listing.stock.take(self.shard, i64::from(qty))
+        {
+            self.request_refill(event, now);
             return Some(Response::error(op.code(), waiter.1, Status::SoldOut));
         }
         let id = self.ids.next_id();
@@ -191,8 +196,12 @@ impl RemoteLedger {
         });
     }
 
-    fn request_refill(&mut self, event: usize) {
-        if !std::mem::replace(&mut self.refilling[event], true) {
+    fn request_refill(&mut self, event: usize, now: Instant) {
+        let due =
+            self.last_refill[event].is_none_or(|at| now.duration_since(at) >= REFILL_INTERVAL);
+        if due && !self.refilling[event] {
+            self.refilling[event] = true;
+            self.last_refill[event] = Some(now);
             self.start(CallKind::Refill { event }, Vec::new(), Vec::new());
         }
     }
@@ -360,6 +369,7 @@ impl RemoteLedger {
                     self.refilling[event] = false;
                     match view {
                         Some((_, remaining)) if remaining > 0 => {
+                            catalog.get(event).sold_out.store(false, Ordering::Release);
                             // At most a gate's worth: the gate's initial size is this
                             // node's share plus buffer.
                             let chunk = remaining.min(catalog.get(event).stock.total().max(1));

@@ -1,0 +1,264 @@
+//! Ledger mode (`--redis`): several nodes on one real redis-server sell one event
+//! exactly, holds cross nodes, a dead node's holds come back, Redis going away answers
+//! UNAVAILABLE, and a flushed Function library is reloaded under load.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use common::redis_server::RedisServer;
+use common::{event, hold, order_id, Client};
+use ticketd::config::RedisConfig;
+use ticketd::redis_ledger::EventKeys;
+use ticketd::{Config, EventSpec, ServerHandle};
+use ticketd_proto::{Command, Purchase, Request, Status};
+
+fn node(
+    redis: &RedisServer,
+    id: u16,
+    nodes: u32,
+    events: &[EventSpec],
+    ttl: Duration,
+) -> ServerHandle {
+    let mut config = Config::new(events.to_vec());
+    config.shards = 2;
+    config.node_id = id;
+    config.hold_ttl = ttl;
+    config.redis = Some(RedisConfig {
+        addr: redis.addr(),
+        nodes,
+        buffer: 0,
+        timeout: Duration::from_millis(300),
+        depth: 64,
+        reset_events: false,
+    });
+    ticketd::start(config).expect("node starts")
+}
+
+fn ledger_sold(redis: &RedisServer, event: u32) -> i64 {
+    redis::cmd("HGET")
+        .arg(EventKeys::new(event).meta())
+        .arg("sold")
+        .query(&mut redis.client())
+        .unwrap()
+}
+
+fn outbox_order_ids(redis: &RedisServer, event: u32) -> HashSet<u64> {
+    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(EventKeys::new(event).orders())
+        .arg("-")
+        .arg("+")
+        .query(&mut redis.client())
+        .unwrap();
+    entries
+        .into_iter()
+        .map(|(_, fields)| fields[1].parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn three_nodes_of_two_shards_sell_one_event_exactly() {
+    const STOCK: i64 = 600;
+    let redis = RedisServer::start();
+    let events = [event(1, STOCK, 2)];
+    let nodes: Vec<ServerHandle> = (1..=3)
+        .map(|id| node(&redis, id, 3, &events, Duration::from_secs(60)))
+        .collect();
+    let addrs: Vec<_> = nodes.iter().map(|n| n.local_addr()).collect();
+    let barrier = Arc::new(Barrier::new(24));
+    let threads: Vec<_> = (0..24u64)
+        .map(|c| {
+            let (addr, barrier) = (addrs[c as usize % 3], Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                let mut wire = BytesMut::new();
+                let mut sent = HashMap::new();
+                for i in 0..100u64 {
+                    // 400 users, limit 2: 800 wanted from three nodes, 600 exist.
+                    let user = (c * 37 + i * 11) % 400;
+                    Request {
+                        req_id: i + 1,
+                        command: Command::Buy(Purchase {
+                            event: 1,
+                            user,
+                            qty: 1,
+                        }),
+                    }
+                    .encode(&mut wire);
+                    sent.insert(i + 1, user);
+                }
+                barrier.wait();
+                client.send_raw(&wire);
+                (0..100)
+                    .map(|_| {
+                        let r = client.recv();
+                        (sent[&r.req_id], r)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut oks = Vec::new();
+    let mut per_user: HashMap<u64, u32> = HashMap::new();
+    for thread in threads {
+        for (user, response) in thread.join().unwrap() {
+            assert!(
+                matches!(
+                    response.status,
+                    Status::Ok | Status::SoldOut | Status::LimitReached
+                ),
+                "{response:?}"
+            );
+            if response.status == Status::Ok {
+                oks.push(order_id(&response));
+                *per_user.entry(user).or_default() += 1;
+            }
+        }
+    }
+    // The ledger is asked again until it is exhausted, whatever the gates did.
+    let mut client = Client::connect(addrs[0]);
+    let mut extra_user = 10_000;
+    while client.stock(1).1 > 0 {
+        let r = client.buy(1, extra_user, 1);
+        if r.status == Status::Ok {
+            oks.push(order_id(&r));
+        }
+        extra_user += 1;
+    }
+    let unique: HashSet<u64> = oks.iter().copied().collect();
+    assert_eq!(unique.len(), oks.len(), "order ids unique");
+    assert_eq!(
+        oks.len() as i64,
+        STOCK,
+        "the OKs the clients saw are the total"
+    );
+    assert_eq!(ledger_sold(&redis, 1), STOCK, "Redis's sold count");
+    assert_eq!(
+        outbox_order_ids(&redis, 1),
+        unique,
+        "every order is in the stream"
+    );
+    assert!(per_user.values().all(|&n| n <= 2), "nobody above the limit");
+    for addr in &addrs {
+        assert_eq!(
+            Client::connect(*addr).stock(1),
+            (STOCK, 0),
+            "STOCK through any node"
+        );
+    }
+    let summary = nodes.into_iter().next().unwrap().shutdown();
+    let e = summary.event(1).unwrap();
+    assert_eq!((e.total, e.sold, e.remaining), (STOCK, STOCK, 0));
+}
+
+#[test]
+fn a_hold_taken_on_one_node_is_confirmed_and_cancelled_through_others() {
+    let redis = RedisServer::start();
+    let events = [event(1, 10, 1)];
+    let nodes: Vec<ServerHandle> = (1..=3)
+        .map(|id| node(&redis, id, 3, &events, Duration::from_secs(60)))
+        .collect();
+    let mut a = Client::connect(nodes[0].local_addr());
+    let mut b = Client::connect(nodes[1].local_addr());
+    let mut c = Client::connect(nodes[2].local_addr());
+    let (first, _) = hold(&a.reserve(1, 7, 1));
+    let order = order_id(&b.confirm(first));
+    assert_eq!(
+        order_id(&c.confirm(first)),
+        order,
+        "a retry anywhere: the same order"
+    );
+    assert_eq!(a.cancel(first).status, Status::NotFound);
+    let (second, _) = hold(&b.reserve(1, 8, 1));
+    assert_eq!(c.cancel(second).status, Status::Ok);
+    assert_eq!(a.confirm(second).status, Status::NotFound);
+    assert_eq!(a.confirm(0xDEAD).status, Status::NotFound);
+    assert_eq!(ledger_sold(&redis, 1), 1);
+    assert_eq!(outbox_order_ids(&redis, 1), HashSet::from([order]));
+}
+
+#[test]
+fn a_dead_nodes_hold_expires_and_is_sold_again() {
+    let redis = RedisServer::start();
+    let events = [event(1, 1, 1)];
+    let ttl = Duration::from_millis(300);
+    let a = node(&redis, 1, 2, &events, ttl);
+    let b = node(&redis, 2, 2, &events, ttl);
+    let (hold_id, _) = hold(&Client::connect(a.local_addr()).reserve(1, 1, 1));
+    drop(a); // node A goes away with its hold
+    let mut client = Client::connect(b.local_addr());
+    assert_eq!(
+        client.buy(1, 2, 1).status,
+        Status::SoldOut,
+        "held by the dead node"
+    );
+    // Once the hold expires on Redis's clock, B sells the ticket (its gate asks again).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client.buy(1, 2, 1);
+        if r.status == Status::Ok {
+            break;
+        }
+        assert_eq!(r.status, Status::SoldOut);
+        assert!(
+            Instant::now() < deadline,
+            "the dead node's hold never came back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(client.confirm(hold_id).status, Status::Expired);
+    assert_eq!(ledger_sold(&redis, 1), 1);
+}
+
+#[test]
+fn with_redis_gone_requests_answer_unavailable_within_the_timeout() {
+    let mut redis = RedisServer::start();
+    let n = node(&redis, 1, 1, &[event(1, 100, 1)], Duration::from_secs(60));
+    let mut client = Client::connect(n.local_addr());
+    assert_eq!(client.buy(1, 1, 1).status, Status::Ok);
+    redis.stop();
+    for user in 2..6 {
+        let started = Instant::now();
+        let r = client.buy(1, user, 1);
+        assert_eq!(r.status, Status::Unavailable, "never OK without the ledger");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let r = client.call(Command::Stock { event: 1 });
+    assert_eq!(r.status, Status::Unavailable);
+}
+
+#[test]
+fn a_function_flush_under_load_is_recovered_without_double_deduction() {
+    let redis = RedisServer::start();
+    let n = node(
+        &redis,
+        1,
+        1,
+        &[event(1, 10_000, 1)],
+        Duration::from_secs(60),
+    );
+    let mut client = Client::connect(n.local_addr());
+    let mut oks = 0;
+    for user in 0..300u64 {
+        if user == 150 {
+            redis::cmd("FUNCTION")
+                .arg("FLUSH")
+                .query::<String>(&mut redis.client())
+                .unwrap();
+        }
+        match client.buy(1, user, 1).status {
+            Status::Ok => oks += 1,
+            other => panic!("user {user}: {other}"),
+        }
+    }
+    assert_eq!(oks, 300);
+    assert_eq!(ledger_sold(&redis, 1), 300, "each sale deducted once");
+    assert_eq!(outbox_order_ids(&redis, 1).len(), 300);
+}
