@@ -137,6 +137,7 @@ impl RemoteLedger {
         waiter: (ConnRef, u64),
         now: Instant,
     ) -> Option<Response> {
+        let Purchase { user, qty, .. } = purchase;
         let listing = catalog.get(event);
         if listing.sold_out.load(Ordering::Acquire)
             || !listing.stock.take(self.shard, i64::from(qty))
