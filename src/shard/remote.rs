@@ -282,6 +282,11 @@ impl RemoteLedger {
                         .send(&redis_ledger::load_functions(), RELOAD_TAG, now);
                     let cmd = call.cmd.clone();
                     self.conn.send(&cmd, tag, now);
+                } else if call.ever_sent {
+                    // An earlier attempt was lost and may have been applied (this reply can
+                    // be LOADING after a restart): only the same call id can tell. Retry.
+                    let cmd = call.cmd.clone();
+                    self.conn.send(&cmd, tag, now);
                 } else if let Some(call) = self.calls.remove(&tag) {
                     tracing::error!(%error, "ledger call failed");
                     self.refuse_all(catalog, call, Status::Unavailable, answers);

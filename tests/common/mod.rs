@@ -184,3 +184,48 @@ pub fn wait_until(mut condition: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A ticketd process, killed (SIGKILL) when dropped unless it already exited.
+pub struct TicketdProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl TicketdProcess {
+    /// Starts the binary with `--listen 127.0.0.1:0` and `args`, and reads the address
+    /// from its start-up log line (no sleeping).
+    pub fn spawn(args: &[String]) -> TicketdProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ticketd"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ticketd starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("ticketd exited before starting")
+                .expect("readable log");
+            if let Some(rest) = line.split("addr=").nth(1) {
+                if line.contains("ticketd started") {
+                    let addr = rest.split_whitespace().next().unwrap_or_default();
+                    break addr.parse().expect("an address in the start-up line");
+                }
+            }
+        };
+        // Keep draining the log so the process never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        TicketdProcess { child, addr }
+    }
+}
+
+impl Drop for TicketdProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -11,19 +11,35 @@ pub struct RedisServer {
     child: Child,
     dir: PathBuf,
     pub port: u16,
+    /// AOF with fsync on every write: acknowledged writes survive a crash.
+    durable: bool,
 }
 
 impl RedisServer {
     /// Starts redis-server on a free port and loads ticketd's Function library.
     pub fn start() -> RedisServer {
+        Self::start_with(false)
+    }
+
+    /// Like [`RedisServer::start`], with `appendonly yes` and `appendfsync always`.
+    pub fn start_durable() -> RedisServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
         let dir = std::env::temp_dir().join(format!("ticketd-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let child = spawn(port, &dir);
-        let server = RedisServer { child, dir, port };
+        let child = spawn(port, &dir, durable);
+        let server = RedisServer {
+            child,
+            dir,
+            port,
+            durable,
+        };
         server.wait_until_up();
         let mut c = server.client();
         ticketd::redis_ledger::load_functions()
@@ -32,11 +48,12 @@ impl RedisServer {
         server
     }
 
-    /// Kills the server (as a crash would) and starts a fresh one on the same port,
-    /// without the Function library: it must be reloaded by whoever connects.
+    /// Kills the server (as a crash would) and starts it again on the same port and
+    /// directory: a durable one reloads its AOF; either way the Function library must be
+    /// reloaded by whoever connects (functions are saved only with the data).
     pub fn restart(&mut self) {
         self.stop();
-        self.child = spawn(self.port, &self.dir);
+        self.child = spawn(self.port, &self.dir, self.durable);
         self.wait_until_up();
     }
 
@@ -72,7 +89,12 @@ impl RedisServer {
     }
 }
 
-fn spawn(port: u16, dir: &PathBuf) -> Child {
+fn spawn(port: u16, dir: &PathBuf, durable: bool) -> Child {
+    let aof: &[&str] = if durable {
+        &["--appendonly", "yes", "--appendfsync", "always"]
+    } else {
+        &["--appendonly", "no"]
+    };
     Command::new("redis-server")
         .args([
             "--port",
@@ -82,8 +104,8 @@ fn spawn(port: u16, dir: &PathBuf) -> Child {
             "--save",
             "",
         ])
-        .args(["--appendonly", "no", "--daemonize", "no"])
-        .arg("--dir")
+        .args(aof)
+        .args(["--daemonize", "no", "--dir"])
         .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

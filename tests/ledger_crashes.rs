@@ -1,0 +1,194 @@
+//! Ledger mode through crashes: a node killed with SIGKILL mid-sale, and Redis itself
+//! crashing and restarting under load (AOF, fsync always).
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::redis_server::RedisServer;
+use common::{order_id, Client, TicketdProcess};
+use ticketd::config::RedisConfig;
+use ticketd::redis_ledger::EventKeys;
+use ticketd::Config;
+use ticketd_proto::Status;
+
+fn outbox_order_ids(redis: &RedisServer, event: u32) -> HashSet<u64> {
+    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(EventKeys::new(event).orders())
+        .arg("-")
+        .arg("+")
+        .query(&mut redis.client())
+        .unwrap();
+    entries
+        .into_iter()
+        .map(|(_, fields)| fields[1].parse().unwrap())
+        .collect()
+}
+
+fn ledger_sold(redis: &RedisServer) -> i64 {
+    redis::cmd("HGET")
+        .arg(EventKeys::new(1).meta())
+        .arg("sold")
+        .query(&mut redis.client())
+        .unwrap()
+}
+
+#[test]
+fn a_node_killed_mid_sale_loses_no_acknowledged_order_and_the_others_sell_the_rest() {
+    const STOCK: i64 = 3_000;
+    let redis = RedisServer::start();
+    let mut nodes: Vec<TicketdProcess> = (1..=3)
+        .map(|id| {
+            let args: Vec<String> = [
+                "--shards",
+                "2",
+                "--nodes",
+                "3",
+                "--event",
+                "1:3000",
+                "--redis-timeout",
+                "300ms",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--node-id".into(), id.to_string()])
+            .chain(["--redis".into(), format!("redis://{}", redis.addr())])
+            .collect();
+            TicketdProcess::spawn(&args)
+        })
+        .collect();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let next_user = Arc::new(AtomicUsize::new(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let buyers: Vec<_> = (0..9)
+        .map(|i| {
+            let addr = nodes[i % 3].addr;
+            let (seen, next_user, stop) =
+                (Arc::clone(&seen), Arc::clone(&next_user), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let Ok(stream) = std::net::TcpStream::connect(addr) else {
+                    return;
+                };
+                drop(stream);
+                let mut client = Client::connect(addr);
+                while !stop.load(Ordering::Relaxed) {
+                    let user = next_user.fetch_add(1, Ordering::Relaxed) as u64;
+                    // A killed node ends this buyer: the catch stops the thread quietly.
+                    let Ok(response) =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            client.buy(1, user, 1)
+                        }))
+                    else {
+                        return;
+                    };
+                    if response.status == Status::Ok {
+                        seen.lock().unwrap().push(order_id(&response));
+                    }
+                }
+            })
+        })
+        .collect();
+    // Kill node 1 once the sale is under way.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.lock().unwrap().len() < 500 {
+        assert!(Instant::now() < deadline, "the sale never got going");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    nodes[0].child.kill().unwrap(); // SIGKILL
+    nodes[0].child.wait().unwrap();
+    let acknowledged_before_kill: HashSet<u64> = seen.lock().unwrap().iter().copied().collect();
+
+    // The two survivors sell everything, node 1's share included.
+    let mut survivor = Client::connect(nodes[1].addr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while survivor.stock(1).1 > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "tickets left unsold: {:?}",
+            survivor.stock(1)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for buyer in buyers {
+        let _ = buyer.join();
+    }
+    let outbox = outbox_order_ids(&redis, 1);
+    assert!(
+        acknowledged_before_kill.is_subset(&outbox),
+        "every OK seen before the kill is in the stream"
+    );
+    let all_seen: HashSet<u64> = seen.lock().unwrap().iter().copied().collect();
+    assert!(all_seen.is_subset(&outbox));
+    assert_eq!(ledger_sold(&redis), STOCK);
+    assert_eq!(outbox.len() as i64, STOCK, "one stream entry per sale");
+}
+
+#[test]
+fn a_redis_crash_under_load_neither_loses_nor_doubles_a_sale() {
+    let mut redis = RedisServer::start_durable();
+    let mut config = Config::new(vec![common::event(1, 100_000, 1)]);
+    config.shards = 2;
+    config.node_id = 1;
+    config.redis = Some(RedisConfig {
+        addr: redis.addr(),
+        nodes: 1,
+        buffer: 0,
+        timeout: Duration::from_millis(300),
+        depth: 64,
+        reset_events: false,
+    });
+    let node = ticketd::start(config).unwrap();
+    let addr = node.local_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let buyers: Vec<_> = (0..4u64)
+        .map(|t| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                let (mut oks, mut unavailable) = (Vec::new(), 0);
+                let mut user = t * 1_000_000;
+                while !stop.load(Ordering::Relaxed) {
+                    user += 1;
+                    let r = client.buy(1, user, 1);
+                    match r.status {
+                        Status::Ok => oks.push(order_id(&r)),
+                        Status::Unavailable => unavailable += 1,
+                        other => panic!("unexpected {other}"),
+                    }
+                }
+                (oks, unavailable)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    redis.restart(); // SIGKILL, then start again from the AOF
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::Relaxed);
+    let mut oks = Vec::new();
+    for buyer in buyers {
+        oks.extend(buyer.join().unwrap().0);
+    }
+    let outbox = outbox_order_ids(&redis, 1);
+    let seen: HashSet<u64> = oks.iter().copied().collect();
+    assert_eq!(seen.len(), oks.len(), "no order acknowledged twice");
+    assert!(seen.is_subset(&outbox), "no acknowledged sale lost");
+    assert_eq!(
+        ledger_sold(&redis),
+        outbox.len() as i64,
+        "no double deduction"
+    );
+    assert_eq!(
+        ledger_sold(&redis),
+        oks.len() as i64,
+        "the ledger sold what clients were told"
+    );
+    // And the service recovered: it sells again after the restart.
+    assert_eq!(
+        Client::connect(addr).buy(1, 999_999_999, 1).status,
+        Status::Ok
+    );
+}
