@@ -262,3 +262,36 @@ fn a_function_flush_under_load_is_recovered_without_double_deduction() {
     assert_eq!(ledger_sold(&redis, 1), 300, "each sale deducted once");
     assert_eq!(outbox_order_ids(&redis, 1).len(), 300);
 }
+
+#[test]
+fn a_joining_node_keeps_the_sales_and_reset_starts_over() {
+    let redis = RedisServer::start();
+    let first = node(&redis, 1, 1, &[event(1, 10, 1)], Duration::from_secs(60));
+    assert_eq!(
+        Client::connect(first.local_addr()).buy(1, 1, 1).status,
+        Status::Ok
+    );
+    drop(first);
+    // Same event, another stock on the command line: the ledger's event is kept.
+    let joined = node(&redis, 2, 1, &[event(1, 999, 1)], Duration::from_secs(60));
+    assert_eq!(Client::connect(joined.local_addr()).stock(1), (10, 9));
+    drop(joined);
+    let mut config = Config::new(vec![event(1, 20, 1)]);
+    config.shards = 1;
+    config.node_id = 3;
+    config.redis = Some(RedisConfig {
+        addr: redis.addr(),
+        nodes: 1,
+        buffer: 0,
+        timeout: Duration::from_millis(300),
+        depth: 64,
+        reset_events: true,
+    });
+    let reset = ticketd::start(config).unwrap();
+    assert_eq!(
+        Client::connect(reset.local_addr()).stock(1),
+        (20, 20),
+        "--reset-events"
+    );
+    assert_eq!(ledger_sold(&redis, 1), 0);
+}

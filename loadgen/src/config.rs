@@ -103,6 +103,11 @@ pub struct Cli {
     #[arg(long)]
     pub no_stock_check: bool,
 
+    /// The servers share one ledger (ticketd --redis): read STOCK through the first
+    /// --addr only, since every node reports the same global figures.
+    #[arg(long, conflicts_with = "no_stock_check")]
+    pub shared_ledger: bool,
+
     /// Most orders remembered for the uniqueness and limit checks; beyond it those checks
     /// are reported as skipped rather than run on part of the data.
     #[arg(long, value_name = "N", default_value_t = 20_000_000)]

@@ -96,7 +96,7 @@ fn coordinate(
     };
     let before = match stock_skipped {
         Some(_) => None,
-        None => match control::stock(&cli.addrs, cli.event) {
+        None => match control::stock(stock_addrs(cli), cli.event) {
             Ok(view) => Some(view),
             Err(e) => {
                 eprintln!("loadgen: cannot read STOCK before the run: {e}");
@@ -144,7 +144,7 @@ fn coordinate(
         }
     };
     let after = match before {
-        Some(_) => match control::stock(&cli.addrs, cli.event) {
+        Some(_) => match control::stock(stock_addrs(cli), cli.event) {
             Ok(view) => Some(view),
             Err(e) => {
                 eprintln!("loadgen: cannot read STOCK after the run: {e}");
@@ -177,6 +177,15 @@ fn coordinate(
     } else {
         eprintln!("loadgen: a check failed");
         ExitCode::FAILURE
+    }
+}
+
+/// Where STOCK is read: every node's own stock, or (a shared ledger) one node's view.
+fn stock_addrs(cli: &Cli) -> &[std::net::SocketAddr] {
+    if cli.shared_ledger {
+        &cli.addrs[..1]
+    } else {
+        &cli.addrs
     }
 }
 
