@@ -19,6 +19,7 @@ PORT=17878
 HTTP_PORT=18080
 NGINX_PORT=18081
 REDIS_PORT=16379
+LEDGER_PORT=16380
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.txt
 
@@ -120,6 +121,52 @@ cat "$OUT/connections.txt"
 echo "{\"baseline_rss_kib\": $baseline, \"peak_rss_kib\": $peak, \"servers\": $SERVERS}" > "$OUT/connections-rss.json"
 echo "   server RSS: $baseline KiB before, $peak KiB peak with the connections held"
 for pid in "${SERVER_PIDS[@]}"; do stop_pid "$pid"; done
+
+echo "== ledger mode: Redis on core $SERVER_CORE as the one ledger for two ticketd nodes"
+mkdir -p "$TMP/ledger"
+taskset -c "$SERVER_CORE" redis-server --port $LEDGER_PORT --bind 127.0.0.1 --dir "$TMP/ledger" \
+  --save '' --appendonly no --daemonize no > "$TMP/ledger/log" 2>&1 &
+LEDGER_PID=$!; PIDS+=("$LEDGER_PID")
+for _ in $(seq 1 100); do redis-cli -p $LEDGER_PORT ping >/dev/null 2>&1 && break; sleep 0.05; done
+fcalls() { redis-cli -p $LEDGER_PORT INFO commandstats | awk -F'[=,]' '/^cmdstat_fcall:/ {print $2}' | tr -d '\r'; }
+LEDGER="--redis redis://127.0.0.1:$LEDGER_PORT --nodes 2 --reset-events"
+
+echo "-- ledger rush: $RUSH_REQUESTS buyers, 10,000 tickets, two nodes"
+start_ticketd --listen 127.0.0.1:$PORT --node-id 1 --event 1:10000 $LEDGER
+NODE1=$TICKETD_PID
+start_ticketd --listen 127.0.0.1:$((PORT + 1)) --node-id 2 --event 1:10000 $LEDGER
+NODE2=$TICKETD_PID
+before=$(fcalls); before=${before:-0}
+on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --addr 127.0.0.1:$((PORT + 1)) --shared-ledger \
+  --threads 1 --conns 1000 --depth 16 --requests "$RUSH_REQUESTS" --users "$RUSH_REQUESTS" \
+  --json "$OUT/ledger-rush.json" | tee "$OUT/ledger-rush.txt"
+after=$(fcalls)
+echo "{\"fcalls\": $((after - before))}" > "$OUT/ledger-rush-calls.json"
+stop_pid "$NODE1"; stop_pid "$NODE2"
+
+echo "-- ledger throughput: endless stock, every request a confirmed sale, 64 x 64, $RUN"
+start_ticketd --listen 127.0.0.1:$PORT --node-id 1 --event 1:$ENDLESS $LEDGER
+NODE1=$TICKETD_PID
+before=$(fcalls); before=${before:-0}
+on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --shared-ledger --threads 1 --conns 64 --depth 64 \
+  --duration "$RUN" --json "$OUT/ledger-throughput.json" | tee "$OUT/ledger-throughput.txt"
+after=$(fcalls)
+echo "{\"fcalls\": $((after - before))}" > "$OUT/ledger-throughput-calls.json"
+stop_pid "$NODE1"
+
+echo "-- ledger connections: $CONNS held by $SERVERS ledger-mode ticketd processes, one event"
+LEDGER_STOCK=$((CONNS * 9 / 10))
+SERVER_PIDS=()
+for i in $(seq 1 "$SERVERS"); do
+  start_ticketd --listen 127.0.0.1:$PORT --node-id "$i" --event 1:$LEDGER_STOCK \
+    --redis redis://127.0.0.1:$LEDGER_PORT --nodes "$SERVERS" $( [ "$i" = 1 ] && echo --reset-events )
+  SERVER_PIDS+=("$TICKETD_PID")
+done
+on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --shared-ledger --threads 1 --conns "$CONNS" \
+  --requests "$CONNS" --connect-rate 20000 --json "$OUT/ledger-connections.json" \
+  | tee "$OUT/ledger-connections.txt"
+for pid in "${SERVER_PIDS[@]}"; do stop_pid "$pid"; done
+stop_pid "$LEDGER_PID"
 
 echo "== the prototypes' method: ab and wrk on GET /buy/ticket"
 start_ticketd --listen 127.0.0.1:$PORT --http 127.0.0.1:$HTTP_PORT --event 1:10000

@@ -68,6 +68,8 @@ def machine():
 
 rush, thr, lat = load("rush.json"), load("throughput.json"), load("latency.json")
 thr_rej = load("throughput-rejecting.json")
+l_rush, l_thr, l_conns = load("ledger-rush.json"), load("ledger-throughput.json"), load("ledger-connections.json")
+l_rush_calls, l_thr_calls = load("ledger-rush-calls.json"), load("ledger-throughput-calls.json")
 conns, rss = load("connections.json"), load("connections-rss.json")
 incr_p1, incr_p64 = redis_rps("redis-incr-p1.csv"), redis_rps("redis-incr-p64.csv")
 evalsha = redis_rps("redis-evalsha.csv")
@@ -85,7 +87,8 @@ sweep.sort()
 best_rate = max((rate for rate, p99, _ in sweep if p99 < 1000), default=None)
 
 runs = {"rush": rush, "throughput": thr, "throughput_rejecting": thr_rej, "latency": lat,
-        "connections": conns}
+        "connections": conns, "ledger_rush": l_rush, "ledger_throughput": l_thr,
+        "ledger_connections": l_conns}
 failed = {
     name: [k for k, v in run["invariants"].items() if v["verdict"] == "fail"]
     for name, run in runs.items()
@@ -137,6 +140,30 @@ if conns and rss:
     rows.append((f"connections: {fmt(conns['conns_requested'])} held by {rss['servers']} ticketd",
                  f"{conns['conns']} held, {conns['requests']} answered, {per_conn:.0f} B RSS/conn",
                  "-", "-", "100k held, < 1024 B/conn"))
+if l_rush:
+    ratio_to_single = (rush["elapsed_s"] / l_rush["elapsed_s"]) if rush else None
+    calls = (l_rush_calls or {}).get("fcalls")
+    rejected = l_rush["requests"] - l_rush["sold"]
+    rows.append(("ledger rush: 2 nodes + Redis, same buyers",
+                 f"{l_rush['elapsed_s']:.3f} s ({fmt(l_rush['throughput_rps'], '/s')}), sold {l_rush['sold']}",
+                 f"single node: {rush['elapsed_s']:.3f} s" if rush else "-",
+                 f"{ratio_to_single:.2f}x" if ratio_to_single else "-",
+                 "within 80% of single node (>= 0.80x)"))
+    if calls is not None and rejected > 0:
+        rows.append(("ledger rush: Redis calls", f"{calls} FCALLs for {fmt(l_rush['requests'])} requests",
+                     f"{calls / max(l_rush['sold'], 1):.4f} per sale, <= {calls / rejected:.5f} per rejection",
+                     "-", "report it"))
+if l_thr:
+    calls = (l_thr_calls or {}).get("fcalls")
+    per_sale = f"{calls / max(l_thr['sold'], 1):.4f} FCALL/sale" if calls is not None else "-"
+    rows.append(("ledger: confirmed sales/s, endless stock, 64 x 64",
+                 f"{fmt(l_thr['sold'] / max(l_thr['elapsed_s'], 1e-9), '/s')} ({per_sale})",
+                 f"redis EVALSHA check+HINCRBY: {fmt(evalsha, '/s')}",
+                 ratio(l_thr['sold'] / max(l_thr['elapsed_s'], 1e-9), evalsha), ">= 3x EVALSHA (330 k/s)"))
+if l_conns:
+    rows.append((f"ledger connections: {fmt(l_conns['conns_requested'])} over ledger-mode processes",
+                 f"{l_conns['conns']} held, sold {l_conns['sold']} of {(l_conns.get('stock_before') or {}).get('remaining', '?')}",
+                 "-", "-", "100k held, one event sold exactly"))
 if ab:
     rows.append(("ab -n %d -c 100 /buy/ticket" % (2000 if quick else 10000),
                  f"{fmt(ab, '/s')} ({int(ab_failed or 0)} failed)",
