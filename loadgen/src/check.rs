@@ -41,6 +41,34 @@ pub fn run_checks(input: CheckInput<'_>) -> BTreeMap<&'static str, Verdict> {
         ),
     );
     let selling = matches!(input.op, OpKind::Buy | OpKind::ReserveConfirm);
+    // A run is judged on decisions: UNAVAILABLE, OVERLOADED and the like mean the server
+    // did not decide (truthfully, but the sale did not happen either).
+    let decided: &[Status] = match input.op {
+        OpKind::Buy => &[Status::Ok, Status::SoldOut, Status::LimitReached],
+        OpKind::ReserveConfirm => &[
+            Status::Ok,
+            Status::SoldOut,
+            Status::LimitReached,
+            Status::Expired,
+        ],
+        OpKind::Ping | OpKind::Stock => &[Status::Ok],
+    };
+    let undecided: Vec<String> = Status::ALL
+        .iter()
+        .filter(|s| !decided.contains(s) && r.statuses[usize::from(s.code())] > 0)
+        .map(|s| format!("{} {}", s.name(), r.statuses[usize::from(s.code())]))
+        .collect();
+    checks.insert(
+        "every_request_decided",
+        Verdict::check(
+            undecided.is_empty(),
+            if undecided.is_empty() {
+                "every answer was a decision".to_string()
+            } else {
+                format!("not decided: {}", undecided.join(", "))
+            },
+        ),
+    );
     if !selling {
         return checks;
     }
@@ -196,5 +224,8 @@ mod tests {
         let mut r = sold_out_run(2);
         r.lost = 1;
         assert!(run_checks(input(&r, 2, 0))["every_request_answered"].failed());
+        let mut r = sold_out_run(2);
+        r.statuses[usize::from(Status::Unavailable.code())] = 3;
+        assert!(run_checks(input(&r, 2, 0))["every_request_decided"].failed());
     }
 }
