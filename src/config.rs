@@ -94,6 +94,11 @@ pub struct Cli {
     /// Without it an existing event is joined as it is and never overwritten.
     #[arg(long)]
     pub reset_events: bool,
+
+    /// Ledger mode: run the ledger as a script (SCRIPT LOAD + EVALSHA) even where Redis
+    /// has Functions; chosen by itself when Functions are missing (Redis before 7.0).
+    #[arg(long)]
+    pub redis_scripts: bool,
 }
 
 /// `redis://HOST:PORT[/]` or `HOST:PORT`, resolved to an address.
@@ -219,6 +224,8 @@ pub struct RedisConfig {
     pub timeout: Duration,
     pub depth: usize,
     pub reset_events: bool,
+    /// Force the EVALSHA flavour.
+    pub scripts: bool,
 }
 
 impl Config {
@@ -302,6 +309,7 @@ impl Cli {
                 timeout: self.redis_timeout,
                 depth: self.redis_depth,
                 reset_events: self.reset_events,
+                scripts: self.redis_scripts,
             }),
         };
         config.validate()?;

@@ -13,6 +13,7 @@ use crate::config::{Config, EventSpec};
 use crate::listener;
 use crate::placement;
 use crate::redis_ledger::conn::ConnSettings;
+use crate::redis_ledger::flavor::Flavor;
 use crate::redis_ledger::setup;
 use crate::shard::mailbox::{Mailbox, Peer};
 use crate::shard::remote::RemoteSettings;
@@ -38,7 +39,7 @@ pub enum StartError {
 pub struct ServerHandle {
     local_addr: SocketAddr,
     /// Ledger mode: where the figures of the final summary come from.
-    redis: Option<SocketAddr>,
+    redis: Option<(SocketAddr, Flavor)>,
     http_addr: Option<SocketAddr>,
     catalog: Arc<Catalog>,
     shutdown: Arc<ShutdownSignal>,
@@ -56,7 +57,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     let (catalog_events, remote) = match &config.redis {
         None => (config.events.clone(), None),
         Some(redis) => {
-            let totals = setup::prepare(redis, &config.events, config.hold_ttl)?;
+            let (totals, flavor) = setup::prepare(redis, &config.events, config.hold_ttl)?;
             let gates = config
                 .events
                 .iter()
@@ -73,6 +74,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                     max_in_flight: redis.depth,
                     ..ConnSettings::default()
                 },
+                flavor,
             };
             (gates, Some(settings))
         }
@@ -141,7 +143,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                 max_frame: config.max_frame,
                 max_sessions,
                 hold_ttl: config.hold_ttl,
-                remote,
+                remote: remote.clone(),
             },
             poll,
             listener,
@@ -186,7 +188,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     );
     Ok(ServerHandle {
         local_addr,
-        redis: config.redis.map(|r| r.addr),
+        redis: remote.as_ref().map(|r| (r.addr, r.flavor.clone())),
         http_addr,
         catalog,
         shutdown,
@@ -236,9 +238,9 @@ impl ServerHandle {
             .filter_map(|thread| thread.join().ok())
             .collect();
         let mut summary = Summary::collect(&self.catalog, &reports);
-        if let Some(addr) = self.redis {
+        if let Some((addr, flavor)) = &self.redis {
             let ids: Vec<u32> = self.catalog.iter().map(|e| e.id).collect();
-            match setup::snapshot(addr, &ids) {
+            match setup::snapshot(*addr, flavor, &ids) {
                 Ok(views) => summary.use_ledger_view(&views),
                 Err(e) => {
                     tracing::warn!(error = %e, "summary shows this node's gate, not the ledger")

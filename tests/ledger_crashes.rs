@@ -140,6 +140,7 @@ fn a_redis_crash_under_load_neither_loses_nor_doubles_a_sale() {
         timeout: Duration::from_millis(300),
         depth: 64,
         reset_events: false,
+        scripts: false,
     });
     let node = ticketd::start(config).unwrap();
     let addr = node.local_addr();

@@ -34,6 +34,7 @@ fn node(
         timeout: Duration::from_millis(300),
         depth: 64,
         reset_events: false,
+        scripts: false,
     });
     ticketd::start(config).expect("node starts")
 }
@@ -286,6 +287,7 @@ fn a_joining_node_keeps_the_sales_and_reset_starts_over() {
         timeout: Duration::from_millis(300),
         depth: 64,
         reset_events: true,
+        scripts: false,
     });
     let reset = ticketd::start(config).unwrap();
     assert_eq!(
@@ -294,4 +296,35 @@ fn a_joining_node_keeps_the_sales_and_reset_starts_over() {
         "--reset-events"
     );
     assert_eq!(ledger_sold(&redis, 1), 0);
+}
+
+#[test]
+fn the_script_flavour_sells_settles_and_survives_a_script_flush() {
+    let redis = RedisServer::start();
+    let mut config = Config::new(vec![event(1, 100, 1)]);
+    config.shards = 2;
+    config.node_id = 4;
+    config.redis = Some(RedisConfig {
+        addr: redis.addr(),
+        nodes: 1,
+        buffer: 0,
+        timeout: Duration::from_millis(300),
+        depth: 64,
+        reset_events: true,
+        scripts: true,
+    });
+    let n = ticketd::start(config).unwrap();
+    let mut client = Client::connect(n.local_addr());
+    assert_eq!(client.buy(1, 1, 1).status, Status::Ok);
+    let (hold_id, _) = hold(&client.reserve(1, 2, 1));
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query::<String>(&mut redis.client())
+        .unwrap();
+    // NOSCRIPT: the script is loaded again and the call re-sent.
+    assert_ne!(order_id(&client.confirm(hold_id)), 0);
+    assert_eq!(client.buy(1, 3, 1).status, Status::Ok);
+    assert_eq!(client.stock(1), (100, 97));
+    assert_eq!(ledger_sold(&redis, 1), 3);
+    assert_eq!(outbox_order_ids(&redis, 1).len(), 3);
 }

@@ -10,6 +10,7 @@
 //! against a real redis-server.
 
 pub mod conn;
+pub mod flavor;
 pub mod setup;
 
 use redis::{Cmd, Value};

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::flavor::{load_script, Flavor};
 use super::{init_event, load_functions, stock, EventKeys};
 use crate::config::{EventSpec, RedisConfig};
 
@@ -21,34 +22,50 @@ fn connect(addr: SocketAddr, timeout: Duration) -> Result<redis::Connection, Led
     client.get_connection_with_timeout(timeout).map_err(fail)
 }
 
-/// Loads the Function library, resets events when asked, creates absent events, and
-/// returns each event's total as the ledger knows it (a joining node keeps the sales
-/// already made, and the total they were made against).
+/// Installs the ledger code — as a Function library, or as a script where Functions are
+/// missing (or `--redis-scripts` asks) — resets events when asked, creates absent
+/// events, and returns each event's total as the ledger knows it (a joining node keeps
+/// the sales already made, and the total they were made against), with the flavour.
 pub fn prepare(
     config: &RedisConfig,
     events: &[EventSpec],
     hold_ttl: Duration,
-) -> Result<Vec<i64>, LedgerError> {
+) -> Result<(Vec<i64>, Flavor), LedgerError> {
     let addr = config.addr;
     let fail = |source| LedgerError { addr, source };
     let mut c = connect(addr, config.timeout.max(Duration::from_secs(2)))?;
-    load_functions().query::<String>(&mut c).map_err(fail)?;
+    let functions = if config.scripts {
+        None
+    } else {
+        match load_functions().query::<String>(&mut c) {
+            Ok(_) => Some(Flavor::Functions),
+            // Before Redis 7 (or with FUNCTION denied): fall back to EVALSHA.
+            Err(e) if e.to_string().to_lowercase().contains("unknown command") => None,
+            Err(e) => return Err(fail(e)),
+        }
+    };
+    let flavor = match functions {
+        Some(flavor) => flavor,
+        None => Flavor::Scripts {
+            sha: load_script().query::<String>(&mut c).map_err(fail)?,
+        },
+    };
     let ttl_ms = u64::try_from(hold_ttl.as_millis()).unwrap_or(u64::MAX);
-    events
-        .iter()
-        .map(|e| {
-            if config.reset_events {
-                redis::cmd("DEL")
-                    .arg(&EventKeys::new(e.id).state()[..])
-                    .query::<i64>(&mut c)
-                    .map_err(fail)?;
-            }
-            let reply: Vec<i64> = init_event(e.id, e.stock, e.per_user_limit, ttl_ms)
-                .query(&mut c)
+    let mut totals = Vec::with_capacity(events.len());
+    for e in events {
+        if config.reset_events {
+            redis::cmd("DEL")
+                .arg(&EventKeys::new(e.id).state()[..])
+                .query::<i64>(&mut c)
                 .map_err(fail)?;
-            Ok(reply.first().copied().unwrap_or(e.stock))
-        })
-        .collect()
+        }
+        let reply: Vec<i64> = flavor
+            .adapt(init_event(e.id, e.stock, e.per_user_limit, ttl_ms))
+            .query(&mut c)
+            .map_err(fail)?;
+        totals.push(reply.first().copied().unwrap_or(e.stock));
+    }
+    Ok((totals, flavor))
 }
 
 /// One event as the ledger sees it.
@@ -61,13 +78,18 @@ pub struct LedgerView {
 }
 
 /// Reads each event's figures (expiring due holds first).
-pub fn snapshot(addr: SocketAddr, events: &[u32]) -> Result<Vec<LedgerView>, LedgerError> {
+pub fn snapshot(
+    addr: SocketAddr,
+    flavor: &Flavor,
+    events: &[u32],
+) -> Result<Vec<LedgerView>, LedgerError> {
     let fail = |source| LedgerError { addr, source };
     let mut c = connect(addr, Duration::from_secs(2))?;
     events
         .iter()
         .map(|&id| {
-            let [total, remaining]: [i64; 2] = stock(id)
+            let [total, remaining]: [i64; 2] = flavor
+                .adapt(stock(id))
                 .query::<Vec<i64>>(&mut c)
                 .map_err(fail)?
                 .try_into()

@@ -189,7 +189,7 @@ impl Shard {
             settings.max_frame,
             ledger,
         );
-        if let Some(remote) = settings.remote {
+        if let Some(remote) = settings.remote.clone() {
             dispatcher.remote = Some(remote::RemoteLedger::new(
                 settings.index,
                 settings.node_id,

@@ -25,6 +25,7 @@ use crate::catalog::Catalog;
 use crate::ids::IdGenerator;
 use crate::ledger::EventTally;
 use crate::redis_ledger::conn::{Completion, ConnSettings, RedisConn};
+use crate::redis_ledger::flavor::Flavor;
 use crate::redis_ledger::{self, CallIds, Decision, Step};
 
 /// Tag of the FUNCTION LOAD sent after Redis reports the library missing.
@@ -35,10 +36,12 @@ const RELOAD_TAG: u64 = u64::MAX;
 const REFILL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// How a shard reaches the ledger.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RemoteSettings {
     pub addr: SocketAddr,
     pub conn: ConnSettings,
+    /// Functions or scripts, as set-up found Redis.
+    pub flavor: Flavor,
 }
 
 /// A client request waiting for the ledger.
@@ -73,6 +76,7 @@ struct Call {
 pub struct RemoteLedger {
     shard: usize,
     node_id: u16,
+    flavor: Flavor,
     /// Wire ids of the events, in catalog order.
     event_ids: Vec<u32>,
     pub conn: RedisConn<u64>,
@@ -107,11 +111,12 @@ impl RemoteLedger {
         settings: RemoteSettings,
         token: Token,
     ) -> Self {
-        let handshake = [redis_ledger::load_functions()];
+        let handshake = [settings.flavor.loader()];
         let events = catalog.len();
         RemoteLedger {
             shard,
             node_id,
+            flavor: settings.flavor.clone(),
             event_ids: catalog.iter().map(|e| e.id).collect(),
             conn: RedisConn::new(settings.addr, token, settings.conn, &handshake),
             calls: HashMap::default(),
@@ -238,6 +243,7 @@ impl RemoteLedger {
                 redis_ledger::stock(self.event_ids[event])
             }
         };
+        let cmd = self.flavor.adapt(cmd);
         self.next_tag += 1;
         let tag = self.next_tag;
         self.conn.send(&cmd, tag, Instant::now());
@@ -274,12 +280,12 @@ impl RemoteLedger {
                 let Some(call) = self.calls.get(&tag) else {
                     return;
                 };
-                if error.contains("Function not found") || error.contains("NOSCRIPT") {
+                let missing = error.to_lowercase();
+                if missing.contains("function not found") || missing.contains("noscript") {
                     // The library was flushed: reload it, then the same call again (it
                     // did not run, so this is its first application).
-                    tracing::warn!("ledger functions missing in Redis: reloading");
-                    self.conn
-                        .send(&redis_ledger::load_functions(), RELOAD_TAG, now);
+                    tracing::warn!("ledger code missing in Redis: reloading");
+                    self.conn.send(&self.flavor.loader(), RELOAD_TAG, now);
                     let cmd = call.cmd.clone();
                     self.conn.send(&cmd, tag, now);
                 } else if call.ever_sent {
