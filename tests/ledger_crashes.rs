@@ -10,31 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::redis_server::RedisServer;
 use common::{order_id, Client, TicketdProcess};
-use ticketd::config::RedisConfig;
-use ticketd::redis_ledger::EventKeys;
-use ticketd::Config;
 use ticketd_proto::Status;
-
-fn outbox_order_ids(redis: &RedisServer, event: u32) -> HashSet<u64> {
-    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
-        .arg(EventKeys::new(event).orders())
-        .arg("-")
-        .arg("+")
-        .query(&mut redis.client())
-        .unwrap();
-    entries
-        .into_iter()
-        .map(|(_, fields)| fields[1].parse().unwrap())
-        .collect()
-}
-
-fn ledger_sold(redis: &RedisServer) -> i64 {
-    redis::cmd("HGET")
-        .arg(EventKeys::new(1).meta())
-        .arg("sold")
-        .query(&mut redis.client())
-        .unwrap()
-}
 
 #[test]
 fn a_node_killed_mid_sale_loses_no_acknowledged_order_and_the_others_sell_the_rest() {
@@ -116,32 +92,21 @@ fn a_node_killed_mid_sale_loses_no_acknowledged_order_and_the_others_sell_the_re
     for buyer in buyers {
         let _ = buyer.join();
     }
-    let outbox = outbox_order_ids(&redis, 1);
+    let outbox = redis.outbox_order_ids(1);
     assert!(
         acknowledged_before_kill.is_subset(&outbox),
         "every OK seen before the kill is in the stream"
     );
     let all_seen: HashSet<u64> = seen.lock().unwrap().iter().copied().collect();
     assert!(all_seen.is_subset(&outbox));
-    assert_eq!(ledger_sold(&redis), STOCK);
+    assert_eq!(redis.ledger_sold(1), STOCK);
     assert_eq!(outbox.len() as i64, STOCK, "one stream entry per sale");
 }
 
 #[test]
 fn a_redis_crash_under_load_neither_loses_nor_doubles_a_sale() {
     let mut redis = RedisServer::start_durable();
-    let mut config = Config::new(vec![common::event(1, 100_000, 1)]);
-    config.shards = 2;
-    config.node_id = 1;
-    config.redis = Some(RedisConfig {
-        addr: redis.addr(),
-        nodes: 1,
-        buffer: 0,
-        timeout: Duration::from_millis(300),
-        depth: 64,
-        reset_events: false,
-        scripts: false,
-    });
+    let config = redis.node_config(1, 1, &[common::event(1, 100_000, 1)]);
     let node = ticketd::start(config).unwrap();
     let addr = node.local_addr();
     let stop = Arc::new(AtomicBool::new(false));
@@ -173,17 +138,17 @@ fn a_redis_crash_under_load_neither_loses_nor_doubles_a_sale() {
     for buyer in buyers {
         oks.extend(buyer.join().unwrap().0);
     }
-    let outbox = outbox_order_ids(&redis, 1);
+    let outbox = redis.outbox_order_ids(1);
     let seen: HashSet<u64> = oks.iter().copied().collect();
     assert_eq!(seen.len(), oks.len(), "no order acknowledged twice");
     assert!(seen.is_subset(&outbox), "no acknowledged sale lost");
     assert_eq!(
-        ledger_sold(&redis),
+        redis.ledger_sold(1),
         outbox.len() as i64,
         "no double deduction"
     );
     assert_eq!(
-        ledger_sold(&redis),
+        redis.ledger_sold(1),
         oks.len() as i64,
         "the ledger sold what clients were told"
     );

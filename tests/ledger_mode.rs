@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use common::redis_server::RedisServer;
 use common::{event, hold, order_id, Client};
-use ticketd::config::RedisConfig;
-use ticketd::redis_ledger::EventKeys;
-use ticketd::{Config, EventSpec, ServerHandle};
+use ticketd::{EventSpec, ServerHandle};
 use ticketd_proto::{Command, Purchase, Request, Status};
 
 fn node(
@@ -23,41 +21,9 @@ fn node(
     events: &[EventSpec],
     ttl: Duration,
 ) -> ServerHandle {
-    let mut config = Config::new(events.to_vec());
-    config.shards = 2;
-    config.node_id = id;
+    let mut config = redis.node_config(id, nodes, events);
     config.hold_ttl = ttl;
-    config.redis = Some(RedisConfig {
-        addr: redis.addr(),
-        nodes,
-        buffer: 0,
-        timeout: Duration::from_millis(300),
-        depth: 64,
-        reset_events: false,
-        scripts: false,
-    });
     ticketd::start(config).expect("node starts")
-}
-
-fn ledger_sold(redis: &RedisServer, event: u32) -> i64 {
-    redis::cmd("HGET")
-        .arg(EventKeys::new(event).meta())
-        .arg("sold")
-        .query(&mut redis.client())
-        .unwrap()
-}
-
-fn outbox_order_ids(redis: &RedisServer, event: u32) -> HashSet<u64> {
-    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
-        .arg(EventKeys::new(event).orders())
-        .arg("-")
-        .arg("+")
-        .query(&mut redis.client())
-        .unwrap();
-    entries
-        .into_iter()
-        .map(|(_, fields)| fields[1].parse().unwrap())
-        .collect()
 }
 
 #[test]
@@ -136,9 +102,9 @@ fn three_nodes_of_two_shards_sell_one_event_exactly() {
         STOCK,
         "the OKs the clients saw are the total"
     );
-    assert_eq!(ledger_sold(&redis, 1), STOCK, "Redis's sold count");
+    assert_eq!(redis.ledger_sold(1), STOCK, "Redis's sold count");
     assert_eq!(
-        outbox_order_ids(&redis, 1),
+        redis.outbox_order_ids(1),
         unique,
         "every order is in the stream"
     );
@@ -177,8 +143,8 @@ fn a_hold_taken_on_one_node_is_confirmed_and_cancelled_through_others() {
     assert_eq!(c.cancel(second).status, Status::Ok);
     assert_eq!(a.confirm(second).status, Status::NotFound);
     assert_eq!(a.confirm(0xDEAD).status, Status::NotFound);
-    assert_eq!(ledger_sold(&redis, 1), 1);
-    assert_eq!(outbox_order_ids(&redis, 1), HashSet::from([order]));
+    assert_eq!(redis.ledger_sold(1), 1);
+    assert_eq!(redis.outbox_order_ids(1), HashSet::from([order]));
 }
 
 #[test]
@@ -211,7 +177,7 @@ fn a_dead_nodes_hold_expires_and_is_sold_again() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(client.confirm(hold_id).status, Status::Expired);
-    assert_eq!(ledger_sold(&redis, 1), 1);
+    assert_eq!(redis.ledger_sold(1), 1);
 }
 
 #[test]
@@ -260,8 +226,8 @@ fn a_function_flush_under_load_is_recovered_without_double_deduction() {
         }
     }
     assert_eq!(oks, 300);
-    assert_eq!(ledger_sold(&redis, 1), 300, "each sale deducted once");
-    assert_eq!(outbox_order_ids(&redis, 1).len(), 300);
+    assert_eq!(redis.ledger_sold(1), 300, "each sale deducted once");
+    assert_eq!(redis.outbox_order_ids(1).len(), 300);
 }
 
 #[test]
@@ -277,42 +243,28 @@ fn a_joining_node_keeps_the_sales_and_reset_starts_over() {
     let joined = node(&redis, 2, 1, &[event(1, 999, 1)], Duration::from_secs(60));
     assert_eq!(Client::connect(joined.local_addr()).stock(1), (10, 9));
     drop(joined);
-    let mut config = Config::new(vec![event(1, 20, 1)]);
+    let mut config = redis.node_config(3, 1, &[event(1, 20, 1)]);
     config.shards = 1;
-    config.node_id = 3;
-    config.redis = Some(RedisConfig {
-        addr: redis.addr(),
-        nodes: 1,
-        buffer: 0,
-        timeout: Duration::from_millis(300),
-        depth: 64,
-        reset_events: true,
-        scripts: false,
-    });
+    if let Some(r) = config.redis.as_mut() {
+        r.reset_events = true;
+    }
     let reset = ticketd::start(config).unwrap();
     assert_eq!(
         Client::connect(reset.local_addr()).stock(1),
         (20, 20),
         "--reset-events"
     );
-    assert_eq!(ledger_sold(&redis, 1), 0);
+    assert_eq!(redis.ledger_sold(1), 0);
 }
 
 #[test]
 fn the_script_flavour_sells_settles_and_survives_a_script_flush() {
     let redis = RedisServer::start();
-    let mut config = Config::new(vec![event(1, 100, 1)]);
-    config.shards = 2;
-    config.node_id = 4;
-    config.redis = Some(RedisConfig {
-        addr: redis.addr(),
-        nodes: 1,
-        buffer: 0,
-        timeout: Duration::from_millis(300),
-        depth: 64,
-        reset_events: true,
-        scripts: true,
-    });
+    let mut config = redis.node_config(4, 1, &[event(1, 100, 1)]);
+    if let Some(r) = config.redis.as_mut() {
+        r.reset_events = true;
+        r.scripts = true;
+    }
     let n = ticketd::start(config).unwrap();
     let mut client = Client::connect(n.local_addr());
     assert_eq!(client.buy(1, 1, 1).status, Status::Ok);
@@ -325,6 +277,6 @@ fn the_script_flavour_sells_settles_and_survives_a_script_flush() {
     assert_ne!(order_id(&client.confirm(hold_id)), 0);
     assert_eq!(client.buy(1, 3, 1).status, Status::Ok);
     assert_eq!(client.stock(1), (100, 97));
-    assert_eq!(ledger_sold(&redis, 1), 3);
-    assert_eq!(outbox_order_ids(&redis, 1).len(), 3);
+    assert_eq!(redis.ledger_sold(1), 3);
+    assert_eq!(redis.outbox_order_ids(1).len(), 3);
 }

@@ -74,6 +74,51 @@ impl RedisServer {
         self.try_client().expect("connect to redis")
     }
 
+    /// The ledger's sold count for `event`.
+    pub fn ledger_sold(&self, event: u32) -> i64 {
+        redis::cmd("HGET")
+            .arg(ticketd::redis_ledger::EventKeys::new(event).meta())
+            .arg("sold")
+            .query(&mut self.client())
+            .unwrap()
+    }
+
+    /// The order ids in `event`'s outbox stream.
+    pub fn outbox_order_ids(&self, event: u32) -> std::collections::HashSet<u64> {
+        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(ticketd::redis_ledger::EventKeys::new(event).orders())
+            .arg("-")
+            .arg("+")
+            .query(&mut self.client())
+            .unwrap();
+        entries
+            .into_iter()
+            .map(|(_, fields)| fields[1].parse().unwrap())
+            .collect()
+    }
+
+    /// A ledger-mode configuration for a node of `nodes` on this Redis.
+    pub fn node_config(
+        &self,
+        node_id: u16,
+        nodes: u32,
+        events: &[ticketd::EventSpec],
+    ) -> ticketd::Config {
+        let mut config = ticketd::Config::new(events.to_vec());
+        config.shards = 2;
+        config.node_id = node_id;
+        config.redis = Some(ticketd::config::RedisConfig {
+            addr: self.addr(),
+            nodes,
+            buffer: 0,
+            timeout: Duration::from_millis(300),
+            depth: 64,
+            reset_events: false,
+            scripts: false,
+        });
+        config
+    }
+
     /// Bounded wait for it to answer PING: it is another process, not ours to signal.
     fn wait_until_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
