@@ -45,7 +45,6 @@ pub struct ServerHandle {
     shutdown: Arc<ShutdownSignal>,
     wakers: Vec<Arc<Waker>>,
     threads: Vec<JoinHandle<ShardReport>>,
-    cores: Vec<Option<usize>>,
 }
 
 /// Starts a node. When this returns, every listener is bound and accepting (queued in
@@ -194,7 +193,6 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         shutdown,
         wakers: peers.iter().map(|p| Arc::clone(&p.waker)).collect(),
         threads,
-        cores,
     })
 }
 
@@ -207,11 +205,6 @@ impl ServerHandle {
     /// The HTTP endpoint's address, when `--http` was given.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
-    }
-
-    /// The core each shard was placed on (`None`: unpinned).
-    pub fn cores(&self) -> &[Option<usize>] {
-        &self.cores
     }
 
     /// Live view of an event's stock: (total, remaining).

@@ -62,7 +62,8 @@ impl Summary {
     }
 
     /// Ledger mode: total, sold, held and remaining are the ledger's (all nodes');
-    /// `orders` stays this node's.
+    /// `orders` stays this node's BUY orders (a CONFIRM is settled by hold id alone and
+    /// is counted in the ledger's `sold`, not per node).
     pub fn use_ledger_view(&mut self, views: &[crate::redis_ledger::setup::LedgerView]) {
         for (event, view) in self.events.iter_mut().zip(views) {
             event.total = view.total;
@@ -99,8 +100,12 @@ impl fmt::Display for Summary {
         }
         write!(
             f,
-            "connections accepted {}, refused at --max-conns {}, bad requests {}",
-            self.stats.accepted, self.stats.refused, self.stats.bad_requests
+            "connections accepted {}, refused at --max-conns {}, bad requests {}, \
+             answers for connections already gone {}",
+            self.stats.accepted,
+            self.stats.refused,
+            self.stats.bad_requests,
+            self.stats.orphan_replies
         )
     }
 }

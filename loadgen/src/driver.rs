@@ -55,7 +55,6 @@ pub struct RunSettings {
 pub struct Progress {
     pub established: AtomicU64,
     pub failed: AtomicU64,
-    pub answered: AtomicU64,
     pub threads_ready: AtomicU64,
 }
 
@@ -162,14 +161,7 @@ pub fn run_thread(
     result.established = conns.len() as u64;
     progress.threads_ready.fetch_add(1, Ordering::AcqRel);
     let start = gate.wait();
-    drive(
-        &mut poll,
-        &mut conns,
-        &settings,
-        &progress,
-        &mut result,
-        start,
-    );
+    drive(&mut poll, &mut conns, &settings, &mut result, start);
     if !settings.hold.is_zero() {
         std::thread::sleep(settings.hold);
     }
@@ -325,7 +317,6 @@ fn drive(
     poll: &mut Poll,
     conns: &mut [Conn],
     settings: &RunSettings,
-    progress: &Progress,
     result: &mut ThreadResult,
     start: Instant,
 ) {
@@ -421,7 +412,6 @@ fn drive(
                 flush(poll, conn, i, result);
             }
             if event.is_readable() || event.is_read_closed() || event.is_error() {
-                let before = result.answered;
                 read_responses(
                     conn,
                     &mut scratch,
@@ -430,9 +420,6 @@ fn drive(
                     event.is_read_closed(),
                     result,
                 );
-                progress
-                    .answered
-                    .fetch_add(result.answered - before, Ordering::Relaxed);
                 if sending {
                     match interval {
                         None => fill_closed_loop(conn, settings, now, result, &mut tally),

@@ -245,7 +245,12 @@ impl Shard {
                     HTTP_LISTENER_TOKEN => self.accept(Protocol::Http, now),
                     REDIS_TOKEN => {
                         if let Some(remote) = self.dispatcher.remote.as_mut() {
-                            remote.on_event(self.poll.registry(), event, now, &mut self.redis_done);
+                            remote.conn.on_event(
+                                self.poll.registry(),
+                                event,
+                                now,
+                                &mut self.redis_done,
+                            );
                         }
                     }
                     Token(token) => {

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use mio::{Registry, Token};
+use mio::Token;
 use redis::{Cmd, Value};
 use ticketd_proto::{Op, Purchase, Response, ResultBody, Status};
 
@@ -446,16 +446,5 @@ impl RemoteLedger {
                 Response::error(waiter.op.code(), waiter.req_id, status),
             ));
         }
-    }
-
-    /// Drives the connection: readiness for its token.
-    pub fn on_event(
-        &mut self,
-        registry: &Registry,
-        event: &mio::event::Event,
-        now: Instant,
-        done: &mut Vec<Completion<u64>>,
-    ) {
-        self.conn.on_event(registry, event, now, done);
     }
 }
