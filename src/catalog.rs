@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 
 use crate::config::EventSpec;
-use crate::stock::Stock;
+use crate::stock::{Stock, DEFAULT_SETTLE_WAIT};
 
 /// One event on sale.
 #[derive(Debug)]
@@ -27,12 +27,24 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn new(specs: &[EventSpec], shards: usize) -> Self {
+        let available: Vec<i64> = specs.iter().map(|s| s.stock).collect();
+        Self::partly_taken(specs, &available, shards)
+    }
+
+    /// Events of which only `available[i]` tickets of `specs[i]` are still on sale
+    /// (recovered from the journal).
+    ///
+    /// # Panics
+    /// If the lengths differ or an availability is outside `0..=stock`.
+    pub fn partly_taken(specs: &[EventSpec], available: &[i64], shards: usize) -> Self {
+        assert_eq!(specs.len(), available.len());
         let events: Vec<Event> = specs
             .iter()
-            .map(|spec| Event {
+            .zip(available)
+            .map(|(spec, &available)| Event {
                 id: spec.id,
                 per_user_limit: spec.per_user_limit,
-                stock: Stock::new(spec.stock, shards),
+                stock: Stock::partly_taken(spec.stock, available, shards, DEFAULT_SETTLE_WAIT),
                 sold_out: AtomicBool::new(false),
             })
             .collect();

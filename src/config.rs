@@ -1,13 +1,18 @@
 //! Command line and the validated configuration built from it.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
 
 use crate::ids::{MAX_NODE_ID, MAX_SHARDS};
+use crate::journal::commit::DEFAULT_ROTATE_MIN_BYTES;
+use crate::journal::FsyncMode;
 
+/// Default data directory (embedded ledger's journal).
+pub const DEFAULT_DATA_DIR: &str = "./data";
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
 /// Default hold TTL: the pre-deduct payment window.
@@ -67,6 +72,28 @@ pub struct Cli {
     /// JSON the Go/Java prototypes answer (for `ab` and `wrk`).
     #[arg(long, value_name = "HOST:PORT")]
     pub http: Option<SocketAddr>,
+
+    /// Where the embedded ledger keeps its journal (created if missing, locked while
+    /// ticketd runs). Every sale is in it before it is acknowledged, and a restart
+    /// recovers from it. Not used in ledger mode (`--redis`), where Redis is the ledger.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+
+    /// When a journal write counts as durable: `always` (fdatasync before answering:
+    /// survives power loss), `batch` (answer after the write, fdatasync within ~5 ms:
+    /// survives a process crash), `off` (never fdatasync: survives a process crash).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = FsyncMode::Always)]
+    pub fsync: FsyncMode,
+
+    /// Allow an `--event` to give a larger total than the journal has (to put more
+    /// tickets on sale on purpose). Without it, any different total refuses to start.
+    #[arg(long)]
+    pub raise_totals: bool,
+
+    /// A journal segment is replaced by a snapshot of live state once it holds this
+    /// many bytes (and twice the snapshot) beyond its snapshot.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_ROTATE_MIN_BYTES, hide = true)]
+    pub segment_bytes: u64,
 
     /// Ledger mode: Redis (7.0+, Functions) holds the one global stock for every node,
     /// e.g. `redis://127.0.0.1:6379`. Without it, this process is a node of its own.
@@ -213,6 +240,29 @@ pub struct Config {
     pub http: Option<SocketAddr>,
     /// Ledger mode, when set.
     pub redis: Option<RedisConfig>,
+    /// The embedded ledger's journal; `None` keeps everything in memory only (tests and
+    /// embedding; the binary always has one).
+    pub journal: Option<JournalConfig>,
+}
+
+/// `--data-dir` and its companions.
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    pub data_dir: PathBuf,
+    pub fsync: FsyncMode,
+    pub raise_totals: bool,
+    pub segment_bytes: u64,
+}
+
+impl JournalConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        JournalConfig {
+            data_dir: data_dir.into(),
+            fsync: FsyncMode::Always,
+            raise_totals: false,
+            segment_bytes: DEFAULT_ROTATE_MIN_BYTES,
+        }
+    }
 }
 
 /// `--redis` and its companions.
@@ -242,6 +292,7 @@ impl Config {
             node_id: 0,
             http: None,
             redis: None,
+            journal: None,
         }
     }
 
@@ -310,6 +361,12 @@ impl Cli {
                 depth: self.redis_depth,
                 reset_events: self.reset_events,
                 scripts: self.redis_scripts,
+            }),
+            journal: Some(JournalConfig {
+                data_dir: self.data_dir,
+                fsync: self.fsync,
+                raise_totals: self.raise_totals,
+                segment_bytes: self.segment_bytes,
             }),
         };
         config.validate()?;

@@ -36,6 +36,20 @@ impl IdGenerator {
         }
     }
 
+    /// A generator that continues after sequence `last` (recovered from the journal, or
+    /// a reserved block), so no id is issued twice across restarts.
+    pub fn resume(node: u16, shard: usize, last: u64) -> Self {
+        IdGenerator {
+            last,
+            ..IdGenerator::new(node, shard)
+        }
+    }
+
+    /// The sequence of the last id issued.
+    pub fn last_seq(&self) -> u64 {
+        self.last
+    }
+
     pub fn next_id(&mut self) -> u64 {
         // 2^44 ids is half a year at a million a second on one shard; wrapping would
         // reuse ids, so stop instead.
@@ -43,6 +57,13 @@ impl IdGenerator {
         assert!(self.last <= SEQUENCE_MASK, "id sequence exhausted");
         self.prefix | self.last
     }
+}
+
+/// The shard field and sequence of `id`, if node `node` issued it.
+pub fn split(id: u64, node: u16) -> Option<(u16, u64)> {
+    let id_node = id >> (SHARD_BITS + SEQUENCE_BITS);
+    let field = ((id >> SEQUENCE_BITS) & SHARD_MASK) as u16;
+    (id_node == u64::from(node) && id & SEQUENCE_MASK != 0).then_some((field, id & SEQUENCE_MASK))
 }
 
 /// The shard that issued `id`, if `id` could have been issued by node `node` with
@@ -66,6 +87,10 @@ mod tests {
         assert_eq!(owning_shard(first, 4, 4), None, "another node's id");
         assert_eq!(owning_shard(first, 5, 3), None, "shard out of range");
         assert!(ids.next_id() > first);
+        assert_eq!(split(first, 5), Some((3, 1)));
+        assert_eq!(split(first, 6), None);
+        let mut resumed = IdGenerator::resume(5, 3, 41);
+        assert_eq!(split(resumed.next_id(), 5), Some((3, 42)));
     }
 
     #[test]

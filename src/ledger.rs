@@ -8,12 +8,19 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use ticketd_proto::{Op, Response, ResultBody, Status};
 
 use crate::catalog::Catalog;
+use crate::clock::WallClock;
 use crate::ids::IdGenerator;
+use crate::journal::commit::RecordBuf;
+use crate::journal::record::{HoldEnd, Record};
+use crate::journal::recovery::{EventDef, HoldRec, OrderRec, Recovered};
+use crate::journal::snapshot::SnapshotBuilder;
+use crate::routing::owner_of_user;
 
 /// Finished holds remembered per shard (so retried CONFIRM/CANCEL get the same answer).
 /// Past this, the oldest are forgotten before their TTL: a bound on memory under
@@ -35,6 +42,18 @@ pub enum LedgerOp {
     Cancel { hold_id: u64 },
 }
 
+impl LedgerOp {
+    /// The wire op this decides.
+    pub fn wire_op(&self) -> Op {
+        match self {
+            LedgerOp::Buy { .. } => Op::Buy,
+            LedgerOp::Reserve { .. } => Op::Reserve,
+            LedgerOp::Confirm { .. } => Op::Confirm,
+            LedgerOp::Cancel { .. } => Op::Cancel,
+        }
+    }
+}
+
 /// One order: a ticket sale acknowledged to a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C, packed(4))]
@@ -43,6 +62,7 @@ pub struct Order {
     pub user: u64,
     pub event_id: u32,
     pub qty: u16,
+    pub unix_ms: u64,
 }
 
 /// How acquired tickets count against a user.
@@ -104,9 +124,21 @@ pub struct Ledger {
     forgets: VecDeque<(Instant, u64)>,
     orders: Vec<Order>,
     tallies: Vec<EventTally>,
+    clock: WallClock,
+    /// What this pass decided, for the journal (dropped when there is none).
+    pub journal: RecordBuf,
+    /// With a journal: tickets of ended holds, returned to sale only once the record
+    /// that ends the hold is durable (another shard could otherwise sell them in a
+    /// record that reaches disk first, and a crash would leave both the hold and the
+    /// sale). Without one: returned at once and never collected here.
+    returns: Vec<(usize, i64)>,
+    /// Id marks of shard fields no shard issues from now (an earlier run had more
+    /// shards) that this shard keeps in its snapshots, so they are never forgotten.
+    inherited_id_marks: Vec<(u16, u64)>,
 }
 
 impl Ledger {
+    /// A ledger with no journal: everything lives in memory only (tests, benches).
     pub fn new(shard: usize, node_id: u16, catalog: Arc<Catalog>, hold_ttl: Duration) -> Self {
         let tallies = vec![EventTally::default(); catalog.len()];
         // Buyers and orders per event are bounded by its stock: size the tables for this
@@ -139,13 +171,171 @@ impl Ledger {
             forgets: VecDeque::new(),
             orders: Vec::with_capacity(orders_capacity),
             tallies,
+            clock: WallClock::now(),
+            journal: RecordBuf::new(false),
+            returns: Vec::new(),
+            inherited_id_marks: Vec::new(),
         }
+    }
+
+    /// The ledger of shard `shard` of `shards`, journaling, with the users it owns (and
+    /// their orders and holds) taken from the recovered `state`. The catalog's stock
+    /// must already exclude what `state` sold and holds.
+    pub fn restore(
+        shard: usize,
+        shards: usize,
+        node_id: u16,
+        catalog: Arc<Catalog>,
+        hold_ttl: Duration,
+        state: &Recovered,
+        clock: WallClock,
+    ) -> Self {
+        let mut ledger = Ledger::new(shard, node_id, catalog, hold_ttl);
+        ledger.clock = clock;
+        ledger.journal = RecordBuf::new(true);
+        let last_seq = state.id_marks.get(&(shard as u16)).copied().unwrap_or(0);
+        ledger.ids = IdGenerator::resume(node_id, shard, last_seq);
+        ledger.inherited_id_marks = state
+            .id_marks
+            .iter()
+            .filter(|&(&field, _)| {
+                usize::from(field) % shards == shard && usize::from(field) != shard
+            })
+            .map(|(&field, &seq)| (field, seq))
+            .collect();
+        for order in &state.orders {
+            if owner_of_user(order.user, shards) != shard {
+                continue;
+            }
+            let Some(event) = ledger.catalog.index_of(order.event_id) else {
+                continue;
+            };
+            ledger.users[event].entry(order.user).or_default().bought += u32::from(order.qty);
+            ledger.orders.push(Order {
+                order_id: order.order_id,
+                user: order.user,
+                event_id: order.event_id,
+                qty: order.qty,
+                unix_ms: order.unix_ms,
+            });
+            let tally = &mut ledger.tallies[event];
+            tally.sold += u64::from(order.qty);
+            tally.orders += 1;
+        }
+        let mut live = Vec::new();
+        let mut finished = Vec::new();
+        for hold in state.holds.values() {
+            if owner_of_user(hold.user, shards) != shard {
+                continue;
+            }
+            let Some(event) = ledger.catalog.index_of(hold.event_id) else {
+                continue;
+            };
+            let state = match hold.end {
+                None => {
+                    ledger.users[event].entry(hold.user).or_default().held += u32::from(hold.qty);
+                    ledger.tallies[event].held += u64::from(hold.qty);
+                    live.push((hold.deadline_ms, hold.hold_id));
+                    HoldState::Active
+                }
+                Some((end, ended_ms)) => {
+                    finished.push((ended_ms, hold.hold_id));
+                    match end {
+                        HoldEnd::Confirmed { order_id } => HoldState::Confirmed { order_id },
+                        HoldEnd::Cancelled => HoldState::Cancelled,
+                        HoldEnd::Expired => HoldState::Expired,
+                    }
+                }
+            };
+            ledger.holds.insert(
+                hold.hold_id,
+                Hold {
+                    event,
+                    user: hold.user,
+                    qty: hold.qty,
+                    expires_at: clock.instant(hold.deadline_ms),
+                    state,
+                },
+            );
+        }
+        // The queues are in deadline order: restored entries first, sorted.
+        live.sort_unstable();
+        finished.sort_unstable();
+        ledger.expiries = live
+            .into_iter()
+            .map(|(ms, id)| (clock.instant(ms), id))
+            .collect();
+        ledger.forgets = finished
+            .into_iter()
+            .map(|(ms, id)| (clock.instant(ms) + hold_ttl, id))
+            .collect();
+        ledger
+    }
+
+    /// This shard's live state as a snapshot: events, orders, holds still live or
+    /// remembered, and the id mark of its shard field.
+    pub fn snapshot(&self, now: Instant) -> BytesMut {
+        let mut snapshot = SnapshotBuilder::begin(self.clock.unix_ms(now));
+        for event in self.catalog.iter() {
+            snapshot.event(EventDef {
+                event_id: event.id,
+                total: event.stock.total(),
+                per_user_limit: event.per_user_limit,
+            });
+        }
+        for order in &self.orders {
+            snapshot.order(OrderRec {
+                order_id: order.order_id,
+                event_id: order.event_id,
+                user: order.user,
+                qty: order.qty,
+                unix_ms: order.unix_ms,
+            });
+        }
+        // Finished holds in the order they ended (the forget queue's), so a restart
+        // forgets them on the same schedule.
+        let mut finished_ms = FastMap::default();
+        for &(forget_at, hold_id) in &self.forgets {
+            finished_ms.insert(hold_id, self.clock.unix_ms(forget_at - self.hold_ttl));
+        }
+        for (&hold_id, hold) in &self.holds {
+            let end = match hold.state {
+                HoldState::Active => None,
+                HoldState::Confirmed { order_id } => Some(HoldEnd::Confirmed { order_id }),
+                HoldState::Cancelled => Some(HoldEnd::Cancelled),
+                HoldState::Expired => Some(HoldEnd::Expired),
+            };
+            let deadline_ms = self.clock.unix_ms(hold.expires_at);
+            let end = end.map(|end| {
+                let ended_ms = finished_ms.get(&hold_id).copied().unwrap_or(deadline_ms);
+                (end, ended_ms)
+            });
+            snapshot.hold(HoldRec {
+                hold_id,
+                event_id: self.catalog.get(hold.event).id,
+                user: hold.user,
+                qty: hold.qty,
+                deadline_ms,
+                end,
+            });
+        }
+        snapshot.id_mark(self.shard as u16, self.ids.last_seq());
+        for &(field, seq) in &self.inherited_id_marks {
+            snapshot.id_mark(field, seq);
+        }
+        snapshot.finish()
+    }
+
+    /// Tickets of holds that ended since the last call, as (event, qty), to go back on
+    /// sale once their records are durable.
+    pub fn take_returns(&mut self) -> std::vec::Drain<'_, (usize, i64)> {
+        self.returns.drain(..)
     }
 
     /// Decides one operation and builds its response.
     pub fn apply(&mut self, op: LedgerOp, req_id: u64, now: Instant) -> Response {
         let (wire_op, outcome) = match op {
-            LedgerOp::Buy { event, user, qty } => (Op::Buy, self.buy(event, user, qty)),
+            LedgerOp::Buy { event, user, qty } => (Op::Buy, self.buy(event, user, qty, now)),
             LedgerOp::Reserve { event, user, qty } => {
                 (Op::Reserve, self.reserve(event, user, qty, now))
             }
@@ -158,9 +348,24 @@ impl Ledger {
         }
     }
 
-    fn buy(&mut self, event: usize, user: u64, qty: u16) -> Result<ResultBody, Status> {
+    fn buy(
+        &mut self,
+        event: usize,
+        user: u64,
+        qty: u16,
+        now: Instant,
+    ) -> Result<ResultBody, Status> {
         self.acquire(event, user, qty, Acquired::Bought)?;
-        let order_id = self.record_order(event, user, qty);
+        let order_id = self.ids.next_id();
+        let unix_ms = self.clock.unix_ms(now);
+        self.journal.push(Record::Sale {
+            order_id,
+            event_id: self.catalog.get(event).id,
+            user,
+            qty,
+            unix_ms,
+        });
+        self.push_order(order_id, event, user, qty, unix_ms);
         Ok(ResultBody::Order { order_id })
     }
 
@@ -186,9 +391,17 @@ impl Ledger {
             },
         );
         self.expiries.push_back((expires_at, hold_id));
+        let expires_unix_ms = self.clock.unix_ms(expires_at);
+        self.journal.push(Record::HoldTaken {
+            hold_id,
+            event_id: self.catalog.get(event).id,
+            user,
+            qty,
+            deadline_ms: expires_unix_ms,
+        });
         Ok(ResultBody::Hold {
             hold_id,
-            expires_unix_ms: unix_ms(SystemTime::now() + self.hold_ttl),
+            expires_unix_ms,
         })
     }
 
@@ -241,7 +454,13 @@ impl Ledger {
                 tally.held -= u32::from(qty);
                 tally.bought += u32::from(qty);
                 self.tallies[event].held -= u64::from(qty);
-                self.push_order(order_id, event, user, qty);
+                let unix_ms = self.clock.unix_ms(now);
+                self.journal.push(Record::Confirmed {
+                    hold_id,
+                    order_id,
+                    unix_ms,
+                });
+                self.push_order(order_id, event, user, qty, unix_ms);
                 self.remember(hold_id, now);
                 Ok(ResultBody::Order { order_id })
             }
@@ -334,10 +553,16 @@ impl Ledger {
         debug_assert_eq!(hold.state, HoldState::Active);
         hold.state = end;
         let (event, user, qty) = (hold.event, hold.user, hold.qty);
-        self.catalog
-            .get(event)
-            .stock
-            .give_back(self.shard, i64::from(qty));
+        let unix_ms = self.clock.unix_ms(now);
+        self.journal.push(match end {
+            HoldState::Expired => Record::Expired { hold_id, unix_ms },
+            _ => Record::Cancelled { hold_id, unix_ms },
+        });
+        if self.journal.is_enabled() {
+            self.returns.push((event, i64::from(qty)));
+        } else {
+            self.give_back(event, i64::from(qty));
+        }
         self.tallies[event].held -= u64::from(qty);
         if let Some(tally) = self.users[event].get_mut(&user) {
             tally.held -= u32::from(qty);
@@ -348,34 +573,28 @@ impl Ledger {
         self.remember(hold_id, now);
     }
 
+    /// Puts `qty` tickets of `event` back on sale, on this shard's slice.
+    pub fn give_back(&self, event: usize, qty: i64) {
+        self.catalog.get(event).stock.give_back(self.shard, qty);
+    }
+
     fn remember(&mut self, hold_id: u64, now: Instant) {
         self.forgets.push_back((now + self.hold_ttl, hold_id));
     }
 
-    fn record_order(&mut self, event: usize, user: u64, qty: u16) -> u64 {
-        let order_id = self.ids.next_id();
-        self.push_order(order_id, event, user, qty);
-        order_id
-    }
-
-    fn push_order(&mut self, order_id: u64, event: usize, user: u64, qty: u16) {
+    fn push_order(&mut self, order_id: u64, event: usize, user: u64, qty: u16, unix_ms: u64) {
         let event_id = self.catalog.get(event).id;
         self.orders.push(Order {
             order_id,
             event_id,
             user,
             qty,
+            unix_ms,
         });
         let tally = &mut self.tallies[event];
         tally.sold += u64::from(qty);
         tally.orders += 1;
     }
-}
-
-fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -22,8 +22,10 @@
 //! lock, and stock is taken from the owner's slice. See `docs/ARCHITECTURE.md`.
 
 pub mod catalog;
+pub mod clock;
 pub mod config;
 pub mod ids;
+pub mod journal;
 pub mod ledger;
 pub mod listener;
 pub mod placement;

@@ -3,21 +3,29 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use mio::{Poll, Waker};
 
 use crate::catalog::Catalog;
-use crate::config::{Config, EventSpec};
+use crate::clock::WallClock;
+use crate::config::{Config, EventSpec, JournalConfig};
+use crate::ids;
+use crate::journal::{self, writer, EventDef, JournalError, Recovered};
 use crate::listener;
 use crate::placement;
 use crate::redis_ledger::conn::ConnSettings;
 use crate::redis_ledger::flavor::Flavor;
 use crate::redis_ledger::setup;
+use crate::routing::owner_of_user;
 use crate::shard::mailbox::{Mailbox, Peer};
 use crate::shard::remote::RemoteSettings;
-use crate::shard::{self, Shard, ShardParts, ShardReport, ShardSettings, ShutdownSignal};
+use crate::shard::{
+    self, HoldRoutes, Shard, ShardJournal, ShardParts, ShardReport, ShardSettings, ShutdownSignal,
+};
 use crate::summary::Summary;
 
 /// Why a server could not start.
@@ -33,6 +41,10 @@ pub enum StartError {
     Ledger(#[from] setup::LedgerError),
     #[error("cannot spawn the thread of shard {shard}: {source}")]
     Spawn { shard: usize, source: io::Error },
+    #[error("cannot use the data dir: {0}")]
+    Journal(#[from] JournalError),
+    #[error("the journal sold and holds {taken} tickets of event {event}, more than its total {total}; it contradicts itself, restore the data dir from a backup")]
+    Oversold { event: u32, total: i64, taken: i64 },
 }
 
 /// A running node. Dropping it shuts the node down and waits for its threads.
@@ -45,6 +57,8 @@ pub struct ServerHandle {
     shutdown: Arc<ShutdownSignal>,
     wakers: Vec<Arc<Waker>>,
     threads: Vec<JoinHandle<ShardReport>>,
+    /// Held (with its lock) until the shards have stopped.
+    _data_dir: Option<journal::store::DataDir>,
 }
 
 /// Starts a node. When this returns, every listener is bound and accepting (queued in
@@ -52,9 +66,24 @@ pub struct ServerHandle {
 pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     config.validate()?;
     let shards = config.shards;
+    let clock = WallClock::now();
+    // The embedded ledger recovers from its journal first: the events and what is
+    // left of their stock come from there.
+    let opened = match (&config.journal, &config.redis) {
+        (Some(journal_config), None) => Some((
+            open_journal(journal_config, &config, clock)?,
+            journal_config.clone(),
+        )),
+        _ => None,
+    };
     // Ledger mode: Redis holds the totals; each shard's slices become this node's gate.
     let (catalog_events, remote) = match &config.redis {
-        None => (config.events.clone(), None),
+        None => (
+            opened
+                .as_ref()
+                .map_or_else(|| config.events.clone(), |(o, _)| specs_of(&o.events)),
+            None,
+        ),
         Some(redis) => {
             let (totals, flavor) = setup::prepare(redis, &config.events, config.hold_ttl)?;
             let gates = config
@@ -78,7 +107,13 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             (gates, Some(settings))
         }
     };
-    let catalog = Arc::new(Catalog::new(&catalog_events, shards));
+    let catalog = match &opened {
+        Some((opened, _)) => {
+            let available = available_stock(&catalog_events, &opened.state)?;
+            Arc::new(Catalog::partly_taken(&catalog_events, &available, shards))
+        }
+        None => Arc::new(Catalog::new(&catalog_events, shards)),
+    };
     let listeners =
         listener::bind_group(config.listen, shards).map_err(|source| StartError::Listen {
             addr: config.listen,
@@ -123,6 +158,43 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     }
     let peers: Arc<[Peer]> = peers.into();
     let shutdown = Arc::new(ShutdownSignal::default());
+    let fail_stop = Arc::new(AtomicBool::new(false));
+    let (data_dir, mut shard_journals, hold_routes) = match opened {
+        Some((opened, journal_config)) => {
+            let routes = hold_routes(&opened.state, config.node_id, shards);
+            let state = Arc::new(opened.state);
+            let mut journals = Vec::with_capacity(shards);
+            for (index, stream) in opened.streams.into_iter().enumerate() {
+                let snapshot_len = stream.len;
+                let handle = writer::spawn(writer::WriterSetup {
+                    dir: opened.dir.path().to_path_buf(),
+                    file: stream.file,
+                    header: stream.header,
+                    len: stream.len,
+                    mode: journal_config.fsync,
+                    waker: Arc::clone(&peers[index].waker),
+                    fail_stop: Arc::clone(&fail_stop),
+                })
+                .map_err(|source| StartError::Spawn {
+                    shard: index,
+                    source,
+                })?;
+                journals.push(Some(ShardJournal {
+                    writer: handle,
+                    snapshot_len,
+                    rotate_min: journal_config.segment_bytes,
+                    state: Arc::clone(&state),
+                    clock,
+                }));
+            }
+            (Some(opened.dir), journals, Arc::new(routes))
+        }
+        None => (
+            None,
+            (0..shards).map(|_| None).collect(),
+            Arc::new(HoldRoutes::default()),
+        ),
+    };
     let plan = placement::plan(shards);
     let max_sessions = config.max_conns.div_ceil(shards);
 
@@ -153,6 +225,9 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             },
             catalog: Arc::clone(&catalog),
             shutdown: Arc::clone(&shutdown),
+            journal: shard_journals.get_mut(index).and_then(Option::take),
+            fail_stop: Arc::clone(&fail_stop),
+            hold_routes: Arc::clone(&hold_routes),
         };
         let thread = std::thread::Builder::new()
             .name(format!("ticketd-shard-{index}"))
@@ -179,7 +254,9 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         http = ?http_addr,
         shards,
         cores = ?cores,
-        events = ?config.events.iter().map(|e| format!("{}:{}:{}", e.id, e.stock, e.per_user_limit)).collect::<Vec<_>>(),
+        events = ?catalog.iter().map(|e| format!("{}:{}:{}", e.id, e.stock.total(), e.per_user_limit)).collect::<Vec<_>>(),
+        data_dir = %data_dir.as_ref().map_or_else(|| "none (in memory)".to_owned(), |d| d.path().display().to_string()),
+        fsync = ?config.journal.as_ref().filter(|_| data_dir.is_some()).map(|j| j.fsync),
         max_conns = config.max_conns,
         max_frame = config.max_frame,
         hold_ttl = %humantime::format_duration(config.hold_ttl),
@@ -193,7 +270,103 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         shutdown,
         wakers: peers.iter().map(|p| Arc::clone(&p.waker)).collect(),
         threads,
+        _data_dir: data_dir,
     })
+}
+
+/// Recovers the data dir and starts this run's generation in it.
+fn open_journal(
+    journal_config: &JournalConfig,
+    config: &Config,
+    clock: WallClock,
+) -> Result<journal::Opened, StartError> {
+    let started = Instant::now();
+    let events: Vec<EventDef> = config
+        .events
+        .iter()
+        .map(|e| EventDef {
+            event_id: e.id,
+            total: e.stock,
+            per_user_limit: e.per_user_limit,
+        })
+        .collect();
+    let opened = journal::open(
+        &journal_config.data_dir,
+        &journal::OpenOptions {
+            node: config.node_id,
+            shards: config.shards,
+            events: &events,
+            raise_totals: journal_config.raise_totals,
+            now_unix_ms: clock.unix_ms(started),
+            hold_ttl_ms: u64::try_from(config.hold_ttl.as_millis()).unwrap_or(u64::MAX),
+        },
+    )?;
+    let state = &opened.state;
+    tracing::info!(
+        data_dir = %journal_config.data_dir.display(),
+        generation = state.manifest.map_or(0, |m| m.generation),
+        records = state.records,
+        bytes = state.bytes,
+        orders = state.orders.len(),
+        live_holds = state.holds.values().filter(|h| h.end.is_none()).count(),
+        torn_tails = state.torn.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "journal recovered"
+    );
+    for event in &opened.events {
+        if !config.events.iter().any(|e| e.id == event.event_id) {
+            tracing::info!(
+                event = event.event_id,
+                total = event.total,
+                "event on sale from the journal (no --event given for it)"
+            );
+        }
+    }
+    Ok(opened)
+}
+
+fn specs_of(events: &[EventDef]) -> Vec<EventSpec> {
+    events
+        .iter()
+        .map(|e| EventSpec {
+            id: e.event_id,
+            stock: e.total,
+            per_user_limit: e.per_user_limit,
+        })
+        .collect()
+}
+
+/// What is still on sale of each event after what the journal sold and holds.
+fn available_stock(events: &[EventSpec], state: &Recovered) -> Result<Vec<i64>, StartError> {
+    events
+        .iter()
+        .map(|e| {
+            let (sold, held) = state.sold_and_held(e.id);
+            let taken = sold + held;
+            if taken > e.stock {
+                return Err(StartError::Oversold {
+                    event: e.id,
+                    total: e.stock,
+                    taken,
+                });
+            }
+            Ok(e.stock - taken)
+        })
+        .collect()
+}
+
+/// Recovered holds whose owner (the shard of their user now) is not the shard their
+/// id names: only after a restart with another shard count.
+fn hold_routes(state: &Recovered, node: u16, shards: usize) -> HoldRoutes {
+    state
+        .holds
+        .values()
+        .filter_map(|hold| {
+            let owner = owner_of_user(hold.user, shards);
+            (ids::owning_shard(hold.hold_id, node, shards) != Some(owner))
+                .then_some((hold.hold_id, owner))
+        })
+        .collect()
 }
 
 impl ServerHandle {

@@ -56,11 +56,24 @@ impl Stock {
 
     /// Like [`Stock::new`] with a chosen bound on waiting for in-transit tickets.
     pub fn with_settle_wait(total: i64, slices: usize, settle_wait: Duration) -> Self {
+        Self::partly_taken(total, total, slices, settle_wait)
+    }
+
+    /// An event of `total` tickets of which only `available` are still on sale (the
+    /// rest sold or held before a restart), split over `slices` slices.
+    ///
+    /// # Panics
+    /// If `slices` is 0 or `available` is not within `0..=total`: recovery checks both.
+    pub fn partly_taken(total: i64, available: i64, slices: usize, settle_wait: Duration) -> Self {
         assert!(slices > 0, "stock needs at least one slice");
         assert!(total >= 0, "stock total must not be negative");
+        assert!(
+            (0..=total).contains(&available),
+            "available stock out of range"
+        );
         let n = slices as i64;
         let slices = (0..n)
-            .map(|i| CachePadded::new(AtomicI64::new(total / n + i64::from(i < total % n))))
+            .map(|i| CachePadded::new(AtomicI64::new(available / n + i64::from(i < available % n))))
             .collect();
         Stock {
             total,

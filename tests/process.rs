@@ -38,7 +38,10 @@ fn bad_arguments_exit_2_with_a_clear_message() {
         (vec!["--max-frame", "8"], "--max-frame"),
         (vec!["--hold-ttl", "soon"], "hold-ttl"),
     ] {
+        let data = tempfile::tempdir().unwrap();
         let out = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(data.path())
             .args(["--listen", "127.0.0.1:0"])
             .args(&args)
             .output()
@@ -61,7 +64,10 @@ impl Drop for Reaper {
 
 #[test]
 fn sigterm_stops_cleanly_and_prints_the_summary() {
+    let data = tempfile::tempdir().unwrap();
     let child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(data.path())
         .args([
             "--listen",
             "127.0.0.1:0",

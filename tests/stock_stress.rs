@@ -33,7 +33,7 @@ fn run_to_sell_out(total: i64, slices: usize, threads: usize, with_returns: bool
                     if stock.take(home, qty) {
                         taken += qty;
                         // Now and then hand one back, as a cancelled hold would.
-                        if with_returns && next(&mut seed) % 8 == 0 {
+                        if with_returns && next(&mut seed).is_multiple_of(8) {
                             stock.give_back(home, 1);
                             taken -= 1;
                         }

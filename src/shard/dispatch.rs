@@ -1,6 +1,8 @@
 //! Turning request bytes into answers: decode every whole frame, answer what this shard
 //! can answer itself, and forward what another shard owns.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,8 +14,22 @@ use ticketd_proto::{
 use super::mailbox::{ConnRef, Message, Outbox};
 use crate::catalog::Catalog;
 use crate::ids;
+use crate::journal::Commit;
 use crate::ledger::{Ledger, LedgerOp};
 use crate::routing::owner_of_user;
+
+/// What a shard holds back until the journal has made its records durable.
+#[derive(Debug)]
+pub enum Held {
+    /// An answer, for a connection on this shard or another.
+    Answer(ConnRef, Response),
+    /// Tickets of an ended hold, back on sale once the end is durable.
+    Return { event: usize, qty: i64 },
+}
+
+/// Holds recovered from the journal whose owner is not the shard their id names (the
+/// shard count changed across a restart): hold id -> owning shard. Read-only.
+pub type HoldRoutes = HashMap<u64, usize, ahash::RandomState>;
 
 /// What one shard needs to decide requests: everything but its connections.
 #[derive(Debug)]
@@ -31,6 +47,11 @@ pub struct Dispatcher {
     pub anonymous_users: u64,
     /// With `--redis`: the global ledger decides instead of `ledger`.
     pub remote: Option<super::remote::RemoteLedger>,
+    /// With a journal: answers and returned tickets waiting for durability.
+    pub commit: Option<Commit<Held>>,
+    /// Raised node-wide when a journal write fails: nothing is sold until a restart.
+    pub fail_stop: Arc<AtomicBool>,
+    pub hold_routes: Arc<HoldRoutes>,
 }
 
 /// The result of handling a buffer of request bytes.
@@ -56,6 +77,9 @@ impl Dispatcher {
             bad_requests: 0,
             anonymous_users: 0,
             remote: None,
+            commit: None,
+            fail_stop: Arc::new(AtomicBool::new(false)),
+            hold_routes: Arc::default(),
         }
     }
 
@@ -165,7 +189,13 @@ impl Dispatcher {
         };
         match routed {
             Err(answer) => Some(answer),
-            Ok((owner, op)) if owner == self.shard => Some(self.ledger.apply(op, req_id, now)),
+            Ok((owner, op)) if owner == self.shard => {
+                let answer = self.apply_owned(conn, req_id, op, now);
+                if answer.is_none() {
+                    *in_flight += 1;
+                }
+                answer
+            }
             Ok((owner, op)) => {
                 *in_flight += 1;
                 self.outbox.push(
@@ -174,6 +204,46 @@ impl Dispatcher {
                         reply_to: conn,
                         req_id,
                         op,
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    /// Decides `op`, which this shard owns, for `reply_to`. The answer is returned only
+    /// if it may go out now to a connection of this shard; otherwise it is sent to the
+    /// connection's shard, or held until the journal has made durable every record it
+    /// depends on.
+    pub fn apply_owned(
+        &mut self,
+        reply_to: ConnRef,
+        req_id: u64,
+        op: LedgerOp,
+        now: Instant,
+    ) -> Option<Response> {
+        let response = if self.fail_stop.load(Ordering::Acquire) {
+            Response::error(op.wire_op().code(), req_id, Status::Unavailable)
+        } else {
+            self.ledger.apply(op, req_id, now)
+        };
+        let pending = self.ledger.journal.is_pending();
+        match self
+            .commit
+            .as_mut()
+            .and_then(|c| c.barrier(pending).map(|job| (c, job)))
+        {
+            Some((commit, job)) => {
+                commit.hold(job, Held::Answer(reply_to, response));
+                None
+            }
+            None if reply_to.shard == self.shard => Some(response),
+            None => {
+                self.outbox.push(
+                    reply_to.shard,
+                    Message::Reply {
+                        conn: reply_to,
+                        response,
                     },
                 );
                 None
@@ -294,6 +364,9 @@ impl Dispatcher {
 
     /// The shard that owns a hold, or NOT_FOUND for an id this node never issued.
     fn hold_owner(&self, op: Op, hold_id: u64, req_id: u64) -> Result<usize, Response> {
+        if let Some(&owner) = self.hold_routes.get(&hold_id) {
+            return Ok(owner);
+        }
         ids::owning_shard(hold_id, self.node_id, self.shards)
             .ok_or_else(|| Response::error(op.code(), req_id, Status::NotFound))
     }

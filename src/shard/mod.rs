@@ -20,11 +20,15 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use ticketd_proto::Response;
 
-pub use dispatch::{Dispatcher, Handled};
+pub use dispatch::{Dispatcher, Handled, Held, HoldRoutes};
 use mailbox::{ConnRef, Mailbox, Message};
 use session::{Protocol, Session};
 
 use crate::catalog::Catalog;
+use crate::clock::WallClock;
+use crate::journal::commit::Outcome;
+use crate::journal::writer::WriterHandle;
+use crate::journal::{Commit, Recovered};
 use crate::ledger::{EventTally, Ledger};
 
 /// Wakes the shard when another shard sent it a batch or shutdown was asked.
@@ -126,6 +130,22 @@ pub struct ShardParts {
     pub mailbox: Mailbox,
     pub catalog: Arc<Catalog>,
     pub shutdown: Arc<ShutdownSignal>,
+    /// The embedded ledger's journal, when it has one.
+    pub journal: Option<ShardJournal>,
+    /// Raised node-wide when a journal write fails.
+    pub fail_stop: Arc<AtomicBool>,
+    pub hold_routes: Arc<HoldRoutes>,
+}
+
+/// A shard's journal: its writer, and the recovered state its ledger starts from.
+pub struct ShardJournal {
+    pub writer: WriterHandle,
+    /// Bytes of the segment the writer starts on (its snapshot).
+    pub snapshot_len: u64,
+    /// A segment is rotated once it holds this much (and twice its snapshot) beyond it.
+    pub rotate_min: u64,
+    pub state: Arc<Recovered>,
+    pub clock: WallClock,
 }
 
 pub struct Shard {
@@ -151,6 +171,8 @@ pub struct Shard {
     /// Ledger mode: completions read this pass, and the answers they produce.
     redis_done: Vec<crate::redis_ledger::conn::Completion<u64>>,
     redis_answers: Vec<(ConnRef, Response)>,
+    /// Items the journal released this pass.
+    released: Vec<(Held, Outcome)>,
     shutdown: Arc<ShutdownSignal>,
     stopping: Option<Instant>,
     finished: bool,
@@ -168,6 +190,9 @@ impl Shard {
             mailbox,
             catalog,
             shutdown,
+            journal,
+            fail_stop,
+            hold_routes,
         } = parts;
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
@@ -181,7 +206,25 @@ impl Shard {
             }
             None => None,
         };
-        let ledger = Ledger::new(settings.index, settings.node_id, catalog, settings.hold_ttl);
+        let (ledger, commit) = match journal {
+            Some(journal) => {
+                let ledger = Ledger::restore(
+                    settings.index,
+                    settings.shards,
+                    settings.node_id,
+                    catalog,
+                    settings.hold_ttl,
+                    &journal.state,
+                    journal.clock,
+                );
+                let commit = Commit::new(journal.writer, journal.snapshot_len, journal.rotate_min);
+                (ledger, Some(commit))
+            }
+            None => (
+                Ledger::new(settings.index, settings.node_id, catalog, settings.hold_ttl),
+                None,
+            ),
+        };
         let mut dispatcher = Dispatcher::new(
             settings.index,
             settings.shards,
@@ -189,6 +232,9 @@ impl Shard {
             settings.max_frame,
             ledger,
         );
+        dispatcher.commit = commit;
+        dispatcher.fail_stop = fail_stop;
+        dispatcher.hold_routes = hold_routes;
         if let Some(remote) = settings.remote.clone() {
             dispatcher.remote = Some(remote::RemoteLedger::new(
                 settings.index,
@@ -215,6 +261,7 @@ impl Shard {
             accept_retry_at: None,
             redis_done: Vec::new(),
             redis_answers: Vec::new(),
+            released: Vec::new(),
             shutdown,
             stopping: None,
             finished: false,
@@ -279,12 +326,14 @@ impl Shard {
                 self.accept(Protocol::Binary, now);
                 self.accept(Protocol::Http, now);
             }
+            self.commit_pass(now);
             self.flush_dirty(now);
             self.dispatcher.outbox.flush(&self.mailbox.peers);
             if self.shutdown_step(now) {
                 break;
             }
         }
+        self.finish_journal();
         self.stats.bad_requests = self.dispatcher.bad_requests;
         let tallies = match &self.dispatcher.remote {
             Some(remote) => remote.tallies.clone(),
@@ -466,14 +515,11 @@ impl Shard {
                         req_id,
                         op,
                     } => {
-                        let response = self.dispatcher.ledger.apply(op, req_id, now);
-                        self.dispatcher.outbox.push(
-                            reply_to.shard,
-                            Message::Reply {
-                                conn: reply_to,
-                                response,
-                            },
-                        );
+                        if let Some(response) =
+                            self.dispatcher.apply_owned(reply_to, req_id, op, now)
+                        {
+                            self.deliver(reply_to, response, now);
+                        }
                     }
                     Message::Reply { conn, response } => self.deliver(conn, response, now),
                 }
@@ -526,6 +572,74 @@ impl Shard {
             remote.flush();
         }
         self.redis_answers = answers;
+    }
+
+    /// The journal's part of a pass: hand this pass's records to the writer (with the
+    /// returned tickets that wait on them), start a new segment when this one has
+    /// outgrown the live state, and send the answers whose records are now durable.
+    fn commit_pass(&mut self, now: Instant) {
+        let dispatcher = &mut self.dispatcher;
+        let Some(commit) = dispatcher.commit.as_mut() else {
+            return;
+        };
+        let ledger = &mut dispatcher.ledger;
+        if ledger.journal.is_pending() {
+            if let Some(job) = commit.barrier(true) {
+                for (event, qty) in ledger.take_returns() {
+                    commit.hold(job, Held::Return { event, qty });
+                }
+            }
+            commit.submit(ledger.journal.take());
+            if commit.wants_rotation() && !commit.failed() {
+                commit.rotate(ledger.snapshot(now).freeze());
+            }
+        }
+        let mut released = std::mem::take(&mut self.released);
+        commit.release(|item, outcome| released.push((item, outcome)));
+        self.apply_released(&mut released, now);
+        self.released = released;
+    }
+
+    /// At exit: wait for the writer to make everything durable, then put the last
+    /// returned tickets back (so the summary balances) and answer what is left.
+    fn finish_journal(&mut self) {
+        let Some(commit) = self.dispatcher.commit.as_mut() else {
+            return;
+        };
+        let mut released = std::mem::take(&mut self.released);
+        commit.finish(|item, outcome| released.push((item, outcome)));
+        self.apply_released(&mut released, Instant::now());
+        self.dispatcher.outbox.flush(&self.mailbox.peers);
+    }
+
+    fn apply_released(&mut self, released: &mut Vec<(Held, Outcome)>, now: Instant) {
+        for (item, outcome) in released.drain(..) {
+            match item {
+                Held::Answer(conn, response) => {
+                    let response = match outcome {
+                        Outcome::Durable => response,
+                        // Its records never reached disk: the operation did not happen.
+                        Outcome::Failed => Response::error(
+                            response.op,
+                            response.req_id,
+                            ticketd_proto::Status::Unavailable,
+                        ),
+                    };
+                    if conn.shard == self.settings.index {
+                        self.deliver(conn, response, now);
+                    } else {
+                        self.dispatcher
+                            .outbox
+                            .push(conn.shard, Message::Reply { conn, response });
+                    }
+                }
+                Held::Return { event, qty } => {
+                    if outcome == Outcome::Durable {
+                        self.dispatcher.ledger.give_back(event, qty);
+                    }
+                }
+            }
+        }
     }
 
     fn mark_dirty(&mut self, slot: usize) {

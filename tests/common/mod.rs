@@ -189,27 +189,55 @@ pub fn wait_until(mut condition: impl FnMut() -> bool) {
 pub struct TicketdProcess {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+    /// Every log line so far (stderr).
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The private data dir made for it, when the caller gave none.
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 impl TicketdProcess {
     /// Starts the binary with `--listen 127.0.0.1:0` and `args`, and reads the address
-    /// from its start-up log line (no sleeping).
+    /// from its start-up log line (no sleeping). Without `--data-dir` (or `--redis`) in
+    /// `args`, it gets a private temporary data dir.
     pub fn spawn(args: &[String]) -> TicketdProcess {
+        match Self::try_spawn(args) {
+            Ok(process) => process,
+            Err(log) => panic!("ticketd exited before starting:\n{log}"),
+        }
+    }
+
+    /// Starts the binary on data dir `dir`.
+    pub fn spawn_in(dir: &std::path::Path, args: &[&str]) -> TicketdProcess {
+        let mut all = vec!["--data-dir".to_owned(), dir.display().to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        Self::spawn(&all)
+    }
+
+    /// Like [`TicketdProcess::spawn`]; a process that exits before it starts gives its
+    /// log instead.
+    pub fn try_spawn(args: &[String]) -> Result<TicketdProcess, String> {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ticketd"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
+        let needs_dir = !args.iter().any(|a| a == "--data-dir" || a == "--redis");
+        let data_dir = needs_dir.then(|| tempfile::tempdir().expect("a temp dir"));
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ticketd"));
+        command.args(["--listen", "127.0.0.1:0"]).args(args);
+        if let Some(dir) = &data_dir {
+            command.arg("--data-dir").arg(dir.path());
+        }
+        let mut child = command
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("ticketd starts");
         let stderr = child.stderr.take().expect("stderr");
         let mut lines = std::io::BufReader::new(stderr).lines();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let addr = loop {
-            let line = lines
-                .next()
-                .expect("ticketd exited before starting")
-                .expect("readable log");
+            let Some(Ok(line)) = lines.next() else {
+                let _ = child.wait();
+                return Err(log.lock().unwrap().join("\n"));
+            };
+            log.lock().unwrap().push(line.clone());
             if let Some(rest) = line.split("addr=").nth(1) {
                 if line.contains("ticketd started") {
                     let addr = rest.split_whitespace().next().unwrap_or_default();
@@ -218,8 +246,45 @@ impl TicketdProcess {
             }
         };
         // Keep draining the log so the process never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        TicketdProcess { child, addr }
+        let sink = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Ok(TicketdProcess {
+            child,
+            addr,
+            log,
+            _data_dir: data_dir,
+        })
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGTERM, then the exit status and everything it printed on stdout.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        use std::io::Read;
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+        let mut stdout = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            out.read_to_string(&mut stdout).expect("stdout");
+        }
+        let status = self.child.wait().expect("wait");
+        (status, stdout)
+    }
+
+    /// SIGKILL, and wait until it is gone.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

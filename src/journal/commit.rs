@@ -1,0 +1,183 @@
+//! The shard's one seam to its journal: "append these, tell me when they are durable".
+//!
+//! A shard's ledger encodes what it decides into a [`RecordBuf`]. At the end of each
+//! loop pass the shard [`Commit::submit`]s the buffer as one job. An answer decided
+//! while records are pending is [`Commit::hold`]en behind the job that carries them (or
+//! behind the last job submitted, if that is not durable yet: a LIMIT_REACHED or
+//! SOLD_OUT may depend on it), and [`Commit::release`] hands it back once the writer
+//! reports that job durable. So no answer is sent before what it says is on disk, and
+//! answers that depend on nothing pending (the rush after a sell-out) go out at once.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use bytes::{Bytes, BytesMut};
+use crossbeam_channel::Sender;
+
+use super::record::Record;
+use super::writer::{Job, Progress, WriterHandle};
+
+/// A segment is not rotated before it holds this much beyond its snapshot.
+pub const DEFAULT_ROTATE_MIN_BYTES: u64 = 64 << 20;
+
+/// Records decided in this pass, not yet handed to the writer.
+#[derive(Debug, Default)]
+pub struct RecordBuf {
+    buf: BytesMut,
+    enabled: bool,
+}
+
+impl RecordBuf {
+    /// A buffer that keeps what is pushed (`enabled`) or drops it (no journal).
+    pub fn new(enabled: bool) -> Self {
+        RecordBuf {
+            buf: BytesMut::new(),
+            enabled,
+        }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn push(&mut self, record: Record) {
+        if self.enabled {
+            record.encode(&mut self.buf);
+        }
+    }
+
+    /// Records are waiting for the next submit.
+    pub fn is_pending(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Everything pushed since the last take.
+    pub fn take(&mut self) -> Bytes {
+        self.buf.split().freeze()
+    }
+}
+
+/// How a held item comes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The records it waited for are durable.
+    Durable,
+    /// The writer failed: they never will be.
+    Failed,
+}
+
+/// One shard's commit pipeline, holding items of type `T` (answers, returned tickets)
+/// until the jobs they wait for are durable.
+#[derive(Debug)]
+pub struct Commit<T> {
+    jobs: Option<Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    progress: Arc<Progress>,
+    submitted: u64,
+    held: VecDeque<(u64, T)>,
+    /// Bytes in the current segment after its snapshot, and the snapshot's size.
+    since_snapshot: u64,
+    snapshot_len: u64,
+    rotate_min: u64,
+}
+
+impl<T> Commit<T> {
+    /// `snapshot_len`: size of the segment the writer starts on.
+    pub fn new(writer: WriterHandle, snapshot_len: u64, rotate_min: u64) -> Self {
+        Commit {
+            jobs: Some(writer.jobs),
+            thread: Some(writer.thread),
+            progress: writer.progress,
+            submitted: 0,
+            held: VecDeque::new(),
+            since_snapshot: 0,
+            snapshot_len,
+            rotate_min,
+        }
+    }
+
+    /// The job an answer decided now must wait for, or `None` when nothing it could
+    /// depend on is still on its way to disk.
+    pub fn barrier(&self, records_pending: bool) -> Option<u64> {
+        if records_pending {
+            Some(self.submitted + 1)
+        } else if self.progress.durable() < self.submitted {
+            Some(self.submitted)
+        } else {
+            None
+        }
+    }
+
+    pub fn hold(&mut self, job: u64, item: T) {
+        self.held.push_back((job, item));
+    }
+
+    /// Items are waiting for a job.
+    pub fn is_holding(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Hands this pass's records to the writer as the next job.
+    pub fn submit(&mut self, records: Bytes) {
+        self.since_snapshot += records.len() as u64;
+        self.send(records, false);
+    }
+
+    /// The segment has outgrown the live state enough to start a new one.
+    pub fn wants_rotation(&self) -> bool {
+        self.since_snapshot > self.rotate_min.max(self.snapshot_len.saturating_mul(2))
+    }
+
+    /// Starts a new segment with `snapshot` (the shard's live state after every job so
+    /// far) and retires the old one.
+    pub fn rotate(&mut self, snapshot: Bytes) {
+        self.since_snapshot = 0;
+        self.snapshot_len = snapshot.len() as u64;
+        self.send(snapshot, true);
+    }
+
+    fn send(&mut self, bytes: Bytes, rotate: bool) {
+        self.submitted += 1;
+        let job = Job {
+            seq: self.submitted,
+            bytes,
+            rotate,
+        };
+        // A writer that is gone has failed, and says so in its progress.
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(job);
+        }
+    }
+
+    /// The writer failed: nothing more will be durable.
+    pub fn failed(&self) -> bool {
+        self.progress.failed()
+    }
+
+    /// Hands back every item whose job is durable, in order; once the writer has failed,
+    /// every item still held comes back [`Outcome::Failed`].
+    pub fn release(&mut self, mut each: impl FnMut(T, Outcome)) {
+        let durable = self.progress.durable();
+        while self.held.front().is_some_and(|(job, _)| *job <= durable) {
+            if let Some((_, item)) = self.held.pop_front() {
+                each(item, Outcome::Durable);
+            }
+        }
+        if self.progress.failed() {
+            for (_, item) in self.held.drain(..) {
+                each(item, Outcome::Failed);
+            }
+        }
+    }
+
+    /// Stops the writer after it has written (and synced) every job, then releases
+    /// what is left.
+    pub fn finish(&mut self, each: impl FnMut(T, Outcome)) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.release(each);
+    }
+}

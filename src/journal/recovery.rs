@@ -1,0 +1,427 @@
+//! Reading a data directory back: every stream of the generation in MANIFEST, replayed
+//! into one state that does not depend on how many shards wrote it.
+//!
+//! For each stream the newest segment whose snapshot is complete is read (a crash while
+//! a new segment was being started leaves an older, complete one). Records after the
+//! snapshot are replayed in order. A record cut short at the very end of a file is what
+//! a crash mid-write leaves: it is dropped with a warning naming the file and offset.
+//! Damage anywhere else, or records that contradict each other, stop recovery: nothing
+//! after them can be trusted, and guessing could sell a ticket twice.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use super::record::{read_frame, FileHeader, Frame, HoldEnd, Record, HEADER_LEN};
+use super::store::{self, Manifest, SegmentName};
+use super::JournalError;
+use crate::ids;
+
+/// One order as the journal knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderRec {
+    pub order_id: u64,
+    pub event_id: u32,
+    pub user: u64,
+    pub qty: u16,
+    pub unix_ms: u64,
+}
+
+/// One hold: live (`end` is `None`) or finished and still remembered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldRec {
+    pub hold_id: u64,
+    pub event_id: u32,
+    pub user: u64,
+    pub qty: u16,
+    pub deadline_ms: u64,
+    pub end: Option<(HoldEnd, u64)>,
+}
+
+/// An event as the journal defined it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventDef {
+    pub event_id: u32,
+    pub total: i64,
+    pub per_user_limit: u16,
+}
+
+/// A record cut short at the end of a file, dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    pub path: PathBuf,
+    pub offset: u64,
+}
+
+/// Everything a data directory holds.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// What MANIFEST named (`None`: a directory never used).
+    pub manifest: Option<Manifest>,
+    /// Events in the order first seen.
+    pub events: Vec<EventDef>,
+    /// Every order, in the order replayed (per stream, oldest first).
+    pub orders: Vec<OrderRec>,
+    pub holds: HashMap<u64, HoldRec, ahash::RandomState>,
+    /// Highest sequence issued per id shard field.
+    pub id_marks: BTreeMap<u16, u64>,
+    pub torn: Vec<TornTail>,
+    /// Records replayed and bytes read.
+    pub records: u64,
+    pub bytes: u64,
+}
+
+/// Reads the generation MANIFEST names. `node` is checked against the journal's, when
+/// given (the server's `--node-id`); tools reading a directory pass `None`.
+pub fn recover(dir: &Path, node: Option<u16>) -> Result<Recovered, JournalError> {
+    let mut state = Recovered::default();
+    let Some(manifest) = store::read_manifest(dir)? else {
+        return Ok(state);
+    };
+    if let Some(node) = node.filter(|&n| n != manifest.node) {
+        return Err(JournalError::NodeMismatch {
+            dir: dir.to_path_buf(),
+            journal: manifest.node,
+            given: node,
+        });
+    }
+    state.manifest = Some(manifest);
+    let segments = store::list_segments(dir)?;
+    for stream in 0..manifest.streams {
+        let mut candidates: Vec<&SegmentName> = segments
+            .iter()
+            .filter(|s| s.generation == manifest.generation && s.stream == stream)
+            .collect();
+        candidates.sort_by_key(|s| std::cmp::Reverse(s.segment));
+        let mut chosen = None;
+        for candidate in candidates {
+            let bytes =
+                std::fs::read(&candidate.path).map_err(|e| JournalError::io(&candidate.path, e))?;
+            if has_complete_snapshot(&bytes) {
+                chosen = Some((candidate, bytes));
+                break;
+            }
+            tracing::warn!(file = %candidate.path.display(), "segment without a complete snapshot (a crash while it was being started); using the one before it");
+        }
+        let Some((segment, bytes)) = chosen else {
+            return Err(JournalError::MissingStream {
+                dir: dir.to_path_buf(),
+                generation: manifest.generation,
+                stream,
+            });
+        };
+        replay_segment(&mut state, &segment.path, &bytes, manifest)?;
+    }
+    Ok(state)
+}
+
+fn has_complete_snapshot(bytes: &[u8]) -> bool {
+    if FileHeader::decode(bytes).is_err() {
+        return false;
+    }
+    let mut offset = HEADER_LEN;
+    loop {
+        match read_frame(&bytes[offset..]) {
+            Frame::Record { body, len } => {
+                if matches!(Record::decode_body(body), Ok(Record::SnapshotEnd { .. })) {
+                    return true;
+                }
+                offset += len;
+            }
+            _ => return false,
+        }
+    }
+}
+
+fn replay_segment(
+    state: &mut Recovered,
+    path: &Path,
+    bytes: &[u8],
+    manifest: Manifest,
+) -> Result<(), JournalError> {
+    let header = FileHeader::decode(bytes).map_err(|source| JournalError::Header {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if header.node != manifest.node || header.generation != manifest.generation {
+        return Err(JournalError::Inconsistent {
+            path: path.to_path_buf(),
+            offset: 0,
+            why: "the file header names another node or generation than MANIFEST".into(),
+        });
+    }
+    state.bytes += bytes.len() as u64;
+    let mut offset = HEADER_LEN;
+    loop {
+        match read_frame(&bytes[offset..]) {
+            Frame::Record { body, len } => {
+                let record = Record::decode_body(body).map_err(|e| JournalError::Corrupt {
+                    path: path.to_path_buf(),
+                    offset: offset as u64,
+                    why: e.to_string(),
+                })?;
+                state
+                    .apply(record, manifest.node)
+                    .map_err(|why| JournalError::Inconsistent {
+                        path: path.to_path_buf(),
+                        offset: offset as u64,
+                        why,
+                    })?;
+                state.records += 1;
+                offset += len;
+            }
+            Frame::End => return Ok(()),
+            Frame::TornTail => {
+                tracing::warn!(
+                    file = %path.display(),
+                    offset,
+                    dropped_bytes = bytes.len() - offset,
+                    "journal ends with a record cut short (a crash mid-write); it was never acknowledged and is dropped"
+                );
+                state.torn.push(TornTail {
+                    path: path.to_path_buf(),
+                    offset: offset as u64,
+                });
+                return Ok(());
+            }
+            Frame::Corrupt { why } => {
+                return Err(JournalError::Corrupt {
+                    path: path.to_path_buf(),
+                    offset: offset as u64,
+                    why: why.to_owned(),
+                })
+            }
+        }
+    }
+}
+
+impl Recovered {
+    fn note_id(&mut self, id: u64, node: u16) {
+        if let Some((field, seq)) = ids::split(id, node) {
+            let mark = self.id_marks.entry(field).or_insert(0);
+            *mark = (*mark).max(seq);
+        }
+    }
+
+    /// Applies one record; the error says what contradicts what came before.
+    pub fn apply(&mut self, record: Record, node: u16) -> Result<(), String> {
+        match record {
+            Record::SnapshotBegin { .. } | Record::SnapshotEnd { .. } => {}
+            Record::Event {
+                event_id,
+                total,
+                per_user_limit,
+            } => {
+                let def = EventDef {
+                    event_id,
+                    total,
+                    per_user_limit,
+                };
+                match self.events.iter_mut().find(|e| e.event_id == event_id) {
+                    // A later definition (a total raised on purpose) replaces it.
+                    Some(known) => *known = def,
+                    None => self.events.push(def),
+                }
+            }
+            Record::Sale {
+                order_id,
+                event_id,
+                user,
+                qty,
+                unix_ms,
+            } => {
+                self.note_id(order_id, node);
+                self.orders.push(OrderRec {
+                    order_id,
+                    event_id,
+                    user,
+                    qty,
+                    unix_ms,
+                });
+            }
+            Record::HoldTaken {
+                hold_id,
+                event_id,
+                user,
+                qty,
+                deadline_ms,
+            } => {
+                self.note_id(hold_id, node);
+                self.insert_hold(HoldRec {
+                    hold_id,
+                    event_id,
+                    user,
+                    qty,
+                    deadline_ms,
+                    end: None,
+                })?;
+            }
+            Record::HoldFinished {
+                hold_id,
+                event_id,
+                user,
+                qty,
+                end,
+                ended_ms,
+            } => {
+                self.note_id(hold_id, node);
+                if let HoldEnd::Confirmed { order_id } = end {
+                    self.note_id(order_id, node);
+                }
+                self.insert_hold(HoldRec {
+                    hold_id,
+                    event_id,
+                    user,
+                    qty,
+                    deadline_ms: ended_ms,
+                    end: Some((end, ended_ms)),
+                })?;
+            }
+            Record::Confirmed {
+                hold_id,
+                order_id,
+                unix_ms,
+            } => {
+                self.note_id(order_id, node);
+                let hold = self.end_hold(hold_id, HoldEnd::Confirmed { order_id }, unix_ms)?;
+                self.orders.push(OrderRec {
+                    order_id,
+                    event_id: hold.event_id,
+                    user: hold.user,
+                    qty: hold.qty,
+                    unix_ms,
+                });
+            }
+            Record::Cancelled { hold_id, unix_ms } => {
+                self.end_hold(hold_id, HoldEnd::Cancelled, unix_ms)?;
+            }
+            Record::Expired { hold_id, unix_ms } => {
+                self.end_hold(hold_id, HoldEnd::Expired, unix_ms)?;
+            }
+            Record::IdMark { field, seq } => {
+                let mark = self.id_marks.entry(field).or_insert(0);
+                *mark = (*mark).max(seq);
+            }
+        }
+        Ok(())
+    }
+
+    fn insert_hold(&mut self, hold: HoldRec) -> Result<(), String> {
+        match self.holds.entry(hold.hold_id) {
+            Entry::Occupied(_) => Err(format!("hold {:#x} is taken twice", hold.hold_id)),
+            Entry::Vacant(slot) => {
+                slot.insert(hold);
+                Ok(())
+            }
+        }
+    }
+
+    fn end_hold(&mut self, hold_id: u64, end: HoldEnd, unix_ms: u64) -> Result<HoldRec, String> {
+        let hold = self
+            .holds
+            .get_mut(&hold_id)
+            .ok_or_else(|| format!("hold {hold_id:#x} ends but was never taken"))?;
+        if hold.end.is_some() {
+            return Err(format!("hold {hold_id:#x} ends twice"));
+        }
+        hold.end = Some((end, unix_ms));
+        Ok(*hold)
+    }
+
+    /// Brings the state to `now_ms`: live holds whose deadline passed while the node
+    /// was down expire (at their deadline), and finished holds remembered longer than
+    /// `ttl_ms` are forgotten.
+    pub fn settle_time(&mut self, now_ms: u64, ttl_ms: u64) {
+        self.holds.retain(|_, hold| {
+            if hold.end.is_none() && hold.deadline_ms <= now_ms {
+                hold.end = Some((HoldEnd::Expired, hold.deadline_ms));
+            }
+            match hold.end {
+                Some((_, ended_ms)) => ended_ms.saturating_add(ttl_ms) > now_ms,
+                None => true,
+            }
+        });
+    }
+
+    /// Per event: tickets sold and tickets in live holds.
+    pub fn sold_and_held(&self, event_id: u32) -> (i64, i64) {
+        let sold = self
+            .orders
+            .iter()
+            .filter(|o| o.event_id == event_id)
+            .map(|o| i64::from(o.qty))
+            .sum();
+        let held = self
+            .holds
+            .values()
+            .filter(|h| h.event_id == event_id && h.end.is_none())
+            .map(|h| i64::from(h.qty))
+            .sum();
+        (sold, held)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confirms_make_orders_and_contradictions_are_refused() {
+        let mut s = Recovered::default();
+        let hold = Record::HoldTaken {
+            hold_id: 5,
+            event_id: 1,
+            user: 9,
+            qty: 2,
+            deadline_ms: 100,
+        };
+        s.apply(hold, 0).unwrap();
+        assert!(s.apply(hold, 0).is_err(), "taken twice");
+        let confirm = Record::Confirmed {
+            hold_id: 5,
+            order_id: 6,
+            unix_ms: 50,
+        };
+        s.apply(confirm, 0).unwrap();
+        assert!(s.apply(confirm, 0).is_err(), "ended twice");
+        assert!(s
+            .apply(
+                Record::Cancelled {
+                    hold_id: 77,
+                    unix_ms: 1
+                },
+                0
+            )
+            .is_err());
+        assert_eq!(s.orders.len(), 1);
+        assert_eq!(s.orders[0].qty, 2);
+        assert_eq!(s.id_marks.get(&0), Some(&6));
+    }
+
+    #[test]
+    fn holds_past_their_deadline_expire_and_old_ones_are_forgotten() {
+        let mut s = Recovered::default();
+        for (hold_id, deadline_ms) in [(1, 100), (2, 1_000)] {
+            s.apply(
+                Record::HoldTaken {
+                    hold_id,
+                    event_id: 1,
+                    user: hold_id,
+                    qty: 1,
+                    deadline_ms,
+                },
+                0,
+            )
+            .unwrap();
+        }
+        s.settle_time(300, 300);
+        assert_eq!(s.holds[&1].end, Some((HoldEnd::Expired, 100)));
+        assert_eq!(s.holds[&2].end, None);
+        assert_eq!(s.sold_and_held(1), (0, 1));
+        s.settle_time(900, 300);
+        assert!(
+            !s.holds.contains_key(&1),
+            "forgotten one TTL after it ended"
+        );
+    }
+}
