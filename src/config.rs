@@ -32,9 +32,15 @@ pub const MAX_EVENT_STOCK: i64 = 1 << 40;
     about = "Lock-free shard-per-core flash-sale ticket server",
     long_about = "Lock-free shard-per-core flash-sale ticket server.\n\n\
         Serves the ticketd wire protocol v1 (see docs/PROTOCOL.md) on --listen, with one \
-        pinned event-loop thread per shard, each with its own SO_REUSEPORT listener."
+        pinned event-loop thread per shard, each with its own SO_REUSEPORT listener.\n\n\
+        Without a subcommand it serves; `ticketd orders` and `ticketd audit` read a data \
+        dir (or, for audit, a Redis ledger).",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub tool: Option<Tool>,
+
     /// Address to listen on (every shard binds it with SO_REUSEPORT).
     #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
@@ -128,8 +134,18 @@ pub struct Cli {
     pub redis_scripts: bool,
 }
 
+/// Commands that read a ledger instead of serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum Tool {
+    /// Print every order in a data dir (and, with --follow, new ones as they are made).
+    Orders(crate::tools::orders::OrdersArgs),
+    /// Check a data dir (or a Redis ledger): every record valid, sold + held within the
+    /// total, nobody above the limit, order ids unique. Exits 1 on any violation.
+    Audit(crate::tools::audit::AuditArgs),
+}
+
 /// `redis://HOST:PORT[/]` or `HOST:PORT`, resolved to an address.
-fn parse_redis_url(text: &str) -> Result<SocketAddr, String> {
+pub fn parse_redis_url(text: &str) -> Result<SocketAddr, String> {
     let hostport = text
         .strip_prefix("redis://")
         .unwrap_or(text)

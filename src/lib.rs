@@ -35,6 +35,7 @@ pub mod server;
 pub mod shard;
 pub mod stock;
 pub mod summary;
+pub mod tools;
 
 pub use config::{Config, EventSpec};
 pub use server::{start, ServerHandle, StartError};

@@ -6,7 +6,8 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing_subscriber::EnvFilter;
 
-use ticketd::config::Cli;
+use ticketd::config::{Cli, Tool};
+use ticketd::tools;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -18,6 +19,12 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     exit_on_any_panic();
+    if let Some(tool) = &cli.tool {
+        return run_tool(tool);
+    }
+    // A journal write past the file-size limit must fail with EFBIG (and stop sales
+    // cleanly), not kill the process with SIGXFSZ.
+    ignore_sigxfsz();
 
     let open_files = raise_open_file_limit();
     let config = match cli.into_config(open_files) {
@@ -27,7 +34,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if config.events.is_empty() {
+    if config.events.is_empty() && config.journal.is_none() {
         tracing::warn!("no --event given: every BUY and RESERVE will answer NOT_FOUND");
     }
     // Register before starting so a signal that arrives during start-up is not lost.
@@ -64,6 +71,38 @@ fn main() -> ExitCode {
     } else {
         tracing::error!("stock does not balance: sold + held + remaining != total");
         ExitCode::FAILURE
+    }
+}
+
+fn run_tool(tool: &Tool) -> ExitCode {
+    match tool {
+        Tool::Orders(args) => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            match tools::orders::run(args, &mut out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ticketd orders: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Tool::Audit(args) => {
+            let report = tools::audit::run(args);
+            println!("{}", report.render());
+            if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn ignore_sigxfsz() {
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }
 

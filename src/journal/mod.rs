@@ -14,10 +14,12 @@
 //! - [`recovery`] and [`snapshot`]: reading a data directory back into a state that
 //!   does not depend on the shard count, and writing live state as a snapshot.
 //! - [`store`]: the directory itself: lock, MANIFEST, segment names.
+//! - [`feed`]: the order feed, read from the files while a server appends to them.
 //!
 //! The protocol is in `docs/DURABILITY.md`.
 
 pub mod commit;
+pub mod feed;
 pub mod record;
 pub mod recovery;
 pub mod snapshot;

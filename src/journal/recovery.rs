@@ -97,9 +97,19 @@ pub fn recover(dir: &Path, node: Option<u16>) -> Result<Recovered, JournalError>
         for candidate in candidates {
             let bytes =
                 std::fs::read(&candidate.path).map_err(|e| JournalError::io(&candidate.path, e))?;
-            if has_complete_snapshot(&bytes) {
-                chosen = Some((candidate, bytes));
-                break;
+            match snapshot_state(&bytes) {
+                SnapshotState::Complete => {
+                    chosen = Some((candidate, bytes));
+                    break;
+                }
+                SnapshotState::Corrupt { offset, why } => {
+                    return Err(JournalError::Corrupt {
+                        path: candidate.path.clone(),
+                        offset,
+                        why,
+                    })
+                }
+                SnapshotState::Incomplete => {}
             }
             tracing::warn!(file = %candidate.path.display(), "segment without a complete snapshot (a crash while it was being started); using the one before it");
         }
@@ -115,20 +125,45 @@ pub fn recover(dir: &Path, node: Option<u16>) -> Result<Recovered, JournalError>
     Ok(state)
 }
 
-fn has_complete_snapshot(bytes: &[u8]) -> bool {
+/// How far a segment's opening snapshot got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum SnapshotState {
+    /// Written to its end record.
+    Complete,
+    /// Cut short (a crash while the segment was being started), or no valid header.
+    Incomplete,
+    /// Damaged, with data after the damage.
+    Corrupt { offset: u64, why: String },
+}
+
+/// Reads a segment's opening snapshot as far as it goes.
+pub(super) fn snapshot_state(bytes: &[u8]) -> SnapshotState {
     if FileHeader::decode(bytes).is_err() {
-        return false;
+        return SnapshotState::Incomplete;
     }
     let mut offset = HEADER_LEN;
     loop {
         match read_frame(&bytes[offset..]) {
             Frame::Record { body, len } => {
-                if matches!(Record::decode_body(body), Ok(Record::SnapshotEnd { .. })) {
-                    return true;
+                match Record::decode_body(body) {
+                    Ok(Record::SnapshotEnd { .. }) => return SnapshotState::Complete,
+                    Ok(_) => {}
+                    Err(e) => {
+                        return SnapshotState::Corrupt {
+                            offset: offset as u64,
+                            why: e.to_string(),
+                        }
+                    }
                 }
                 offset += len;
             }
-            _ => return false,
+            Frame::End | Frame::TornTail => return SnapshotState::Incomplete,
+            Frame::Corrupt { why } => {
+                return SnapshotState::Corrupt {
+                    offset: offset as u64,
+                    why: why.to_owned(),
+                }
+            }
         }
     }
 }

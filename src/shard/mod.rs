@@ -591,7 +591,13 @@ impl Shard {
             }
             commit.submit(ledger.journal.take());
             if commit.wants_rotation() && !commit.failed() {
-                commit.rotate(ledger.snapshot(now).freeze());
+                let snapshot = ledger.snapshot(now).freeze();
+                tracing::debug!(
+                    shard = self.settings.index,
+                    snapshot_bytes = snapshot.len(),
+                    "journal segment outgrew the live state: starting a new one"
+                );
+                commit.rotate(snapshot);
             }
         }
         let mut released = std::mem::take(&mut self.released);

@@ -216,10 +216,24 @@ impl TicketdProcess {
     /// Like [`TicketdProcess::spawn`]; a process that exits before it starts gives its
     /// log instead.
     pub fn try_spawn(args: &[String]) -> Result<TicketdProcess, String> {
+        Self::try_spawn_wrapped(&[], args)
+    }
+
+    /// Like [`TicketdProcess::try_spawn`], run through `wrapper` (a program that execs
+    /// its arguments, such as `prlimit --fsize=N --`, so the PID stays ticketd's).
+    pub fn try_spawn_wrapped(wrapper: &[&str], args: &[String]) -> Result<TicketdProcess, String> {
         use std::io::BufRead;
         let needs_dir = !args.iter().any(|a| a == "--data-dir" || a == "--redis");
         let data_dir = needs_dir.then(|| tempfile::tempdir().expect("a temp dir"));
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ticketd"));
+        let bin = env!("CARGO_BIN_EXE_ticketd");
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = std::process::Command::new(program);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => std::process::Command::new(bin),
+        };
         command.args(["--listen", "127.0.0.1:0"]).args(args);
         if let Some(dir) = &data_dir {
             command.arg("--data-dir").arg(dir.path());

@@ -1,0 +1,209 @@
+//! The order feed: every order in a data directory, and new ones as a running server
+//! makes them, read from the segment files without disturbing the server.
+//!
+//! Each poll reads what was appended to every stream's current segment since the last
+//! poll. A stream that moved to a new segment (rotation) or a new generation (restart)
+//! is read again from that segment's snapshot; orders already seen are not repeated. A
+//! record cut short at the end of a file is one still being written: the next poll
+//! reads it whole. Only orders whose records are in the file are reported, and a
+//! record reaches the file before its answer is sent.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use super::record::{read_frame, Frame, Record, HEADER_LEN};
+use super::recovery::{snapshot_state, OrderRec, SnapshotState};
+use super::store::{self, SegmentName};
+use super::JournalError;
+
+#[derive(Debug)]
+struct Cursor {
+    path: PathBuf,
+    offset: u64,
+}
+
+/// A reader of a data directory's orders.
+#[derive(Debug)]
+pub struct Feed {
+    dir: PathBuf,
+    seen: HashSet<u64, ahash::RandomState>,
+    /// Live holds: what a CONFIRM makes an order of.
+    holds: HashMap<u64, (u32, u64, u16), ahash::RandomState>,
+    cursors: HashMap<u16, Cursor>,
+    generation: u64,
+}
+
+impl Feed {
+    pub fn new(dir: &Path) -> Self {
+        Feed {
+            dir: dir.to_path_buf(),
+            seen: HashSet::default(),
+            holds: HashMap::default(),
+            cursors: HashMap::new(),
+            generation: 0,
+        }
+    }
+
+    /// Orders reported so far.
+    pub fn seen(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Reads what is new and hands every order not reported before to `emit`.
+    pub fn poll(&mut self, emit: &mut impl FnMut(OrderRec)) -> Result<(), JournalError> {
+        let Some(manifest) = store::read_manifest(&self.dir)? else {
+            return Ok(());
+        };
+        if manifest.generation != self.generation {
+            // A restart wrote a new generation: every stream starts from its snapshot.
+            self.generation = manifest.generation;
+            self.cursors.clear();
+            self.holds.clear();
+        }
+        let segments = store::list_segments(&self.dir)?;
+        for stream in 0..manifest.streams {
+            let newest = segments
+                .iter()
+                .filter(|s| s.generation == manifest.generation && s.stream == stream)
+                .max_by_key(|s| s.segment);
+            if let Some(newest) = newest {
+                self.follow(stream, newest)?;
+            }
+            self.read_new(stream, emit)?;
+        }
+        Ok(())
+    }
+
+    /// Moves a stream's cursor to `newest` once that segment's snapshot is complete.
+    fn follow(&mut self, stream: u16, newest: &SegmentName) -> Result<(), JournalError> {
+        if self
+            .cursors
+            .get(&stream)
+            .is_some_and(|c| c.path == newest.path)
+        {
+            return Ok(());
+        }
+        let bytes = match std::fs::read(&newest.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(JournalError::io(&newest.path, e)),
+        };
+        if snapshot_state(&bytes) == SnapshotState::Complete {
+            self.cursors.insert(
+                stream,
+                Cursor {
+                    path: newest.path.clone(),
+                    offset: HEADER_LEN as u64,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn read_new(
+        &mut self,
+        stream: u16,
+        emit: &mut impl FnMut(OrderRec),
+    ) -> Result<(), JournalError> {
+        let Some(cursor) = self.cursors.get(&stream) else {
+            return Ok(());
+        };
+        let (path, start) = (cursor.path.clone(), cursor.offset);
+        let mut file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            // Rotated away between listing and opening: the next poll follows it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(JournalError::io(&path, e)),
+        };
+        let mut bytes = Vec::new();
+        file.seek(SeekFrom::Start(start))
+            .and_then(|_| file.read_to_end(&mut bytes))
+            .map_err(|e| JournalError::io(&path, e))?;
+        let mut used = 0;
+        loop {
+            match read_frame(&bytes[used..]) {
+                Frame::Record { body, len } => {
+                    let record = Record::decode_body(body).map_err(|e| JournalError::Corrupt {
+                        path: path.clone(),
+                        offset: start + used as u64,
+                        why: e.to_string(),
+                    })?;
+                    self.apply(record, emit);
+                    used += len;
+                }
+                // Still being written (or nothing new): read it next time.
+                Frame::End | Frame::TornTail => break,
+                Frame::Corrupt { why } => {
+                    return Err(JournalError::Corrupt {
+                        path,
+                        offset: start + used as u64,
+                        why: why.to_owned(),
+                    })
+                }
+            }
+        }
+        if let Some(cursor) = self.cursors.get_mut(&stream) {
+            cursor.offset += used as u64;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, record: Record, emit: &mut impl FnMut(OrderRec)) {
+        let mut report = |seen: &mut HashSet<u64, ahash::RandomState>, order: OrderRec| {
+            if seen.insert(order.order_id) {
+                emit(order);
+            }
+        };
+        match record {
+            Record::Sale {
+                order_id,
+                event_id,
+                user,
+                qty,
+                unix_ms,
+            } => report(
+                &mut self.seen,
+                OrderRec {
+                    order_id,
+                    event_id,
+                    user,
+                    qty,
+                    unix_ms,
+                },
+            ),
+            Record::HoldTaken {
+                hold_id,
+                event_id,
+                user,
+                qty,
+                ..
+            } => {
+                self.holds.insert(hold_id, (event_id, user, qty));
+            }
+            Record::Confirmed {
+                hold_id,
+                order_id,
+                unix_ms,
+            } => {
+                if let Some((event_id, user, qty)) = self.holds.remove(&hold_id) {
+                    report(
+                        &mut self.seen,
+                        OrderRec {
+                            order_id,
+                            event_id,
+                            user,
+                            qty,
+                            unix_ms,
+                        },
+                    );
+                }
+            }
+            Record::Cancelled { hold_id, .. } | Record::Expired { hold_id, .. } => {
+                self.holds.remove(&hold_id);
+            }
+            // A finished hold's order is a Sale record of its own in the snapshot.
+            _ => {}
+        }
+    }
+}

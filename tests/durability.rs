@@ -1,0 +1,703 @@
+//! The embedded ledger's journal, end to end: real ticketd processes on real files,
+//! killed, restarted, damaged, and starved of disk.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use common::{hold, order_id, Client, TicketdProcess, IO_TIMEOUT};
+use ticketd::journal::record::{Record, HEADER_LEN};
+use ticketd_proto::{
+    decode_response, Command as WireCommand, Purchase, Request, Response, ResultBody, Status,
+    DEFAULT_MAX_FRAME,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ticketd");
+
+/// Kills a helper process (by PID) when the test ends, pass or fail.
+struct Reaper(std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(dir: &Path, args: &[&str]) -> TicketdProcess {
+    TicketdProcess::spawn_in(dir, args)
+}
+
+/// `ticketd orders --data-dir DIR`: order id -> (event, user, qty).
+fn orders_in(dir: &Path) -> HashMap<u64, (u32, u64, u16)> {
+    let out = Command::new(BIN)
+        .args(["orders", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut orders = HashMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        let id: u64 = v["order_id"].as_str().unwrap().parse().unwrap();
+        let order = (
+            v["event"].as_u64().unwrap() as u32,
+            v["user"].as_str().unwrap().parse().unwrap(),
+            v["qty"].as_u64().unwrap() as u16,
+        );
+        assert!(
+            orders.insert(id, order).is_none(),
+            "order {id:#x} listed twice"
+        );
+    }
+    orders
+}
+
+/// `ticketd audit --data-dir DIR`: (exit success, report).
+fn audit(dir: &Path) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(["audit", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// The data dir's segment files, largest first.
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tjl"))
+        .collect();
+    files.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).unwrap().len()));
+    files
+}
+
+fn append(path: &Path, bytes: &[u8]) {
+    let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    file.write_all(bytes).unwrap();
+}
+
+fn stop(server: TicketdProcess) -> String {
+    let (status, summary) = server.terminate();
+    assert!(status.success(), "{summary}");
+    summary
+}
+
+/// What clients were told OK, across every run of the crash loop.
+#[derive(Debug, Default)]
+struct Acks {
+    /// BUY: order id -> (user, qty).
+    bought: HashMap<u64, (u64, u16)>,
+    /// RESERVE: hold id -> (user, qty).
+    held: HashMap<u64, (u64, u16)>,
+    /// CONFIRM: hold id -> order id.
+    confirmed: HashMap<u64, u64>,
+    /// Ids acknowledged twice for different things.
+    reused: Vec<u64>,
+}
+
+impl Acks {
+    fn note(&mut self, request: &Request, response: &Response) {
+        if response.status != Status::Ok {
+            return;
+        }
+        let fresh = |acks: &Acks, id: u64| {
+            !acks.bought.contains_key(&id)
+                && !acks.held.contains_key(&id)
+                && !acks.confirmed.values().any(|&o| o == id)
+        };
+        match (request.command, response.result) {
+            (WireCommand::Buy(p), ResultBody::Order { order_id }) => {
+                if !fresh(self, order_id) {
+                    self.reused.push(order_id);
+                }
+                self.bought.insert(order_id, (p.user, p.qty));
+            }
+            (WireCommand::Reserve(p), ResultBody::Hold { hold_id, .. }) => {
+                if !fresh(self, hold_id) {
+                    self.reused.push(hold_id);
+                }
+                self.held.insert(hold_id, (p.user, p.qty));
+            }
+            (WireCommand::Confirm { hold_id }, ResultBody::Order { order_id }) => {
+                match self.confirmed.get(&hold_id) {
+                    Some(&known) => {
+                        assert_eq!(known, order_id, "a retried CONFIRM changed its order")
+                    }
+                    None => {
+                        if !fresh(self, order_id) {
+                            self.reused.push(order_id);
+                        }
+                        self.confirmed.insert(hold_id, order_id);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// Pipelines batches of BUY and RESERVE until the connection dies, noting every answer.
+fn hammer(addr: SocketAddr, seed: u64, users: u64, acks: Arc<Mutex<Acks>>) {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let mut rng = seed | 1;
+    let mut req_id = 0u64;
+    let mut input = BytesMut::new();
+    loop {
+        let mut sent = HashMap::new();
+        let mut out = BytesMut::new();
+        for _ in 0..16 {
+            req_id += 1;
+            let purchase = Purchase {
+                event: 1,
+                user: xorshift(&mut rng) % users,
+                qty: 1 + (xorshift(&mut rng) % 2) as u16,
+            };
+            let command = if xorshift(&mut rng).is_multiple_of(4) {
+                WireCommand::Reserve(purchase)
+            } else {
+                WireCommand::Buy(purchase)
+            };
+            let request = Request { req_id, command };
+            request.encode(&mut out);
+            sent.insert(req_id, request);
+        }
+        if stream.write_all(&out).is_err() {
+            return;
+        }
+        while !sent.is_empty() {
+            match decode_response(&input, DEFAULT_MAX_FRAME) {
+                Ok((response, used)) => {
+                    input.advance(used);
+                    if let Some(request) = sent.remove(&response.req_id) {
+                        acks.lock().unwrap().note(&request, &response);
+                    }
+                    continue;
+                }
+                Err(ticketd_proto::DecodeError::Incomplete) => {}
+                Err(e) => panic!("malformed response: {e}"),
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => input.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+#[test]
+fn crash_loop_loses_no_acknowledged_sale_and_never_oversells_or_reuses_an_id() {
+    const CYCLES: usize = 20;
+    const TOTAL: i64 = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    let acks = Arc::new(Mutex::new(Acks::default()));
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("crash loop seed {seed}");
+    let args = ["--event", "1:3000:2", "--shards", "2", "--hold-ttl", "10m"];
+    let mut confirmed_across_crash = 0;
+    for cycle in 0..CYCLES {
+        let server = start(dir.path(), &args);
+        // A hold acknowledged before an earlier crash can be confirmed after it.
+        let earlier: Vec<u64> = acks.lock().unwrap().held.keys().copied().take(3).collect();
+        let mut client = Client::connect(server.addr);
+        for hold_id in earlier {
+            let already = acks.lock().unwrap().confirmed.contains_key(&hold_id);
+            let request = Request {
+                req_id: client.next_req_id(),
+                command: WireCommand::Confirm { hold_id },
+            };
+            client.send(request);
+            let response = client.recv();
+            assert_eq!(
+                response.status,
+                Status::Ok,
+                "hold {hold_id:#x} after a crash"
+            );
+            if !already {
+                confirmed_across_crash += 1;
+            }
+            acks.lock().unwrap().note(&request, &response);
+        }
+        let (total, remaining) = client.stock(1);
+        assert_eq!(total, TOTAL);
+        assert!(remaining >= 0);
+        let workers: Vec<_> = (0..4)
+            .map(|i| {
+                let acks = Arc::clone(&acks);
+                let addr = server.addr;
+                let worker_seed = xorshift(&mut seed) ^ i;
+                std::thread::spawn(move || hammer(addr, worker_seed, 5_000, acks))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(20 + xorshift(&mut seed) % 130));
+        server.kill9();
+        for worker in workers {
+            worker.join().unwrap();
+        }
+        eprintln!(
+            "cycle {cycle}: {} orders acknowledged so far",
+            acks.lock().unwrap().bought.len()
+        );
+    }
+    assert!(
+        confirmed_across_crash > 0,
+        "no hold was confirmed across a crash"
+    );
+
+    let acks = acks.lock().unwrap();
+    assert!(
+        acks.reused.is_empty(),
+        "ids acknowledged twice: {:x?}",
+        acks.reused
+    );
+    assert!(!acks.bought.is_empty());
+    let orders = orders_in(dir.path());
+    for (order_id, &(user, qty)) in &acks.bought {
+        assert_eq!(
+            orders.get(order_id),
+            Some(&(1, user, qty)),
+            "acknowledged BUY {order_id:#x} is not in the recovered ledger"
+        );
+    }
+    for (hold_id, order_id) in &acks.confirmed {
+        let (user, qty) = acks.held[hold_id];
+        assert_eq!(
+            orders.get(order_id),
+            Some(&(1, user, qty)),
+            "confirmed hold {hold_id:#x}"
+        );
+    }
+    let sold: i64 = orders.values().map(|&(_, _, q)| i64::from(q)).sum();
+    assert!(sold <= TOTAL, "sold {sold} of {TOTAL}");
+    let (clean, report) = audit(dir.path());
+    assert!(clean, "{report}");
+
+    // One more start: the recovered state agrees with the feed.
+    let server = start(dir.path(), &args);
+    let (_, remaining) = Client::connect(server.addr).stock(1);
+    let held: i64 = acks
+        .held
+        .iter()
+        .filter(|(id, _)| !acks.confirmed.contains_key(id))
+        .map(|(_, &(_, q))| i64::from(q))
+        .sum();
+    assert!(
+        remaining <= TOTAL - sold,
+        "remaining {remaining}, sold {sold}"
+    );
+    assert!(remaining >= TOTAL - sold - held - 2 * 5_000, "sanity");
+    stop(server);
+}
+
+#[test]
+fn sigterm_restart_keeps_sales_holds_and_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--event", "1:100", "--event", "2:50:3", "--shards", "2"];
+    let server = start(dir.path(), &args);
+    let mut c = Client::connect(server.addr);
+    let mut bought = HashSet::new();
+    for user in 1..=7 {
+        bought.insert(order_id(&c.buy(1, user, 1)));
+    }
+    let (hold_id, _) = hold(&c.reserve(1, 50, 1));
+    let (hold2, _) = hold(&c.reserve(2, 60, 3));
+    let summary = stop(server);
+    assert!(
+        summary.contains("100            7            1           92"),
+        "{summary}"
+    );
+
+    let server = start(dir.path(), &args);
+    let mut c = Client::connect(server.addr);
+    assert_eq!(c.stock(1), (100, 92));
+    assert_eq!(c.stock(2), (50, 47));
+    assert_eq!(c.buy(1, 3, 1).status, Status::LimitReached);
+    assert_eq!(
+        c.buy(2, 60, 1).status,
+        Status::LimitReached,
+        "the hold counts"
+    );
+    let confirmed = order_id(&c.confirm(hold_id));
+    assert!(!bought.contains(&confirmed), "a new order id");
+    assert_eq!(c.cancel(hold2).status, Status::Ok);
+    assert_eq!(c.stock(2), (50, 50));
+    let fresh = order_id(&c.buy(1, 8, 1));
+    assert!(!bought.contains(&fresh) && fresh != confirmed);
+    stop(server);
+    assert_eq!(orders_in(dir.path()).len(), 9);
+}
+
+#[test]
+fn a_restart_with_another_shard_count_gives_users_and_holds_to_their_new_owners() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ids = HashSet::new();
+    let mut holds = Vec::new();
+    let server = start(dir.path(), &["--event", "1:1000", "--shards", "2"]);
+    let mut c = Client::connect(server.addr);
+    for user in 1..=40 {
+        assert!(ids.insert(order_id(&c.buy(1, user, 1))));
+    }
+    for user in 100..112 {
+        let (hold_id, _) = hold(&c.reserve(1, user, 1));
+        assert!(ids.insert(hold_id));
+        holds.push(hold_id);
+    }
+    stop(server);
+
+    for (shards, confirm) in [("1", &holds[..6]), ("3", &holds[6..])] {
+        let server = start(dir.path(), &["--event", "1:1000", "--shards", shards]);
+        let mut c = Client::connect(server.addr);
+        for user in 1..=40 {
+            assert_eq!(
+                c.buy(1, user, 1).status,
+                Status::LimitReached,
+                "user {user}, {shards} shards"
+            );
+        }
+        for &hold_id in confirm {
+            assert!(ids.insert(order_id(&c.confirm(hold_id))), "{shards} shards");
+        }
+        for user in 200..220 {
+            let user = user + shards.parse::<u64>().unwrap() * 100;
+            assert!(ids.insert(order_id(&c.buy(1, user, 1))));
+        }
+        stop(server);
+    }
+    let orders = orders_in(dir.path());
+    assert_eq!(orders.len(), 40 + 12 + 40);
+    let (clean, report) = audit(dir.path());
+    assert!(clean, "{report}");
+}
+
+#[test]
+fn a_torn_tail_is_cut_off_with_a_warning_naming_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--event", "1:100", "--shards", "1"];
+    let server = start(dir.path(), &args);
+    let mut c = Client::connect(server.addr);
+    for user in 1..=10 {
+        c.buy(1, user, 1);
+    }
+    stop(server);
+    // Half of a record, as a crash mid-write leaves it.
+    let file = segments(dir.path()).remove(0);
+    let clean_len = std::fs::metadata(&file).unwrap().len();
+    let mut record = BytesMut::new();
+    Record::Sale {
+        order_id: 999,
+        event_id: 1,
+        user: 99,
+        qty: 1,
+        unix_ms: 1,
+    }
+    .encode(&mut record);
+    append(&file, &record[..record.len() / 2]);
+
+    let server = start(dir.path(), &args);
+    let log = server.log_text();
+    assert!(log.contains("cut short"), "{log}");
+    assert!(
+        log.contains(&file.file_name().unwrap().to_string_lossy().to_string()),
+        "{log}"
+    );
+    assert!(log.contains(&format!("offset={clean_len}")), "{log}");
+    let mut c = Client::connect(server.addr);
+    assert_eq!(c.stock(1), (100, 90));
+    assert_eq!(
+        c.buy(1, 99, 1).status,
+        Status::Ok,
+        "the torn sale never happened"
+    );
+    stop(server);
+}
+
+#[test]
+fn a_flipped_byte_mid_file_refuses_to_start_and_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--event", "1:100", "--shards", "1"];
+    let server = start(dir.path(), &args);
+    let mut c = Client::connect(server.addr);
+    for user in 1..=10 {
+        c.buy(1, user, 1);
+    }
+    stop(server);
+    let file = segments(dir.path()).remove(0);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[HEADER_LEN + 12] ^= 0x20;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let error = TicketdProcess::try_spawn(&[
+        "--data-dir".into(),
+        dir.path().display().to_string(),
+        "--event".into(),
+        "1:100".into(),
+    ])
+    .err()
+    .expect("ticketd refuses to start");
+    assert!(error.contains("damaged at byte"), "{error}");
+    assert!(error.contains(&file.display().to_string()), "{error}");
+    assert!(error.contains("backup"), "{error}");
+    let (clean, report) = audit(dir.path());
+    assert!(!clean && report.contains("damaged"), "{report}");
+}
+
+#[test]
+fn a_changed_event_refuses_to_start_unless_raised_on_purpose() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &["--event", "1:100"]);
+    Client::connect(server.addr).buy(1, 1, 1);
+    stop(server);
+    let path = dir.path().display().to_string();
+    for (event, needle) in [
+        ("1:200", "--raise-totals"),
+        ("1:50", "cannot be lowered"),
+        ("1:100:2", "limit"),
+    ] {
+        let args = vec![
+            "--data-dir".into(),
+            path.clone(),
+            "--event".into(),
+            event.into(),
+        ];
+        let error = TicketdProcess::try_spawn(&args).err().expect("refused");
+        assert!(error.contains(needle), "{event}: {error}");
+    }
+    let server = start(dir.path(), &["--event", "1:200", "--raise-totals"]);
+    assert_eq!(Client::connect(server.addr).stock(1), (200, 199));
+    stop(server);
+    // The raised total is the journal's now; no --event needed to go on selling it.
+    let server = start(dir.path(), &[]);
+    assert_eq!(Client::connect(server.addr).stock(1), (200, 199));
+    stop(server);
+}
+
+#[test]
+fn a_full_disk_answers_unavailable_and_stops_selling_without_losing_an_acknowledged_sale() {
+    let dir = tempfile::tempdir().unwrap();
+    let args: Vec<String> = [
+        "--data-dir",
+        &dir.path().display().to_string(),
+        "--event",
+        "1:100000",
+        "--shards",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // Every journal file may grow to 4 KiB: about 90 sales after the snapshot.
+    let server = TicketdProcess::try_spawn_wrapped(&["prlimit", "--fsize=4096", "--"], &args)
+        .expect("ticketd starts under prlimit");
+    let mut c = Client::connect(server.addr);
+    let mut acknowledged = HashSet::new();
+    let mut first_refusal = None;
+    for user in 1..=300u64 {
+        let response = c.buy(1, user, 1);
+        match response.status {
+            Status::Ok => {
+                assert!(
+                    first_refusal.is_none(),
+                    "OK after UNAVAILABLE (user {user})"
+                );
+                acknowledged.insert(order_id(&response));
+            }
+            Status::Unavailable => {
+                first_refusal.get_or_insert(user);
+            }
+            other => panic!("user {user}: {other:?}"),
+        }
+    }
+    assert!(first_refusal.is_some(), "the disk never filled");
+    assert!(acknowledged.len() > 10, "{}", acknowledged.len());
+    assert!(
+        server.log_text().contains("journal write failed"),
+        "{}",
+        server.log_text()
+    );
+    server.kill9();
+
+    let server = start(dir.path(), &[]);
+    let orders: HashSet<u64> = orders_in(dir.path()).into_keys().collect();
+    assert_eq!(
+        orders, acknowledged,
+        "the ledger holds exactly the acknowledged sales"
+    );
+    assert_eq!(
+        Client::connect(server.addr).stock(1),
+        (100_000, 100_000 - acknowledged.len() as i64)
+    );
+    stop(server);
+}
+
+#[test]
+fn audit_finds_a_violation_planted_in_a_copy_of_a_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &["--event", "1:100", "--shards", "1"]);
+    let mut c = Client::connect(server.addr);
+    let first = order_id(&c.buy(1, 1, 1));
+    c.buy(1, 2, 1);
+    stop(server);
+    assert!(audit(dir.path()).0);
+
+    let copy = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
+    }
+    // User 1 buys a second ticket (limit 1) under an order id already issued.
+    let mut planted = BytesMut::new();
+    Record::Sale {
+        order_id: first,
+        event_id: 1,
+        user: 1,
+        qty: 1,
+        unix_ms: 1,
+    }
+    .encode(&mut planted);
+    append(&segments(copy.path()).remove(0), &planted);
+    let (clean, report) = audit(copy.path());
+    assert!(!clean, "{report}");
+    assert!(
+        report.contains("user 1 has 2 tickets, above the per-user limit 1"),
+        "{report}"
+    );
+    assert!(report.contains("issued twice"), "{report}");
+    assert!(audit(dir.path()).0, "the original is untouched");
+}
+
+#[test]
+fn reservation_churn_rotates_segments_and_the_feed_follows_across_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        dir.path(),
+        &[
+            "--event",
+            "1:1000",
+            "--shards",
+            "1",
+            "--segment-bytes",
+            "4096",
+            // Finished holds are live state for one hold TTL (retries get the same
+            // answer): a short TTL turns churn into garbage quickly.
+            "--hold-ttl",
+            "5ms",
+        ],
+    );
+    let mut follow = Reaper(
+        Command::new(BIN)
+            .args(["orders", "--follow", "--data-dir"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = follow.0.stdout.take().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let mut c = Client::connect(server.addr);
+    let mut bought = HashSet::new();
+    for round in 0..2_000u64 {
+        let (hold_id, _) = hold(&c.reserve(1, 1_000_000 + round, 1));
+        let status = c.cancel(hold_id).status;
+        // Past 5 ms it expired, past 10 ms it is forgotten: all three give the tickets back.
+        assert!(
+            matches!(status, Status::Ok | Status::Expired | Status::NotFound),
+            "{status:?}"
+        );
+        if round.is_multiple_of(40) {
+            bought.insert(order_id(&c.buy(1, round, 1)).to_string());
+        }
+    }
+    // 2,000 holds taken and cancelled is ~110 KB of records; rotation keeps the disk
+    // near the live state.
+    let files = segments(dir.path());
+    let on_disk: u64 = files
+        .iter()
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum();
+    eprintln!("{on_disk} bytes on disk in {files:?}");
+    assert!(
+        on_disk < 40 * 1024,
+        "{on_disk} bytes on disk; log:\n{}",
+        server.log_text()
+    );
+    assert!(
+        files
+            .iter()
+            .all(|p| !p.to_string_lossy().ends_with("-0000000000.tjl")),
+        "never rotated: {files:?}"
+    );
+    common::wait_until(|| {
+        let seen: HashSet<String> = lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| v["order_id"].as_str().unwrap().to_owned())
+            .collect();
+        seen == bought
+    });
+    assert_eq!(
+        lines.lock().unwrap().len(),
+        bought.len(),
+        "no order repeated"
+    );
+    drop(follow);
+    stop(server);
+    let server = start(dir.path(), &["--shards", "1"]);
+    assert_eq!(
+        Client::connect(server.addr).stock(1),
+        (1000, 1000 - bought.len() as i64)
+    );
+    stop(server);
+}
+
+#[test]
+fn a_second_server_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &["--event", "1:10"]);
+    let args = vec!["--data-dir".into(), dir.path().display().to_string()];
+    let error = TicketdProcess::try_spawn(&args).err().expect("refused");
+    assert!(error.contains("in use by another ticketd"), "{error}");
+    stop(server);
+}
