@@ -22,6 +22,8 @@ const SHARD_MASK: u64 = (1 << SHARD_BITS) - 1;
 pub struct IdGenerator {
     prefix: u64,
     last: u64,
+    /// The last sequence this generator may issue (the end of a reserved block).
+    limit: u64,
 }
 
 impl IdGenerator {
@@ -33,6 +35,7 @@ impl IdGenerator {
             prefix: (u64::from(node) << (SHARD_BITS + SEQUENCE_BITS))
                 | ((shard as u64) << SEQUENCE_BITS),
             last: 0,
+            limit: SEQUENCE_MASK,
         }
     }
 
@@ -43,6 +46,24 @@ impl IdGenerator {
             last,
             ..IdGenerator::new(node, shard)
         }
+    }
+
+    /// A generator for the reserved block of sequences `after + 1 ..= limit`.
+    pub fn block(node: u16, shard: usize, after: u64, limit: u64) -> Self {
+        IdGenerator {
+            last: after,
+            limit: limit.min(SEQUENCE_MASK),
+            ..IdGenerator::new(node, shard)
+        }
+    }
+
+    /// The next id, or `None` once the block is used up.
+    pub fn try_next_id(&mut self) -> Option<u64> {
+        if self.last >= self.limit {
+            return None;
+        }
+        self.last += 1;
+        Some(self.prefix | self.last)
     }
 
     /// The sequence of the last id issued.
@@ -91,6 +112,12 @@ mod tests {
         assert_eq!(split(first, 6), None);
         let mut resumed = IdGenerator::resume(5, 3, 41);
         assert_eq!(split(resumed.next_id(), 5), Some((3, 42)));
+        let mut block = IdGenerator::block(5, 3, 10, 11);
+        assert_eq!(
+            block.try_next_id().and_then(|id| split(id, 5)),
+            Some((3, 11))
+        );
+        assert_eq!(block.try_next_id(), None, "the block is used up");
     }
 
     #[test]

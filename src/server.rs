@@ -95,7 +95,10 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                     ..*e
                 })
                 .collect();
+            let id_blocks =
+                setup::reserve_id_blocks(redis.addr, redis.timeout, config.node_id, shards)?;
             let settings = RemoteSettings {
+                id_blocks,
                 addr: redis.addr,
                 conn: ConnSettings {
                     timeout: redis.timeout,

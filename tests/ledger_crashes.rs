@@ -158,3 +158,39 @@ fn a_redis_crash_under_load_neither_loses_nor_doubles_a_sale() {
         Status::Ok
     );
 }
+
+#[test]
+fn a_restarted_ledger_node_never_issues_an_order_or_hold_id_again() {
+    let redis = RedisServer::start();
+    let args: Vec<String> = ["--shards", "1", "--node-id", "7", "--event", "1:100:3"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--redis".into(), format!("redis://{}", redis.addr())])
+        .collect();
+    let mut issued = HashSet::new();
+    for (run, user) in [(0, 1u64), (1, 2), (2, 3)] {
+        let node = TicketdProcess::spawn(&args);
+        let mut client = Client::connect(node.addr);
+        let order = order_id(&client.buy(1, user, 1));
+        let (hold_id, _) = common::hold(&client.reserve(1, user, 1));
+        let confirmed = order_id(&client.confirm(hold_id));
+        for id in [order, hold_id, confirmed] {
+            assert!(issued.insert(id), "run {run}: id {id:#x} issued again");
+        }
+        // Killed without a chance to write anything down.
+        node.kill9();
+    }
+    let outbox = redis.outbox_order_ids(1);
+    assert_eq!(
+        outbox.len(),
+        6,
+        "one stream entry per order, none dropped as a repeat"
+    );
+    let audit = std::process::Command::new(env!("CARGO_BIN_EXE_ticketd"))
+        .args(["audit", "--redis", &format!("redis://{}", redis.addr())])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&audit.stdout);
+    assert!(audit.status.success(), "{report}");
+    assert!(report.contains("audit: OK"), "{report}");
+}

@@ -68,6 +68,43 @@ pub fn prepare(
     Ok((totals, flavor))
 }
 
+/// Sequences reserved per start for each shard's ids in ledger mode: 2^28 (268 million
+/// ids), so the 44-bit sequence lasts 65,536 starts of one node id.
+pub const ID_BLOCK: u64 = 1 << 28;
+
+/// The sequences one shard may use this run: `after + 1 ..= last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdBlock {
+    pub after: u64,
+    pub last: u64,
+}
+
+/// Reserves this run's id block for every shard of node `node` with `INCRBY` on a
+/// counter per (node, shard field), so a restarted node never issues an id again (with
+/// the AOF settings DEPLOYMENT.md asks for, the counter is as durable as the sales).
+pub fn reserve_id_blocks(
+    addr: SocketAddr,
+    timeout: Duration,
+    node: u16,
+    shards: usize,
+) -> Result<Vec<IdBlock>, LedgerError> {
+    let fail = |source| LedgerError { addr, source };
+    let mut c = connect(addr, timeout.max(Duration::from_secs(2)))?;
+    (0..shards)
+        .map(|shard| {
+            let last: u64 = redis::cmd("INCRBY")
+                .arg(format!("{{ticketd}}:ids:node:{node}:shard:{shard}"))
+                .arg(ID_BLOCK)
+                .query(&mut c)
+                .map_err(fail)?;
+            Ok(IdBlock {
+                after: last - ID_BLOCK,
+                last,
+            })
+        })
+        .collect()
+}
+
 /// One event as the ledger sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LedgerView {

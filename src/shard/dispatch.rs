@@ -284,9 +284,13 @@ impl Dispatcher {
                 true
             }
             Command::Confirm { hold_id } | Command::Cancel { hold_id } => {
-                self.remote
-                    .as_mut()?
-                    .settle(request.command.op(), hold_id, waiter);
+                if let Some(refusal) =
+                    self.remote
+                        .as_mut()?
+                        .settle(request.command.op(), hold_id, waiter)
+                {
+                    return Some(refusal);
+                }
                 true
             }
         };

@@ -42,6 +42,8 @@ pub struct RemoteSettings {
     pub conn: ConnSettings,
     /// Functions or scripts, as set-up found Redis.
     pub flavor: Flavor,
+    /// Each shard's reserved id block, by shard index.
+    pub id_blocks: Vec<crate::redis_ledger::setup::IdBlock>,
 }
 
 /// A client request waiting for the ledger.
@@ -122,7 +124,11 @@ impl RemoteLedger {
             calls: HashMap::default(),
             next_tag: 0,
             call_ids: CallIds::new(node_id, shard),
-            ids: IdGenerator::new(node_id, shard),
+            ids: match settings.id_blocks.get(shard) {
+                Some(block) => IdGenerator::block(node_id, shard, block.after, block.last),
+                // No block: issue nothing rather than risk an id issued before.
+                None => IdGenerator::block(node_id, shard, 0, 0),
+            },
             decide_batches: (0..events).map(|_| (Vec::new(), Vec::new())).collect(),
             settle_batch: (Vec::new(), Vec::new()),
             stock_batches: (0..events).map(|_| Vec::new()).collect(),
@@ -150,7 +156,14 @@ impl RemoteLedger {
             self.request_refill(event, now);
             return Some(Response::error(op.code(), waiter.1, Status::SoldOut));
         }
-        let id = self.ids.next_id();
+        let Some(id) = self.ids.try_next_id() else {
+            listing.stock.give_back(self.shard, i64::from(qty));
+            tracing::error!(
+                shard = self.shard,
+                "this run's id block is used up; restart the node to reserve another"
+            );
+            return Some(Response::error(op.code(), waiter.1, Status::Unavailable));
+        };
         let step = match op {
             Op::Reserve => Step::Reserve {
                 user,
@@ -174,13 +187,16 @@ impl RemoteLedger {
         None
     }
 
-    /// CONFIRM or CANCEL: always queued (the hold may have been taken on any node).
-    pub fn settle(&mut self, op: Op, hold_id: u64, waiter: (ConnRef, u64)) {
+    /// CONFIRM or CANCEL: queued (the hold may have been taken on any node), or
+    /// UNAVAILABLE once this run's ids are used up.
+    pub fn settle(&mut self, op: Op, hold_id: u64, waiter: (ConnRef, u64)) -> Option<Response> {
         let step = match op {
-            Op::Confirm => Step::Confirm {
-                hold_id,
-                order_id: self.ids.next_id(),
-            },
+            Op::Confirm => {
+                let Some(order_id) = self.ids.try_next_id() else {
+                    return Some(Response::error(op.code(), waiter.1, Status::Unavailable));
+                };
+                Step::Confirm { hold_id, order_id }
+            }
             _ => Step::Cancel { hold_id },
         };
         self.settle_batch.0.push(step);
@@ -190,6 +206,7 @@ impl RemoteLedger {
             op,
             gate_qty: 0,
         });
+        None
     }
 
     /// STOCK, answered from the ledger.
