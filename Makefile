@@ -2,12 +2,14 @@
 CARGO ?= cargo
 LISTEN ?= 127.0.0.1:7878
 EVENT ?= 1:10000
+DATA_DIR ?= ./data
 
 .PHONY: run build release test deps lint fmt bench bench-micro perf clean
 
-## Build in release mode and serve the demo sale: event 1, 10,000 tickets.
+## Build in release mode and serve the demo sale: event 1, 10,000 tickets, journaled in
+## $(DATA_DIR) (a second `make run` resumes the same sale; `rm -rf data` starts afresh).
 run: release
-	./target/release/ticketd --listen $(LISTEN) --event $(EVENT)
+	./target/release/ticketd --listen $(LISTEN) --event $(EVENT) --data-dir $(DATA_DIR)
 
 release:
 	$(CARGO) build --release --workspace

@@ -44,8 +44,13 @@ on_load() { taskset -c "$LOAD_CORE" "$@"; }
 # listening (the start-up log line names the address).
 start_ticketd() {
   local log="$TMP/ticketd.$RANDOM.log"
-  taskset -c "$SERVER_CORE" "$BIN/ticketd" --shards 1 "$@" >"$log.out" 2>"$log" &
+  # Every server gets a fresh data dir of its own (unless the caller names one):
+  # a data dir is locked by the one ticketd using it.
+  local data=()
+  case " $* " in *" --data-dir "*) ;; *) data=(--data-dir "$(mktemp -d -p "$TMP" data.XXXXXX)") ;; esac
+  taskset -c "$SERVER_CORE" "$BIN/ticketd" --shards 1 "${data[@]}" "$@" >"$log.out" 2>"$log" &
   TICKETD_PID=$!
+  TICKETD_LOG=$log
   PIDS+=("$TICKETD_PID")
   for _ in $(seq 1 100); do
     grep -q "ticketd started" "$log" 2>/dev/null && return 0
@@ -60,10 +65,10 @@ rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 if [ "$QUICK" = 1 ]; then
   RUSH_REQUESTS=100000; RUN=2s; RATES="40000 100000"; SWEEP_RUN=1s
-  CONNS=20000; SERVERS=2; AB_N=2000; WRK_RUN=2s; REDIS_N=200000
+  CONNS=20000; SERVERS=2; AB_N=2000; WRK_RUN=2s; REDIS_N=200000; STARTUP_SALES=100000
 else
   RUSH_REQUESTS=1000000; RUN=10s; RATES="20000 40000 60000 80000 100000 120000"; SWEEP_RUN=4s
-  CONNS=100000; SERVERS=6; AB_N=10000; WRK_RUN=10s; REDIS_N=2000000
+  CONNS=100000; SERVERS=6; AB_N=10000; WRK_RUN=10s; REDIS_N=2000000; STARTUP_SALES=1000000
 fi
 ENDLESS=1000000000000
 
@@ -79,6 +84,31 @@ echo "== throughput: endless stock, 64 connections x depth 64, $RUN"
 start_ticketd --listen 127.0.0.1:$PORT --event 1:$ENDLESS
 on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 64 --depth 64 \
   --duration "$RUN" --json "$OUT/throughput.json" | tee "$OUT/throughput.txt"
+stop_pid "$TICKETD_PID"
+
+echo "== durability: the rush and the all-selling throughput again with --fsync off"
+echo "   (the two runs above use the default, --fsync always: fdatasync before every answer)"
+start_ticketd --listen 127.0.0.1:$PORT --event 1:10000 --fsync off
+on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 1000 --depth 16 \
+  --requests "$RUSH_REQUESTS" --users "$RUSH_REQUESTS" --json "$OUT/rush-fsync-off.json" | tee "$OUT/rush-fsync-off.txt"
+stop_pid "$TICKETD_PID"
+start_ticketd --listen 127.0.0.1:$PORT --event 1:$ENDLESS --fsync off
+on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 64 --depth 64 \
+  --duration "$RUN" --json "$OUT/throughput-fsync-off.json" | tee "$OUT/throughput-fsync-off.txt"
+stop_pid "$TICKETD_PID"
+
+echo "== start-up: recovering $STARTUP_SALES recorded sales"
+STARTUP_DIR=$(mktemp -d -p "$TMP" startup.XXXXXX)
+start_ticketd --listen 127.0.0.1:$PORT --event 1:$ENDLESS --fsync off --data-dir "$STARTUP_DIR"
+on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 64 --depth 64 \
+  --requests "$STARTUP_SALES" --users "$STARTUP_SALES" --no-stock-check > "$OUT/startup-fill.txt"
+stop_pid "$TICKETD_PID"
+t0=$(date +%s%N)
+start_ticketd --listen 127.0.0.1:$PORT --data-dir "$STARTUP_DIR"
+t1=$(date +%s%N)
+recovered=$(grep -o "journal recovered.*" "$TICKETD_LOG")
+echo "   start to listening: $(( (t1 - t0) / 1000000 )) ms (polled every 50 ms); $recovered"
+echo "{\"sales\": $STARTUP_SALES, \"start_to_listening_ms\": $(( (t1 - t0) / 1000000 )), \"recovery_ms\": $(echo "$recovered" | sed -n 's/.*elapsed_ms=\([0-9]*\).*/\1/p'), \"journal_bytes\": $(echo "$recovered" | sed -n 's/.* bytes=\([0-9]*\).*/\1/p')}" > "$OUT/startup.json"
 stop_pid "$TICKETD_PID"
 
 echo "== throughput after sell-out: 10,000 tickets, then the rush keeps coming, $RUN"
@@ -216,6 +246,17 @@ SCRIPT="local t = tonumber(redis.call('HGET', KEYS[1], 'total')) local s = tonum
 redis-cli -p $REDIS_PORT HSET ticket:1 total $ENDLESS sold 0 >/dev/null
 SHA=$(redis-cli -p $REDIS_PORT SCRIPT LOAD "$SCRIPT")
 $RB -n "$REDIS_N" -c 100 -P 1 EVALSHA "$SHA" 1 ticket:1 > "$OUT/redis-evalsha.csv"
+stop_pid "$REDIS_PID"
+
+echo "== peer: the durable setup users pick today: Redis with appendfsync always, the same script"
+mkdir -p "$TMP/redis-aof"
+taskset -c "$SERVER_CORE" redis-server --port $REDIS_PORT --bind 127.0.0.1 --dir "$TMP/redis-aof" --save '' \
+  --appendonly yes --appendfsync always --daemonize no > "$TMP/redis-aof/log" 2>&1 &
+REDIS_PID=$!; PIDS+=("$REDIS_PID")
+for _ in $(seq 1 100); do redis-cli -p $REDIS_PORT ping >/dev/null 2>&1 && break; sleep 0.05; done
+redis-cli -p $REDIS_PORT HSET ticket:1 total $ENDLESS sold 0 >/dev/null
+SHA=$(redis-cli -p $REDIS_PORT SCRIPT LOAD "$SCRIPT")
+$RB -n "$((REDIS_N / 4))" -c 100 -P 1 EVALSHA "$SHA" 1 ticket:1 > "$OUT/redis-evalsha-aof-always.csv"
 cat "$OUT"/redis-*.csv
 stop_pid "$REDIS_PID"
 

@@ -73,6 +73,9 @@ l_rush_calls, l_thr_calls = load("ledger-rush-calls.json"), load("ledger-through
 conns, rss = load("connections.json"), load("connections-rss.json")
 incr_p1, incr_p64 = redis_rps("redis-incr-p1.csv"), redis_rps("redis-incr-p64.csv")
 evalsha = redis_rps("redis-evalsha.csv")
+evalsha_aof = redis_rps("redis-evalsha-aof-always.csv")
+rush_off, thr_off = load("rush-fsync-off.json"), load("throughput-fsync-off.json")
+startup = load("startup.json")
 ab = grep_float("ab.txt", r"Requests per second:\s+([\d.]+)")
 ab_failed = grep_float("ab.txt", r"Failed requests:\s+(\d+)")
 ab_nginx = grep_float("ab-nginx.txt", r"Requests per second:\s+([\d.]+)")
@@ -86,7 +89,8 @@ for path in glob.glob(os.path.join(out, "sweep-*.json")):
 sweep.sort()
 best_rate = max((rate for rate, p99, _ in sweep if p99 < 1000), default=None)
 
-runs = {"rush": rush, "throughput": thr, "throughput_rejecting": thr_rej, "latency": lat,
+runs = {"rush": rush, "rush_fsync_off": rush_off, "throughput_fsync_off": thr_off,
+        "throughput": thr, "throughput_rejecting": thr_rej, "latency": lat,
         "connections": conns, "ledger_rush": l_rush, "ledger_throughput": l_thr,
         "ledger_connections": l_conns}
 failed = {
@@ -120,6 +124,25 @@ if thr:
     rows.append(("throughput, every request sells: 64 x 64", fmt(thr["throughput_rps"], "/s"),
                  f"redis INCR -P 64: {fmt(incr_p64, '/s')}", ratio(thr["throughput_rps"], incr_p64),
                  ">= 2x redis -P 64 (4 M/s)"))
+if rush and rush_off:
+    rows.append(("durable rush: --fsync always vs off",
+                 f"{rush['elapsed_s']:.3f} s always, {rush_off['elapsed_s']:.3f} s off",
+                 "same rush, --fsync off", f"{rush['elapsed_s'] / rush_off['elapsed_s']:.2f}x time",
+                 "<= 1.25x the time of --fsync off"))
+if thr and thr_off:
+    rows.append(("durable sales/s (group commit), 64 x 64",
+                 f"{fmt(thr['throughput_rps'], '/s')} always",
+                 f"--fsync off: {fmt(thr_off['throughput_rps'], '/s')}",
+                 ratio(thr["throughput_rps"], thr_off["throughput_rps"]), ">= 1 M/s on one core"))
+if thr and evalsha_aof:
+    rows.append(("durable sales/s vs Redis appendfsync always",
+                 fmt(thr["throughput_rps"], "/s"),
+                 f"EVALSHA check+HINCRBY, AOF always (c=100): {fmt(evalsha_aof, '/s')}",
+                 ratio(thr["throughput_rps"], evalsha_aof), ">= 10x"))
+if startup:
+    rows.append((f"start-up with {fmt(startup['sales'])} recorded sales",
+                 f"recovery {startup.get('recovery_ms')} ms, listening after {startup['start_to_listening_ms']} ms",
+                 f"journal {fmt(startup.get('journal_bytes') or 0, 'B')}", "-", "well under 1 s"))
 if thr_rej:
     rows.append(("throughput after sell-out: 64 x 64", fmt(thr_rej["throughput_rps"], "/s"),
                  f"redis INCR -P 64: {fmt(incr_p64, '/s')}", ratio(thr_rej["throughput_rps"], incr_p64),
@@ -198,7 +221,9 @@ results = {
     "latency_sweep": [{"rate": r, "p99_us": p, "throughput_rps": t} for r, p, t in sweep],
     "highest_rate_p99_under_1ms": best_rate,
     "http": {"ab_rps": ab, "ab_failed": ab_failed, "ab_nginx_ceiling_rps": ab_nginx, "wrk_rps": wrk},
-    "redis": {"incr_p1_rps": incr_p1, "incr_p64_rps": incr_p64, "evalsha_check_hincrby_rps": evalsha},
+    "redis": {"incr_p1_rps": incr_p1, "incr_p64_rps": incr_p64, "evalsha_check_hincrby_rps": evalsha,
+              "evalsha_check_hincrby_aof_always_rps": evalsha_aof},
+    "startup": startup,
     "quoted_references": {"go_prototype_ab_all_redis_rps": GO_PROTOTYPE_AB_ALL_REDIS,
                           "go_prototype_ab_published_rps": GO_PROTOTYPE_AB_PUBLISHED},
     "table": [dict(zip(headers, r)) for r in rows],

@@ -27,6 +27,7 @@ RUSTFLAGS="-C force-frame-pointers=yes" CARGO_TARGET_DIR=$BUILD \
   cargo build --release --workspace --quiet
 
 taskset -c "$SERVER_CORE" "$BUILD/release/ticketd" --shards 1 --listen 127.0.0.1:$PORT \
+  --data-dir "$(mktemp -d)" \
   --event 1:1000000000000 > "$OUT/ticketd.out" 2> "$OUT/ticketd.log" &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
