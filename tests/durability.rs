@@ -99,6 +99,20 @@ fn stop(server: TicketdProcess) -> String {
     summary
 }
 
+/// A data dir where a one-shard node sold event 1 (100 tickets) to users 1..=10 and
+/// was stopped cleanly, and the arguments to start it again.
+fn ten_sales_then_stopped() -> (tempfile::TempDir, [&'static str; 4]) {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--event", "1:100", "--shards", "1"];
+    let server = start(dir.path(), &args);
+    let mut c = Client::connect(server.addr);
+    for user in 1..=10 {
+        assert_eq!(c.buy(1, user, 1).status, Status::Ok);
+    }
+    stop(server);
+    (dir, args)
+}
+
 /// What clients were told OK, across every run of the crash loop.
 #[derive(Debug, Default)]
 struct Acks {
@@ -402,14 +416,7 @@ fn a_restart_with_another_shard_count_gives_users_and_holds_to_their_new_owners(
 
 #[test]
 fn a_torn_tail_is_cut_off_with_a_warning_naming_file_and_offset() {
-    let dir = tempfile::tempdir().unwrap();
-    let args = ["--event", "1:100", "--shards", "1"];
-    let server = start(dir.path(), &args);
-    let mut c = Client::connect(server.addr);
-    for user in 1..=10 {
-        c.buy(1, user, 1);
-    }
-    stop(server);
+    let (dir, args) = ten_sales_then_stopped();
     // Half of a record, as a crash mid-write leaves it.
     let file = segments(dir.path()).remove(0);
     let clean_len = std::fs::metadata(&file).unwrap().len();
@@ -444,14 +451,7 @@ fn a_torn_tail_is_cut_off_with_a_warning_naming_file_and_offset() {
 
 #[test]
 fn a_flipped_byte_mid_file_refuses_to_start_and_says_what_to_do() {
-    let dir = tempfile::tempdir().unwrap();
-    let args = ["--event", "1:100", "--shards", "1"];
-    let server = start(dir.path(), &args);
-    let mut c = Client::connect(server.addr);
-    for user in 1..=10 {
-        c.buy(1, user, 1);
-    }
-    stop(server);
+    let (dir, _) = ten_sales_then_stopped();
     let file = segments(dir.path()).remove(0);
     let mut bytes = std::fs::read(&file).unwrap();
     bytes[HEADER_LEN + 12] ^= 0x20;
