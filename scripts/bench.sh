@@ -202,7 +202,7 @@ for pid in "${SERVER_PIDS[@]}"; do stop_pid "$pid"; done
 stop_pid "$LEDGER_PID"
 
 echo "== the prototypes' method: ab and wrk on GET /buy/ticket"
-start_ticketd --listen 127.0.0.1:$PORT --http 127.0.0.1:$HTTP_PORT --event 1:10000
+start_ticketd --listen 127.0.0.1:$PORT --http 127.0.0.1:$HTTP_PORT --http-anonymous --event 1:10000
 on_load ab -q -n "$AB_N" -c 100 "http://127.0.0.1:$HTTP_PORT/buy/ticket" > "$OUT/ab.txt" 2>&1
 grep -E "Requests per second|Failed requests|Non-2xx" "$OUT/ab.txt"
 on_load wrk -t2 -c100 -d"$WRK_RUN" "http://127.0.0.1:$HTTP_PORT/buy/ticket" > "$OUT/wrk.txt" 2>&1

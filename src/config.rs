@@ -23,6 +23,24 @@ pub const DEFAULT_PER_USER_LIMIT: u16 = 1;
 pub const RESERVED_FDS: u64 = 64;
 /// Largest stock one event may have; far above any real sale, far below `i64` overflow.
 pub const MAX_EVENT_STOCK: i64 = 1 << 40;
+/// Longest hold TTL: a week is far beyond any payment window, and keeps every deadline
+/// arithmetic (`now + ttl`, twice that for remembering) far from overflow.
+pub const MAX_HOLD_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Largest `--max-frame`: a partial frame must fit under the connection's input bound
+/// (the length prefix included), or it could never complete.
+pub const MAX_MAX_FRAME: u32 = (crate::shard::session::INPUT_HIGH_WATER - 4) as u32;
+/// Most connections one node may be told to hold (far above any open-file limit).
+pub const MAX_MAX_CONNS: usize = 10_000_000;
+/// Most ledger nodes `--nodes` may name (the node id's range).
+pub const MAX_NODES: u32 = MAX_NODE_ID as u32 + 1;
+/// Most Redis calls in flight per shard.
+pub const MAX_REDIS_DEPTH: usize = 65_536;
+/// Bounds of `--redis-timeout`.
+pub const MIN_REDIS_TIMEOUT: Duration = Duration::from_millis(1);
+pub const MAX_REDIS_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Bounds of the hidden `--segment-bytes`.
+pub const MIN_SEGMENT_BYTES: u64 = 4096;
+pub const MAX_SEGMENT_BYTES: u64 = 1 << 40;
 
 /// The ticketd command line.
 #[derive(Debug, Parser)]
@@ -78,6 +96,12 @@ pub struct Cli {
     /// JSON the Go/Java prototypes answer (for `ab` and `wrk`).
     #[arg(long, value_name = "HOST:PORT")]
     pub http: Option<SocketAddr>,
+
+    /// HTTP: a `GET /buy/ticket` without `user=` buys as a fresh anonymous user (how
+    /// `ab` and `wrk` measure the prototypes). Off, such a request gets 400: with it, one
+    /// client can buy any number of tickets. Meant for benchmarks only.
+    #[arg(long)]
+    pub http_anonymous: bool,
 
     /// Where the embedded ledger keeps its journal (created if missing, locked while
     /// ticketd runs). Every sale is in it before it is acknowledged, and a restart
@@ -183,14 +207,25 @@ pub enum ConfigError {
     DuplicateEvent(u32),
     #[error("--shards must be between 1 and {max}, got {got}")]
     Shards { got: usize, max: usize },
-    #[error("--max-frame must be at least {min} (the largest request), got {got}")]
-    MaxFrame { got: u32, min: u32 },
-    #[error("--max-conns must be at least 1")]
-    MaxConns,
-    #[error("--hold-ttl must be at least 1ms")]
-    HoldTtl,
-    #[error("--nodes and --redis-depth must be at least 1 and --buffer not negative")]
-    Ledger,
+    #[error("--max-frame must be between {min} (the largest request) and {max}, got {got}")]
+    MaxFrame { got: u32, min: u32, max: u32 },
+    #[error("--max-conns must be between 1 and {max}, got {got}")]
+    MaxConns { got: usize, max: usize },
+    #[error("--hold-ttl must be between 1ms and {}, got {}", humantime::format_duration(*max), humantime::format_duration(*got))]
+    HoldTtl { got: Duration, max: Duration },
+    #[error("--{flag} must be between {min} and {max}, got {got}")]
+    OutOfRange {
+        flag: &'static str,
+        got: i128,
+        min: i128,
+        max: i128,
+    },
+    #[error("--redis-timeout must be between {} and {}, got {}", humantime::format_duration(*min), humantime::format_duration(*max), humantime::format_duration(*got))]
+    RedisTimeout {
+        got: Duration,
+        min: Duration,
+        max: Duration,
+    },
     #[error("--node-id must be at most {max}, got {got}")]
     NodeId { got: u16, max: u16 },
 }
@@ -254,6 +289,7 @@ pub struct Config {
     pub max_conns: usize,
     pub node_id: u16,
     pub http: Option<SocketAddr>,
+    pub http_anonymous: bool,
     /// Ledger mode, when set.
     pub redis: Option<RedisConfig>,
     /// The embedded ledger's journal; `None` keeps everything in memory only (tests and
@@ -307,6 +343,7 @@ impl Config {
             max_conns: 10_000,
             node_id: 0,
             http: None,
+            http_anonymous: false,
             redis: None,
             journal: None,
         }
@@ -321,17 +358,24 @@ impl Config {
             });
         }
         let min_frame = ticketd_proto::MIN_BODY_LEN + ticketd_proto::Op::Buy.args_len() as u32;
-        if self.max_frame < min_frame {
+        if !(min_frame..=MAX_MAX_FRAME).contains(&self.max_frame) {
             return Err(ConfigError::MaxFrame {
                 got: self.max_frame,
                 min: min_frame,
+                max: MAX_MAX_FRAME,
             });
         }
-        if self.max_conns == 0 {
-            return Err(ConfigError::MaxConns);
+        if !(1..=MAX_MAX_CONNS).contains(&self.max_conns) {
+            return Err(ConfigError::MaxConns {
+                got: self.max_conns,
+                max: MAX_MAX_CONNS,
+            });
         }
-        if self.hold_ttl < Duration::from_millis(1) {
-            return Err(ConfigError::HoldTtl);
+        if !(Duration::from_millis(1)..=MAX_HOLD_TTL).contains(&self.hold_ttl) {
+            return Err(ConfigError::HoldTtl {
+                got: self.hold_ttl,
+                max: MAX_HOLD_TTL,
+            });
         }
         if self.node_id > MAX_NODE_ID {
             return Err(ConfigError::NodeId {
@@ -340,9 +384,24 @@ impl Config {
             });
         }
         if let Some(redis) = &self.redis {
-            if redis.nodes == 0 || redis.buffer < 0 || redis.depth == 0 {
-                return Err(ConfigError::Ledger);
+            in_range("nodes", redis.nodes, 1, MAX_NODES)?;
+            in_range("buffer", redis.buffer, 0, MAX_EVENT_STOCK)?;
+            in_range("redis-depth", redis.depth as u64, 1, MAX_REDIS_DEPTH as u64)?;
+            if !(MIN_REDIS_TIMEOUT..=MAX_REDIS_TIMEOUT).contains(&redis.timeout) {
+                return Err(ConfigError::RedisTimeout {
+                    got: redis.timeout,
+                    min: MIN_REDIS_TIMEOUT,
+                    max: MAX_REDIS_TIMEOUT,
+                });
             }
+        }
+        if let Some(journal) = &self.journal {
+            in_range(
+                "segment-bytes",
+                journal.segment_bytes,
+                MIN_SEGMENT_BYTES,
+                MAX_SEGMENT_BYTES,
+            )?;
         }
         let mut seen = std::collections::HashSet::new();
         for event in &self.events {
@@ -351,6 +410,26 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// `--flag` within `min..=max`, or the error that names it and its bounds.
+fn in_range<T: Into<i128> + Copy>(
+    flag: &'static str,
+    got: T,
+    min: T,
+    max: T,
+) -> Result<(), ConfigError> {
+    let (got, min, max) = (got.into(), min.into(), max.into());
+    if (min..=max).contains(&got) {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfRange {
+            flag,
+            got,
+            min,
+            max,
+        })
     }
 }
 
@@ -369,6 +448,7 @@ impl Cli {
                 .unwrap_or(usize::try_from(default_conns).unwrap_or(usize::MAX)),
             node_id: self.node_id,
             http: self.http,
+            http_anonymous: self.http_anonymous,
             redis: self.redis.map(|addr| RedisConfig {
                 addr,
                 nodes: self.nodes,

@@ -199,7 +199,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         ),
     };
     let plan = placement::plan(shards);
-    let max_sessions = config.max_conns.div_ceil(shards);
+    let conns = Arc::new(crate::shard::budget::ConnBudget::new(config.max_conns));
 
     let mut threads = Vec::with_capacity(shards);
     let parts = polls
@@ -215,7 +215,8 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                 shards,
                 node_id: config.node_id,
                 max_frame: config.max_frame,
-                max_sessions,
+                http_anonymous: config.http_anonymous,
+                conns: Arc::clone(&conns),
                 hold_ttl: config.hold_ttl,
                 remote: remote.clone(),
             },

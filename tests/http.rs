@@ -8,11 +8,23 @@ use std::net::TcpStream;
 
 use common::{event, start_with, IO_TIMEOUT};
 
+/// A server with `--http-anonymous`, as the benchmarks run it: a BUY without `user=`
+/// is a fresh buyer.
 fn http_server(stock: i64) -> ticketd::ServerHandle {
     start_with(&[event(1, stock, 1), event(2, 5, 1)], |c| {
         c.shards = 4;
         c.http = Some("127.0.0.1:0".parse().unwrap());
+        c.http_anonymous = true;
     })
+}
+
+/// Sends `request` on a fresh connection and reads until the server closes it.
+fn exchange_until_close(server: &ticketd::ServerHandle, request: &[u8]) -> String {
+    let mut stream = connect(server);
+    stream.write_all(request).unwrap();
+    let mut all = Vec::new();
+    stream.read_to_end(&mut all).unwrap();
+    String::from_utf8_lossy(&all).into_owned()
 }
 
 fn connect(server: &ticketd::ServerHandle) -> TcpStream {
@@ -127,6 +139,7 @@ fn http_connections_over_max_conns_get_503_and_a_close() {
         c.shards = 1;
         c.max_conns = 1;
         c.http = Some("127.0.0.1:0".parse().unwrap());
+        c.http_anonymous = true;
     });
     let mut held = connect(&server);
     held.write_all(b"GET /buy/ticket HTTP/1.1\r\n\r\n").unwrap();
@@ -173,4 +186,51 @@ fn a_long_keep_alive_pipeline_is_answered_in_full_and_in_order() {
     assert!(codes[..1_000].iter().all(|c| c == "{\"code\":1"));
     assert!(codes[1_000..].iter().all(|c| c == "{\"code\":-1"));
     assert_eq!(server.shutdown().event(1).unwrap().sold, 1_000);
+}
+
+#[test]
+fn without_http_anonymous_a_buy_must_name_its_user() {
+    let server = start_with(&[event(1, 10, 1)], |c| {
+        c.shards = 2;
+        c.http = Some("127.0.0.1:0".parse().unwrap());
+    });
+    let mut stream = connect(&server);
+    stream
+        .write_all(b"GET /buy/ticket HTTP/1.1\r\n\r\nGET /buy/ticket?user=5 HTTP/1.1\r\n\r\n")
+        .unwrap();
+    let mut buffered = Vec::new();
+    let (head, body) = read_response(&mut stream, &mut buffered);
+    assert!(head.starts_with("HTTP/1.1 400 "), "{head}");
+    assert!(body.contains("user= is required"), "{body}");
+    let (head, body) = read_response(&mut stream, &mut buffered);
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(body.starts_with("{\"code\":1,"), "{body}");
+    assert_eq!(server.shutdown().event(1).unwrap().sold, 1);
+}
+
+#[test]
+fn oversized_heads_get_431_and_smuggling_shapes_400_then_a_close() {
+    let server = http_server(10);
+    // A whole head of ~60 KB, arriving at once: over the 8 KiB limit all the same.
+    let big = format!(
+        "GET /buy/ticket?user=1 HTTP/1.1\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(60_000)
+    );
+    let answer = exchange_until_close(&server, big.as_bytes());
+    assert!(
+        answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{answer}"
+    );
+    for request in [
+        "GET /buy/ticket?user=2 HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+        "GET /buy/ticket?user=3 HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ] {
+        let answer = exchange_until_close(&server, request.as_bytes());
+        assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+    }
+    assert_eq!(
+        server.shutdown().event(1).unwrap().sold,
+        0,
+        "none was served"
+    );
 }

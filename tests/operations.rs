@@ -185,6 +185,28 @@ fn connections_over_max_conns_are_answered_overloaded_and_closed() {
 }
 
 #[test]
+fn max_conns_is_the_node_total_whatever_the_shards() {
+    // Four shards, five connections allowed: the kernel spreads connections over the
+    // shards' listeners unevenly, yet exactly five are served and the rest shed.
+    let server = start_with(&[event(1, 10, 1)], |c| {
+        c.shards = 4;
+        c.max_conns = 5;
+    });
+    let mut held: Vec<Client> = (0..5)
+        .map(|_| Client::connect(server.local_addr()))
+        .collect();
+    for c in &mut held {
+        assert_eq!(c.call(Command::Ping).status, Status::Ok);
+    }
+    for _ in 0..4 {
+        let mut extra = Client::connect(server.local_addr());
+        assert_eq!(extra.call(Command::Ping).status, Status::Overloaded);
+        extra.expect_eof();
+    }
+    assert_eq!(server.shutdown().stats.refused, 4);
+}
+
+#[test]
 fn responses_carry_the_request_op() {
     let server = start(&[event(1, 10, 1)], 2);
     let mut client = Client::connect(server.local_addr());

@@ -24,6 +24,18 @@ fn help_documents_every_flag() {
         "--max-frame",
         "--max-conns",
         "--node-id",
+        "--http",
+        "--http-anonymous",
+        "--data-dir",
+        "--fsync",
+        "--raise-totals",
+        "--redis",
+        "--nodes",
+        "--buffer",
+        "--redis-timeout",
+        "--redis-depth",
+        "--reset-events",
+        "--redis-scripts",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
@@ -37,6 +49,22 @@ fn bad_arguments_exit_2_with_a_clear_message() {
         (vec!["--shards", "0"], "--shards"),
         (vec!["--max-frame", "8"], "--max-frame"),
         (vec!["--hold-ttl", "soon"], "hold-ttl"),
+        // Every count and duration has an upper bound too, named with the flag.
+        (vec!["--hold-ttl", "100years"], "--hold-ttl must be between 1ms and 7days"),
+        (vec!["--max-frame", "200000"], "--max-frame must be between"),
+        (vec!["--max-conns", "0"], "--max-conns must be between 1"),
+        (
+            vec!["--redis", "127.0.0.1:1", "--nodes", "0"],
+            "--nodes must be between 1 and 4096, got 0",
+        ),
+        (
+            vec!["--redis", "127.0.0.1:1", "--redis-timeout", "0s"],
+            "--redis-timeout must be between 1ms",
+        ),
+        (
+            vec!["--redis", "127.0.0.1:1", "--buffer=-1"],
+            "--buffer must be between 0",
+        ),
     ] {
         let data = tempfile::tempdir().unwrap();
         let out = Command::new(BIN)

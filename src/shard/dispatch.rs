@@ -45,6 +45,9 @@ pub struct Dispatcher {
     pub bad_requests: u64,
     /// Anonymous HTTP buyers created so far.
     pub anonymous_users: u64,
+    /// `--http-anonymous`: a BUY over HTTP without `user=` is a fresh anonymous buyer.
+    /// Off, it is refused (one client could otherwise empty a limit-1 event alone).
+    pub http_anonymous: bool,
     /// With `--redis`: the global ledger decides instead of `ledger`.
     pub remote: Option<super::remote::RemoteLedger>,
     /// With a journal: answers and returned tickets waiting for durability.
@@ -76,6 +79,7 @@ impl Dispatcher {
             outbox: Outbox::new(shards),
             bad_requests: 0,
             anonymous_users: 0,
+            http_anonymous: false,
             remote: None,
             commit: None,
             fail_stop: Arc::new(AtomicBool::new(false)),
@@ -300,8 +304,9 @@ impl Dispatcher {
         None
     }
 
-    /// The HTTP endpoint's BUY of one ticket: the first event and a fresh anonymous user
-    /// unless the query named them.
+    /// The HTTP endpoint's BUY of one ticket: the first event unless the query named
+    /// one, and a fresh anonymous user when the query named none (callers refuse that
+    /// unless `http_anonymous`).
     pub fn http_buy(
         &mut self,
         conn: ConnRef,

@@ -49,6 +49,9 @@ pub fn parse(input: &[u8]) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let head_len = match request.parse(input) {
+        // A whole head over the limit is refused like a partial one: the limit is on
+        // what a client may make the server hold, not on how the bytes arrived.
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => return Parsed::Invalid(431),
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if input.len() > MAX_HEAD => return Parsed::Invalid(431),
         Ok(httparse::Status::Partial) => return Parsed::Incomplete,
@@ -57,7 +60,8 @@ pub fn parse(input: &[u8]) -> Parsed {
     };
     let http10 = request.version == Some(0);
     let mut keep_alive = !http10;
-    let mut body_len = 0usize;
+    let mut body_len = None;
+    let mut chunked = false;
     for header in request.headers.iter() {
         if header.name.eq_ignore_ascii_case("connection") {
             let value = header.value.to_ascii_lowercase();
@@ -67,19 +71,30 @@ pub fn parse(input: &[u8]) -> Parsed {
                 keep_alive = true;
             }
         } else if header.name.eq_ignore_ascii_case("content-length") {
+            // Two lengths (even equal ones) are how requests are smuggled past a
+            // proxy that reads the other one: refuse rather than pick.
+            if body_len.is_some() {
+                return Parsed::Invalid(400);
+            }
             match std::str::from_utf8(header.value)
                 .ok()
-                .and_then(|v| v.trim().parse().ok())
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse().ok())
             {
-                Some(n) if n <= MAX_BODY => body_len = n,
+                Some(n) if n <= MAX_BODY => body_len = Some(n),
                 Some(_) => return Parsed::Invalid(413),
                 None => return Parsed::Invalid(400),
             }
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-            // Chunked bodies are not supported on a GET endpoint.
-            return Parsed::Invalid(400);
+            chunked = true;
         }
     }
+    // Chunked bodies are not supported on a GET endpoint; with a Content-Length too it
+    // is the other smuggling shape.
+    if chunked {
+        return Parsed::Invalid(400);
+    }
+    let body_len = body_len.unwrap_or(0);
     if input.len() < head_len + body_len {
         return Parsed::Incomplete;
     }
@@ -241,6 +256,29 @@ mod tests {
             parse(b"GET /buy/ticket HTTP/1.1\r\nContent-Length: 999999\r\n\r\n"),
             Parsed::Invalid(413)
         );
+        let whole = format!(
+            "GET /buy/ticket HTTP/1.1\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD)
+        );
+        assert_eq!(
+            parse(whole.as_bytes()),
+            Parsed::Invalid(431),
+            "a whole head too"
+        );
+    }
+
+    #[test]
+    fn smuggling_shapes_are_refused() {
+        for head in [
+            "GET /buy/ticket HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            "GET /buy/ticket HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "GET /buy/ticket HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /buy/ticket HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /buy/ticket HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+            "GET /buy/ticket HTTP/1.1\r\nContent-Length: 1,1\r\n\r\n",
+        ] {
+            assert_eq!(parse(head.as_bytes()), Parsed::Invalid(400), "{head:?}");
+        }
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! One shard: a pinned thread running its own `mio` event loop over its own listener,
 //! its connections, its slice of every event's stock, and its users' ledger.
 
+pub mod budget;
 mod dispatch;
 pub mod http;
 pub mod mailbox;
 pub mod remote;
-mod session;
+pub mod session;
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -94,7 +95,10 @@ pub struct ShardSettings {
     pub shards: usize,
     pub node_id: u16,
     pub max_frame: u32,
-    pub max_sessions: usize,
+    /// `--http-anonymous`: an HTTP BUY without `user=` is a fresh buyer (benchmarks).
+    pub http_anonymous: bool,
+    /// `--max-conns`, shared by every shard of the node.
+    pub conns: Arc<budget::ConnBudget>,
     pub hold_ttl: Duration,
     /// `--redis`: decide through the global ledger.
     pub remote: Option<remote::RemoteSettings>,
@@ -233,6 +237,7 @@ impl Shard {
             ledger,
         );
         dispatcher.commit = commit;
+        dispatcher.http_anonymous = settings.http_anonymous;
         dispatcher.fail_stop = fail_stop;
         dispatcher.hold_routes = hold_routes;
         if let Some(remote) = settings.remote.clone() {
@@ -378,11 +383,10 @@ impl Shard {
         let Some(listener) = listener else {
             return;
         };
-        let max_sessions = self.settings.max_sessions;
         loop {
             match listener.accept() {
                 Ok((mut stream, _)) => {
-                    let shedding = self.sessions.len() - self.shedding >= max_sessions;
+                    let shedding = !self.settings.conns.try_take();
                     if shedding {
                         self.stats.refused += 1;
                         if self.shedding >= MAX_SHEDDING_SESSIONS {
@@ -399,6 +403,9 @@ impl Shard {
                             .register(&mut stream, token, Interest::READABLE)
                     {
                         tracing::warn!(error = %e, "could not register a connection");
+                        if !shedding {
+                            self.settings.conns.give_back();
+                        }
                         continue;
                     }
                     self.next_generation = self.next_generation.wrapping_add(1);
@@ -763,6 +770,8 @@ impl Shard {
         if let Some(mut session) = self.sessions.try_remove(slot) {
             if session.shedding {
                 self.shedding -= 1;
+            } else {
+                self.settings.conns.give_back();
             }
             let _ = self.poll.registry().deregister(&mut session.stream);
         }
@@ -857,7 +866,7 @@ fn serve_http(dispatcher: &mut Dispatcher, conn: ConnRef, session: &mut Session,
         session.close_when_settled = true;
         return;
     }
-    while session.http_waiting.is_none() && !session.close_when_settled {
+    while session.http_waiting.is_none() && !session.close_when_settled && !session.lingering {
         let head = match http::parse(&session.input) {
             http::Parsed::Incomplete => return,
             http::Parsed::Invalid(code) => {
@@ -869,8 +878,10 @@ fn serve_http(dispatcher: &mut Dispatcher, conn: ConnRef, session: &mut Session,
                     false,
                     false,
                 );
+                // Close like a binary framing error: FIN after the answer, then discard
+                // input until the peer closes, so unread bytes do not reset it away.
                 session.input.clear();
-                session.close_when_settled = true;
+                session.lingering = true;
                 return;
             }
             http::Parsed::Request(head) => head,
@@ -880,6 +891,15 @@ fn serve_http(dispatcher: &mut Dispatcher, conn: ConnRef, session: &mut Session,
             .advance(head.consumed.min(session.input.len()));
         let (keep_alive, http10) = (head.keep_alive, head.http10);
         match head.target {
+            http::Target::Buy { user: None, .. } if !dispatcher.http_anonymous => {
+                http::write_error(
+                    &mut session.output,
+                    400,
+                    "user= is required (anonymous buyers only with --http-anonymous)",
+                    keep_alive,
+                    http10,
+                )
+            }
             http::Target::Buy { event, user } => {
                 match dispatcher.http_buy(conn, event, user, &mut session.in_flight, now) {
                     Some(response) => http::write_outcome(
