@@ -159,9 +159,12 @@ taskset -c "$SERVER_CORE" redis-server --port $LEDGER_PORT --bind 127.0.0.1 --di
 LEDGER_PID=$!; PIDS+=("$LEDGER_PID")
 for _ in $(seq 1 100); do redis-cli -p $LEDGER_PORT ping >/dev/null 2>&1 && break; sleep 0.05; done
 fcalls() { redis-cli -p $LEDGER_PORT INFO commandstats | awk -F'[=,]' '/^cmdstat_fcall:/ {print $2}' | tr -d '\r'; }
-LEDGER="--redis redis://127.0.0.1:$LEDGER_PORT --nodes 2 --reset-events"
+LEDGER="--redis redis://127.0.0.1:$LEDGER_PORT --nodes 2"
+# Nodes never create events: each scenario creates (or starts over) its event first.
+create_event() { "$BIN/ticketd" create-events --redis redis://127.0.0.1:$LEDGER_PORT --reset --event "$1" >/dev/null; }
 
 echo "-- ledger rush: $RUSH_REQUESTS buyers, 10,000 tickets, two nodes"
+create_event 1:10000
 start_ticketd --listen 127.0.0.1:$PORT --node-id 1 --event 1:10000 $LEDGER
 NODE1=$TICKETD_PID
 start_ticketd --listen 127.0.0.1:$((PORT + 1)) --node-id 2 --event 1:10000 $LEDGER
@@ -175,6 +178,7 @@ echo "{\"fcalls\": $((after - before))}" > "$OUT/ledger-rush-calls.json"
 stop_pid "$NODE1"; stop_pid "$NODE2"
 
 echo "-- ledger throughput: endless stock, every request a confirmed sale, 64 x 64, $RUN"
+create_event 1:$ENDLESS
 start_ticketd --listen 127.0.0.1:$PORT --node-id 1 --event 1:$ENDLESS $LEDGER
 NODE1=$TICKETD_PID
 before=$(fcalls); before=${before:-0}
@@ -186,13 +190,13 @@ stop_pid "$NODE1"
 
 echo "-- ledger connections: $CONNS held by $SERVERS ledger-mode ticketd processes, one event"
 LEDGER_STOCK=$((CONNS * 9 / 10))
+create_event 1:$LEDGER_STOCK
 SERVER_PIDS=()
 for i in $(seq 1 "$SERVERS"); do
   # Every connection buys at the same instant: a burst Redis (sharing its core) needs
   # more than the default 500 ms to decide, so give each call up to 5 s.
   start_ticketd --listen 127.0.0.1:$PORT --node-id "$i" --event 1:$LEDGER_STOCK \
-    --redis redis://127.0.0.1:$LEDGER_PORT --nodes "$SERVERS" --redis-timeout 5s \
-    $( [ "$i" = 1 ] && echo --reset-events )
+    --redis redis://127.0.0.1:$LEDGER_PORT --nodes "$SERVERS" --redis-timeout 5s
   SERVER_PIDS+=("$TICKETD_PID")
 done
 on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --shared-ledger --threads 1 --conns "$CONNS" \

@@ -2,7 +2,6 @@
 //! stock slices change, and those are atomics.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
 
 use crate::config::EventSpec;
 use crate::stock::{Stock, DEFAULT_SETTLE_WAIT};
@@ -14,8 +13,6 @@ pub struct Event {
     pub per_user_limit: u16,
     /// With the embedded ledger: the tickets. With `--redis`: this node's gate.
     pub stock: Stock,
-    /// With `--redis`: the ledger said sold out, so every shard answers SOLD_OUT locally.
-    pub sold_out: AtomicBool,
 }
 
 /// All events, addressed by wire id or by dense index (used as a key in shard state).
@@ -45,7 +42,6 @@ impl Catalog {
                 id: spec.id,
                 per_user_limit: spec.per_user_limit,
                 stock: Stock::partly_taken(spec.stock, available, shards, DEFAULT_SETTLE_WAIT),
-                sold_out: AtomicBool::new(false),
             })
             .collect();
         let by_id = events

@@ -52,7 +52,8 @@ pub const MAX_SEGMENT_BYTES: u64 = 1 << 40;
         Serves the ticketd wire protocol v1 (see docs/PROTOCOL.md) on --listen, with one \
         pinned event-loop thread per shard, each with its own SO_REUSEPORT listener.\n\n\
         Without a subcommand it serves; `ticketd orders` and `ticketd audit` read a data \
-        dir (or, for audit, a Redis ledger).",
+        dir (or, for audit, a Redis ledger); `ticketd create-events` creates events in the \
+        Redis ledger for ledger-mode nodes to sell.",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -147,11 +148,6 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub redis_depth: usize,
 
-    /// Ledger mode: delete the events' sales in Redis at start-up and begin again.
-    /// Without it an existing event is joined as it is and never overwritten.
-    #[arg(long)]
-    pub reset_events: bool,
-
     /// Ledger mode: run the ledger as a script (SCRIPT LOAD + EVALSHA) even where Redis
     /// has Functions; chosen by itself when Functions are missing (Redis before 7.0).
     #[arg(long)]
@@ -166,6 +162,8 @@ pub enum Tool {
     /// Check a data dir (or a Redis ledger): every record valid, sold + held within the
     /// total, nobody above the limit, order ids unique. Exits 1 on any violation.
     Audit(crate::tools::audit::AuditArgs),
+    /// Create events in the Redis ledger (ledger-mode nodes never create one).
+    CreateEvents(crate::tools::create_events::CreateEventsArgs),
 }
 
 /// `redis://HOST:PORT[/]` or `HOST:PORT`, resolved to an address.
@@ -274,7 +272,7 @@ impl FromStr for EventSpec {
     }
 }
 
-fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
+pub fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(text)
 }
 
@@ -325,9 +323,22 @@ pub struct RedisConfig {
     pub buffer: i64,
     pub timeout: Duration,
     pub depth: usize,
-    pub reset_events: bool,
     /// Force the EVALSHA flavour.
     pub scripts: bool,
+}
+
+impl RedisConfig {
+    /// The defaults of every `--redis` companion flag, for Redis at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        RedisConfig {
+            addr,
+            nodes: 1,
+            buffer: 0,
+            timeout: Duration::from_millis(500),
+            depth: 64,
+            scripts: false,
+        }
+    }
 }
 
 impl Config {
@@ -455,7 +466,6 @@ impl Cli {
                 buffer: self.buffer,
                 timeout: self.redis_timeout,
                 depth: self.redis_depth,
-                reset_events: self.reset_events,
                 scripts: self.redis_scripts,
             }),
             journal: Some(JournalConfig {

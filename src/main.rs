@@ -87,6 +87,18 @@ fn run_tool(tool: &Tool) -> ExitCode {
                 }
             }
         }
+        Tool::CreateEvents(args) => match tools::create_events::run(args) {
+            Ok(lines) => {
+                for line in lines {
+                    println!("{line}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ticketd create-events: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Tool::Audit(args) => {
             let report = tools::audit::run(args);
             println!("{}", report.render());

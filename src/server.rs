@@ -91,7 +91,9 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                 .iter()
                 .zip(totals)
                 .map(|(e, total)| EventSpec {
-                    stock: setup::gate_size(total, redis.nodes, redis.buffer),
+                    // An event the ledger lacks gets an empty gate: every purchase asks
+                    // Redis, which answers NOT_FOUND until the event is created.
+                    stock: total.map_or(0, |t| setup::gate_size(t, redis.nodes, redis.buffer)),
                     ..*e
                 })
                 .collect();

@@ -16,6 +16,7 @@ use ticketd_proto::Status;
 fn a_node_killed_mid_sale_loses_no_acknowledged_order_and_the_others_sell_the_rest() {
     const STOCK: i64 = 3_000;
     let redis = RedisServer::start();
+    common::create_events(redis.addr(), &["1:3000"], &[]);
     let mut nodes: Vec<TicketdProcess> = (1..=3)
         .map(|id| {
             let args: Vec<String> = [
@@ -106,7 +107,9 @@ fn a_node_killed_mid_sale_loses_no_acknowledged_order_and_the_others_sell_the_re
 #[test]
 fn a_redis_crash_under_load_neither_loses_nor_doubles_a_sale() {
     let mut redis = RedisServer::start_durable();
-    let config = redis.node_config(1, 1, &[common::event(1, 100_000, 1)]);
+    let events = [common::event(1, 100_000, 1)];
+    redis.create_events(&events, Duration::from_secs(15 * 60));
+    let config = redis.node_config(1, 1, &events);
     let node = ticketd::start(config).unwrap();
     let addr = node.local_addr();
     let stop = Arc::new(AtomicBool::new(false));
@@ -162,6 +165,7 @@ fn a_redis_crash_under_load_neither_loses_nor_doubles_a_sale() {
 #[test]
 fn a_restarted_ledger_node_never_issues_an_order_or_hold_id_again() {
     let redis = RedisServer::start();
+    common::create_events(redis.addr(), &["1:100:3"], &[]);
     let args: Vec<String> = ["--shards", "1", "--node-id", "7", "--event", "1:100:3"]
         .iter()
         .map(|s| s.to_string())
@@ -193,4 +197,60 @@ fn a_restarted_ledger_node_never_issues_an_order_or_hold_id_again() {
     let report = String::from_utf8_lossy(&audit.stdout);
     assert!(audit.status.success(), "{report}");
     assert!(report.contains("audit: OK"), "{report}");
+}
+
+#[test]
+fn a_ledger_that_lost_its_data_is_never_refilled_by_a_node() {
+    // Redis without persistence, restarted: every event and sale is gone. A running node
+    // must stop selling and say so; a node started afterwards must not create the event
+    // again with its full stock (that sold 16,000 of 10,000 before).
+    let mut redis = RedisServer::start();
+    common::create_events(redis.addr(), &["1:100"], &[]);
+    let url = format!("redis://{}", redis.addr());
+    let args = |id: u16| -> Vec<String> {
+        [
+            "--shards",
+            "1",
+            "--event",
+            "1:100",
+            "--redis-timeout",
+            "300ms",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--node-id".into(), id.to_string()])
+        .chain(["--redis".into(), url.clone()])
+        .collect()
+    };
+    let running = TicketdProcess::spawn(&args(1));
+    let mut client = Client::connect(running.addr);
+    for user in 0..60 {
+        assert_eq!(client.buy(1, user, 1).status, Status::Ok);
+    }
+    redis.restart();
+    let mut user = 1_000;
+    common::wait_until(|| {
+        user += 1;
+        client.buy(1, user, 1).status == Status::NotFound
+    });
+    common::wait_until(|| {
+        running
+            .log_text()
+            .contains("event 1 does not exist in the Redis ledger")
+    });
+
+    let late = TicketdProcess::spawn(&args(2));
+    assert!(
+        late.log_text()
+            .contains("event 1 does not exist in the Redis ledger"),
+        "{}",
+        late.log_text()
+    );
+    let mut late_client = Client::connect(late.addr);
+    assert_eq!(late_client.buy(1, 5_000, 1).status, Status::NotFound);
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(ticketd::redis_ledger::EventKeys::new(1).meta())
+        .query(&mut redis.client())
+        .unwrap();
+    assert!(!exists, "no node created the event again");
 }

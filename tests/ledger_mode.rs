@@ -21,6 +21,7 @@ fn node(
     events: &[EventSpec],
     ttl: Duration,
 ) -> ServerHandle {
+    redis.create_events(events, ttl);
     let mut config = redis.node_config(id, nodes, events);
     config.hold_ttl = ttl;
     ticketd::start(config).expect("node starts")
@@ -231,38 +232,74 @@ fn a_function_flush_under_load_is_recovered_without_double_deduction() {
 }
 
 #[test]
-fn a_joining_node_keeps_the_sales_and_reset_starts_over() {
+fn a_joining_node_keeps_the_sales_refuses_a_different_definition_and_never_creates() {
     let redis = RedisServer::start();
-    let first = node(&redis, 1, 1, &[event(1, 10, 1)], Duration::from_secs(60));
+    let ttl = Duration::from_secs(60);
+    let first = node(&redis, 1, 1, &[event(1, 10, 1)], ttl);
     assert_eq!(
         Client::connect(first.local_addr()).buy(1, 1, 1).status,
         Status::Ok
     );
     drop(first);
-    // Same event, another stock on the command line: the ledger's event is kept.
-    let joined = node(&redis, 2, 1, &[event(1, 999, 1)], Duration::from_secs(60));
+    let joined = node(&redis, 2, 1, &[event(1, 10, 1)], ttl);
     assert_eq!(Client::connect(joined.local_addr()).stock(1), (10, 9));
     drop(joined);
-    let mut config = redis.node_config(3, 1, &[event(1, 20, 1)]);
-    config.shards = 1;
-    if let Some(r) = config.redis.as_mut() {
-        r.reset_events = true;
+    // Another total, limit or TTL than the ledger's: refused, naming both values.
+    for (spec, node_ttl, needle) in [
+        (
+            event(1, 999, 1),
+            ttl,
+            "the Redis ledger has total 10, this node was given 999",
+        ),
+        (
+            event(1, 10, 2),
+            ttl,
+            "per-user limit 1, this node was given 2",
+        ),
+        (
+            event(1, 10, 1),
+            Duration::from_secs(5),
+            "hold TTL 1m, this node was given 5s (--hold-ttl)",
+        ),
+    ] {
+        let mut config = redis.node_config(3, 1, &[spec]);
+        config.hold_ttl = node_ttl;
+        let refused = ticketd::start(config)
+            .err()
+            .expect("a mismatch refuses to start");
+        let message = refused.to_string();
+        assert!(message.contains(needle), "{message}");
+        assert!(message.contains("create-events --update"), "{message}");
     }
-    let reset = ticketd::start(config).unwrap();
+    // An event nobody created is not sold, and the node does not create it.
+    let mut config = redis.node_config(4, 1, &[event(1, 10, 1), event(2, 50, 1)]);
+    config.hold_ttl = ttl;
+    let lonely = ticketd::start(config).expect("a node starts with a missing event");
+    let mut client = Client::connect(lonely.local_addr());
+    assert_eq!(client.buy(2, 1, 1).status, Status::NotFound);
+    assert_eq!(client.reserve(2, 1, 1).status, Status::NotFound);
     assert_eq!(
-        Client::connect(reset.local_addr()).stock(1),
-        (20, 20),
-        "--reset-events"
+        client.call(Command::Stock { event: 2 }).status,
+        Status::NotFound
     );
-    assert_eq!(redis.ledger_sold(1), 0);
+    assert_eq!(
+        client.buy(1, 2, 1).status,
+        Status::Ok,
+        "event 1 still sells"
+    );
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(ticketd::redis_ledger::EventKeys::new(2).meta())
+        .query(&mut redis.client())
+        .unwrap();
+    assert!(!exists, "the node never created event 2");
 }
 
 #[test]
 fn the_script_flavour_sells_settles_and_survives_a_script_flush() {
     let redis = RedisServer::start();
+    redis.create_events(&[event(1, 100, 1)], Duration::from_secs(15 * 60));
     let mut config = redis.node_config(4, 1, &[event(1, 100, 1)]);
     if let Some(r) = config.redis.as_mut() {
-        r.reset_events = true;
         r.scripts = true;
     }
     let n = ticketd::start(config).unwrap();
@@ -279,4 +316,93 @@ fn the_script_flavour_sells_settles_and_survives_a_script_flush() {
     assert_eq!(client.stock(1), (100, 97));
     assert_eq!(redis.ledger_sold(1), 3);
     assert_eq!(redis.outbox_order_ids(1).len(), 3);
+}
+
+/// `users` BUY one ticket each of event 1 at `addr`, from eight connections at once;
+/// returns how many were answered with each status.
+fn rush(addr: std::net::SocketAddr, users: std::ops::Range<u64>) -> HashMap<Status, usize> {
+    let users: Vec<u64> = users.collect();
+    let threads: Vec<_> = users
+        .chunks(users.len().div_ceil(8).max(1))
+        .map(|chunk| {
+            let chunk = chunk.to_vec();
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                chunk
+                    .into_iter()
+                    .map(|user| client.buy(1, user, 1).status)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut counts = HashMap::new();
+    for thread in threads {
+        for status in thread.join().unwrap() {
+            *counts.entry(status).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+#[test]
+fn cancelled_holds_are_sold_again_at_once_never_sold_out_while_they_remain() {
+    // The reserve-then-cancel flow: the gate was charged by the holds; their tickets
+    // must be sellable the moment they are cancelled.
+    let redis = RedisServer::start();
+    let n = node(&redis, 1, 1, &[event(1, 1_000, 1)], Duration::from_secs(60));
+    let mut client = Client::connect(n.local_addr());
+    let holds: Vec<u64> = (0..1_000)
+        .map(|user| hold(&client.reserve(1, user, 1)).0)
+        .collect();
+    assert_eq!(client.buy(1, 5_000, 1).status, Status::SoldOut, "all held");
+    for hold_id in holds {
+        assert_eq!(client.cancel(hold_id).status, Status::Ok);
+    }
+    let counts = rush(n.local_addr(), 10_000..10_200);
+    assert_eq!(counts.get(&Status::Ok), Some(&200), "{counts:?}");
+    assert_eq!(client.stock(1), (1_000, 800));
+}
+
+#[test]
+fn a_dry_gate_asks_the_ledger_so_one_node_sells_another_nodes_share() {
+    // Two nodes, so each gate holds half; every buyer comes to node A. Exactly as many
+    // buyers as tickets: any SOLD_OUT would be a ticket turned away unsold.
+    let redis = RedisServer::start();
+    let events = [event(1, 1_000, 1)];
+    let a = node(&redis, 1, 2, &events, Duration::from_secs(60));
+    let _b = node(&redis, 2, 2, &events, Duration::from_secs(60));
+    let counts = rush(a.local_addr(), 0..1_000);
+    assert_eq!(counts.get(&Status::Ok), Some(&1_000), "{counts:?}");
+    // Now it is sold out: the next buyers are told so.
+    let after = rush(a.local_addr(), 1_000..1_100);
+    assert_eq!(after.get(&Status::SoldOut), Some(&100), "{after:?}");
+    assert_eq!(redis.ledger_sold(1), 1_000);
+}
+
+#[test]
+fn after_a_node_dies_its_holds_expire_and_are_sold_not_refused() {
+    let redis = RedisServer::start();
+    let events = [event(1, 1_000, 1)];
+    // Long enough for the rush below to finish before the holds expire.
+    let ttl = Duration::from_secs(4);
+    let a = node(&redis, 1, 2, &events, ttl);
+    let b = node(&redis, 2, 2, &events, ttl);
+    let mut on_b = Client::connect(b.local_addr());
+    for user in 0..300 {
+        assert_eq!(on_b.reserve(1, user, 1).status, Status::Ok);
+    }
+    drop(on_b);
+    drop(b); // its 300 holds stay in the ledger until they expire
+    let counts = rush(a.local_addr(), 1_000..2_000);
+    assert_eq!(counts.get(&Status::Ok), Some(&700), "{counts:?}");
+    assert_eq!(
+        counts.get(&Status::SoldOut),
+        Some(&300),
+        "only the held tickets are refused: {counts:?}"
+    );
+    let mut client = Client::connect(a.local_addr());
+    common::wait_until(|| client.stock(1) == (1_000, 300));
+    let later = rush(a.local_addr(), 2_000..2_300);
+    assert_eq!(later.get(&Status::Ok), Some(&300), "{later:?}");
+    assert_eq!(redis.ledger_sold(1), 1_000);
 }

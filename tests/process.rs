@@ -34,10 +34,17 @@ fn help_documents_every_flag() {
         "--buffer",
         "--redis-timeout",
         "--redis-depth",
-        "--reset-events",
         "--redis-scripts",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    let out = Command::new(BIN)
+        .args(["create-events", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--redis", "--event", "--hold-ttl", "--update", "--reset"] {
+        assert!(help.contains(flag), "create-events --help lacks {flag}");
     }
 }
 
@@ -50,7 +57,10 @@ fn bad_arguments_exit_2_with_a_clear_message() {
         (vec!["--max-frame", "8"], "--max-frame"),
         (vec!["--hold-ttl", "soon"], "hold-ttl"),
         // Every count and duration has an upper bound too, named with the flag.
-        (vec!["--hold-ttl", "100years"], "--hold-ttl must be between 1ms and 7days"),
+        (
+            vec!["--hold-ttl", "100years"],
+            "--hold-ttl must be between 1ms and 7days",
+        ),
         (vec!["--max-frame", "200000"], "--max-frame must be between"),
         (vec!["--max-conns", "0"], "--max-conns must be between 1"),
         (

@@ -10,7 +10,15 @@ use common::redis_server::RedisServer;
 use mio::{Events, Poll, Token};
 use redis::Value;
 use ticketd::redis_ledger::conn::{Completion, ConnSettings, RedisConn};
+use ticketd::redis_ledger::setup::Definition;
 use ticketd::redis_ledger::{self, Decision, Step};
+
+/// Event 1: 10 tickets, one per user, one-minute holds.
+const DEFINITION: Definition = Definition {
+    total: 10,
+    per_user_limit: 1,
+    hold_ttl_ms: 60_000,
+};
 
 const TOKEN: Token = Token(7);
 
@@ -101,8 +109,8 @@ fn a_crash_loses_calls_in_flight_and_the_handshake_restores_the_functions() {
     let mut poll = Poll::new().unwrap();
     let handshake = [redis_ledger::load_functions()];
     let mut conn = RedisConn::new(redis.addr(), TOKEN, settings(2_000), &handshake);
-    redis_ledger::init_event(1, 10, 1, 60_000)
-        .query::<Vec<i64>>(&mut redis.client())
+    redis_ledger::define_event(1, &DEFINITION, false)
+        .query::<Vec<String>>(&mut redis.client())
         .unwrap();
     conn.send(&redis::cmd("PING"), 1, Instant::now());
     drive(&mut poll, &mut conn, |c, _| c.len() == 1);
@@ -123,8 +131,8 @@ fn a_crash_loses_calls_in_flight_and_the_handshake_restores_the_functions() {
     // and the library is back: the event can be created and FCALL works.
     conn.send(&redis::cmd("PING"), 4, Instant::now());
     drive(&mut poll, &mut conn, |c, _| !c.is_empty());
-    redis_ledger::init_event(1, 10, 1, 60_000)
-        .query::<Vec<i64>>(&mut redis.client())
+    redis_ledger::define_event(1, &DEFINITION, false)
+        .query::<Vec<String>>(&mut redis.client())
         .expect("the handshake reloaded the Function library");
     let steps = [Step::Buy {
         user: 1,

@@ -9,11 +9,41 @@ use std::time::{Duration, Instant};
 
 use common::redis_server::RedisServer;
 use redis::{Connection, Value};
+use ticketd::redis_ledger::setup::Definition;
 use ticketd::redis_ledger::{self, Decision, EventKeys, Step};
 use ticketd_proto::Status;
 
+/// Creates the event as `ticketd create-events` does (an existing one is left as it
+/// is) and returns the ledger's `[total, sold, held]`.
 fn init(c: &mut Connection, event: u32, total: i64, limit: u16, ttl_ms: u64) -> Vec<i64> {
-    redis_ledger::init_event(event, total, limit, ttl_ms)
+    define(c, event, total, limit, ttl_ms, false);
+    meta(c, event)
+}
+
+fn define(
+    c: &mut Connection,
+    event: u32,
+    total: i64,
+    per_user_limit: u16,
+    hold_ttl_ms: u64,
+    update: bool,
+) -> Vec<String> {
+    let def = Definition {
+        total,
+        per_user_limit,
+        hold_ttl_ms,
+    };
+    redis_ledger::define_event(event, &def, update)
+        .query(c)
+        .unwrap()
+}
+
+fn meta(c: &mut Connection, event: u32) -> Vec<i64> {
+    redis::cmd("HMGET")
+        .arg(EventKeys::new(event).meta())
+        .arg("total")
+        .arg("sold")
+        .arg("held")
         .query(c)
         .unwrap()
 }
@@ -113,6 +143,20 @@ fn init_never_overwrites_an_event_in_progress_and_unknown_events_are_not_found()
 }
 
 #[test]
+fn update_keeps_the_sales_and_never_goes_below_them() {
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    init(&mut c, 1, 5, 1, 60_000);
+    decide(&mut c, 1, 1, &[buy(1, 100), buy(2, 101)]);
+    let refused = define(&mut c, 1, 1, 1, 60_000, true);
+    assert_eq!(refused[0], "ERR");
+    assert!(refused[1].contains("below the 2 tickets"), "{refused:?}");
+    assert_eq!(define(&mut c, 1, 8, 2, 30_000, true), vec!["OK"]);
+    assert_eq!(meta(&mut c, 1), vec![8, 2, 0], "total raised, sales kept");
+    assert_eq!(stock(&mut c, 1), (8, 6));
+}
+
+#[test]
 fn holds_confirm_cancel_and_their_retries() {
     let redis = RedisServer::start();
     let mut c = redis.client();
@@ -170,11 +214,19 @@ fn holds_confirm_cancel_and_their_retries() {
     );
     assert_eq!(
         decide(&mut c, 1, 7, &[Step::Cancel { hold_id: 501 }]),
-        vec![Decision::Cancelled]
+        vec![Decision::Cancelled {
+            event_id: 1,
+            qty: 1
+        }],
+        "the cancel names what went back on sale"
     );
     assert_eq!(
         decide(&mut c, 1, 8, &[Step::Cancel { hold_id: 501 }]),
-        vec![Decision::Cancelled]
+        vec![Decision::Cancelled {
+            event_id: 1,
+            qty: 0
+        }],
+        "a repeated cancel returns nothing twice"
     );
     assert_eq!(
         decide(
@@ -372,7 +424,10 @@ fn holds_are_settled_by_hold_id_alone_across_events() {
     ];
     let expected = vec![
         Decision::Ordered { order_id: 600 },
-        Decision::Cancelled,
+        Decision::Cancelled {
+            event_id: 2,
+            qty: 1,
+        },
         Decision::Refused(Status::NotFound),
     ];
     assert_eq!(settle(&mut c, 10, &steps), expected);

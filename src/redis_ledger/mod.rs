@@ -96,8 +96,9 @@ pub enum Decision {
     Ordered { order_id: u64 },
     /// RESERVE: the hold and when it expires (Unix ms, Redis's clock).
     Held { hold_id: u64, expires_unix_ms: u64 },
-    /// CANCEL done.
-    Cancelled,
+    /// CANCEL done: `qty` tickets of event `event_id` went back on sale (0 when the
+    /// hold was already cancelled: a retry returns nothing twice).
+    Cancelled { event_id: u32, qty: u16 },
     /// Refused; nothing changed.
     Refused(Status),
 }
@@ -118,15 +119,19 @@ pub fn load_functions() -> Cmd {
     cmd
 }
 
-/// Creates the event if it is absent; replies `[total, sold, held]`.
-pub fn init_event(event: u32, total: i64, per_user_limit: u16, hold_ttl_ms: u64) -> Cmd {
+/// Defines an event: creates it if absent, or with `update` sets its total, limit and
+/// hold TTL keeping its sales (refused if the total would fall below sold + held).
+/// Replies `[OK]` or `[ERR, why]`. Only `ticketd create-events` sends it: a node never
+/// creates an event.
+pub fn define_event(event: u32, def: &setup::Definition, update: bool) -> Cmd {
     let mut cmd = redis::cmd("FCALL");
-    cmd.arg("ticketd_init")
+    cmd.arg("ticketd_define")
         .arg(1)
         .arg(EventKeys::new(event).meta())
-        .arg(total)
-        .arg(per_user_limit)
-        .arg(hold_ttl_ms);
+        .arg(def.total)
+        .arg(def.per_user_limit)
+        .arg(def.hold_ttl_ms)
+        .arg(if update { "update" } else { "create" });
     cmd
 }
 
@@ -259,7 +264,10 @@ fn parse_one(index: usize, result: &Value, step: &Step) -> Result<Decision, Repl
             hold_id: number(1)?,
             expires_unix_ms: number(2)?,
         },
-        Step::Cancel { .. } => Decision::Cancelled,
+        Step::Cancel { .. } => Decision::Cancelled {
+            event_id: u32::try_from(number(1)?).map_err(|_| malformed())?,
+            qty: u16::try_from(number(2)?).map_err(|_| malformed())?,
+        },
     })
 }
 

@@ -5,67 +5,251 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::flavor::{load_script, Flavor};
-use super::{init_event, load_functions, stock, EventKeys};
+use super::{define_event, load_functions, stock, EventKeys};
 use crate::config::{EventSpec, RedisConfig};
 
-/// Why the ledger could not be prepared or read.
+/// Why the ledger could not be prepared, read or changed.
 #[derive(Debug, thiserror::Error)]
-#[error("redis at {addr}: {source}")]
-pub struct LedgerError {
-    addr: SocketAddr,
-    source: redis::RedisError,
+pub enum LedgerError {
+    #[error("redis at {addr}: {source}")]
+    Redis {
+        addr: SocketAddr,
+        source: redis::RedisError,
+    },
+    #[error(
+        "event {event}: the Redis ledger has {what} {ledger}, this node was given {given}; \
+         start the node with the ledger's value, or change the event on purpose with \
+         `ticketd create-events --update` (keeps its sales)"
+    )]
+    Mismatch {
+        event: u32,
+        what: &'static str,
+        ledger: String,
+        given: String,
+    },
+    #[error("event {event}: {why}")]
+    Refused { event: u32, why: String },
 }
 
 fn connect(addr: SocketAddr, timeout: Duration) -> Result<redis::Connection, LedgerError> {
-    let fail = |source| LedgerError { addr, source };
+    let fail = |source| LedgerError::Redis { addr, source };
     let client = redis::Client::open(format!("redis://{addr}/")).map_err(fail)?;
     client.get_connection_with_timeout(timeout).map_err(fail)
 }
 
+/// An event as the ledger defines it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Definition {
+    pub total: i64,
+    pub per_user_limit: u16,
+    pub hold_ttl_ms: u64,
+}
+
+impl Definition {
+    pub fn of(spec: &EventSpec, hold_ttl: Duration) -> Self {
+        Definition {
+            total: spec.stock,
+            per_user_limit: spec.per_user_limit,
+            hold_ttl_ms: u64::try_from(hold_ttl.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// The first way `given` differs from this (the ledger's) definition.
+    fn mismatch(&self, event: u32, given: &Definition) -> Option<LedgerError> {
+        let differ = |what, ledger: String, given: String| {
+            Some(LedgerError::Mismatch {
+                event,
+                what,
+                ledger,
+                given,
+            })
+        };
+        let ttl = |ms: u64| humantime::format_duration(Duration::from_millis(ms)).to_string();
+        if self.total != given.total {
+            differ("total", self.total.to_string(), given.total.to_string())
+        } else if self.per_user_limit != given.per_user_limit {
+            differ(
+                "per-user limit",
+                self.per_user_limit.to_string(),
+                given.per_user_limit.to_string(),
+            )
+        } else if self.hold_ttl_ms != given.hold_ttl_ms {
+            differ(
+                "hold TTL",
+                ttl(self.hold_ttl_ms),
+                format!("{} (--hold-ttl)", ttl(given.hold_ttl_ms)),
+            )
+        } else {
+            None
+        }
+    }
+}
+
+/// The ledger's definition of `event`, or `None` if it does not exist.
+fn read_definition(
+    c: &mut redis::Connection,
+    addr: SocketAddr,
+    event: u32,
+) -> Result<Option<Definition>, LedgerError> {
+    let fail = |source| LedgerError::Redis { addr, source };
+    let (total, limit, ttl): (Option<i64>, Option<u16>, Option<u64>) = redis::cmd("HMGET")
+        .arg(EventKeys::new(event).meta())
+        .arg("total")
+        .arg("limit")
+        .arg("hold_ttl_ms")
+        .query(c)
+        .map_err(fail)?;
+    Ok(match (total, limit, ttl) {
+        (Some(total), Some(per_user_limit), Some(hold_ttl_ms)) => Some(Definition {
+            total,
+            per_user_limit,
+            hold_ttl_ms,
+        }),
+        _ => None,
+    })
+}
+
 /// Installs the ledger code — as a Function library, or as a script where Functions are
-/// missing (or `--redis-scripts` asks) — resets events when asked, creates absent
-/// events, and returns each event's total as the ledger knows it (a joining node keeps
-/// the sales already made, and the total they were made against), with the flavour.
-pub fn prepare(
-    config: &RedisConfig,
-    events: &[EventSpec],
-    hold_ttl: Duration,
-) -> Result<(Vec<i64>, Flavor), LedgerError> {
+/// missing (or `--redis-scripts` asks) — and returns the flavour.
+fn install(c: &mut redis::Connection, config: &RedisConfig) -> Result<Flavor, LedgerError> {
     let addr = config.addr;
-    let fail = |source| LedgerError { addr, source };
-    let mut c = connect(addr, config.timeout.max(Duration::from_secs(2)))?;
+    let fail = |source| LedgerError::Redis { addr, source };
     let functions = if config.scripts {
         None
     } else {
-        match load_functions().query::<String>(&mut c) {
+        match load_functions().query::<String>(c) {
             Ok(_) => Some(Flavor::Functions),
             // Before Redis 7 (or with FUNCTION denied): fall back to EVALSHA.
             Err(e) if e.to_string().to_lowercase().contains("unknown command") => None,
             Err(e) => return Err(fail(e)),
         }
     };
-    let flavor = match functions {
+    Ok(match functions {
         Some(flavor) => flavor,
         None => Flavor::Scripts {
-            sha: load_script().query::<String>(&mut c).map_err(fail)?,
+            sha: load_script().query::<String>(c).map_err(fail)?,
         },
-    };
-    let ttl_ms = u64::try_from(hold_ttl.as_millis()).unwrap_or(u64::MAX);
+    })
+}
+
+/// Prepares a node: installs the ledger code and reads each event's total from the
+/// ledger. A node never creates an event (that is `ticketd create-events`): an event
+/// the ledger lacks is `None`, not sold, and logged as an error; one whose total,
+/// limit or hold TTL differs from this node's refuses the start.
+pub fn prepare(
+    config: &RedisConfig,
+    events: &[EventSpec],
+    hold_ttl: Duration,
+) -> Result<(Vec<Option<i64>>, Flavor), LedgerError> {
+    let addr = config.addr;
+    let mut c = connect(addr, config.timeout.max(Duration::from_secs(2)))?;
+    let flavor = install(&mut c, config)?;
     let mut totals = Vec::with_capacity(events.len());
     for e in events {
-        if config.reset_events {
+        match read_definition(&mut c, addr, e.id)? {
+            Some(ledger) => {
+                if let Some(mismatch) = ledger.mismatch(e.id, &Definition::of(e, hold_ttl)) {
+                    return Err(mismatch);
+                }
+                totals.push(Some(ledger.total));
+            }
+            None => {
+                tracing::error!(
+                    event = e.id,
+                    redis = %addr,
+                    "event {} does not exist in the Redis ledger: this node will not sell it \
+                     (NOT_FOUND) until it is created with `ticketd create-events`",
+                    e.id
+                );
+                totals.push(None);
+            }
+        }
+    }
+    Ok((totals, flavor))
+}
+
+/// How `ticketd create-events` treats an event the ledger already has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Existing {
+    /// Leave it as it is if it matches; refuse if it differs.
+    Keep,
+    /// Set its total, limit and hold TTL, keeping its sales (the total may not fall
+    /// below what is sold and held).
+    Update,
+    /// Delete it with all its sales, holds and orders, and create it afresh.
+    Reset,
+}
+
+/// What `create_events` did to one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Created,
+    AlreadyThere,
+    Updated,
+    Reset,
+}
+
+/// Creates each event in the ledger — the one step that ever does — treating events
+/// that exist as `existing` says.
+pub fn create_events(
+    config: &RedisConfig,
+    events: &[EventSpec],
+    hold_ttl: Duration,
+    existing: Existing,
+) -> Result<Vec<(u32, Created)>, LedgerError> {
+    let addr = config.addr;
+    let fail = |source| LedgerError::Redis { addr, source };
+    let mut c = connect(addr, config.timeout.max(Duration::from_secs(2)))?;
+    let flavor = install(&mut c, config)?;
+    let mut done = Vec::with_capacity(events.len());
+    for e in events {
+        let wanted = Definition::of(e, hold_ttl);
+        let before = read_definition(&mut c, addr, e.id)?;
+        let outcome = match (before, existing) {
+            (None, _) => Created::Created,
+            (Some(ledger), Existing::Keep) => match ledger.mismatch(e.id, &wanted) {
+                None => Created::AlreadyThere,
+                Some(LedgerError::Mismatch {
+                    what,
+                    ledger,
+                    given,
+                    ..
+                }) => {
+                    return Err(LedgerError::Refused {
+                        event: e.id,
+                        why: format!(
+                            "it exists with {what} {ledger}, not {given}; \
+                             --update changes it keeping its sales, --reset deletes them"
+                        ),
+                    })
+                }
+                Some(other) => return Err(other),
+            },
+            (Some(_), Existing::Update) => Created::Updated,
+            (Some(_), Existing::Reset) => Created::Reset,
+        };
+        if outcome == Created::Reset {
             redis::cmd("DEL")
                 .arg(&EventKeys::new(e.id).state()[..])
                 .query::<i64>(&mut c)
                 .map_err(fail)?;
         }
-        let reply: Vec<i64> = flavor
-            .adapt(init_event(e.id, e.stock, e.per_user_limit, ttl_ms))
+        let reply: Vec<String> = flavor
+            .adapt(define_event(e.id, &wanted, outcome == Created::Updated))
             .query(&mut c)
             .map_err(fail)?;
-        totals.push(reply.first().copied().unwrap_or(e.stock));
+        if reply.first().map(String::as_str) != Some("OK") {
+            return Err(LedgerError::Refused {
+                event: e.id,
+                why: reply
+                    .get(1)
+                    .cloned()
+                    .unwrap_or_else(|| format!("{reply:?}")),
+            });
+        }
+        done.push((e.id, outcome));
     }
-    Ok((totals, flavor))
+    Ok(done)
 }
 
 /// Sequences reserved per start for each shard's ids in ledger mode: 2^28 (268 million
@@ -88,7 +272,7 @@ pub fn reserve_id_blocks(
     node: u16,
     shards: usize,
 ) -> Result<Vec<IdBlock>, LedgerError> {
-    let fail = |source| LedgerError { addr, source };
+    let fail = |source| LedgerError::Redis { addr, source };
     let mut c = connect(addr, timeout.max(Duration::from_secs(2)))?;
     (0..shards)
         .map(|shard| {
@@ -120,7 +304,7 @@ pub fn snapshot(
     flavor: &Flavor,
     events: &[u32],
 ) -> Result<Vec<LedgerView>, LedgerError> {
-    let fail = |source| LedgerError { addr, source };
+    let fail = |source| LedgerError::Redis { addr, source };
     let mut c = connect(addr, Duration::from_secs(2))?;
     events
         .iter()

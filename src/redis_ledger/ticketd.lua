@@ -80,8 +80,10 @@ local function refuse(k, m, user, qty)
   return nil
 end
 
--- CONFIRM (kind C, order_id used if it becomes an order) or CANCEL (kind X) of a hold.
-local function settle(k, m, kind, hold_id, order_id, node, call, now)
+-- CONFIRM (kind C, order_id used if it becomes an order) or CANCEL (kind X) of a hold
+-- of event `event`. A CANCEL answers the event and the tickets it put back on sale (0 on
+-- a repeat), so the node that settled it can let its gate sell them at once.
+local function settle(k, m, event, kind, hold_id, order_id, node, call, now)
   local h = parse_hold(redis.call('HGET', k.holds, hold_id))
   if h and h.state == 'A' and h.expires <= now then
     release(k, m, hold_id, h, 'E', now)
@@ -100,10 +102,10 @@ local function settle(k, m, kind, hold_id, order_id, node, call, now)
     order(k, order_id, h.user, h.qty, node, call)
     return { 'OK', order_id, '0' }
   end
-  if h.state == 'X' then return { 'OK', '0', '0' } end
+  if h.state == 'X' then return { 'OK', event, '0' } end
   if h.state == 'C' then return { 'NOT_FOUND', '0', '0' } end
   release(k, m, hold_id, h, 'X', now)
-  return { 'OK', '0', '0' }
+  return { 'OK', event, tostring(h.qty) }
 end
 
 local function keys_of(keys)
@@ -111,15 +113,26 @@ local function keys_of(keys)
            forget = keys[5], orders = keys[6], call = keys[7] }
 end
 
--- ticketd_init(meta) total limit hold_ttl_ms -> {total, sold, held}
--- Creates the event only if absent: a node that joins never overwrites sales.
-redis.register_function('ticketd_init', function(keys, args)
-  if redis.call('EXISTS', keys[1]) == 0 then
-    redis.call('HSET', keys[1], 'total', args[1], 'sold', 0, 'held', 0,
-               'limit', args[2], 'hold_ttl_ms', args[3])
-  end
+-- ticketd_define(meta) total limit hold_ttl_ms mode -> {'OK'} or {'ERR', why}
+-- mode 'create': creates the event if absent (an existing one is left as it is);
+-- mode 'update': sets total, limit and TTL keeping the sales, never below sold + held.
+-- Only `ticketd create-events` calls it: a node joining never creates an event, so a
+-- ledger that lost its data is never refilled behind the operator's back.
+redis.register_function('ticketd_define', function(keys, args)
+  local total, limit, ttl, mode = tonumber(args[1]), tonumber(args[2]), tonumber(args[3]), args[4]
   local m = meta(keys[1])
-  return { m.total, m.sold, m.held }
+  if not m then
+    redis.call('HSET', keys[1], 'total', total, 'sold', 0, 'held', 0,
+               'limit', limit, 'hold_ttl_ms', ttl)
+    return { 'OK' }
+  end
+  if mode ~= 'update' then return { 'OK' } end
+  if total < m.sold + m.held then
+    return { 'ERR', 'total ' .. total .. ' is below the ' .. (m.sold + m.held) ..
+             ' tickets already sold or held' }
+  end
+  redis.call('HSET', keys[1], 'total', total, 'limit', limit, 'hold_ttl_ms', ttl)
+  return { 'OK' }
 end)
 
 -- ticketd_decide(meta users holds deadlines forget orders call)
@@ -168,7 +181,7 @@ redis.register_function('ticketd_decide', function(keys, args)
         end
       end
     else
-      r = settle(k, m, kind, user, id, node, call, now)
+      r = settle(k, m, event, kind, user, id, node, call, now)
     end
     results[i] = r
   end
@@ -217,7 +230,7 @@ redis.register_function('ticketd_settle', function(keys, args)
       if not state.m then
         results[i] = { 'NOT_FOUND', '0', '0' }
       else
-        results[i] = settle(state.k, state.m, kind, hold_id, order_id, node, call, now)
+        results[i] = settle(state.k, state.m, event, kind, hold_id, order_id, node, call, now)
       end
     end
   end

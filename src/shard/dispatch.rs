@@ -161,7 +161,7 @@ impl Dispatcher {
     ) -> Option<Response> {
         let req_id = request.req_id;
         if self.remote.is_some() {
-            return self.decide_remote(conn, request, in_flight, now);
+            return self.decide_remote(conn, request, in_flight);
         }
         let routed = match request.command {
             Command::Ping => Err(Response::ok(Op::Ping, req_id, ResultBody::Empty)),
@@ -262,7 +262,6 @@ impl Dispatcher {
         conn: ConnRef,
         request: Request,
         in_flight: &mut u32,
-        now: Instant,
     ) -> Option<Response> {
         let req_id = request.req_id;
         let waiter = (conn, req_id);
@@ -282,7 +281,7 @@ impl Dispatcher {
                     Err(refusal) => return Some(refusal),
                 };
                 let remote = self.remote.as_mut()?;
-                if let Some(answer) = remote.purchase(&self.catalog, index, op, p, waiter, now) {
+                if let Some(answer) = remote.purchase(&self.catalog, index, op, p, waiter) {
                     return Some(answer);
                 }
                 true

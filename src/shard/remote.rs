@@ -2,10 +2,14 @@
 //! call per event, the local gate in front of them, and the answers when Redis replies.
 //!
 //! The gate is the event's [`crate::stock::Stock`], sized to this node's share (total ÷
-//! nodes + buffer) instead of the total: a request the gate refuses is answered
-//! SOLD_OUT with no Redis traffic, and a gate that runs dry asks Redis how many remain
-//! and refills, so tickets a dead or idle node does not use are still sold. Once Redis
-//! says an event is sold out, every shard of the node answers SOLD_OUT locally.
+//! nodes + buffer) instead of the total: while it has tickets, a purchase takes one and
+//! goes to Redis in this pass's batch. A dry gate never answers SOLD_OUT by itself: the
+//! purchases that find it dry wait for one STOCK call per shard and event, and Redis's
+//! answer decides — none left: SOLD_OUT (true at that moment); some left: the gate is
+//! refilled and every waiting purchase goes to Redis, which decides each exactly. So
+//! tickets that come back (cancelled or expired holds, a dead node's unused share) are
+//! sold to the next buyers, and SOLD_OUT always reflects the ledger. A CANCEL gives its
+//! tickets back to this node's gate at once.
 //!
 //! Answers follow what the ledger can know: a call that never left the node answers
 //! UNAVAILABLE (nothing happened); a call sent whose answer was lost is sent again with
@@ -13,8 +17,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::Token;
 use redis::{Cmd, Value};
@@ -30,10 +33,6 @@ use crate::redis_ledger::{self, CallIds, Decision, Step};
 
 /// Tag of the FUNCTION LOAD sent after Redis reports the library missing.
 const RELOAD_TAG: u64 = u64::MAX;
-/// A closed or empty gate asks Redis again at most this often (per shard and event), so
-/// tickets that come back — expired or cancelled holds, a dead node's unused share — are
-/// sold, while rejections stay local.
-const REFILL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// How a shard reaches the ledger.
 #[derive(Debug, Clone)]
@@ -56,12 +55,29 @@ pub struct Waiter {
     pub gate_qty: u16,
 }
 
+/// A BUY or RESERVE that found the gate dry, waiting for the ledger's word.
+#[derive(Debug, Clone, Copy)]
+struct Parked {
+    op: Op,
+    user: u64,
+    qty: u16,
+    conn: ConnRef,
+    req_id: u64,
+}
+
 #[derive(Debug)]
 enum CallKind {
-    Decide { event: usize },
+    Decide {
+        event: usize,
+    },
     Settle,
-    Stock { event: usize },
-    Refill { event: usize },
+    Stock {
+        event: usize,
+    },
+    /// STOCK asked because the gate ran dry, for the purchases parked on it.
+    Refill {
+        event: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -69,6 +85,8 @@ struct Call {
     kind: CallKind,
     steps: Vec<Step>,
     waiters: Vec<Waiter>,
+    /// Refill: the purchases that wait for its answer.
+    parked: Vec<Parked>,
     cmd: Cmd,
     /// It has been on the wire: its outcome may be unknown, so never answer UNAVAILABLE.
     ever_sent: bool,
@@ -89,8 +107,12 @@ pub struct RemoteLedger {
     decide_batches: Vec<(Vec<Step>, Vec<Waiter>)>,
     settle_batch: (Vec<Step>, Vec<Waiter>),
     stock_batches: Vec<Vec<Waiter>>,
-    refilling: Vec<bool>,
-    last_refill: Vec<Option<Instant>>,
+    /// Per event: purchases that found the gate dry since the last ask went out.
+    parked: Vec<Vec<Parked>>,
+    /// Per event: an ask (Refill) is in flight; newly parked purchases wait for the next.
+    asking: Vec<bool>,
+    /// Per event: the ledger said it does not exist (logged once per change).
+    missing: Vec<bool>,
     /// What this node sold, per event (catalog order).
     pub tallies: Vec<EventTally>,
 }
@@ -132,13 +154,16 @@ impl RemoteLedger {
             decide_batches: (0..events).map(|_| (Vec::new(), Vec::new())).collect(),
             settle_batch: (Vec::new(), Vec::new()),
             stock_batches: (0..events).map(|_| Vec::new()).collect(),
-            refilling: vec![false; events],
-            last_refill: vec![None; events],
+            parked: (0..events).map(|_| Vec::new()).collect(),
+            asking: vec![false; events],
+            missing: vec![false; events],
             tallies: vec![EventTally::default(); events],
         }
     }
 
-    /// BUY or RESERVE: answered now (gate closed), or queued for this pass's call.
+    /// BUY or RESERVE: queued for this pass's call with a ticket from the gate, or parked
+    /// until the ledger says whether any remain. Answered now only when this run's ids
+    /// are used up.
     pub fn purchase(
         &mut self,
         catalog: &Catalog,
@@ -146,43 +171,64 @@ impl RemoteLedger {
         op: Op,
         purchase: Purchase,
         waiter: (ConnRef, u64),
-        now: Instant,
     ) -> Option<Response> {
         let Purchase { user, qty, .. } = purchase;
-        let listing = catalog.get(event);
-        if listing.sold_out.load(Ordering::Acquire)
-            || !listing.stock.take(self.shard, i64::from(qty))
-        {
-            self.request_refill(event, now);
-            return Some(Response::error(op.code(), waiter.1, Status::SoldOut));
+        let parked = Parked {
+            op,
+            user,
+            qty,
+            conn: waiter.0,
+            req_id: waiter.1,
+        };
+        if catalog.get(event).stock.take(self.shard, i64::from(qty)) {
+            self.queue_decide(catalog, event, parked, qty)
+        } else {
+            self.parked[event].push(parked);
+            None
         }
+    }
+
+    /// Adds a purchase to this pass's call for `event`, carrying `gate_qty` tickets of
+    /// the gate (0 when it goes to Redis ungated, after an ask said tickets remain).
+    fn queue_decide(
+        &mut self,
+        catalog: &Catalog,
+        event: usize,
+        p: Parked,
+        gate_qty: u16,
+    ) -> Option<Response> {
         let Some(id) = self.ids.try_next_id() else {
-            listing.stock.give_back(self.shard, i64::from(qty));
+            if gate_qty > 0 {
+                catalog
+                    .get(event)
+                    .stock
+                    .give_back(self.shard, i64::from(gate_qty));
+            }
             tracing::error!(
                 shard = self.shard,
                 "this run's id block is used up; restart the node to reserve another"
             );
-            return Some(Response::error(op.code(), waiter.1, Status::Unavailable));
+            return Some(Response::error(p.op.code(), p.req_id, Status::Unavailable));
         };
-        let step = match op {
+        let step = match p.op {
             Op::Reserve => Step::Reserve {
-                user,
-                qty,
+                user: p.user,
+                qty: p.qty,
                 hold_id: id,
             },
             _ => Step::Buy {
-                user,
-                qty,
+                user: p.user,
+                qty: p.qty,
                 order_id: id,
             },
         };
         let (steps, waiters) = &mut self.decide_batches[event];
         steps.push(step);
         waiters.push(Waiter {
-            conn: waiter.0,
-            req_id: waiter.1,
-            op,
-            gate_qty: qty,
+            conn: p.conn,
+            req_id: p.req_id,
+            op: p.op,
+            gate_qty,
         });
         None
     }
@@ -219,20 +265,15 @@ impl RemoteLedger {
         });
     }
 
-    fn request_refill(&mut self, event: usize, now: Instant) {
-        let due =
-            self.last_refill[event].is_none_or(|at| now.duration_since(at) >= REFILL_INTERVAL);
-        if due && !self.refilling[event] {
-            self.refilling[event] = true;
-            self.last_refill[event] = Some(now);
-            self.start(CallKind::Refill { event }, Vec::new(), Vec::new());
-        }
-    }
-
     /// Sends this pass's batches: one call per event with purchases, one for holds, one
-    /// STOCK per event asked.
+    /// STOCK per event asked, and one ask per event whose gate ran dry.
     pub fn flush(&mut self) {
         for event in 0..self.decide_batches.len() {
+            if !self.parked[event].is_empty() && !self.asking[event] {
+                self.asking[event] = true;
+                let parked = std::mem::take(&mut self.parked[event]);
+                self.start_call(CallKind::Refill { event }, Vec::new(), Vec::new(), parked);
+            }
             if !self.decide_batches[event].0.is_empty() {
                 let (steps, waiters) = std::mem::take(&mut self.decide_batches[event]);
                 self.start(CallKind::Decide { event }, steps, waiters);
@@ -249,6 +290,16 @@ impl RemoteLedger {
     }
 
     fn start(&mut self, kind: CallKind, steps: Vec<Step>, waiters: Vec<Waiter>) {
+        self.start_call(kind, steps, waiters, Vec::new());
+    }
+
+    fn start_call(
+        &mut self,
+        kind: CallKind,
+        steps: Vec<Step>,
+        waiters: Vec<Waiter>,
+        parked: Vec<Parked>,
+    ) {
         let call_id = self.call_ids.next_id();
         let ttl = redis_ledger::DEFAULT_REPLAY_TTL_MS;
         let cmd = match kind {
@@ -270,6 +321,7 @@ impl RemoteLedger {
                 kind,
                 steps,
                 waiters,
+                parked,
                 cmd,
                 ever_sent: false,
             },
@@ -377,7 +429,17 @@ impl RemoteLedger {
                                 expires_unix_ms,
                             },
                         ),
-                        Decision::Cancelled => {
+                        Decision::Cancelled { event_id, qty } => {
+                            // The hold's tickets are back in the ledger: let this node's
+                            // gate sell them at once.
+                            if let Some(index) = catalog.index_of(event_id) {
+                                if qty > 0 {
+                                    catalog
+                                        .get(index)
+                                        .stock
+                                        .give_back(self.shard, i64::from(qty));
+                                }
+                            }
                             Response::ok(waiter.op, waiter.req_id, ResultBody::Empty)
                         }
                         Decision::Refused(status) => {
@@ -394,19 +456,14 @@ impl RemoteLedger {
                 let view: Option<(i64, i64)> = redis::from_redis_value::<Vec<i64>>(value.clone())
                     .ok()
                     .and_then(|v| Some((*v.first()?, *v.get(1)?)));
-                if let CallKind::Refill { event } = call.kind {
-                    self.refilling[event] = false;
-                    match view {
-                        Some((_, remaining)) if remaining > 0 => {
-                            catalog.get(event).sold_out.store(false, Ordering::Release);
-                            // At most a gate's worth: the gate's initial size is this
-                            // node's share plus buffer.
-                            let chunk = remaining.min(catalog.get(event).stock.total().max(1));
-                            catalog.get(event).stock.give_back(self.shard, chunk);
-                        }
-                        Some(_) => catalog.get(event).sold_out.store(true, Ordering::Release),
-                        None => {}
+                if let CallKind::Stock { event } | CallKind::Refill { event } = call.kind {
+                    if let Some((total, _)) = view {
+                        self.note_missing(event, total < 0);
                     }
+                }
+                if let CallKind::Refill { event } = call.kind {
+                    self.asking[event] = false;
+                    self.answer_parked(catalog, event, view, call.parked, answers);
                 }
                 for waiter in &call.waiters {
                     let response = match view {
@@ -428,14 +485,81 @@ impl RemoteLedger {
         }
     }
 
-    /// A purchase refused by the ledger: its gate tickets go back, and SOLD_OUT closes
-    /// every shard's gate for the event at once.
+    /// The ledger's word for purchases that found the gate dry: none left is SOLD_OUT
+    /// for each; some left refills the gate (at most its initial size) and sends every
+    /// one of them to Redis, gated where the refill covers it, and Redis decides.
+    fn answer_parked(
+        &mut self,
+        catalog: &Catalog,
+        event: usize,
+        view: Option<(i64, i64)>,
+        parked: Vec<Parked>,
+        answers: &mut Vec<(ConnRef, Response)>,
+    ) {
+        let refusal = match view {
+            None => Some(Status::Unavailable),
+            Some((total, _)) if total < 0 => Some(Status::NotFound),
+            Some((_, remaining)) if remaining <= 0 => Some(Status::SoldOut),
+            Some(_) => None,
+        };
+        if let Some(status) = refusal {
+            for p in parked {
+                answers.push((p.conn, Response::error(p.op.code(), p.req_id, status)));
+            }
+            return;
+        }
+        let remaining = view.map_or(0, |(_, r)| r);
+        let gate = &catalog.get(event).stock;
+        gate.give_back(self.shard, remaining.min(gate.total().max(1)));
+        for p in parked {
+            let gate_qty = if gate.take(self.shard, i64::from(p.qty)) {
+                p.qty
+            } else {
+                0
+            };
+            if let Some(answer) = self.queue_decide(catalog, event, p, gate_qty) {
+                answers.push((p.conn, answer));
+            }
+        }
+    }
+
+    /// Logs when the ledger stops or starts knowing an event: a node never creates one,
+    /// so a missing event (Redis lost its data, or it was never created) is an error the
+    /// operator must see, not a stream of silent NOT_FOUNDs.
+    fn note_missing(&mut self, event: usize, missing: bool) {
+        if self.missing[event] == missing {
+            return;
+        }
+        self.missing[event] = missing;
+        let id = self.event_ids[event];
+        if missing {
+            tracing::error!(
+                event = id,
+                shard = self.shard,
+                "event {id} does not exist in the Redis ledger: not selling it (NOT_FOUND) \
+                 until it is created with `ticketd create-events`"
+            );
+        } else {
+            tracing::info!(
+                event = id,
+                shard = self.shard,
+                "event {id} is in the Redis ledger again"
+            );
+        }
+    }
+
+    /// A purchase refused by the ledger. SOLD_OUT keeps its gate tickets out, so the
+    /// gate shrinks toward what the ledger has and the next buyers ask; any other
+    /// refusal gives them back. NOT_FOUND means the event is gone from the ledger.
     fn refused(&mut self, catalog: &Catalog, event: usize, gate_qty: u16, status: Status) {
-        let listing = catalog.get(event);
-        if status == Status::SoldOut {
-            listing.sold_out.store(true, Ordering::Release);
-        } else if gate_qty > 0 {
-            listing.stock.give_back(self.shard, i64::from(gate_qty));
+        if status == Status::NotFound {
+            self.note_missing(event, true);
+        }
+        if status != Status::SoldOut && gate_qty > 0 {
+            catalog
+                .get(event)
+                .stock
+                .give_back(self.shard, i64::from(gate_qty));
         }
     }
 
@@ -447,7 +571,10 @@ impl RemoteLedger {
         answers: &mut Vec<(ConnRef, Response)>,
     ) {
         if let CallKind::Refill { event } = call.kind {
-            self.refilling[event] = false;
+            self.asking[event] = false;
+        }
+        for p in &call.parked {
+            answers.push((p.conn, Response::error(p.op.code(), p.req_id, status)));
         }
         for waiter in &call.waiters {
             if let CallKind::Decide { event } = call.kind {

@@ -1,4 +1,6 @@
-//! Commands that read a ledger instead of serving: the order feed and the audit.
+//! Commands that work on a ledger instead of serving: the order feed, the audit, and
+//! creating events in the Redis ledger.
 
 pub mod audit;
+pub mod create_events;
 pub mod orders;

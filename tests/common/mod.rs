@@ -185,6 +185,31 @@ pub fn wait_until(mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// Runs a `ticketd` subcommand (`create-events`, `audit`, …) to completion; its exit
+/// status and stdout, or stderr on failure.
+pub fn ticketd_tool(args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ticketd"))
+        .args(args)
+        .output()
+        .expect("ticketd runs");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// `ticketd create-events --redis <addr> --event <spec>…`, which must succeed.
+pub fn create_events(redis: SocketAddr, specs: &[&str], extra: &[&str]) -> String {
+    let url = format!("redis://{redis}");
+    let mut args = vec!["create-events", "--redis", url.as_str()];
+    for spec in specs {
+        args.extend(["--event", spec]);
+    }
+    args.extend(extra);
+    ticketd_tool(&args).unwrap_or_else(|e| panic!("create-events {specs:?}: {e}"))
+}
+
 /// A ticketd process, killed (SIGKILL) when dropped unless it already exited.
 pub struct TicketdProcess {
     pub child: std::process::Child,

@@ -97,7 +97,20 @@ impl RedisServer {
             .collect()
     }
 
-    /// A ledger-mode configuration for a node of `nodes` on this Redis.
+    /// Creates `events` with `hold_ttl`, as `ticketd create-events` does (an event that
+    /// exists must match).
+    pub fn create_events(&self, events: &[ticketd::EventSpec], hold_ttl: Duration) {
+        ticketd::redis_ledger::setup::create_events(
+            &ticketd::config::RedisConfig::new(self.addr()),
+            events,
+            hold_ttl,
+            ticketd::redis_ledger::setup::Existing::Keep,
+        )
+        .expect("create the events");
+    }
+
+    /// A ledger-mode configuration for a node of `nodes` on this Redis. The events must
+    /// have been created (a node never creates one).
     pub fn node_config(
         &self,
         node_id: u16,
@@ -108,13 +121,9 @@ impl RedisServer {
         config.shards = 2;
         config.node_id = node_id;
         config.redis = Some(ticketd::config::RedisConfig {
-            addr: self.addr(),
             nodes,
-            buffer: 0,
             timeout: Duration::from_millis(300),
-            depth: 64,
-            reset_events: false,
-            scripts: false,
+            ..ticketd::config::RedisConfig::new(self.addr())
         });
         config
     }
