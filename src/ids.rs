@@ -66,6 +66,11 @@ impl IdGenerator {
         Some(self.prefix | self.last)
     }
 
+    /// The node and shard bits of every id this generator issues.
+    pub fn prefix(&self) -> u64 {
+        self.prefix
+    }
+
     /// The sequence of the last id issued.
     pub fn last_seq(&self) -> u64 {
         self.last
@@ -78,6 +83,21 @@ impl IdGenerator {
         assert!(self.last <= SEQUENCE_MASK, "id sequence exhausted");
         self.prefix | self.last
     }
+}
+
+/// The node and shard bits of `id`: every id one generator issues shares them.
+pub fn prefix_of(id: u64) -> u64 {
+    id & !SEQUENCE_MASK
+}
+
+/// The sequence bits of `id`.
+pub fn sequence_of(id: u64) -> u64 {
+    id & SEQUENCE_MASK
+}
+
+/// The shard field of `id`.
+pub fn field_of(id: u64) -> u16 {
+    ((id >> SEQUENCE_BITS) & SHARD_MASK) as u16
 }
 
 /// The shard field and sequence of `id`, if node `node` issued it.

@@ -361,12 +361,14 @@ fn available_stock(events: &[EventSpec], state: &Recovered) -> Result<Vec<i64>, 
         .collect()
 }
 
-/// Recovered holds whose owner (the shard of their user now) is not the shard their
-/// id names: only after a restart with another shard count.
+/// Recovered live holds whose owner (the shard of their user now) is not the shard
+/// their id names: only after a restart with another shard count. (Ended holds need no
+/// route: they are kept by the shard their id's field maps to.)
 fn hold_routes(state: &Recovered, node: u16, shards: usize) -> HoldRoutes {
     state
         .holds
         .values()
+        .filter(|hold| hold.end.is_none())
         .filter_map(|hold| {
             let owner = owner_of_user(hold.user, shards);
             (ids::owning_shard(hold.hold_id, node, shards) != Some(owner))

@@ -701,3 +701,62 @@ fn a_second_server_on_the_same_data_dir_is_refused() {
     assert!(error.contains("in use by another ticketd"), "{error}");
     stop(server);
 }
+
+#[test]
+fn ended_holds_answer_retries_across_rotations_restarts_and_shard_counts() {
+    // Finished holds are remembered in compact form (and snapshotted so) at segment
+    // rotation; retries must keep their answers through that, a crash, and restarts with
+    // fewer and more shards.
+    let dir = tempfile::tempdir().unwrap();
+    let base = ["--event", "1:100000", "--segment-bytes", "4096"];
+    let with_shards = |shards: &'static str| {
+        let mut args = base.to_vec();
+        args.extend(["--shards", shards]);
+        args
+    };
+    let server = start(dir.path(), &with_shards("2"));
+    let mut c = Client::connect(server.addr);
+    let mut confirmed = Vec::new();
+    let mut cancelled = Vec::new();
+    for user in 0..40 {
+        let (hold_id, _) = hold(&c.reserve(1, user, 1));
+        if user % 2 == 0 {
+            confirmed.push((hold_id, order_id(&c.confirm(hold_id))));
+        } else {
+            assert_eq!(c.cancel(hold_id).status, Status::Ok);
+            cancelled.push(hold_id);
+        }
+    }
+    // Churn enough records to rotate segments several times.
+    for user in 1_000..3_000 {
+        let (hold_id, _) = hold(&c.reserve(1, user, 1));
+        assert_eq!(c.cancel(hold_id).status, Status::Ok);
+    }
+    let check = |c: &mut Client, when: &str| {
+        for &(hold_id, order) in &confirmed {
+            assert_eq!(order_id(&c.confirm(hold_id)), order, "{when}");
+            assert_eq!(c.cancel(hold_id).status, Status::NotFound, "{when}");
+        }
+        for &hold_id in &cancelled {
+            assert_eq!(c.cancel(hold_id).status, Status::Ok, "{when}");
+            assert_eq!(c.confirm(hold_id).status, Status::NotFound, "{when}");
+        }
+    };
+    check(&mut c, "after rotations");
+    assert!(
+        segments(dir.path())
+            .iter()
+            .all(|p| !p.to_string_lossy().ends_with("-0000000000.tjl")),
+        "never rotated"
+    );
+    server.kill9();
+    for shards in ["2", "1", "3"] {
+        let server = start(dir.path(), &with_shards(shards));
+        let mut c = Client::connect(server.addr);
+        check(&mut c, &format!("restarted with {shards} shards"));
+        assert_eq!(c.stock(1), (100_000, 100_000 - 20));
+        stop(server);
+    }
+    let (clean, report) = audit(dir.path());
+    assert!(clean, "{report}");
+}

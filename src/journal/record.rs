@@ -14,8 +14,12 @@ use bytes::{Buf, BufMut, BytesMut};
 
 /// First bytes of every segment file.
 pub const MAGIC: &[u8; 8] = b"TICKETDJ";
-/// The format version this build writes and reads.
-pub const VERSION: u16 = 1;
+/// The format version this build writes. Version 2 added the compact memory of ended
+/// holds in snapshots ([`Record::HoldsEnded`], [`Record::HoldConfirmed`]); version 1
+/// files are still read.
+pub const VERSION: u16 = 2;
+/// The oldest format version this build reads.
+pub const MIN_VERSION: u16 = 1;
 /// Size of the file header, checksum included.
 pub const HEADER_LEN: usize = 36;
 /// Size of a record's frame before its body.
@@ -37,7 +41,7 @@ pub enum HeaderError {
     Short,
     #[error("not a ticketd journal (bad magic)")]
     Magic,
-    #[error("journal format version {0}, this build reads version {VERSION}")]
+    #[error("journal format version {0}, this build reads versions {MIN_VERSION} to {VERSION}")]
     Version(u16),
     #[error("the journal header's checksum does not match")]
     Checksum,
@@ -67,7 +71,7 @@ impl FileHeader {
         }
         buf.advance(8);
         let version = buf.get_u16();
-        if version != VERSION {
+        if !(MIN_VERSION..=VERSION).contains(&version) {
             return Err(HeaderError::Version(version));
         }
         let node = buf.get_u16();
@@ -146,6 +150,22 @@ pub enum Record {
     },
     /// Ids with shard field `field` have been issued up to sequence `seq`.
     IdMark { field: u16, seq: u64 },
+    /// Snapshot only: holds among ids `first_id .. first_id + 128` that were cancelled
+    /// or expired, all by `ended_ms`, remembered for retries (2 bits per id, see
+    /// [`crate::ledger::ended::EndedRun`]). Their events, users and quantities are not
+    /// kept: a retry needs only how the hold ended.
+    HoldsEnded {
+        first_id: u64,
+        ended_ms: u64,
+        states: [u8; 32],
+    },
+    /// Snapshot only: a hold confirmed as `order_id` by `ended_ms`, remembered for
+    /// retries. Its order is a [`Record::Sale`] of its own.
+    HoldConfirmed {
+        hold_id: u64,
+        order_id: u64,
+        ended_ms: u64,
+    },
 }
 
 mod kind {
@@ -159,6 +179,8 @@ mod kind {
     pub const EXPIRED: u8 = 8;
     pub const HOLD_FINISHED: u8 = 9;
     pub const ID_MARK: u8 = 10;
+    pub const HOLDS_ENDED: u8 = 11;
+    pub const HOLD_CONFIRMED: u8 = 12;
 }
 
 mod end_code {
@@ -289,6 +311,26 @@ impl Record {
                 out.put_u16(field);
                 out.put_u64(seq);
             }
+            Record::HoldsEnded {
+                first_id,
+                ended_ms,
+                states,
+            } => {
+                out.put_u8(kind::HOLDS_ENDED);
+                out.put_u64(first_id);
+                out.put_u64(ended_ms);
+                out.put_slice(&states);
+            }
+            Record::HoldConfirmed {
+                hold_id,
+                order_id,
+                ended_ms,
+            } => {
+                out.put_u8(kind::HOLD_CONFIRMED);
+                out.put_u64(hold_id);
+                out.put_u64(order_id);
+                out.put_u64(ended_ms);
+            }
         }
     }
 
@@ -309,6 +351,8 @@ impl Record {
             kind::CANCELLED | kind::EXPIRED => 16,
             kind::HOLD_FINISHED => 8 + 4 + 8 + 2 + 1 + 8 + 8,
             kind::ID_MARK => 10,
+            kind::HOLDS_ENDED => 8 + 8 + 32,
+            kind::HOLD_CONFIRMED => 24,
             _ => return Err(error),
         };
         if b.len() != need {
@@ -376,6 +420,22 @@ impl Record {
                     ended_ms,
                 }
             }
+            kind::HOLDS_ENDED => {
+                let first_id = b.get_u64();
+                let ended_ms = b.get_u64();
+                let mut states = [0u8; 32];
+                b.copy_to_slice(&mut states);
+                Record::HoldsEnded {
+                    first_id,
+                    ended_ms,
+                    states,
+                }
+            }
+            kind::HOLD_CONFIRMED => Record::HoldConfirmed {
+                hold_id: b.get_u64(),
+                order_id: b.get_u64(),
+                ended_ms: b.get_u64(),
+            },
             _ => Record::IdMark {
                 field: b.get_u16(),
                 seq: b.get_u64(),
@@ -497,6 +557,16 @@ mod tests {
                 ended_ms: 32,
             },
             Record::IdMark { field: 33, seq: 34 },
+            Record::HoldsEnded {
+                first_id: 35,
+                ended_ms: 36,
+                states: [0b1001; 32],
+            },
+            Record::HoldConfirmed {
+                hold_id: 37,
+                order_id: 38,
+                ended_ms: 39,
+            },
         ]
     }
 

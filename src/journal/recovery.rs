@@ -16,6 +16,7 @@ use super::record::{read_frame, FileHeader, Frame, HoldEnd, Record, HEADER_LEN};
 use super::store::{self, Manifest, SegmentName};
 use super::JournalError;
 use crate::ids;
+use crate::ledger::ended::EndedRun;
 
 /// One order as the journal knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +63,12 @@ pub struct Recovered {
     pub events: Vec<EventDef>,
     /// Every order, in the order replayed (per stream, oldest first).
     pub orders: Vec<OrderRec>,
+    /// Holds live, or ended after the newest snapshot (with all their details).
     pub holds: HashMap<u64, HoldRec, ahash::RandomState>,
+    /// Cancelled and expired holds remembered in compact form by a snapshot.
+    pub ended_runs: Vec<EndedRun>,
+    /// Confirmed holds remembered by a snapshot: (hold id, order id, ended ms).
+    pub ended_confirmed: Vec<(u64, u64, u64)>,
     /// Highest sequence issued per id shard field.
     pub id_marks: BTreeMap<u16, u64>,
     pub torn: Vec<TornTail>,
@@ -337,6 +343,23 @@ impl Recovered {
                 let mark = self.id_marks.entry(field).or_insert(0);
                 *mark = (*mark).max(seq);
             }
+            Record::HoldsEnded {
+                first_id,
+                ended_ms,
+                states,
+            } => self.ended_runs.push(EndedRun {
+                first_id,
+                ended_ms,
+                states,
+            }),
+            Record::HoldConfirmed {
+                hold_id,
+                order_id,
+                ended_ms,
+            } => {
+                self.note_id(order_id, node);
+                self.ended_confirmed.push((hold_id, order_id, ended_ms));
+            }
         }
         Ok(())
     }
@@ -376,6 +399,10 @@ impl Recovered {
                 None => true,
             }
         });
+        let remembered = |ended_ms: u64| ended_ms.saturating_add(ttl_ms) > now_ms;
+        self.ended_runs.retain(|run| remembered(run.ended_ms));
+        self.ended_confirmed
+            .retain(|&(_, _, ended_ms)| remembered(ended_ms));
     }
 
     /// Per event: tickets sold and tickets in live holds.

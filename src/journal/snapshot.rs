@@ -7,6 +7,8 @@ use bytes::BytesMut;
 
 use super::record::Record;
 use super::recovery::{EventDef, HoldRec, OrderRec, Recovered};
+use crate::ids::field_of;
+use crate::ledger::ended::EndedRun;
 use crate::routing::owner_of_user;
 
 /// Builds one snapshot: [`SnapshotBuilder::begin`], the state, then
@@ -67,6 +69,22 @@ impl SnapshotBuilder {
         });
     }
 
+    pub fn ended_run(&mut self, run: EndedRun) {
+        self.push(Record::HoldsEnded {
+            first_id: run.first_id,
+            ended_ms: run.ended_ms,
+            states: run.states,
+        });
+    }
+
+    pub fn ended_confirmed(&mut self, hold_id: u64, order_id: u64, ended_ms: u64) {
+        self.push(Record::HoldConfirmed {
+            hold_id,
+            order_id,
+            ended_ms,
+        });
+    }
+
     pub fn id_mark(&mut self, field: u16, seq: u64) {
         self.push(Record::IdMark { field, seq });
     }
@@ -81,8 +99,9 @@ impl SnapshotBuilder {
 }
 
 /// The snapshot that starts stream `stream` of `streams` in a new generation: every
-/// event, and the orders and holds of the users that stream's shard owns, and the id
-/// marks of the shard fields it answers for (`field % streams == stream`).
+/// event, the orders and live holds of the users that stream's shard owns, and the
+/// ended holds and id marks of the shard fields it answers for
+/// (`field % streams == stream`: ended holds are looked up by id alone).
 pub fn for_stream(
     state: &Recovered,
     events: &[EventDef],
@@ -99,9 +118,24 @@ pub fn for_stream(
             snapshot.order(order);
         }
     }
+    let answers_for = |id: u64| usize::from(field_of(id)) % streams == stream;
     for &hold in state.holds.values() {
-        if owner_of_user(hold.user, streams) == stream {
+        let mine = match hold.end {
+            None => owner_of_user(hold.user, streams) == stream,
+            Some(_) => answers_for(hold.hold_id),
+        };
+        if mine {
             snapshot.hold(hold);
+        }
+    }
+    for &run in &state.ended_runs {
+        if answers_for(run.first_id) {
+            snapshot.ended_run(run);
+        }
+    }
+    for &(hold_id, order_id, ended_ms) in &state.ended_confirmed {
+        if answers_for(hold_id) {
+            snapshot.ended_confirmed(hold_id, order_id, ended_ms);
         }
     }
     for (&field, &seq) in &state.id_marks {

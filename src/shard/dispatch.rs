@@ -370,12 +370,17 @@ impl Dispatcher {
         Ok(index)
     }
 
-    /// The shard that owns a hold, or NOT_FOUND for an id this node never issued.
+    /// The shard that owns a hold, or NOT_FOUND for an id this node never issued. A
+    /// live hold recovered across a change of shard count is routed to its user's shard
+    /// (`hold_routes`); every other id to the shard its field names, or that field
+    /// modulo the shard count (where recovery put the ended holds of fields no shard
+    /// issues any more).
     fn hold_owner(&self, op: Op, hold_id: u64, req_id: u64) -> Result<usize, Response> {
         if let Some(&owner) = self.hold_routes.get(&hold_id) {
             return Ok(owner);
         }
-        ids::owning_shard(hold_id, self.node_id, self.shards)
+        ids::split(hold_id, self.node_id)
+            .map(|(field, _)| usize::from(field) % self.shards)
             .ok_or_else(|| Response::error(op.code(), req_id, Status::NotFound))
     }
 }

@@ -1,12 +1,16 @@
 //! The embedded ledger of one shard: the users it owns (by [`crate::routing`]), the
-//! holds and orders it created, and hold expiry.
+//! holds and orders it created, and hold expiry. Live holds are in [`live`], what is
+//! remembered of ended ones in [`ended`].
 //!
 //! Only the owning shard's thread touches this state, so it needs no locks; other
 //! shards reach it by message. Stock itself lives in the shared [`crate::stock::Stock`]
 //! slices.
 
+pub mod ended;
+pub mod live;
+
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,17 +19,14 @@ use ticketd_proto::{Op, Response, ResultBody, Status};
 
 use crate::catalog::Catalog;
 use crate::clock::WallClock;
-use crate::ids::IdGenerator;
+use crate::ids::{field_of, prefix_of, sequence_of, IdGenerator};
 use crate::journal::commit::RecordBuf;
 use crate::journal::record::{HoldEnd, Record};
 use crate::journal::recovery::{EventDef, HoldRec, OrderRec, Recovered};
 use crate::journal::snapshot::SnapshotBuilder;
 use crate::routing::owner_of_user;
-
-/// Finished holds remembered per shard (so retried CONFIRM/CANCEL get the same answer).
-/// Past this, the oldest are forgotten before their TTL: a bound on memory under
-/// reserve/cancel floods.
-pub const MAX_REMEMBERED_HOLDS: usize = 1 << 20;
+use ended::{Ended, EndedHolds};
+use live::{Hold, LiveHolds};
 
 /// Most entries a shard's user table or order list is sized for at start (about 16 MiB
 /// and 24 MiB).
@@ -80,23 +81,6 @@ struct UserTally {
     held: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum HoldState {
-    Active,
-    Confirmed { order_id: u64 },
-    Cancelled,
-    Expired,
-}
-
-#[derive(Debug)]
-struct Hold {
-    event: usize,
-    user: u64,
-    qty: u16,
-    expires_at: Instant,
-    state: HoldState,
-}
-
 /// Per-event counts of what this shard decided.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct EventTally {
@@ -117,11 +101,8 @@ pub struct Ledger {
     /// Per event (catalog index), per user: 16-byte entries, since at a million sales a
     /// second this table's size is what the hot path pays for in cache misses.
     users: Vec<FastMap<u64, UserTally>>,
-    holds: FastMap<u64, Hold>,
-    /// Live holds by deadline. One TTL for all holds, so FIFO order is deadline order.
-    expiries: VecDeque<(Instant, u64)>,
-    /// Finished holds by the time they may be forgotten (also FIFO).
-    forgets: VecDeque<(Instant, u64)>,
+    live: LiveHolds,
+    ended: EndedHolds,
     orders: Vec<Order>,
     tallies: Vec<EventTally>,
     clock: WallClock,
@@ -160,15 +141,15 @@ impl Ledger {
             .map(share)
             .sum::<usize>()
             .min(MAX_PRESIZED_ENTRIES);
+        let ids = IdGenerator::new(node_id, shard);
         Ledger {
             shard,
             catalog,
             hold_ttl,
-            ids: IdGenerator::new(node_id, shard),
+            live: LiveHolds::new(ids.prefix(), ids.last_seq()),
+            ended: EndedHolds::new(ids.prefix(), hold_ttl),
+            ids,
             users,
-            holds: FastMap::default(),
-            expiries: VecDeque::new(),
-            forgets: VecDeque::new(),
             orders: Vec::with_capacity(orders_capacity),
             tallies,
             clock: WallClock::now(),
@@ -222,53 +203,64 @@ impl Ledger {
             tally.sold += u64::from(order.qty);
             tally.orders += 1;
         }
+        ledger.live = LiveHolds::new(ledger.ids.prefix(), last_seq);
         let mut live = Vec::new();
-        let mut finished = Vec::new();
+        // Ended holds are answered by the shard their id's field maps to.
+        let answers_for = |id: u64| usize::from(field_of(id)) % shards == shard;
+        let mut ended: Vec<(u64, u64, Ended)> = Vec::new();
         for hold in state.holds.values() {
-            if owner_of_user(hold.user, shards) != shard {
-                continue;
-            }
-            let Some(event) = ledger.catalog.index_of(hold.event_id) else {
-                continue;
-            };
-            let state = match hold.end {
+            match hold.end {
                 None => {
+                    if owner_of_user(hold.user, shards) != shard {
+                        continue;
+                    }
+                    let Some(event) = ledger.catalog.index_of(hold.event_id) else {
+                        continue;
+                    };
                     ledger.users[event].entry(hold.user).or_default().held += u32::from(hold.qty);
                     ledger.tallies[event].held += u64::from(hold.qty);
-                    live.push((hold.deadline_ms, hold.hold_id));
-                    HoldState::Active
+                    let hold_view = Hold {
+                        event,
+                        user: hold.user,
+                        qty: hold.qty,
+                        expires_at: clock.instant(hold.deadline_ms),
+                    };
+                    live.push((hold.hold_id, hold_view));
                 }
-                Some((end, ended_ms)) => {
-                    finished.push((ended_ms, hold.hold_id));
-                    match end {
-                        HoldEnd::Confirmed { order_id } => HoldState::Confirmed { order_id },
-                        HoldEnd::Cancelled => HoldState::Cancelled,
-                        HoldEnd::Expired => HoldState::Expired,
-                    }
+                Some((end, ended_ms)) if answers_for(hold.hold_id) => {
+                    let end = match end {
+                        HoldEnd::Confirmed { order_id } => Ended::Confirmed { order_id },
+                        HoldEnd::Cancelled => Ended::Cancelled,
+                        HoldEnd::Expired => Ended::Expired,
+                    };
+                    ended.push((ended_ms, hold.hold_id, end));
                 }
-            };
-            ledger.holds.insert(
-                hold.hold_id,
-                Hold {
-                    event,
-                    user: hold.user,
-                    qty: hold.qty,
-                    expires_at: clock.instant(hold.deadline_ms),
-                    state,
-                },
-            );
+                Some(_) => {}
+            }
         }
-        // The queues are in deadline order: restored entries first, sorted.
-        live.sort_unstable();
-        finished.sort_unstable();
-        ledger.expiries = live
-            .into_iter()
-            .map(|(ms, id)| (clock.instant(ms), id))
-            .collect();
-        ledger.forgets = finished
-            .into_iter()
-            .map(|(ms, id)| (clock.instant(ms) + hold_ttl, id))
-            .collect();
+        for run in state.ended_runs.iter().filter(|r| answers_for(r.first_id)) {
+            ended.extend(run.ends().map(|(id, end)| (run.ended_ms, id, end)));
+        }
+        for &(hold_id, order_id, ended_ms) in &state.ended_confirmed {
+            if answers_for(hold_id) {
+                ended.push((ended_ms, hold_id, Ended::Confirmed { order_id }));
+            }
+        }
+        ledger.live.restore(live);
+        // Oldest first, and the bitmap starting at this shard's oldest remembered id.
+        ended.sort_unstable_by_key(|&(ms, id, _)| (ms, id));
+        let prefix = ledger.ids.prefix();
+        if let Some(first) = ended
+            .iter()
+            .filter(|&&(_, id, _)| prefix_of(id) == prefix)
+            .map(|&(_, id, _)| sequence_of(id))
+            .min()
+        {
+            ledger.ended.begin_at(first);
+        }
+        for (ended_ms, hold_id, end) in ended {
+            ledger.ended.record(hold_id, end, clock.instant(ended_ms));
+        }
         ledger
     }
 
@@ -292,32 +284,30 @@ impl Ledger {
                 unix_ms: order.unix_ms,
             });
         }
-        // Finished holds in the order they ended (the forget queue's), so a restart
-        // forgets them on the same schedule.
-        let mut finished_ms = FastMap::default();
-        for &(forget_at, hold_id) in &self.forgets {
-            finished_ms.insert(hold_id, self.clock.unix_ms(forget_at - self.hold_ttl));
-        }
-        for (&hold_id, hold) in &self.holds {
-            let end = match hold.state {
-                HoldState::Active => None,
-                HoldState::Confirmed { order_id } => Some(HoldEnd::Confirmed { order_id }),
-                HoldState::Cancelled => Some(HoldEnd::Cancelled),
-                HoldState::Expired => Some(HoldEnd::Expired),
-            };
-            let deadline_ms = self.clock.unix_ms(hold.expires_at);
-            let end = end.map(|end| {
-                let ended_ms = finished_ms.get(&hold_id).copied().unwrap_or(deadline_ms);
-                (end, ended_ms)
-            });
+        for (hold_id, hold) in self.live.iter() {
             snapshot.hold(HoldRec {
                 hold_id,
                 event_id: self.catalog.get(hold.event).id,
                 user: hold.user,
                 qty: hold.qty,
-                deadline_ms,
-                end,
+                deadline_ms: self.clock.unix_ms(hold.expires_at),
+                end: None,
             });
+        }
+        // Ended holds with a time they ended by, so a restart forgets them no sooner
+        // than this run would have.
+        let mut runs = Vec::new();
+        let mut confirmed = Vec::new();
+        self.ended.snapshot(
+            |at| self.clock.unix_ms(at),
+            |run| runs.push(run),
+            |hold_id, order_id, ended_ms| confirmed.push((hold_id, order_id, ended_ms)),
+        );
+        for run in runs {
+            snapshot.ended_run(run);
+        }
+        for (hold_id, order_id, ended_ms) in confirmed {
+            snapshot.ended_confirmed(hold_id, order_id, ended_ms);
         }
         snapshot.id_mark(self.shard as u16, self.ids.last_seq());
         for &(field, seq) in &self.inherited_id_marks {
@@ -380,17 +370,15 @@ impl Ledger {
         self.tallies[event].held += u64::from(qty);
         let hold_id = self.ids.next_id();
         let expires_at = now + self.hold_ttl;
-        self.holds.insert(
+        self.live.insert(
             hold_id,
             Hold {
                 event,
                 user,
                 qty,
                 expires_at,
-                state: HoldState::Active,
             },
         );
-        self.expiries.push_back((expires_at, hold_id));
         let expires_unix_ms = self.clock.unix_ms(expires_at);
         self.journal.push(Record::HoldTaken {
             hold_id,
@@ -441,78 +429,69 @@ impl Ledger {
 
     fn confirm(&mut self, hold_id: u64, now: Instant) -> Result<ResultBody, Status> {
         self.expire_if_due(hold_id, now);
-        let hold = self.holds.get_mut(&hold_id).ok_or(Status::NotFound)?;
-        match hold.state {
-            HoldState::Confirmed { order_id } => Ok(ResultBody::Order { order_id }),
-            HoldState::Cancelled => Err(Status::NotFound),
-            HoldState::Expired => Err(Status::Expired),
-            HoldState::Active => {
-                let (event, user, qty) = (hold.event, hold.user, hold.qty);
-                let order_id = self.ids.next_id();
-                hold.state = HoldState::Confirmed { order_id };
-                let tally = self.users[event].entry(user).or_default();
-                tally.held -= u32::from(qty);
-                tally.bought += u32::from(qty);
-                self.tallies[event].held -= u64::from(qty);
-                let unix_ms = self.clock.unix_ms(now);
-                self.journal.push(Record::Confirmed {
-                    hold_id,
-                    order_id,
-                    unix_ms,
-                });
-                self.push_order(order_id, event, user, qty, unix_ms);
-                self.remember(hold_id, now);
-                Ok(ResultBody::Order { order_id })
-            }
-        }
+        let Some(hold) = self.live.remove(hold_id) else {
+            return match self.ended.get(hold_id) {
+                Some(Ended::Confirmed { order_id }) => Ok(ResultBody::Order { order_id }),
+                Some(Ended::Expired) => Err(Status::Expired),
+                Some(Ended::Cancelled) | None => Err(Status::NotFound),
+            };
+        };
+        let Hold {
+            event, user, qty, ..
+        } = hold;
+        let order_id = self.ids.next_id();
+        let tally = self.users[event].entry(user).or_default();
+        tally.held -= u32::from(qty);
+        tally.bought += u32::from(qty);
+        self.tallies[event].held -= u64::from(qty);
+        let unix_ms = self.clock.unix_ms(now);
+        self.journal.push(Record::Confirmed {
+            hold_id,
+            order_id,
+            unix_ms,
+        });
+        self.push_order(order_id, event, user, qty, unix_ms);
+        self.ended
+            .record(hold_id, Ended::Confirmed { order_id }, now);
+        Ok(ResultBody::Order { order_id })
     }
 
     fn cancel(&mut self, hold_id: u64, now: Instant) -> Result<ResultBody, Status> {
         self.expire_if_due(hold_id, now);
-        let hold = self.holds.get(&hold_id).ok_or(Status::NotFound)?;
-        match hold.state {
-            HoldState::Cancelled => Ok(ResultBody::Empty),
-            HoldState::Confirmed { .. } => Err(Status::NotFound),
-            HoldState::Expired => Err(Status::Expired),
-            HoldState::Active => {
-                self.release(hold_id, HoldState::Cancelled, now);
-                Ok(ResultBody::Empty)
-            }
+        if self.live.get(hold_id).is_some() {
+            self.release(hold_id, Ended::Cancelled, now);
+            return Ok(ResultBody::Empty);
+        }
+        match self.ended.get(hold_id) {
+            Some(Ended::Cancelled) => Ok(ResultBody::Empty),
+            Some(Ended::Expired) => Err(Status::Expired),
+            Some(Ended::Confirmed { .. }) | None => Err(Status::NotFound),
         }
     }
 
-    /// Expires every hold whose deadline has passed and forgets finished holds whose
+    /// Expires every hold whose deadline has passed and forgets ended holds whose
     /// memory period ended. Returns how many holds expired.
     pub fn expire_due(&mut self, now: Instant) -> usize {
         let mut expired = 0;
-        while let Some(&(deadline, hold_id)) = self.expiries.front() {
-            if deadline > now {
-                break;
-            }
-            self.expiries.pop_front();
-            if self.is_active(hold_id) {
-                self.release(hold_id, HoldState::Expired, now);
-                expired += 1;
-            }
+        while let Some((hold_id, hold)) = self.live.pop_due(now) {
+            self.end_without_sale(hold_id, hold, Ended::Expired, now);
+            expired += 1;
         }
-        while let Some(&(forget_at, hold_id)) = self.forgets.front() {
-            if forget_at > now && self.forgets.len() <= MAX_REMEMBERED_HOLDS {
-                break;
-            }
-            self.forgets.pop_front();
-            self.holds.remove(&hold_id);
-        }
+        self.ended.forget_due(now);
         expired
     }
 
     /// When [`Ledger::expire_due`] next has work, if ever.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let expiry = self.expiries.front().map(|&(at, _)| at);
-        let forget = self.forgets.front().map(|&(at, _)| at);
-        match (expiry, forget) {
+        match (self.live.next_deadline(), self.ended.next_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Holds live now, and bytes of the ended-hold memory's bitmap.
+    pub fn hold_memory(&self) -> (usize, usize) {
+        (self.live.len(), self.ended.bitmap_bytes())
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
@@ -529,33 +508,26 @@ impl Ledger {
         &self.orders
     }
 
-    fn is_active(&self, hold_id: u64) -> bool {
-        self.holds
-            .get(&hold_id)
-            .is_some_and(|h| h.state == HoldState::Active)
-    }
-
     fn expire_if_due(&mut self, hold_id: u64, now: Instant) {
-        let due = self
-            .holds
-            .get(&hold_id)
-            .is_some_and(|h| h.state == HoldState::Active && h.expires_at <= now);
-        if due {
-            self.release(hold_id, HoldState::Expired, now);
+        if self.live.get(hold_id).is_some_and(|h| h.expires_at <= now) {
+            self.release(hold_id, Ended::Expired, now);
         }
     }
 
     /// Ends a live hold without a sale: tickets back to sale, room back to the user.
-    fn release(&mut self, hold_id: u64, end: HoldState, now: Instant) {
-        let Some(hold) = self.holds.get_mut(&hold_id) else {
-            return;
-        };
-        debug_assert_eq!(hold.state, HoldState::Active);
-        hold.state = end;
-        let (event, user, qty) = (hold.event, hold.user, hold.qty);
+    fn release(&mut self, hold_id: u64, end: Ended, now: Instant) {
+        if let Some(hold) = self.live.remove(hold_id) {
+            self.end_without_sale(hold_id, hold, end, now);
+        }
+    }
+
+    fn end_without_sale(&mut self, hold_id: u64, hold: Hold, end: Ended, now: Instant) {
+        let Hold {
+            event, user, qty, ..
+        } = hold;
         let unix_ms = self.clock.unix_ms(now);
         self.journal.push(match end {
-            HoldState::Expired => Record::Expired { hold_id, unix_ms },
+            Ended::Expired => Record::Expired { hold_id, unix_ms },
             _ => Record::Cancelled { hold_id, unix_ms },
         });
         if self.journal.is_enabled() {
@@ -570,16 +542,12 @@ impl Ledger {
                 self.users[event].remove(&user);
             }
         }
-        self.remember(hold_id, now);
+        self.ended.record(hold_id, end, now);
     }
 
     /// Puts `qty` tickets of `event` back on sale, on this shard's slice.
     pub fn give_back(&self, event: usize, qty: i64) {
         self.catalog.get(event).stock.give_back(self.shard, qty);
-    }
-
-    fn remember(&mut self, hold_id: u64, now: Instant) {
-        self.forgets.push_back((now + self.hold_ttl, hold_id));
     }
 
     fn push_order(&mut self, order_id: u64, event: usize, user: u64, qty: u16, unix_ms: u64) {

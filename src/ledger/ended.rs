@@ -1,0 +1,428 @@
+//! What a shard remembers of holds that ended, so a retried CONFIRM or CANCEL gets the
+//! same answer for at least one hold TTL after the hold ended (the protocol's promise),
+//! in memory that a RESERVE+CANCEL flood cannot blow up.
+//!
+//! # How
+//! A shard's ids are one dense sequence (orders and holds share it), and a retry needs
+//! only how the hold ended: cancelled, expired, or confirmed as order N. So the ends of
+//! holds with this shard's own ids are 2 bits each in a bitmap indexed by sequence,
+//! spanning the ids from the oldest remembered to the newest ended; the orders of
+//! confirmed holds sit beside it in an ordered map (bounded by the tickets sold).
+//!
+//! The bitmap is forgotten from its front by marks: `(when, end)` says every id below
+//! `end` may be forgotten at `when`. Recording an end below an existing mark's `end`
+//! merges those marks and moves `when` out, so no hold is forgotten sooner than one TTL
+//! after it ended. A hold ends at most one TTL after its id was issued, so the bitmap
+//! spans about the ids issued in two TTLs: 3,000,000 RESERVE+CANCEL pairs take 750 KB.
+//! Ends of ids outside the bitmap (other shard fields, recovered after the shard count
+//! changed; or a hold that outlived its part of the bitmap) are few, and kept in a map.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::ids::{prefix_of, sequence_of};
+
+/// How a remembered hold ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Confirmed { order_id: u64 },
+    Cancelled,
+    Expired,
+}
+
+/// Ends recorded within this much of each other share one forget mark.
+const MARK_GRAIN: Duration = Duration::from_millis(100);
+/// Ids per snapshot run: [`RUN_BYTES`] bytes of 2-bit states.
+pub const RUN_BYTES: usize = 32;
+const RUN_IDS: u64 = RUN_BYTES as u64 * 4;
+
+mod code {
+    pub const NONE: u8 = 0;
+    pub const CANCELLED: u8 = 1;
+    pub const EXPIRED: u8 = 2;
+    pub const CONFIRMED: u8 = 3;
+}
+
+/// A stretch of the bitmap for a snapshot: the ends of ids `first_id ..
+/// first_id + 128`, 2 bits each (low bits first; 0 none, 1 cancelled, 2 expired, 3
+/// confirmed), all ended by `ended_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndedRun {
+    pub first_id: u64,
+    pub ended_ms: u64,
+    pub states: [u8; RUN_BYTES],
+}
+
+impl EndedRun {
+    /// Every id of the run with a cancelled or expired end. (Confirmed holds are
+    /// snapshotted with their order, one by one.)
+    pub fn ends(&self) -> impl Iterator<Item = (u64, Ended)> + '_ {
+        (0..RUN_IDS).filter_map(move |i| {
+            let bits = (self.states[(i / 4) as usize] >> ((i % 4) * 2)) & 3;
+            let ended = match bits {
+                code::CANCELLED => Ended::Cancelled,
+                code::EXPIRED => Ended::Expired,
+                _ => return None,
+            };
+            Some((self.first_id + i, ended))
+        })
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
+
+#[derive(Debug)]
+pub struct EndedHolds {
+    ttl: Duration,
+    /// Node and shard bits of this shard's own ids.
+    prefix: u64,
+    /// Sequence of the first entry in `states` (a multiple of 4).
+    base: u64,
+    /// Four 2-bit ends per byte, from `base`.
+    states: VecDeque<u8>,
+    /// Confirmed holds of the bitmap: hold id -> order id.
+    confirmed: BTreeMap<u64, u64>,
+    /// `(when, end)`: ids below `end` may be forgotten at `when`; both increase.
+    marks: VecDeque<(Instant, u64)>,
+    others: FastMap<u64, Ended>,
+    others_forget: VecDeque<(Instant, u64)>,
+}
+
+impl EndedHolds {
+    /// The memory of the shard whose ids carry `prefix` (see [`crate::ids`]).
+    pub fn new(prefix: u64, ttl: Duration) -> Self {
+        EndedHolds {
+            ttl,
+            prefix,
+            base: 0,
+            states: VecDeque::new(),
+            confirmed: BTreeMap::new(),
+            marks: VecDeque::new(),
+            others: FastMap::default(),
+            others_forget: VecDeque::new(),
+        }
+    }
+
+    /// Starts the bitmap at sequence `seq` (before the first record): recovery records
+    /// ends oldest first, not in id order, and this keeps them all in the bitmap.
+    pub fn begin_at(&mut self, seq: u64) {
+        if self.states.is_empty() {
+            self.base = seq & !3;
+            self.states.push_back(0);
+        }
+    }
+
+    /// Remembers that `hold_id` ended at `at`, until at least `at` + TTL. Calls come in
+    /// order of `at`.
+    pub fn record(&mut self, hold_id: u64, ended: Ended, at: Instant) {
+        let forget_at = at + self.ttl;
+        let seq = sequence_of(hold_id);
+        if self.states.is_empty() {
+            self.base = seq & !3;
+        }
+        if prefix_of(hold_id) != self.prefix || seq < self.base {
+            self.others.insert(hold_id, ended);
+            self.others_forget.push_back((forget_at, hold_id));
+            return;
+        }
+        let index = seq - self.base;
+        let byte = usize::try_from(index / 4).unwrap_or(usize::MAX);
+        if byte >= self.states.len() {
+            self.states.resize(byte + 1, 0);
+        }
+        let bits = match ended {
+            Ended::Cancelled => code::CANCELLED,
+            Ended::Expired => code::EXPIRED,
+            Ended::Confirmed { order_id } => {
+                self.confirmed.insert(hold_id, order_id);
+                code::CONFIRMED
+            }
+        };
+        let shift = (index % 4) * 2;
+        self.states[byte] = (self.states[byte] & !(3 << shift)) | (bits << shift);
+        // Marks that would forget this id before its time are merged into one that
+        // forgets it (and everything below it) at forget_at.
+        let mut end = seq + 1;
+        while let Some(&(_, mark_end)) = self.marks.back() {
+            if mark_end <= seq {
+                break;
+            }
+            end = end.max(mark_end);
+            self.marks.pop_back();
+        }
+        match self.marks.back_mut() {
+            Some((when, mark_end)) if forget_at.saturating_duration_since(*when) < MARK_GRAIN => {
+                *when = (*when).max(forget_at);
+                *mark_end = end;
+            }
+            _ => self.marks.push_back((forget_at, end)),
+        }
+    }
+
+    /// How `hold_id` ended, if it is remembered.
+    pub fn get(&self, hold_id: u64) -> Option<Ended> {
+        let seq = sequence_of(hold_id);
+        if prefix_of(hold_id) == self.prefix && seq >= self.base {
+            let index = seq - self.base;
+            let bits = usize::try_from(index / 4)
+                .ok()
+                .and_then(|byte| self.states.get(byte))
+                .map(|b| (b >> ((index % 4) * 2)) & 3)
+                .unwrap_or(code::NONE);
+            match bits {
+                code::CANCELLED => return Some(Ended::Cancelled),
+                code::EXPIRED => return Some(Ended::Expired),
+                code::CONFIRMED => {
+                    return self
+                        .confirmed
+                        .get(&hold_id)
+                        .map(|&order_id| Ended::Confirmed { order_id })
+                }
+                _ => {}
+            }
+        }
+        self.others.get(&hold_id).copied()
+    }
+
+    /// Forgets what may be forgotten by `now`.
+    pub fn forget_due(&mut self, now: Instant) {
+        while let Some(&(when, end)) = self.marks.front() {
+            if when > now {
+                break;
+            }
+            self.marks.pop_front();
+            if end > self.base {
+                let whole = usize::try_from((end - self.base) / 4).unwrap_or(usize::MAX);
+                let bytes = whole.min(self.states.len());
+                self.states.drain(..bytes);
+                self.base += bytes as u64 * 4;
+                // Ids below `end` in the byte it falls in.
+                let partial = if whole < usize::MAX {
+                    (end - self.base) % 4
+                } else {
+                    0
+                };
+                if let (Some(front), true) = (self.states.front_mut(), bytes == whole) {
+                    *front &= !((1u8 << (partial * 2)) - 1);
+                }
+            }
+        }
+        if self.marks.is_empty() {
+            // Every id recorded is below some mark's end: none is remembered now.
+            self.states.clear();
+            self.confirmed.clear();
+        }
+        let first_kept = self.prefix | self.base;
+        if self
+            .confirmed
+            .first_key_value()
+            .is_some_and(|(&id, _)| id < first_kept)
+        {
+            self.confirmed = self.confirmed.split_off(&first_kept);
+        }
+        while let Some(&(when, hold_id)) = self.others_forget.front() {
+            if when > now {
+                break;
+            }
+            self.others_forget.pop_front();
+            self.others.remove(&hold_id);
+        }
+    }
+
+    /// When [`EndedHolds::forget_due`] next has work, if ever.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let mark = self.marks.front().map(|&(at, _)| at);
+        let other = self.others_forget.front().map(|&(at, _)| at);
+        match (mark, other) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Bytes of the bitmap (for reports and tests of the memory bound).
+    pub fn bitmap_bytes(&self) -> usize {
+        self.states.len()
+    }
+
+    /// Everything remembered, for a snapshot: runs of cancelled and expired ends, and
+    /// confirmed holds with their orders; each with a time it ended by, late enough that
+    /// a restart forgets it no sooner than this memory would have. `unix_ms` converts.
+    pub fn snapshot(
+        &self,
+        unix_ms: impl Fn(Instant) -> u64,
+        mut run: impl FnMut(EndedRun),
+        mut confirmed: impl FnMut(u64, u64, u64),
+    ) {
+        let ttl = self.ttl;
+        let ended_by = |seq: u64| -> Option<u64> {
+            // Every recorded id is below the newest mark's end.
+            let i = self.marks.partition_point(|&(_, end)| end <= seq);
+            self.marks
+                .get(i)
+                .or(self.marks.back())
+                .map(|&(when, _)| when.checked_sub(ttl).map_or(0, &unix_ms))
+        };
+        let mut first = self.base;
+        for chunk in self
+            .states
+            .iter()
+            .copied()
+            .collect::<Vec<u8>>()
+            .chunks(RUN_BYTES)
+        {
+            let mut states = [0u8; RUN_BYTES];
+            states[..chunk.len()].copy_from_slice(chunk);
+            // Confirmed ends travel with their orders below.
+            for byte in &mut states {
+                for shift in [0, 2, 4, 6] {
+                    if (*byte >> shift) & 3 == code::CONFIRMED {
+                        *byte &= !(3 << shift);
+                    }
+                }
+            }
+            if states.iter().any(|&b| b != 0) {
+                let last = first + chunk.len() as u64 * 4 - 1;
+                if let Some(ended_ms) = ended_by(last) {
+                    run(EndedRun {
+                        first_id: self.prefix | first,
+                        ended_ms,
+                        states,
+                    });
+                }
+            }
+            first += RUN_IDS;
+        }
+        for (&hold_id, &order_id) in &self.confirmed {
+            if let Some(ended_ms) = ended_by(sequence_of(hold_id)) {
+                confirmed(hold_id, order_id, ended_ms);
+            }
+        }
+        // Ends kept apart are written as runs of one.
+        let forgets: FastMap<u64, Instant> = self
+            .others_forget
+            .iter()
+            .map(|&(at, id)| (id, at))
+            .collect();
+        for (&hold_id, &ended) in &self.others {
+            let ended_ms = forgets
+                .get(&hold_id)
+                .and_then(|&at| at.checked_sub(ttl))
+                .map_or(0, &unix_ms);
+            match ended {
+                Ended::Confirmed { order_id } => confirmed(hold_id, order_id, ended_ms),
+                Ended::Cancelled | Ended::Expired => {
+                    let mut states = [0u8; RUN_BYTES];
+                    states[0] = if ended == Ended::Cancelled {
+                        code::CANCELLED
+                    } else {
+                        code::EXPIRED
+                    };
+                    run(EndedRun {
+                        first_id: hold_id,
+                        ended_ms,
+                        states,
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PREFIX: u64 = 3 << 44;
+    const TTL: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn ends_are_remembered_for_a_ttl_and_then_forgotten() {
+        let t0 = Instant::now();
+        let mut ended = EndedHolds::new(PREFIX, TTL);
+        ended.record(PREFIX | 5, Ended::Cancelled, t0);
+        ended.record(PREFIX | 6, Ended::Confirmed { order_id: 99 }, t0);
+        ended.record(PREFIX | 9, Ended::Expired, t0);
+        assert_eq!(ended.get(PREFIX | 5), Some(Ended::Cancelled));
+        assert_eq!(
+            ended.get(PREFIX | 6),
+            Some(Ended::Confirmed { order_id: 99 })
+        );
+        assert_eq!(ended.get(PREFIX | 9), Some(Ended::Expired));
+        assert_eq!(ended.get(PREFIX | 7), None, "an id that is no ended hold");
+        assert_eq!(ended.get(5), None, "another shard's id");
+        ended.forget_due(t0 + TTL - Duration::from_millis(1));
+        assert_eq!(
+            ended.get(PREFIX | 6),
+            Some(Ended::Confirmed { order_id: 99 })
+        );
+        ended.forget_due(t0 + TTL);
+        assert_eq!(ended.get(PREFIX | 5), None);
+        assert_eq!(ended.get(PREFIX | 6), None);
+        assert_eq!(ended.bitmap_bytes(), 0);
+    }
+
+    #[test]
+    fn a_late_end_of_an_old_hold_keeps_it_a_full_ttl() {
+        let t0 = Instant::now();
+        let mut ended = EndedHolds::new(PREFIX, TTL);
+        ended.record(PREFIX | 100, Ended::Cancelled, t0);
+        // Hold 10 (issued earlier) ends 30 s later: it must outlive the first mark.
+        let later = t0 + Duration::from_secs(30);
+        ended.record(PREFIX | 10, Ended::Cancelled, later);
+        ended.forget_due(t0 + TTL);
+        assert_eq!(ended.get(PREFIX | 10), Some(Ended::Cancelled));
+        ended.forget_due(later + TTL);
+        assert_eq!(ended.get(PREFIX | 10), None);
+    }
+
+    #[test]
+    fn a_flood_of_ends_costs_two_bits_each() {
+        let t0 = Instant::now();
+        let mut ended = EndedHolds::new(PREFIX, TTL);
+        for seq in 1..=3_000_000u64 {
+            let at = t0 + Duration::from_micros(seq * 10);
+            ended.record(PREFIX | seq, Ended::Cancelled, at);
+        }
+        assert!(ended.bitmap_bytes() <= 750_001, "{}", ended.bitmap_bytes());
+        assert!(ended.marks.len() <= 400, "{}", ended.marks.len());
+        assert_eq!(ended.get(PREFIX | 1), Some(Ended::Cancelled));
+    }
+
+    #[test]
+    fn ends_outside_the_bitmap_are_kept_apart_and_forgotten_too() {
+        let t0 = Instant::now();
+        let mut ended = EndedHolds::new(PREFIX, TTL);
+        ended.record(PREFIX | 50, Ended::Cancelled, t0);
+        ended.record(PREFIX | 2, Ended::Expired, t0); // below the bitmap's base
+        let other = (1 << 44) | 7;
+        ended.record(other, Ended::Confirmed { order_id: 8 }, t0);
+        assert_eq!(ended.get(PREFIX | 2), Some(Ended::Expired));
+        assert_eq!(ended.get(other), Some(Ended::Confirmed { order_id: 8 }));
+        ended.forget_due(t0 + TTL);
+        assert_eq!(ended.get(other), None);
+        assert_eq!(ended.get(PREFIX | 2), None);
+    }
+
+    #[test]
+    fn a_snapshot_holds_every_end() {
+        let t0 = Instant::now();
+        let mut ended = EndedHolds::new(PREFIX, TTL);
+        ended.record(PREFIX | 1, Ended::Cancelled, t0);
+        ended.record(PREFIX | 300, Ended::Expired, t0);
+        ended.record(PREFIX | 301, Ended::Confirmed { order_id: 5 }, t0);
+        let (mut ends, mut confirmed) = (Vec::new(), Vec::new());
+        ended.snapshot(
+            |_| 1_000,
+            |run| ends.extend(run.ends()),
+            |hold, order, _| confirmed.push((hold, order)),
+        );
+        assert_eq!(
+            ends,
+            vec![
+                (PREFIX | 1, Ended::Cancelled),
+                (PREFIX | 300, Ended::Expired)
+            ]
+        );
+        assert_eq!(confirmed, vec![(PREFIX | 301, 5)]);
+    }
+}

@@ -1,0 +1,126 @@
+//! A shard's live holds, in the order they expire, with their memory given back the
+//! moment they end.
+//!
+//! Holds taken in this run expire in the order of their ids: every hold gets the same
+//! TTL from a clock that never goes back, and ids only grow. So the holds map, ordered
+//! by id, is its own expiry queue, and a cancelled hold leaves nothing behind (a separate
+//! deadline queue would keep an entry per RESERVE for a whole TTL, which is how a
+//! RESERVE+CANCEL flood grew memory without bound). Holds recovered from the journal
+//! keep the deadlines they were given (perhaps under another TTL), so they wait in a
+//! queue of their own, sorted once at start and never added to.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
+
+use crate::ids::sequence_of;
+
+/// One live hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Hold {
+    /// Catalog index of the event.
+    pub event: usize,
+    pub user: u64,
+    pub qty: u16,
+    pub expires_at: Instant,
+}
+
+#[derive(Debug)]
+pub struct LiveHolds {
+    by_id: BTreeMap<u64, Hold>,
+    /// The ids this run issues: `first_new ..= last_new`, in deadline order.
+    first_new: u64,
+    last_new: u64,
+    /// Holds recovered from the journal, by deadline.
+    restored: VecDeque<(Instant, u64)>,
+}
+
+impl LiveHolds {
+    /// Live holds of a shard whose ids this run are `prefix | seq` for `seq` after
+    /// `last_seq`.
+    pub fn new(prefix: u64, last_seq: u64) -> Self {
+        LiveHolds {
+            by_id: BTreeMap::new(),
+            first_new: prefix | (last_seq + 1),
+            last_new: prefix | sequence_of(u64::MAX),
+            restored: VecDeque::new(),
+        }
+    }
+
+    /// A hold taken in this run (its id is newer than every other's).
+    pub fn insert(&mut self, hold_id: u64, hold: Hold) {
+        debug_assert!((self.first_new..=self.last_new).contains(&hold_id));
+        self.by_id.insert(hold_id, hold);
+    }
+
+    /// Holds recovered from the journal, before any new one is taken.
+    pub fn restore(&mut self, mut holds: Vec<(u64, Hold)>) {
+        holds.sort_unstable_by_key(|&(id, hold)| (hold.expires_at, id));
+        for (hold_id, hold) in holds {
+            self.restored.push_back((hold.expires_at, hold_id));
+            self.by_id.insert(hold_id, hold);
+        }
+    }
+
+    pub fn get(&self, hold_id: u64) -> Option<&Hold> {
+        self.by_id.get(&hold_id)
+    }
+
+    pub fn remove(&mut self, hold_id: u64) -> Option<Hold> {
+        let hold = self.by_id.remove(&hold_id);
+        self.drop_ended_restored();
+        hold
+    }
+
+    /// Keeps the front of `restored` a live hold, so its deadline is the next one.
+    fn drop_ended_restored(&mut self) {
+        while let Some(&(_, id)) = self.restored.front() {
+            if self.by_id.contains_key(&id) {
+                break;
+            }
+            self.restored.pop_front();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Hold)> {
+        self.by_id.iter().map(|(&id, hold)| (id, hold))
+    }
+
+    /// Removes and returns a hold whose deadline is at or before `now`, if any.
+    pub fn pop_due(&mut self, now: Instant) -> Option<(u64, Hold)> {
+        if let Some(&(deadline, hold_id)) = self.restored.front() {
+            if deadline <= now {
+                self.restored.pop_front();
+                let hold = self.by_id.remove(&hold_id);
+                self.drop_ended_restored();
+                return hold.map(|hold| (hold_id, hold));
+            }
+        }
+        let (&hold_id, hold) = self.by_id.range(self.first_new..=self.last_new).next()?;
+        if hold.expires_at > now {
+            return None;
+        }
+        self.by_id.remove(&hold_id).map(|hold| (hold_id, hold))
+    }
+
+    /// The earliest deadline of a live hold, if any.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let restored = self.restored.front().map(|&(at, _)| at);
+        let new = self
+            .by_id
+            .range(self.first_new..=self.last_new)
+            .next()
+            .map(|(_, h)| h.expires_at);
+        match (restored, new) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Memory that a hostile client cannot grow without bound, measured on a real ticketd
+//! process (its VmRSS): a RESERVE+CANCEL flood, and connections that never read.
+//!
+//! The flood's size is `FLOOD_PAIRS` (default 300,000, so `make test` stays quick);
+//! the bench runs the 3,000,000 against the release build:
+//! `FLOOD_PAIRS=3000000 cargo test --release --test memory -- --nocapture`.
+
+mod common;
+
+use bytes::BytesMut;
+use common::{hold, order_id, Client, TicketdProcess};
+use ticketd_proto::{Command, Purchase, Request, ResultBody, Status};
+
+/// Resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+/// Sends every request in one write and reads every answer.
+fn pipeline(client: &mut Client, commands: &[Command]) -> Vec<ticketd_proto::Response> {
+    let mut wire = BytesMut::new();
+    let first = client.next_req_id();
+    for (i, &command) in commands.iter().enumerate() {
+        Request {
+            req_id: first + i as u64,
+            command,
+        }
+        .encode(&mut wire);
+    }
+    for _ in 1..commands.len() {
+        client.next_req_id();
+    }
+    client.send_raw(&wire);
+    let mut answers: Vec<_> = (0..commands.len()).map(|_| client.recv()).collect();
+    answers.sort_by_key(|r| r.req_id);
+    answers
+}
+
+#[test]
+fn a_reserve_cancel_flood_stays_in_bounded_memory_and_other_holds_are_remembered() {
+    let pairs: u64 = std::env::var("FLOOD_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300_000);
+    // Default TTL (15 minutes): every finished hold must be remembered all along.
+    let server = TicketdProcess::spawn(&[
+        "--event".into(),
+        "1:100000".into(),
+        "--shards".into(),
+        "2".into(),
+        "--fsync".into(),
+        "off".into(),
+    ]);
+    let mut client = Client::connect(server.addr);
+    // Twenty other users' holds, finished before the flood: ten confirmed, ten
+    // cancelled. Their retries must get the same answers after it.
+    let mut confirmed = Vec::new();
+    let mut cancelled = Vec::new();
+    for user in 0..20 {
+        let (hold_id, _) = hold(&client.reserve(1, user, 1));
+        if user % 2 == 0 {
+            confirmed.push((hold_id, order_id(&client.confirm(hold_id))));
+        } else {
+            assert_eq!(client.cancel(hold_id).status, Status::Ok);
+            cancelled.push(hold_id);
+        }
+    }
+    // Warm up the allocator and the connection's buffers before the baseline.
+    let batch = 1_000u64;
+    let flood = |client: &mut Client, from: u64, count: u64| {
+        for start in (from..from + count).step_by(batch as usize) {
+            let reserves: Vec<Command> = (start..start + batch)
+                .map(|user| {
+                    Command::Reserve(Purchase {
+                        event: 1,
+                        user: 1_000_000 + user,
+                        qty: 1,
+                    })
+                })
+                .collect();
+            let cancels: Vec<Command> = pipeline(client, &reserves)
+                .iter()
+                .map(|r| match r.result {
+                    ResultBody::Hold { hold_id, .. } => Command::Cancel { hold_id },
+                    _ => panic!("RESERVE refused mid-flood: {r:?}"),
+                })
+                .collect();
+            for answer in pipeline(client, &cancels) {
+                assert_eq!(answer.status, Status::Ok);
+            }
+        }
+    };
+    flood(&mut client, 0, 20_000);
+    let before = rss(server.child.id());
+    flood(&mut client, 20_000, pairs);
+    let after = rss(server.child.id());
+    let growth = after.saturating_sub(before);
+    // The documented bound: at most 128 MB for 3,000,000 pairs, pro rata.
+    let bound = 128 * 1024 * 1024 * pairs / 3_000_000;
+    eprintln!(
+        "{pairs} RESERVE+CANCEL pairs: RSS {} -> {} KiB, growth {} KiB (bound {} KiB)",
+        before / 1024,
+        after / 1024,
+        growth / 1024,
+        bound / 1024
+    );
+    assert!(growth <= bound, "grew {growth} bytes for {pairs} pairs");
+
+    for &(hold_id, order) in &confirmed {
+        assert_eq!(
+            order_id(&client.confirm(hold_id)),
+            order,
+            "same order on retry"
+        );
+        assert_eq!(client.cancel(hold_id).status, Status::NotFound);
+    }
+    for &hold_id in &cancelled {
+        assert_eq!(client.cancel(hold_id).status, Status::Ok, "cancel retried");
+        assert_eq!(client.confirm(hold_id).status, Status::NotFound);
+    }
+    assert_eq!(client.stock(1), (100_000, 99_990));
+}
