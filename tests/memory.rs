@@ -127,3 +127,88 @@ fn a_reserve_cancel_flood_stays_in_bounded_memory_and_other_holds_are_remembered
     }
     assert_eq!(client.stock(1), (100_000, 99_990));
 }
+
+/// Writes `batch` to every stream, non-blocking, until none of them takes another byte
+/// for a while: the server has stopped reading them all (or the kernel buffers between
+/// are full). Returns the bytes written.
+fn fill_until_stalled(streams: &mut [std::net::TcpStream], batch: &[u8]) -> u64 {
+    use std::io::Write;
+    let mut written = 0u64;
+    let mut quiet_sweeps = 0;
+    let deadline = std::time::Instant::now() + common::IO_TIMEOUT;
+    while quiet_sweeps < 5 && std::time::Instant::now() < deadline {
+        let mut sweep = 0u64;
+        for stream in streams.iter_mut() {
+            loop {
+                match stream.write(batch) {
+                    Ok(n) => sweep += n as u64,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("write: {e}"),
+                }
+            }
+        }
+        written += sweep;
+        quiet_sweeps = if sweep == 0 { quiet_sweeps + 1 } else { 0 };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    written
+}
+
+#[test]
+fn connections_that_never_read_cost_their_documented_bound_and_give_it_back() {
+    const CONNS: usize = 400;
+    let server = TicketdProcess::spawn(&[
+        "--event".into(),
+        "1:1000".into(),
+        "--shards".into(),
+        "2".into(),
+        "--http".into(),
+        "127.0.0.1:0".into(),
+    ]);
+    let http_addr: std::net::SocketAddr = server
+        .log_text()
+        .split("http=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(|a| a.trim_start_matches("Some(").trim_end_matches(')'))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("http address in the log:\n{}", server.log_text()));
+    let pid = server.child.id();
+    let mut probe = Client::connect(server.addr);
+    let baseline = rss(pid);
+
+    let stock = common::frame(0x06, 1, &1u32.to_be_bytes()).repeat(2_048);
+    let get = "GET /buy/ticket?user=1 HTTP/1.1\r\nHost: t\r\n\r\n".repeat(512);
+    for (name, addr, batch) in [
+        ("binary", server.addr, stock.as_slice()),
+        ("http", http_addr, get.as_bytes()),
+    ] {
+        let mut streams: Vec<std::net::TcpStream> = (0..CONNS)
+            .map(|_| {
+                let s = std::net::TcpStream::connect(addr).unwrap();
+                s.set_nonblocking(true).unwrap();
+                s
+            })
+            .collect();
+        let written = fill_until_stalled(&mut streams, batch);
+        let peak = rss(pid);
+        let per_conn = peak.saturating_sub(baseline) / CONNS as u64;
+        eprintln!(
+            "{name}: {CONNS} connections that never read, {written} bytes sent: RSS {} -> {} KiB, {} KiB each",
+            baseline / 1024,
+            peak / 1024,
+            per_conn / 1024
+        );
+        // The documented bound: buffers of at most 72 KiB of answers and 64 KiB of
+        // requests, ~165 KiB resident with the allocator's overhead.
+        assert!(
+            per_conn <= 192 * 1024,
+            "{name}: {per_conn} bytes per connection"
+        );
+        drop(streams);
+        // Closed: the server keeps serving, and gives the memory back.
+        assert_eq!(probe.stock(1).0, 1000);
+        common::wait_until(|| rss(pid) <= baseline + peak.saturating_sub(baseline) / 4);
+        eprintln!("{name}: after close RSS {} KiB", rss(pid) / 1024);
+    }
+}

@@ -12,6 +12,7 @@ use ticketd_proto::{
 };
 
 use super::mailbox::{ConnRef, Message, Outbox};
+use super::session::{MAX_IN_FLIGHT, OUTPUT_HIGH_WATER};
 use crate::catalog::Catalog;
 use crate::ids;
 use crate::journal::Commit;
@@ -102,6 +103,12 @@ impl Dispatcher {
     ) -> Handled {
         let mut consumed = 0;
         loop {
+            // A client that does not read its answers gets no more decided than one
+            // output buffer's worth: the rest waits in its input, unread input waits in
+            // the kernel, and memory per connection stays bounded.
+            if output.len() >= OUTPUT_HIGH_WATER || *in_flight >= MAX_IN_FLIGHT {
+                break;
+            }
             let rest = input.get(consumed..).unwrap_or_default();
             match decode_request(rest, self.max_frame) {
                 Ok((request, used)) => {

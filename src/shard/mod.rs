@@ -7,6 +7,7 @@ pub mod http;
 pub mod mailbox;
 pub mod remote;
 pub mod session;
+mod trim;
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -181,6 +182,7 @@ pub struct Shard {
     stopping: Option<Instant>,
     finished: bool,
     stats: ShardStats,
+    trimmer: trim::Trimmer,
 }
 
 impl Shard {
@@ -271,6 +273,7 @@ impl Shard {
             stopping: None,
             finished: false,
             stats: ShardStats::default(),
+            trimmer: trim::Trimmer::default(),
         })
     }
 
@@ -334,6 +337,7 @@ impl Shard {
             self.commit_pass(now);
             self.flush_dirty(now);
             self.dispatcher.outbox.flush(&self.mailbox.peers);
+            self.trimmer.maybe_trim(now);
             if self.shutdown_step(now) {
                 break;
             }
@@ -453,6 +457,15 @@ impl Shard {
             slot,
             generation: session.generation,
         };
+        // Input left undecided while the client was behind (see `handle_frames`) is
+        // decided first: the client may have nothing more to send to wake us.
+        let settled_input = session.lingering || session.close_when_settled;
+        if !session.input.is_empty() && !session.is_paused() && !settled_input {
+            match session.protocol {
+                Protocol::Binary => ingest(&mut self.dispatcher, conn, session, &[], now),
+                Protocol::Http => serve_http(&mut self.dispatcher, conn, session, now),
+            }
+        }
         let mut budget = READ_BUDGET_PER_PASS;
         let mut broken = false;
         loop {
@@ -470,11 +483,14 @@ impl Shard {
                 }
                 break;
             }
-            match session.stream.read(&mut self.scratch) {
+            // Never read past the input bound: what cannot be decided yet waits in the
+            // kernel's buffers, not in ours.
+            let room = READ_CHUNK.min(session::INPUT_HIGH_WATER - session.input.len());
+            match session.stream.read(&mut self.scratch[..room]) {
                 Ok(0) => session.read_closed = true,
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
-                    let short = n < self.scratch.len();
+                    let short = n < room;
                     let bytes = &self.scratch[..n];
                     match session.protocol {
                         _ if session.lingering || session.close_when_settled => {}
@@ -747,7 +763,8 @@ impl Shard {
                 self.read_queue.push(slot);
             }
         }
-        session.release_idle_buffers();
+        let freed = session.release_idle_buffers();
+        self.trimmer.freed(freed);
     }
 
     fn close_expired_lingerers(&mut self, now: Instant) {
@@ -768,6 +785,8 @@ impl Shard {
 
     fn close(&mut self, slot: usize) {
         if let Some(mut session) = self.sessions.try_remove(slot) {
+            self.trimmer
+                .freed(session.input.capacity() + session.output.capacity());
             if session.shedding {
                 self.shedding -= 1;
             } else {
@@ -811,6 +830,9 @@ fn ingest(
     now: Instant,
 ) {
     let shed = session.shedding;
+    // An answer is at most twice its request's size (the smallest request, 13 bytes,
+    // gets 14; STOCK's 17 get 30).
+    session.reserve_output(2 * (session.input.len() + bytes.len()));
     let handled = if session.input.is_empty() {
         // Common case: decode straight from the read buffer, copy only a partial tail.
         let handled = dispatcher.handle_frames(
@@ -867,6 +889,13 @@ fn serve_http(dispatcher: &mut Dispatcher, conn: ConnRef, session: &mut Session,
         return;
     }
     while session.http_waiting.is_none() && !session.close_when_settled && !session.lingering {
+        // Like the binary protocol: a client that does not read gets at most one output
+        // buffer's worth of answers; the rest of its requests wait unparsed.
+        if session.output.len() >= session::OUTPUT_HIGH_WATER {
+            return;
+        }
+        // An HTTP answer is about 150 bytes, whatever its request's size.
+        session.reserve_output(256);
         let head = match http::parse(&session.input) {
             http::Parsed::Incomplete => return,
             http::Parsed::Invalid(code) => {

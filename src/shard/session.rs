@@ -22,6 +22,9 @@ pub const MAX_IN_FLIGHT: u32 = 4096;
 /// partial frame after a pass; HTTP input waits unparsed while the request before it is
 /// decided on another shard, and this bounds it.
 pub const INPUT_HIGH_WATER: usize = 64 * 1024;
+/// Most an output buffer is sized for: the high-water mark plus the answers one pass
+/// may add past it (deliveries from other shards, bounded by the in-flight limit).
+pub const OUTPUT_CAPACITY: usize = OUTPUT_HIGH_WATER + 8 * 1024;
 /// Buffers larger than this are released when they empty, so an idle connection that
 /// once pipelined heavily goes back to costing almost nothing.
 pub const RELEASE_CAPACITY: usize = 16 * 1024;
@@ -102,12 +105,29 @@ impl Session {
         self.output.is_empty() && self.in_flight == 0 && !self.owes_framing_error
     }
 
-    pub fn release_idle_buffers(&mut self) {
+    /// Makes room for about `estimate` more bytes of answers in one allocation of the
+    /// size needed (at most [`OUTPUT_CAPACITY`]), instead of a chain of doublings whose
+    /// freed steps would stay resident: a connection's memory is its buffers' sizes.
+    pub fn reserve_output(&mut self, estimate: usize) {
+        let want = (self.output.len() + estimate).min(OUTPUT_CAPACITY);
+        if self.output.capacity() < want {
+            let mut grown = BytesMut::with_capacity(want);
+            grown.extend_from_slice(&self.output);
+            self.output = grown;
+        }
+    }
+
+    /// Frees empty buffers larger than [`RELEASE_CAPACITY`]; returns the bytes freed.
+    pub fn release_idle_buffers(&mut self) -> usize {
+        let mut freed = 0;
         if self.output.is_empty() && self.output.capacity() > RELEASE_CAPACITY {
+            freed += self.output.capacity();
             self.output = BytesMut::new();
         }
         if self.input.is_empty() && self.input.capacity() > RELEASE_CAPACITY {
+            freed += self.input.capacity();
             self.input = BytesMut::new();
         }
+        freed
     }
 }
