@@ -28,16 +28,22 @@ impl WallClock {
         }
     }
 
-    /// The instant of Unix time `unix_ms` (clamped to what `Instant` can express).
+    /// The instant of Unix time `unix_ms`, clamped to at most [`FAR_FUTURE`] ahead (a
+    /// time read from a file must not overflow later arithmetic on it).
     pub fn instant(&self, unix_ms: u64) -> Instant {
         if unix_ms >= self.base_unix_ms {
-            self.base + Duration::from_millis(unix_ms - self.base_unix_ms)
+            let ahead = Duration::from_millis(unix_ms - self.base_unix_ms).min(FAR_FUTURE);
+            self.base.checked_add(ahead).unwrap_or(self.base)
         } else {
             let before = Duration::from_millis(self.base_unix_ms - unix_ms);
             self.base.checked_sub(before).unwrap_or(self.base)
         }
     }
 }
+
+/// Furthest ahead [`WallClock::instant`] goes: far beyond any deadline ticketd makes
+/// (hold TTLs are at most a week), far from `Instant`'s limits.
+pub const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -65,5 +71,10 @@ mod tests {
             clock.unix_ms(clock.instant(clock.base_unix_ms - 10)) + 10,
             clock.base_unix_ms
         );
+        // A deadline of u64::MAX ms (a damaged or hostile file) is clamped, and a TTL
+        // added to it does not overflow.
+        let far = clock.instant(u64::MAX);
+        assert_eq!(far, clock.base + FAR_FUTURE);
+        let _ = far + Duration::from_secs(7 * 24 * 3600);
     }
 }

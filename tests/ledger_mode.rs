@@ -377,6 +377,15 @@ fn a_dry_gate_asks_the_ledger_so_one_node_sells_another_nodes_share() {
     let after = rush(a.local_addr(), 1_000..1_100);
     assert_eq!(after.get(&Status::SoldOut), Some(&100), "{after:?}");
     assert_eq!(redis.ledger_sold(1), 1_000);
+    // Sold out for good (nothing held) is answered locally, but a total raised on
+    // purpose is seen again within a second.
+    common::create_events(redis.addr(), &["1:1010"], &["--update", "--hold-ttl", "1m"]);
+    let mut client = Client::connect(a.local_addr());
+    let mut user = 5_000;
+    common::wait_until(|| {
+        user += 1;
+        client.buy(1, user, 1).status == Status::Ok
+    });
 }
 
 #[test]

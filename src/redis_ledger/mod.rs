@@ -190,7 +190,8 @@ pub fn settle(call_id: &str, node: u16, replay_ttl_ms: u64, steps: &[Step]) -> C
     cmd
 }
 
-/// STOCK from the ledger (expiring due holds first); replies `[total, remaining]`.
+/// STOCK from the ledger (expiring due holds first); replies `[total, remaining, held]`
+/// (`[-1, -1, -1]` for an event the ledger lacks).
 pub fn stock(event: u32) -> Cmd {
     let keys = EventKeys::new(event).state();
     let mut cmd = redis::cmd("FCALL");

@@ -309,12 +309,14 @@ pub fn snapshot(
     events
         .iter()
         .map(|&id| {
-            let [total, remaining]: [i64; 2] = flavor
+            let reply = flavor
                 .adapt(stock(id))
                 .query::<Vec<i64>>(&mut c)
-                .map_err(fail)?
-                .try_into()
-                .unwrap_or([0, 0]);
+                .map_err(fail)?;
+            let (total, remaining) = match reply[..] {
+                [total, remaining, ..] => (total, remaining),
+                _ => (0, 0),
+            };
             let (sold, held): (Option<i64>, Option<i64>) = redis::cmd("HMGET")
                 .arg(EventKeys::new(id).meta())
                 .arg("sold")

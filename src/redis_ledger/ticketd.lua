@@ -190,15 +190,16 @@ redis.register_function('ticketd_decide', function(keys, args)
   return results
 end)
 
--- ticketd_stock(meta users holds deadlines forget) -> {total, remaining}, after expiring
--- due holds; {-1, -1} when the event does not exist.
+-- ticketd_stock(meta users holds deadlines forget) -> {total, remaining, held}, after
+-- expiring due holds; {-1, -1, -1} when the event does not exist. Nothing remaining and
+-- nothing held means sold out for good: only holds ever give tickets back.
 redis.register_function('ticketd_stock', function(keys, args)
   local k = keys_of(keys)
   local m = meta(k.meta)
-  if not m then return { -1, -1 } end
+  if not m then return { -1, -1, -1 } end
   sweep(k, m, now_ms())
   redis.call('HSET', k.meta, 'held', m.held)
-  return { m.total, m.total - m.sold - m.held }
+  return { m.total, m.total - m.sold - m.held, m.held }
 end)
 
 -- ticketd_settle(call) call_id node replay_ttl_ms n  then n × (kind hold_id order_id)

@@ -168,7 +168,7 @@ impl Dispatcher {
     ) -> Option<Response> {
         let req_id = request.req_id;
         if self.remote.is_some() {
-            return self.decide_remote(conn, request, in_flight);
+            return self.decide_remote(conn, request, in_flight, now);
         }
         let routed = match request.command {
             Command::Ping => Err(Response::ok(Op::Ping, req_id, ResultBody::Empty)),
@@ -269,6 +269,7 @@ impl Dispatcher {
         conn: ConnRef,
         request: Request,
         in_flight: &mut u32,
+        now: Instant,
     ) -> Option<Response> {
         let req_id = request.req_id;
         let waiter = (conn, req_id);
@@ -288,7 +289,7 @@ impl Dispatcher {
                     Err(refusal) => return Some(refusal),
                 };
                 let remote = self.remote.as_mut()?;
-                if let Some(answer) = remote.purchase(&self.catalog, index, op, p, waiter) {
+                if let Some(answer) = remote.purchase(&self.catalog, index, op, p, waiter, now) {
                     return Some(answer);
                 }
                 true

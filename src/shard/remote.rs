@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::Token;
 use redis::{Cmd, Value};
@@ -33,6 +33,11 @@ use crate::redis_ledger::{self, CallIds, Decision, Step};
 
 /// Tag of the FUNCTION LOAD sent after Redis reports the library missing.
 const RELOAD_TAG: u64 = u64::MAX;
+/// An event the ledger reported with nothing left and nothing held is sold out for
+/// good (sold tickets never come back; only holds do), so a dry gate answers SOLD_OUT
+/// locally — asking again after this long, in case the total was raised on purpose
+/// (`ticketd create-events --update`).
+const EXHAUSTED_RECHECK: Duration = Duration::from_secs(1);
 
 /// How a shard reaches the ledger.
 #[derive(Debug, Clone)]
@@ -113,6 +118,8 @@ pub struct RemoteLedger {
     asking: Vec<bool>,
     /// Per event: the ledger said it does not exist (logged once per change).
     missing: Vec<bool>,
+    /// Per event: when the ledger last said nothing is left and nothing held.
+    exhausted: Vec<Option<Instant>>,
     /// What this node sold, per event (catalog order).
     pub tallies: Vec<EventTally>,
 }
@@ -157,6 +164,7 @@ impl RemoteLedger {
             parked: (0..events).map(|_| Vec::new()).collect(),
             asking: vec![false; events],
             missing: vec![false; events],
+            exhausted: vec![None; events],
             tallies: vec![EventTally::default(); events],
         }
     }
@@ -171,6 +179,7 @@ impl RemoteLedger {
         op: Op,
         purchase: Purchase,
         waiter: (ConnRef, u64),
+        now: Instant,
     ) -> Option<Response> {
         let Purchase { user, qty, .. } = purchase;
         let parked = Parked {
@@ -182,6 +191,10 @@ impl RemoteLedger {
         };
         if catalog.get(event).stock.take(self.shard, i64::from(qty)) {
             self.queue_decide(catalog, event, parked, qty)
+        } else if self.exhausted[event]
+            .is_some_and(|at| now.saturating_duration_since(at) < EXHAUSTED_RECHECK)
+        {
+            Some(Response::error(op.code(), waiter.1, Status::SoldOut))
         } else {
             self.parked[event].push(parked);
             None
@@ -268,24 +281,28 @@ impl RemoteLedger {
     /// Sends this pass's batches: one call per event with purchases, one for holds, one
     /// STOCK per event asked, and one ask per event whose gate ran dry.
     pub fn flush(&mut self) {
+        // Decisions and settlements first: on the one pipelined connection Redis runs
+        // calls in order, so the STOCK asks sent after them see their outcome.
         for event in 0..self.decide_batches.len() {
-            if !self.parked[event].is_empty() && !self.asking[event] {
-                self.asking[event] = true;
-                let parked = std::mem::take(&mut self.parked[event]);
-                self.start_call(CallKind::Refill { event }, Vec::new(), Vec::new(), parked);
-            }
             if !self.decide_batches[event].0.is_empty() {
                 let (steps, waiters) = std::mem::take(&mut self.decide_batches[event]);
                 self.start(CallKind::Decide { event }, steps, waiters);
-            }
-            if !self.stock_batches[event].is_empty() {
-                let waiters = std::mem::take(&mut self.stock_batches[event]);
-                self.start(CallKind::Stock { event }, Vec::new(), waiters);
             }
         }
         if !self.settle_batch.0.is_empty() {
             let (steps, waiters) = std::mem::take(&mut self.settle_batch);
             self.start(CallKind::Settle, steps, waiters);
+        }
+        for event in 0..self.decide_batches.len() {
+            if !self.stock_batches[event].is_empty() {
+                let waiters = std::mem::take(&mut self.stock_batches[event]);
+                self.start(CallKind::Stock { event }, Vec::new(), waiters);
+            }
+            if !self.parked[event].is_empty() && !self.asking[event] {
+                self.asking[event] = true;
+                let parked = std::mem::take(&mut self.parked[event]);
+                self.start_call(CallKind::Refill { event }, Vec::new(), Vec::new(), parked);
+            }
         }
     }
 
@@ -339,7 +356,7 @@ impl RemoteLedger {
         match completion {
             Completion::Reply { tag, value } => {
                 if let Some(call) = self.calls.remove(&tag) {
-                    self.answer(catalog, call, &value, answers);
+                    self.answer(catalog, call, &value, now, answers);
                 }
             }
             Completion::ErrorReply { tag, error } if tag == RELOAD_TAG => {
@@ -394,6 +411,7 @@ impl RemoteLedger {
         catalog: &Catalog,
         call: Call,
         value: &Value,
+        now: Instant,
         answers: &mut Vec<(ConnRef, Response)>,
     ) {
         match call.kind {
@@ -453,12 +471,15 @@ impl RemoteLedger {
                 }
             }
             CallKind::Stock { .. } | CallKind::Refill { .. } => {
-                let view: Option<(i64, i64)> = redis::from_redis_value::<Vec<i64>>(value.clone())
-                    .ok()
-                    .and_then(|v| Some((*v.first()?, *v.get(1)?)));
+                let reply = redis::from_redis_value::<Vec<i64>>(value.clone()).ok();
+                let view: Option<(i64, i64)> =
+                    reply.as_ref().and_then(|v| Some((*v.first()?, *v.get(1)?)));
+                let held = reply.as_ref().and_then(|v| v.get(2).copied());
                 if let CallKind::Stock { event } | CallKind::Refill { event } = call.kind {
-                    if let Some((total, _)) = view {
+                    if let Some((total, remaining)) = view {
                         self.note_missing(event, total < 0);
+                        self.exhausted[event] =
+                            (total >= 0 && remaining <= 0 && held == Some(0)).then_some(now);
                     }
                 }
                 if let CallKind::Refill { event } = call.kind {
@@ -485,9 +506,11 @@ impl RemoteLedger {
         }
     }
 
-    /// The ledger's word for purchases that found the gate dry: none left is SOLD_OUT
-    /// for each; some left refills the gate (at most its initial size) and sends every
-    /// one of them to Redis, gated where the refill covers it, and Redis decides.
+    /// The ledger's word for purchases that found the gate dry. None left: SOLD_OUT for
+    /// each. Some left: the gate is refilled (at most its initial size) and as many
+    /// purchases as the tickets left go to Redis, which decides them; the others wait for
+    /// the next ask, which Redis answers after those decisions (so a purchase Redis
+    /// refuses for another reason leaves its ticket to them, never a false SOLD_OUT).
     fn answer_parked(
         &mut self,
         catalog: &Catalog,
@@ -508,10 +531,15 @@ impl RemoteLedger {
             }
             return;
         }
-        let remaining = view.map_or(0, |(_, r)| r);
+        let mut left = view.map_or(0, |(_, r)| r);
         let gate = &catalog.get(event).stock;
-        gate.give_back(self.shard, remaining.min(gate.total().max(1)));
+        gate.give_back(self.shard, left.min(gate.total().max(1)));
         for p in parked {
+            if left <= 0 {
+                self.parked[event].push(p);
+                continue;
+            }
+            left -= i64::from(p.qty);
             let gate_qty = if gate.take(self.shard, i64::from(p.qty)) {
                 p.qty
             } else {
