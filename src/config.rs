@@ -98,6 +98,12 @@ pub struct Cli {
     #[arg(long, value_name = "HOST:PORT")]
     pub http: Option<SocketAddr>,
 
+    /// Serve `GET /healthz` and `GET /readyz` here (plain HTTP, one small thread):
+    /// readiness is 503 with the reasons while an event is missing from the Redis ledger
+    /// or a shard's Redis connection is down.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub admin: Option<SocketAddr>,
+
     /// HTTP: a `GET /buy/ticket` without `user=` buys as a fresh anonymous user (how
     /// `ab` and `wrk` measure the prototypes). Off, such a request gets 400: with it, one
     /// client can buy any number of tickets. Meant for benchmarks only.
@@ -288,6 +294,8 @@ pub struct Config {
     pub node_id: u16,
     pub http: Option<SocketAddr>,
     pub http_anonymous: bool,
+    /// `--admin`: health and readiness endpoint.
+    pub admin: Option<SocketAddr>,
     /// Ledger mode, when set.
     pub redis: Option<RedisConfig>,
     /// The embedded ledger's journal; `None` keeps everything in memory only (tests and
@@ -355,6 +363,7 @@ impl Config {
             node_id: 0,
             http: None,
             http_anonymous: false,
+            admin: None,
             redis: None,
             journal: None,
         }
@@ -460,6 +469,7 @@ impl Cli {
             node_id: self.node_id,
             http: self.http,
             http_anonymous: self.http_anonymous,
+            admin: self.admin,
             redis: self.redis.map(|addr| RedisConfig {
                 addr,
                 nodes: self.nodes,

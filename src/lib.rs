@@ -21,6 +21,7 @@
 //! (its id says which, [`ids`]). The owner decides alone, so per-user limits need no
 //! lock, and stock is taken from the owner's slice. See `docs/ARCHITECTURE.md`.
 
+pub mod admin;
 pub mod catalog;
 pub mod clock;
 pub mod config;
@@ -29,6 +30,7 @@ pub mod journal;
 pub mod ledger;
 pub mod listener;
 pub mod placement;
+pub mod readiness;
 pub mod redis_ledger;
 pub mod routing;
 pub mod server;

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use mio::{Poll, Waker};
 
+use crate::admin::Admin;
 use crate::catalog::Catalog;
 use crate::clock::WallClock;
 use crate::config::{Config, EventSpec, JournalConfig};
@@ -17,6 +18,7 @@ use crate::ids;
 use crate::journal::{self, writer, EventDef, JournalError, Recovered};
 use crate::listener;
 use crate::placement;
+use crate::readiness::Readiness;
 use crate::redis_ledger::conn::ConnSettings;
 use crate::redis_ledger::flavor::Flavor;
 use crate::redis_ledger::setup;
@@ -50,6 +52,8 @@ pub enum StartError {
 /// A running node. Dropping it shuts the node down and waits for its threads.
 pub struct ServerHandle {
     local_addr: SocketAddr,
+    /// `--admin`: /healthz and /readyz.
+    admin: Option<Admin>,
     /// Ledger mode: where the figures of the final summary come from.
     redis: Option<(SocketAddr, Flavor)>,
     http_addr: Option<SocketAddr>,
@@ -77,15 +81,17 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         _ => None,
     };
     // Ledger mode: Redis holds the totals; each shard's slices become this node's gate.
-    let (catalog_events, remote) = match &config.redis {
+    let (catalog_events, remote, missing) = match &config.redis {
         None => (
             opened
                 .as_ref()
                 .map_or_else(|| config.events.clone(), |(o, _)| specs_of(&o.events)),
             None,
+            Vec::new(),
         ),
         Some(redis) => {
             let (totals, flavor) = setup::prepare(redis, &config.events, config.hold_ttl)?;
+            let missing: Vec<bool> = totals.iter().map(Option::is_none).collect();
             let gates = config
                 .events
                 .iter()
@@ -109,7 +115,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                 },
                 flavor,
             };
-            (gates, Some(settings))
+            (gates, Some(settings), missing)
         }
     };
     let catalog = match &opened {
@@ -144,10 +150,29 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     };
     let http_addr = match http_listeners.first() {
         Some(Some(l)) => Some(l.local_addr().map_err(|source| StartError::Listen {
-            addr: config.listen,
+            addr: config.http.unwrap_or(config.listen),
             source,
         })?),
         _ => None,
+    };
+    let readiness = Arc::new(Readiness::new(
+        catalog.iter().map(|e| e.id).collect(),
+        shards,
+        config.redis.is_some(),
+    ));
+    for (event, &missing) in missing.iter().enumerate() {
+        for shard in 0..shards {
+            readiness.set_missing(event, shard, missing);
+        }
+    }
+    let admin = match config.admin {
+        Some(addr) => {
+            let bound = std::net::TcpListener::bind(addr)
+                .and_then(|l| Admin::start(l, Arc::clone(&readiness)))
+                .map_err(|source| StartError::Listen { addr, source })?;
+            Some(bound)
+        }
+        None => None,
     };
 
     let mut polls = Vec::with_capacity(shards);
@@ -218,6 +243,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                 node_id: config.node_id,
                 max_frame: config.max_frame,
                 http_anonymous: config.http_anonymous,
+                readiness: Arc::clone(&readiness),
                 conns: Arc::clone(&conns),
                 hold_ttl: config.hold_ttl,
                 remote: remote.clone(),
@@ -258,6 +284,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     tracing::info!(
         addr = %local_addr,
         http = ?http_addr,
+        admin = ?admin.as_ref().map(Admin::addr),
         shards,
         cores = ?cores,
         events = ?catalog.iter().map(|e| format!("{}:{}:{}", e.id, e.stock.total(), e.per_user_limit)).collect::<Vec<_>>(),
@@ -270,6 +297,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     );
     Ok(ServerHandle {
         local_addr,
+        admin,
         redis: remote.as_ref().map(|r| (r.addr, r.flavor.clone())),
         http_addr,
         catalog,
@@ -381,6 +409,11 @@ impl ServerHandle {
     /// The address the listeners are bound to (with the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The admin endpoint's address, when `--admin` was given.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(Admin::addr)
     }
 
     /// The HTTP endpoint's address, when `--http` was given.

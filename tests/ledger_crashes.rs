@@ -215,6 +215,8 @@ fn a_ledger_that_lost_its_data_is_never_refilled_by_a_node() {
             "1:100",
             "--redis-timeout",
             "300ms",
+            "--admin",
+            "127.0.0.1:0",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -223,6 +225,8 @@ fn a_ledger_that_lost_its_data_is_never_refilled_by_a_node() {
         .collect()
     };
     let running = TicketdProcess::spawn(&args(1));
+    let admin = common::logged_addr(&running.log_text(), "admin");
+    common::wait_until(|| common::http_get(admin, "/readyz").0 == 200);
     let mut client = Client::connect(running.addr);
     for user in 0..60 {
         assert_eq!(client.buy(1, user, 1).status, Status::Ok);
@@ -239,7 +243,17 @@ fn a_ledger_that_lost_its_data_is_never_refilled_by_a_node() {
             .contains("event 1 does not exist in the Redis ledger")
     });
 
+    let ready = |node: &TicketdProcess| {
+        common::http_get(common::logged_addr(&node.log_text(), "admin"), "/readyz")
+    };
+    let (code, reasons) = ready(&running);
+    assert_eq!(code, 503, "{reasons}");
+    assert!(reasons.contains("event 1: missing"), "{reasons}");
+
     let late = TicketdProcess::spawn(&args(2));
+    let (code, reasons) = ready(&late);
+    assert_eq!(code, 503, "{reasons}");
+    assert!(reasons.contains("event 1: missing"), "{reasons}");
     assert!(
         late.log_text()
             .contains("event 1 does not exist in the Redis ledger"),

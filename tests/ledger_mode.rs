@@ -274,7 +274,17 @@ fn a_joining_node_keeps_the_sales_refuses_a_different_definition_and_never_creat
     // An event nobody created is not sold, and the node does not create it.
     let mut config = redis.node_config(4, 1, &[event(1, 10, 1), event(2, 50, 1)]);
     config.hold_ttl = ttl;
+    config.admin = Some("127.0.0.1:0".parse().unwrap());
     let lonely = ticketd::start(config).expect("a node starts with a missing event");
+    let admin = lonely.admin_addr().expect("admin endpoint");
+    common::wait_until(|| common::http_get(admin, "/readyz").0 == 503);
+    let (_, reasons) = common::http_get(admin, "/readyz");
+    assert!(
+        reasons.contains("event 2: missing from the Redis ledger"),
+        "{reasons}"
+    );
+    assert!(!reasons.contains("event 1"), "{reasons}");
+    assert_eq!(common::http_get(admin, "/healthz").0, 200);
     let mut client = Client::connect(lonely.local_addr());
     assert_eq!(client.buy(2, 1, 1).status, Status::NotFound);
     assert_eq!(client.reserve(2, 1, 1).status, Status::NotFound);

@@ -207,6 +207,17 @@ fn max_conns_is_the_node_total_whatever_the_shards() {
 }
 
 #[test]
+fn the_admin_endpoint_answers_health_and_readiness() {
+    let server = start_with(&[event(1, 10, 1)], |c| {
+        c.admin = Some("127.0.0.1:0".parse().unwrap());
+    });
+    let admin = server.admin_addr().expect("admin endpoint");
+    assert_eq!(common::http_get(admin, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(common::http_get(admin, "/readyz"), (200, "ready\n".into()));
+    assert_eq!(common::http_get(admin, "/metrics").0, 404);
+}
+
+#[test]
 fn responses_carry_the_request_op() {
     let server = start(&[event(1, 10, 1)], 2);
     let mut client = Client::connect(server.local_addr());

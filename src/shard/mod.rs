@@ -98,6 +98,8 @@ pub struct ShardSettings {
     pub max_frame: u32,
     /// `--http-anonymous`: an HTTP BUY without `user=` is a fresh buyer (benchmarks).
     pub http_anonymous: bool,
+    /// What `/readyz` reports; the shard writes what it learns.
+    pub readiness: Arc<crate::readiness::Readiness>,
     /// `--max-conns`, shared by every shard of the node.
     pub conns: Arc<budget::ConnBudget>,
     pub hold_ttl: Duration,
@@ -249,6 +251,7 @@ impl Shard {
                 &dispatcher.catalog,
                 remote,
                 REDIS_TOKEN,
+                Arc::clone(&settings.readiness),
             ));
         }
         Ok(Shard {
@@ -582,6 +585,7 @@ impl Shard {
         remote
             .conn
             .tick(self.poll.registry(), now, &mut self.redis_done);
+        remote.report_connection();
         let mut answers = std::mem::take(&mut self.redis_answers);
         for completion in self.redis_done.drain(..) {
             remote.complete(&self.dispatcher.catalog, completion, now, &mut answers);

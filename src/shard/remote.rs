@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::Token;
@@ -27,6 +28,7 @@ use super::mailbox::ConnRef;
 use crate::catalog::Catalog;
 use crate::ids::IdGenerator;
 use crate::ledger::EventTally;
+use crate::readiness::Readiness;
 use crate::redis_ledger::conn::{Completion, ConnSettings, RedisConn};
 use crate::redis_ledger::flavor::Flavor;
 use crate::redis_ledger::{self, CallIds, Decision, Step};
@@ -120,6 +122,10 @@ pub struct RemoteLedger {
     missing: Vec<bool>,
     /// Per event: when the ledger last said nothing is left and nothing held.
     exhausted: Vec<Option<Instant>>,
+    /// What `/readyz` reports: missing events, the connection up or down.
+    readiness: Arc<Readiness>,
+    /// The connection's state as last reported.
+    reported_up: bool,
     /// What this node sold, per event (catalog order).
     pub tallies: Vec<EventTally>,
 }
@@ -141,6 +147,7 @@ impl RemoteLedger {
         catalog: &Catalog,
         settings: RemoteSettings,
         token: Token,
+        readiness: Arc<Readiness>,
     ) -> Self {
         let handshake = [settings.flavor.loader()];
         let events = catalog.len();
@@ -163,8 +170,12 @@ impl RemoteLedger {
             stock_batches: (0..events).map(|_| Vec::new()).collect(),
             parked: (0..events).map(|_| Vec::new()).collect(),
             asking: vec![false; events],
-            missing: vec![false; events],
             exhausted: vec![None; events],
+            missing: (0..events)
+                .map(|e| readiness.is_missing(e, shard))
+                .collect(),
+            readiness,
+            reported_up: false,
             tallies: vec![EventTally::default(); events],
         }
     }
@@ -276,6 +287,15 @@ impl RemoteLedger {
             op: Op::Stock,
             gate_qty: 0,
         });
+    }
+
+    /// Tells `/readyz` when the Redis connection goes up or down.
+    pub fn report_connection(&mut self) {
+        let up = self.conn.is_ready();
+        if up != self.reported_up {
+            self.reported_up = up;
+            self.readiness.set_redis_up(self.shard, up);
+        }
     }
 
     /// Sends this pass's batches: one call per event with purchases, one for holds, one
@@ -559,6 +579,7 @@ impl RemoteLedger {
             return;
         }
         self.missing[event] = missing;
+        self.readiness.set_missing(event, self.shard, missing);
         let id = self.event_ids[event];
         if missing {
             tracing::error!(

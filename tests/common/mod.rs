@@ -185,6 +185,31 @@ pub fn wait_until(mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// `GET path` over plain HTTP/1.1 (the admin endpoint): the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut all = String::new();
+    stream.read_to_string(&mut all).expect("read to close");
+    let code = all
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {all:?}"));
+    let body = all.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (code, body)
+}
+
+/// The address logged as `name=Some(ADDR)` in the start-up line of a process.
+pub fn logged_addr(log: &str, name: &str) -> SocketAddr {
+    log.split(&format!("{name}=Some("))
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} address in the log:\n{log}"))
+}
+
 /// Runs a `ticketd` subcommand (`create-events`, `audit`, …) to completion; its exit
 /// status and stdout, or stderr on failure.
 pub fn ticketd_tool(args: &[&str]) -> Result<String, String> {
