@@ -19,8 +19,12 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
 pub const DEFAULT_HOLD_TTL: &str = "15m";
 /// Default per-user limit when `--event` gives none.
 pub const DEFAULT_PER_USER_LIMIT: u16 = 1;
-/// File descriptors kept back from `--max-conns` for listeners, pollers and logs.
+/// File descriptors kept back from `--max-conns` for the process itself: logs, the data
+/// dir's lock and manifest, the admin endpoint, Redis set-up.
 pub const RESERVED_FDS: u64 = 64;
+/// Descriptors kept back per shard: its listeners, poller and waker, journal files and
+/// Redis connection, and the connections it holds open only to answer OVERLOADED.
+pub const RESERVED_FDS_PER_SHARD: u64 = 16 + crate::shard::MAX_SHEDDING_SESSIONS as u64;
 /// Largest stock one event may have; far above any real sale, far below `i64` overflow.
 pub const MAX_EVENT_STOCK: i64 = 1 << 40;
 /// Longest hold TTL: a week is far beyond any payment window, and keeps every deadline
@@ -84,8 +88,9 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES", default_value_t = ticketd_proto::DEFAULT_MAX_FRAME)]
     pub max_frame: u32,
 
-    /// Most client connections held at once; more are accepted and closed at once
-    /// [default: the open-file limit minus 64].
+    /// Most client connections held at once; more are answered OVERLOADED and closed
+    /// [default: the open-file limit minus 64, minus 80 per shard for the server's own
+    /// descriptors and the connections it holds only to answer OVERLOADED].
     #[arg(long, value_name = "N")]
     pub max_conns: Option<usize>,
 
@@ -456,12 +461,14 @@ fn in_range<T: Into<i128> + Copy>(
 impl Cli {
     /// Resolves defaults (`open_files` is the process's open-file limit) and validates.
     pub fn into_config(self, open_files: u64) -> Result<Config, ConfigError> {
-        let default_conns = open_files.saturating_sub(RESERVED_FDS).max(1);
+        let shards = self.shards.unwrap_or_else(available_cores);
+        let reserved = RESERVED_FDS + RESERVED_FDS_PER_SHARD * shards as u64;
+        let default_conns = open_files.saturating_sub(reserved).max(1);
         let config = Config {
             listen: self.listen,
             events: self.events,
             hold_ttl: self.hold_ttl,
-            shards: self.shards.unwrap_or_else(available_cores),
+            shards,
             max_frame: self.max_frame,
             max_conns: self
                 .max_conns

@@ -51,12 +51,12 @@ const EVENTS_CAPACITY: usize = 1024;
 /// How long a connection that lost framing may keep sending before it is closed.
 const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
 /// When the open-file limit stops accept, retry after this long.
-const ACCEPT_RETRY: Duration = Duration::from_millis(10);
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// On shutdown: the longest wait for clients to take the answers they are owed.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections over `--max-conns` that a shard keeps just long enough to answer their
 /// first requests OVERLOADED; beyond this they are closed unanswered.
-const MAX_SHEDDING_SESSIONS: usize = 64;
+pub const MAX_SHEDDING_SESSIONS: usize = 64;
 /// On shutdown: how often a shard looks whether all shards are done.
 const SHUTDOWN_TICK: Duration = Duration::from_millis(5);
 
@@ -175,6 +175,8 @@ pub struct Shard {
     /// Sessions that lost framing, by close deadline.
     lingering: VecDeque<(Instant, usize, u32)>,
     accept_retry_at: Option<Instant>,
+    /// Accepting has been failing since then, this many times (logged once).
+    accept_starved: Option<(Instant, u64)>,
     /// Ledger mode: completions read this pass, and the answers they produce.
     redis_done: Vec<crate::redis_ledger::conn::Completion<u64>>,
     redis_answers: Vec<(ConnRef, Response)>,
@@ -269,6 +271,7 @@ impl Shard {
             read_queue: Vec::new(),
             lingering: VecDeque::new(),
             accept_retry_at: None,
+            accept_starved: None,
             redis_done: Vec::new(),
             redis_answers: Vec::new(),
             released: Vec::new(),
@@ -393,6 +396,14 @@ impl Shard {
         loop {
             match listener.accept() {
                 Ok((mut stream, _)) => {
+                    if let Some((since, tries)) = self.accept_starved.take() {
+                        tracing::info!(
+                            shard = self.settings.index,
+                            failed_tries = tries,
+                            after_ms = now.saturating_duration_since(since).as_millis() as u64,
+                            "accepting connections again"
+                        );
+                    }
                     let shedding = !self.settings.conns.try_take();
                     if shedding {
                         self.stats.refused += 1;
@@ -439,8 +450,21 @@ impl Shard {
                     ) => {}
                 Err(e) => {
                     // Out of file descriptors or memory: the pending connection stays in
-                    // the backlog; try again shortly instead of spinning.
-                    tracing::warn!(error = %e, shard = self.settings.index, "accept failed; retrying");
+                    // the backlog; try again shortly instead of spinning, and say so once
+                    // per episode, not once per try.
+                    let episode = self.accept_starved.get_or_insert((now, 0));
+                    if episode.1 == 0 {
+                        tracing::warn!(
+                            error = %e,
+                            shard = self.settings.index,
+                            held = self.sessions.len(),
+                            "cannot accept connections (out of file descriptors?); \
+                             retrying every {} ms until connections close — lower \
+                             --max-conns or raise the open-file limit",
+                            ACCEPT_RETRY.as_millis()
+                        );
+                    }
+                    episode.1 += 1;
                     self.accept_retry_at = Some(now + ACCEPT_RETRY);
                     break;
                 }
