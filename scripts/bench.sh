@@ -131,7 +131,7 @@ stop_pid "$TICKETD_PID"
 echo "== connections: $CONNS held by $SERVERS ticketd processes on one port, each buying once"
 SERVER_PIDS=()
 for i in $(seq 1 "$SERVERS"); do
-  start_ticketd --listen 127.0.0.1:$PORT --node-id "$i" --event 1:40000
+  start_ticketd --listen 127.0.0.1:$PORT --share-port --node-id "$i" --event 1:40000
   SERVER_PIDS+=("$TICKETD_PID")
 done
 baseline=0; for pid in "${SERVER_PIDS[@]}"; do baseline=$((baseline + $(rss_kib "$pid"))); done
@@ -195,7 +195,7 @@ SERVER_PIDS=()
 for i in $(seq 1 "$SERVERS"); do
   # Every connection buys at the same instant: a burst Redis (sharing its core) needs
   # more than the default 500 ms to decide, so give each call up to 5 s.
-  start_ticketd --listen 127.0.0.1:$PORT --node-id "$i" --event 1:$LEDGER_STOCK \
+  start_ticketd --listen 127.0.0.1:$PORT --share-port --node-id "$i" --event 1:$LEDGER_STOCK \
     --redis redis://127.0.0.1:$LEDGER_PORT --nodes "$SERVERS" --redis-timeout 5s
   SERVER_PIDS+=("$TICKETD_PID")
 done

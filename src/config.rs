@@ -65,8 +65,14 @@ pub struct Cli {
     pub tool: Option<Tool>,
 
     /// Address to listen on (every shard binds it with SO_REUSEPORT).
-    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_LISTEN)]
+    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_LISTEN, value_parser = parse_addr)]
     pub listen: SocketAddr,
+
+    /// Let other processes serve --listen's port too (SO_REUSEPORT across processes, as
+    /// the 100,000-connection setup needs; each with its own --node-id). Without it, a
+    /// port another process already serves refuses the start.
+    #[arg(long)]
+    pub share_port: bool,
 
     /// An event on sale: its id, its stock, and optionally the per-user limit
     /// (default 1). Repeat for several events, e.g. `--event 1:10000 --event 2:500:4`.
@@ -100,13 +106,13 @@ pub struct Cli {
 
     /// Also serve `GET /buy/ticket[?event=E&user=U]` over HTTP/1.x here, answering the
     /// JSON the Go/Java prototypes answer (for `ab` and `wrk`).
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_addr)]
     pub http: Option<SocketAddr>,
 
     /// Serve `GET /healthz` and `GET /readyz` here (plain HTTP, one small thread):
     /// readiness is 503 with the reasons while an event is missing from the Redis ledger
     /// or a shard's Redis connection is down.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_addr)]
     pub admin: Option<SocketAddr>,
 
     /// HTTP: a `GET /buy/ticket` without `user=` buys as a fresh anonymous user (how
@@ -142,22 +148,23 @@ pub struct Cli {
     #[arg(long, value_name = "URL", value_parser = parse_redis_url)]
     pub redis: Option<SocketAddr>,
 
-    /// Ledger mode: how many ticketd nodes share the events (sizes each node's gate).
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub nodes: u32,
+    /// Ledger mode: how many ticketd nodes share the events (sizes each node's gate)
+    /// [default: 1].
+    #[arg(long, value_name = "N")]
+    pub nodes: Option<u32>,
 
-    /// Ledger mode: tickets a node's gate lets through beyond its share.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub buffer: i64,
+    /// Ledger mode: tickets a node's gate lets through beyond its share [default: 0].
+    #[arg(long, value_name = "N")]
+    pub buffer: Option<i64>,
 
     /// Ledger mode: a Redis call unanswered this long fails (a request that never
-    /// reached Redis answers UNAVAILABLE).
-    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
-    pub redis_timeout: Duration,
+    /// reached Redis answers UNAVAILABLE) [default: 500ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub redis_timeout: Option<Duration>,
 
-    /// Ledger mode: Redis calls in flight per shard.
-    #[arg(long, value_name = "N", default_value_t = 64)]
-    pub redis_depth: usize,
+    /// Ledger mode: Redis calls in flight per shard [default: 64].
+    #[arg(long, value_name = "N")]
+    pub redis_depth: Option<usize>,
 
     /// Ledger mode: run the ledger as a script (SCRIPT LOAD + EVALSHA) even where Redis
     /// has Functions; chosen by itself when Functions are missing (Redis before 7.0).
@@ -175,6 +182,15 @@ pub enum Tool {
     Audit(crate::tools::audit::AuditArgs),
     /// Create events in the Redis ledger (ledger-mode nodes never create one).
     CreateEvents(crate::tools::create_events::CreateEventsArgs),
+}
+
+/// `HOST:PORT`, where HOST is an address or a name (`localhost:7878`), resolved to its
+/// first address.
+pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|e| format!("`{text}`: {e} (expected HOST:PORT)"))?
+        .next()
+        .ok_or_else(|| format!("`{text}` resolves to no address"))
 }
 
 /// `redis://HOST:PORT[/]` or `HOST:PORT`, resolved to an address.
@@ -235,6 +251,16 @@ pub enum ConfigError {
         min: Duration,
         max: Duration,
     },
+    #[error("--{flag} is a ledger-mode flag: it needs --redis (without it, this node keeps its own embedded ledger)")]
+    LedgerOnly { flag: &'static str },
+    #[error("--{a} and --{b} are the same address ({addr}): each needs a port of its own")]
+    SameAddress {
+        a: &'static str,
+        b: &'static str,
+        addr: SocketAddr,
+    },
+    #[error("event `{0}`: stock must be at least 1")]
+    ZeroStock(String),
     #[error("--node-id must be at most {max}, got {got}")]
     NodeId { got: u16, max: u16 },
 }
@@ -260,6 +286,9 @@ impl FromStr for EventSpec {
             .ok()
             .filter(|s| *s >= 0)
             .ok_or_else(|| number_error("stock", stock))?;
+        if stock == 0 {
+            return Err(ConfigError::ZeroStock(spec.to_owned()));
+        }
         if stock > MAX_EVENT_STOCK {
             return Err(ConfigError::EventStockTooLarge {
                 spec: spec.to_owned(),
@@ -301,6 +330,8 @@ pub struct Config {
     pub http_anonymous: bool,
     /// `--admin`: health and readiness endpoint.
     pub admin: Option<SocketAddr>,
+    /// `--share-port`: other processes may serve `listen`'s port too.
+    pub share_port: bool,
     /// Ledger mode, when set.
     pub redis: Option<RedisConfig>,
     /// The embedded ledger's journal; `None` keeps everything in memory only (tests and
@@ -369,6 +400,7 @@ impl Config {
             http: None,
             http_anonymous: false,
             admin: None,
+            share_port: false,
             redis: None,
             journal: None,
         }
@@ -407,6 +439,20 @@ impl Config {
                 got: self.node_id,
                 max: MAX_NODE_ID,
             });
+        }
+        let named = [
+            ("listen", Some(self.listen)),
+            ("http", self.http),
+            ("admin", self.admin),
+        ];
+        for (i, &(a, first)) in named.iter().enumerate() {
+            for &(b, second) in &named[i + 1..] {
+                if let (Some(x), Some(y)) = (first, second) {
+                    if x == y && x.port() != 0 {
+                        return Err(ConfigError::SameAddress { a, b, addr: x });
+                    }
+                }
+            }
         }
         if let Some(redis) = &self.redis {
             in_range("nodes", redis.nodes, 1, MAX_NODES)?;
@@ -461,6 +507,18 @@ fn in_range<T: Into<i128> + Copy>(
 impl Cli {
     /// Resolves defaults (`open_files` is the process's open-file limit) and validates.
     pub fn into_config(self, open_files: u64) -> Result<Config, ConfigError> {
+        if self.redis.is_none() {
+            let given = [
+                ("nodes", self.nodes.is_some()),
+                ("buffer", self.buffer.is_some()),
+                ("redis-timeout", self.redis_timeout.is_some()),
+                ("redis-depth", self.redis_depth.is_some()),
+                ("redis-scripts", self.redis_scripts),
+            ];
+            if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
+                return Err(ConfigError::LedgerOnly { flag });
+            }
+        }
         let shards = self.shards.unwrap_or_else(available_cores);
         let reserved = RESERVED_FDS + RESERVED_FDS_PER_SHARD * shards as u64;
         let default_conns = open_files.saturating_sub(reserved).max(1);
@@ -477,14 +535,18 @@ impl Cli {
             http: self.http,
             http_anonymous: self.http_anonymous,
             admin: self.admin,
-            redis: self.redis.map(|addr| RedisConfig {
-                addr,
-                nodes: self.nodes,
-                buffer: self.buffer,
-                timeout: self.redis_timeout,
-                depth: self.redis_depth,
-                scripts: self.redis_scripts,
+            redis: self.redis.map(|addr| {
+                let defaults = RedisConfig::new(addr);
+                RedisConfig {
+                    addr,
+                    nodes: self.nodes.unwrap_or(defaults.nodes),
+                    buffer: self.buffer.unwrap_or(defaults.buffer),
+                    timeout: self.redis_timeout.unwrap_or(defaults.timeout),
+                    depth: self.redis_depth.unwrap_or(defaults.depth),
+                    scripts: self.redis_scripts,
+                }
             }),
+            share_port: self.share_port,
             journal: Some(JournalConfig {
                 data_dir: self.data_dir,
                 fsync: self.fsync,

@@ -30,10 +30,18 @@ fn main() -> ExitCode {
     let config = match cli.into_config(open_files) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("ticketd: {e}");
+            eprintln!("ticketd: {e}; see --help");
             return ExitCode::from(2);
         }
     };
+    let cores = ticketd::config::available_cores();
+    if config.shards > cores {
+        tracing::warn!(
+            shards = config.shards,
+            cores,
+            "more shards than cores: shards will share cores and wait on each other"
+        );
+    }
     if config.events.is_empty() && config.journal.is_none() {
         tracing::warn!("no --event given: every BUY and RESERVE will answer NOT_FOUND");
     }
@@ -48,7 +56,7 @@ fn main() -> ExitCode {
     let server = match ticketd::start(config) {
         Ok(server) => server,
         Err(e) => {
-            eprintln!("ticketd: {e}");
+            eprintln!("ticketd: {e}; see --help");
             return ExitCode::FAILURE;
         }
     };

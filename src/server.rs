@@ -37,6 +37,8 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: io::Error },
+    #[error("{addr} is already served by another process (another ticketd?); stop it, choose another --listen, or pass --share-port to serve one port from several processes on purpose")]
+    PortInUse { addr: SocketAddr },
     #[error("cannot create the event loop of shard {shard}: {source}")]
     Poll { shard: usize, source: io::Error },
     #[error("cannot prepare the ledger: {0}")]
@@ -63,6 +65,8 @@ pub struct ServerHandle {
     threads: Vec<JoinHandle<ShardReport>>,
     /// Held (with its lock) until the shards have stopped.
     _data_dir: Option<journal::store::DataDir>,
+    /// `--share-port`: this node id's claim on the port.
+    _node_lock: Option<std::fs::File>,
 }
 
 /// Starts a node. When this returns, every listener is bound and accepting (queued in
@@ -124,6 +128,20 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             Arc::new(Catalog::partly_taken(&catalog_events, &available, shards))
         }
         None => Arc::new(Catalog::new(&catalog_events, shards)),
+    };
+    if !config.share_port && listener::is_served(config.listen) {
+        return Err(StartError::PortInUse {
+            addr: config.listen,
+        });
+    }
+    let node_lock = match config.share_port {
+        true => listener::claim_node_on_port(config.listen.port(), config.node_id).map_err(
+            |source| StartError::Listen {
+                addr: config.listen,
+                source,
+            },
+        )?,
+        false => None,
     };
     let listeners =
         listener::bind_group(config.listen, shards).map_err(|source| StartError::Listen {
@@ -305,6 +323,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         wakers: peers.iter().map(|p| Arc::clone(&p.waker)).collect(),
         threads,
         _data_dir: data_dir,
+        _node_lock: node_lock,
     })
 }
 

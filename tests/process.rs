@@ -35,6 +35,8 @@ fn help_documents_every_flag() {
         "--redis-timeout",
         "--redis-depth",
         "--redis-scripts",
+        "--admin",
+        "--share-port",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
@@ -206,4 +208,99 @@ fn strip_ansi(text: &str) -> String {
         }
     }
     out
+}
+
+/// A free port on loopback (bound and released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// Starts the binary on `listen` with `args`; the exit status and stderr if it exits
+/// within a moment, or the running child.
+fn run_on(listen: &str, args: &[&str]) -> Result<Reaper, (Option<i32>, String)> {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--listen", listen, "--event", "1:10"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut log = String::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("ticketd started") {
+            std::thread::spawn(move || lines.for_each(drop));
+            std::mem::forget(data); // the process keeps using it until it is killed
+            return Ok(Reaper(child));
+        }
+    }
+    let status = child.wait().unwrap();
+    Err((status.code(), log))
+}
+
+#[test]
+fn a_port_already_served_refuses_the_start_unless_shared_on_purpose() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _first = run_on(&listen, &[]).expect("the first starts");
+    let (code, log) = run_on(&listen, &[]).err().expect("the second is refused");
+    assert_eq!(code, Some(1));
+    assert!(log.contains("already served by another process"), "{log}");
+    assert!(log.contains("--share-port"), "{log}");
+    assert!(log.trim_end().ends_with("see --help"), "{log}");
+
+    let shared = format!("127.0.0.1:{}", free_port());
+    let _a = run_on(&shared, &["--share-port", "--node-id", "1"]).expect("a starts");
+    let _b = run_on(&shared, &["--share-port", "--node-id", "2"]).expect("b shares the port");
+    let (_, log) = run_on(&shared, &["--share-port", "--node-id", "1"])
+        .err()
+        .expect("a second node 1 on the port is refused");
+    assert!(log.contains("node id 1 already serves port"), "{log}");
+}
+
+#[test]
+fn flags_that_cannot_work_are_refused_naming_the_flag() {
+    for (args, needle) in [
+        (
+            vec!["--http", "127.0.0.1:7999", "--listen", "127.0.0.1:7999"],
+            "--listen and --http are the same address",
+        ),
+        (vec!["--nodes", "3"], "--nodes is a ledger-mode flag"),
+        (vec!["--buffer", "5"], "--buffer is a ledger-mode flag"),
+        (
+            vec!["--redis-timeout", "1s"],
+            "--redis-timeout is a ledger-mode flag",
+        ),
+        (vec!["--event", "2:0"], "stock must be at least 1"),
+    ] {
+        let data = tempfile::tempdir().unwrap();
+        let out = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        // Ours end "see --help"; clap's own parse errors "try '--help'".
+        assert!(
+            stderr.trim_end().ends_with("--help") || stderr.trim_end().ends_with("'--help'."),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn hostnames_are_accepted_where_addresses_are() {
+    let listen = format!("localhost:{}", free_port());
+    let _server = run_on(&listen, &[]).expect("--listen localhost:PORT starts");
 }
