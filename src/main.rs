@@ -60,11 +60,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let signal = signals.forever().next();
-    tracing::info!(
-        ?signal,
-        "shutting down: no new connections, answering what was read"
-    );
+    let signal = match signals.forever().next() {
+        Some(SIGINT) => "SIGINT",
+        Some(SIGTERM) => "SIGTERM",
+        _ => "a signal",
+    };
+    tracing::info!("{signal}: shutting down: no new connections, answering what was read");
     // A second signal while draining means "now".
     std::thread::spawn(move || {
         if signals.forever().next().is_some() {

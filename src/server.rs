@@ -298,20 +298,64 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         threads.push(thread);
     }
 
-    let cores: Vec<Option<usize>> = plan.iter().map(|c| c.map(|c| c.id)).collect();
+    let cores: Vec<String> = plan
+        .iter()
+        .map(|c| c.map_or_else(|| "unpinned".to_owned(), |c| c.id.to_string()))
+        .collect();
+    let off = || "off".to_owned();
+    let mode = match (&config.redis, &data_dir) {
+        (Some(redis), _) => format!(
+            "ledger mode: Redis at {} ({}), node {} of {}",
+            redis.addr,
+            match remote.as_ref().map(|r| &r.flavor) {
+                Some(Flavor::Scripts { .. }) => "scripts",
+                _ => "functions",
+            },
+            config.node_id,
+            redis.nodes
+        ),
+        (None, Some(dir)) => format!(
+            "embedded ledger journaled in {} (fsync {})",
+            dir.path().display(),
+            config.journal.as_ref().map_or("always", |j| match j.fsync {
+                journal::FsyncMode::Always => "always",
+                journal::FsyncMode::Batch => "batch",
+                journal::FsyncMode::Off => "off",
+            })
+        ),
+        (None, None) => "embedded ledger in memory only (no journal)".to_owned(),
+    };
+    let events: Vec<String> = catalog
+        .iter()
+        .map(|e| {
+            format!(
+                "event {} ({} {}, {} per user)",
+                e.id,
+                e.stock.total(),
+                if config.redis.is_some() {
+                    "in this node's gate"
+                } else {
+                    "tickets"
+                },
+                e.per_user_limit
+            )
+        })
+        .collect();
     tracing::info!(
         addr = %local_addr,
-        http = ?http_addr,
-        admin = ?admin.as_ref().map(Admin::addr),
+        http = %http_addr.map_or_else(off, |a| a.to_string()),
+        admin = %admin.as_ref().map_or_else(off, |a| a.addr().to_string()),
         shards,
-        cores = ?cores,
-        events = ?catalog.iter().map(|e| format!("{}:{}:{}", e.id, e.stock.total(), e.per_user_limit)).collect::<Vec<_>>(),
-        data_dir = %data_dir.as_ref().map_or_else(|| "none (in memory)".to_owned(), |d| d.path().display().to_string()),
-        fsync = ?config.journal.as_ref().filter(|_| data_dir.is_some()).map(|j| j.fsync),
+        cores = %cores.join(","),
         max_conns = config.max_conns,
-        max_frame = config.max_frame,
-        hold_ttl = %humantime::format_duration(config.hold_ttl),
-        "ticketd started"
+        "ticketd started: {mode}; binary protocol on {local_addr}{}{}; {shards} shard(s) on core(s) {}; {}; up to {} connections, frames up to {} bytes, holds last {}",
+        http_addr.map_or_else(String::new, |a| format!(", HTTP on {a}")),
+        admin.as_ref().map_or_else(String::new, |a| format!(", health and readiness on {}", a.addr())),
+        cores.join(", "),
+        if events.is_empty() { "no events yet".to_owned() } else { events.join(", ") },
+        config.max_conns,
+        config.max_frame,
+        humantime::format_duration(config.hold_ttl),
     );
     Ok(ServerHandle {
         local_addr,

@@ -242,6 +242,9 @@ fn a_ledger_that_lost_its_data_is_never_refilled_by_a_node() {
             .log_text()
             .contains("event 1 does not exist in the Redis ledger")
     });
+    let log = running.log_text();
+    assert!(log.contains("lost the Redis connection"), "{log}");
+    assert!(log.contains("Redis connection back after"), "{log}");
 
     let ready = |node: &TicketdProcess| {
         common::http_get(common::logged_addr(&node.log_text(), "admin"), "/readyz")

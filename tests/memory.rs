@@ -165,14 +165,7 @@ fn connections_that_never_read_cost_their_documented_bound_and_give_it_back() {
         "--http".into(),
         "127.0.0.1:0".into(),
     ]);
-    let http_addr: std::net::SocketAddr = server
-        .log_text()
-        .split("http=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .map(|a| a.trim_start_matches("Some(").trim_end_matches(')'))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("http address in the log:\n{}", server.log_text()));
+    let http_addr = common::logged_addr(&server.log_text(), "http");
     let pid = server.child.id();
     let mut probe = Client::connect(server.addr);
     let baseline = rss(pid);

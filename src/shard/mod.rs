@@ -395,7 +395,8 @@ impl Shard {
         };
         loop {
             match listener.accept() {
-                Ok((mut stream, _)) => {
+                Ok((mut stream, peer)) => {
+                    tracing::debug!(shard = self.settings.index, %peer, ?protocol, "accepted");
                     if let Some((since, tries)) = self.accept_starved.take() {
                         tracing::info!(
                             shard = self.settings.index,
@@ -609,7 +610,7 @@ impl Shard {
         remote
             .conn
             .tick(self.poll.registry(), now, &mut self.redis_done);
-        remote.report_connection();
+        remote.report_connection(now);
         let mut answers = std::mem::take(&mut self.redis_answers);
         for completion in self.redis_done.drain(..) {
             remote.complete(&self.dispatcher.catalog, completion, now, &mut answers);
@@ -640,7 +641,13 @@ impl Shard {
                     commit.hold(job, Held::Return { event, qty });
                 }
             }
-            commit.submit(ledger.journal.take());
+            let records = ledger.journal.take();
+            tracing::debug!(
+                shard = self.settings.index,
+                bytes = records.len(),
+                "journal batch submitted"
+            );
+            commit.submit(records);
             if commit.wants_rotation() && !commit.failed() {
                 let snapshot = ledger.snapshot(now).freeze();
                 tracing::debug!(
@@ -813,6 +820,14 @@ impl Shard {
 
     fn close(&mut self, slot: usize) {
         if let Some(mut session) = self.sessions.try_remove(slot) {
+            tracing::debug!(
+                shard = self.settings.index,
+                slot,
+                read_closed = session.read_closed,
+                lingering = session.lingering,
+                shed = session.shedding,
+                "connection closed"
+            );
             self.trimmer
                 .freed(session.input.capacity() + session.output.capacity());
             if session.shedding {

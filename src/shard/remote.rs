@@ -126,6 +126,12 @@ pub struct RemoteLedger {
     readiness: Arc<Readiness>,
     /// The connection's state as last reported.
     reported_up: bool,
+    /// When the connection was lost, and the UNAVAILABLE count then (for the log line
+    /// when it is back).
+    lost: Option<(Instant, u64)>,
+    /// Requests answered UNAVAILABLE so far.
+    unavailable: u64,
+    addr: SocketAddr,
     /// What this node sold, per event (catalog order).
     pub tallies: Vec<EventTally>,
 }
@@ -176,6 +182,9 @@ impl RemoteLedger {
                 .collect(),
             readiness,
             reported_up: false,
+            lost: None,
+            unavailable: 0,
+            addr: settings.addr,
             tallies: vec![EventTally::default(); events],
         }
     }
@@ -290,11 +299,36 @@ impl RemoteLedger {
     }
 
     /// Tells `/readyz` when the Redis connection goes up or down.
-    pub fn report_connection(&mut self) {
+    /// Logs it too: once when the connection is lost, once when it is back, with how
+    /// many requests were answered UNAVAILABLE meanwhile.
+    pub fn report_connection(&mut self, now: Instant) {
         let up = self.conn.is_ready();
-        if up != self.reported_up {
-            self.reported_up = up;
-            self.readiness.set_redis_up(self.shard, up);
+        if up == self.reported_up {
+            return;
+        }
+        self.reported_up = up;
+        self.readiness.set_redis_up(self.shard, up);
+        match (up, self.lost.take()) {
+            (false, _) => {
+                tracing::warn!(
+                    shard = self.shard,
+                    redis = %self.addr,
+                    "lost the Redis connection; reconnecting (requests that cannot be sent answer UNAVAILABLE: nothing sold)"
+                );
+                self.lost = Some((now, self.unavailable));
+            }
+            (true, Some((since, before))) => tracing::warn!(
+                shard = self.shard,
+                redis = %self.addr,
+                down_ms = now.saturating_duration_since(since).as_millis() as u64,
+                unavailable = self.unavailable - before,
+                "Redis connection back after {} ms; {} requests were answered UNAVAILABLE meanwhile",
+                now.saturating_duration_since(since).as_millis(),
+                self.unavailable - before
+            ),
+            (true, None) => {
+                tracing::debug!(shard = self.shard, redis = %self.addr, "Redis connection up")
+            }
         }
     }
 
@@ -349,6 +383,13 @@ impl RemoteLedger {
             }
         };
         let cmd = self.flavor.adapt(cmd);
+        tracing::debug!(
+            shard = self.shard,
+            ?kind,
+            steps = steps.len(),
+            waiters = waiters.len() + parked.len(),
+            "redis call"
+        );
         self.next_tag += 1;
         let tag = self.next_tag;
         self.conn.send(&cmd, tag, Instant::now());
@@ -621,6 +662,9 @@ impl RemoteLedger {
     ) {
         if let CallKind::Refill { event } = call.kind {
             self.asking[event] = false;
+        }
+        if status == Status::Unavailable {
+            self.unavailable += (call.parked.len() + call.waiters.len()) as u64;
         }
         for p in &call.parked {
             answers.push((p.conn, Response::error(p.op.code(), p.req_id, status)));

@@ -201,11 +201,11 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (code, body)
 }
 
-/// The address logged as `name=Some(ADDR)` in the start-up line of a process.
+/// The address logged as `name=ADDR` in the start-up line of a process.
 pub fn logged_addr(log: &str, name: &str) -> SocketAddr {
-    log.split(&format!("{name}=Some("))
+    log.split(&format!(" {name}="))
         .nth(1)
-        .and_then(|rest| rest.split(')').next())
+        .and_then(|rest| rest.split_whitespace().next())
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no {name} address in the log:\n{log}"))
 }
