@@ -43,7 +43,7 @@ fn codec(c: &mut Criterion) {
     group.bench_function("encode_buy_ok", |b| {
         b.iter(|| {
             buf.clear();
-            black_box(response).encode(&mut buf);
+            black_box(&response).encode(&mut buf);
             black_box(buf.len())
         })
     });

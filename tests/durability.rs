@@ -136,7 +136,7 @@ impl Acks {
                 && !acks.held.contains_key(&id)
                 && !acks.confirmed.values().any(|&o| o == id)
         };
-        match (request.command, response.result) {
+        match (request.command, response.result.clone()) {
             (WireCommand::Buy(p), ResultBody::Order { order_id }) => {
                 if !fresh(self, order_id) {
                     self.reused.push(order_id);
@@ -364,6 +364,11 @@ fn sigterm_restart_keeps_sales_holds_and_limits() {
     );
     let confirmed = order_id(&c.confirm(hold_id));
     assert!(!bought.contains(&confirmed), "a new order id");
+    // ORDERS after a restart: the recovered order and the new one, oldest first.
+    assert_eq!(c.orders(1, 50), vec![(confirmed, 1)]);
+    let before: Vec<u64> = c.orders(1, 3).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(before.len(), 1);
+    assert!(bought.contains(&before[0]), "recovered from the journal");
     assert_eq!(c.cancel(hold2).status, Status::Ok);
     assert_eq!(c.stock(2), (50, 50));
     let fresh = order_id(&c.buy(1, 8, 1));

@@ -425,3 +425,23 @@ fn after_a_node_dies_its_holds_expire_and_are_sold_not_refused() {
     assert_eq!(later.get(&Status::Ok), Some(&300), "{later:?}");
     assert_eq!(redis.ledger_sold(1), 1_000);
 }
+
+#[test]
+fn orders_reads_the_global_ledger_from_any_node() {
+    let redis = RedisServer::start();
+    let events = [event(1, 100, 3)];
+    let a = node(&redis, 1, 2, &events, Duration::from_secs(60));
+    let b = node(&redis, 2, 2, &events, Duration::from_secs(60));
+    let mut on_a = Client::connect(a.local_addr());
+    let mut on_b = Client::connect(b.local_addr());
+    let bought = order_id(&on_a.buy(1, 7, 2));
+    let (hold_id, _) = hold(&on_a.reserve(1, 7, 1));
+    let confirmed = order_id(&on_b.confirm(hold_id));
+    assert_eq!(on_b.orders(1, 7), vec![(bought, 2), (confirmed, 1)]);
+    assert_eq!(on_a.orders(1, 7), vec![(bought, 2), (confirmed, 1)]);
+    assert_eq!(on_a.orders(1, 8), vec![]);
+    assert_eq!(
+        on_a.call(Command::Orders { event: 5, user: 7 }).status,
+        Status::NotFound
+    );
+}

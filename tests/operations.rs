@@ -207,6 +207,34 @@ fn max_conns_is_the_node_total_whatever_the_shards() {
 }
 
 #[test]
+fn orders_lists_a_users_orders_oldest_first_from_any_connection() {
+    // Limit 3: two BUYs and a confirmed hold for user 7; user 8 has nothing.
+    let server = start(&[event(1, 100, 3), event(2, 10, 1)], 4);
+    let mut c = Client::connect(server.local_addr());
+    let first = order_id(&c.buy(1, 7, 1));
+    let second = order_id(&c.buy(1, 7, 1));
+    let (hold_id, _) = hold(&c.reserve(1, 7, 1));
+    assert_eq!(
+        c.orders(1, 7),
+        vec![(first, 1), (second, 1)],
+        "a live hold is no order"
+    );
+    let third = order_id(&c.confirm(hold_id));
+    // Another connection (so perhaps another shard) sees the same list.
+    let mut other = Client::connect(server.local_addr());
+    assert_eq!(
+        other.orders(1, 7),
+        vec![(first, 1), (second, 1), (third, 1)]
+    );
+    assert_eq!(other.orders(1, 8), vec![], "no orders: OK with none");
+    assert_eq!(other.orders(2, 7), vec![], "per event");
+    assert_eq!(
+        other.call(Command::Orders { event: 9, user: 7 }).status,
+        Status::NotFound
+    );
+}
+
+#[test]
 fn the_admin_endpoint_answers_health_and_readiness() {
     let server = start_with(&[event(1, 10, 1)], |c| {
         c.admin = Some("127.0.0.1:0".parse().unwrap());

@@ -40,7 +40,11 @@ fn the_readme_python_client_buys_a_ticket() {
     };
     let first = run();
     assert!(first.starts_with("req 1: OK order 0x"), "{first}");
-    assert_eq!(run().trim(), "req 1: LIMIT_REACHED");
+    let order = first.trim().trim_start_matches("req 1: OK order ");
+    assert_eq!(
+        run().trim(),
+        format!("req 1: LIMIT_REACHED\nreq 2: OK user 42 has order {order} (1 ticket)")
+    );
     let summary = server.shutdown();
     assert_eq!(summary.event(1).unwrap().sold, 1);
 }

@@ -34,7 +34,7 @@ pub use error::DecodeError;
 pub use frame::{check_request, check_response, LEN_PREFIX, MIN_BODY_LEN};
 pub use op::{Op, FRAMING_ERROR_OP, RESPONSE_BIT};
 pub use request::{decode_request, Command, Purchase, Request};
-pub use response::{decode_response, Response, ResultBody};
+pub use response::{decode_response, OrderList, Response, ResultBody, ORDER_ENTRY_LEN};
 pub use status::Status;
 
 /// The server's default `MAX_FRAME`: the largest request body it accepts, in bytes.

@@ -15,17 +15,20 @@ pub enum Op {
     Confirm = 0x04,
     Cancel = 0x05,
     Stock = 0x06,
+    /// 1.1: a user's orders for an event.
+    Orders = 0x08,
 }
 
 impl Op {
     /// Every op, in code order.
-    pub const ALL: [Op; 6] = [
+    pub const ALL: [Op; 7] = [
         Op::Ping,
         Op::Buy,
         Op::Reserve,
         Op::Confirm,
         Op::Cancel,
         Op::Stock,
+        Op::Orders,
     ];
 
     /// The op for a request op byte, if it is one this version knows.
@@ -37,6 +40,7 @@ impl Op {
             0x04 => Some(Op::Confirm),
             0x05 => Some(Op::Cancel),
             0x06 => Some(Op::Stock),
+            0x08 => Some(Op::Orders),
             _ => None,
         }
     }
@@ -57,13 +61,16 @@ impl Op {
             Op::Buy | Op::Reserve => 4 + 8 + 2,
             Op::Confirm | Op::Cancel => 8,
             Op::Stock => 4,
+            Op::Orders => 4 + 8,
         }
     }
 
-    /// Length of the result that follows the status byte in an OK response.
+    /// Length of the result that follows the status byte in an OK response; for
+    /// ORDERS, whose result is `n:u16` then `n` entries of 10 bytes, the length with n = 0.
     pub const fn ok_result_len(self) -> usize {
         match self {
             Op::Ping | Op::Cancel => 0,
+            Op::Orders => 2,
             Op::Buy | Op::Confirm => 8,
             Op::Reserve | Op::Stock => 16,
         }
@@ -78,6 +85,7 @@ impl Op {
             Op::Confirm => "CONFIRM",
             Op::Cancel => "CANCEL",
             Op::Stock => "STOCK",
+            Op::Orders => "ORDERS",
         }
     }
 }
@@ -92,7 +100,7 @@ mod tests {
             assert_eq!(Op::from_code(op.code()), Some(op));
             assert_eq!(op.response_code() & !RESPONSE_BIT, op.code());
         }
-        for code in [0x00, 0x07, 0x7F, 0x81, 0xFF] {
+        for code in [0x00, 0x07, 0x09, 0x7F, 0x81, 0xFF] {
             assert_eq!(Op::from_code(code), None);
         }
     }

@@ -25,9 +25,20 @@ pub enum Command {
     Ping,
     Buy(Purchase),
     Reserve(Purchase),
-    Confirm { hold_id: u64 },
-    Cancel { hold_id: u64 },
-    Stock { event: u32 },
+    Confirm {
+        hold_id: u64,
+    },
+    Cancel {
+        hold_id: u64,
+    },
+    Stock {
+        event: u32,
+    },
+    /// 1.1: the orders `user` holds for `event`.
+    Orders {
+        event: u32,
+        user: u64,
+    },
 }
 
 impl Command {
@@ -39,6 +50,7 @@ impl Command {
             Command::Confirm { .. } => Op::Confirm,
             Command::Cancel { .. } => Op::Cancel,
             Command::Stock { .. } => Op::Stock,
+            Command::Orders { .. } => Op::Orders,
         }
     }
 }
@@ -65,6 +77,10 @@ impl Request {
             }
             Command::Confirm { hold_id } | Command::Cancel { hold_id } => dst.put_u64(hold_id),
             Command::Stock { event } => dst.put_u32(event),
+            Command::Orders { event, user } => {
+                dst.put_u32(event);
+                dst.put_u64(user);
+            }
         }
     }
 }
@@ -102,6 +118,12 @@ pub fn decode_request(buf: &[u8], max_frame: u32) -> Result<(Request, usize), De
         Op::Confirm => r.u64().map(|hold_id| Command::Confirm { hold_id }),
         Op::Cancel => r.u64().map(|hold_id| Command::Cancel { hold_id }),
         Op::Stock => r.u32().map(|event| Command::Stock { event }),
+        Op::Orders => (|| {
+            Some(Command::Orders {
+                event: r.u32()?,
+                user: r.u64()?,
+            })
+        })(),
     };
     match command {
         Some(command) => Ok((Request { req_id, command }, frame_len)),

@@ -6,7 +6,7 @@ use crate::op::{Op, FRAMING_ERROR_OP, RESPONSE_BIT};
 use crate::status::Status;
 
 /// The result bytes of an OK response; non-OK responses carry [`ResultBody::Empty`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResultBody {
     /// PING, CANCEL, and every non-OK response.
     Empty,
@@ -16,21 +16,34 @@ pub enum ResultBody {
     Hold { hold_id: u64, expires_unix_ms: u64 },
     /// STOCK.
     Stock { total: i64, remaining: i64 },
+    /// ORDERS (1.1): the user's orders for the event, oldest first.
+    Orders(OrderList),
 }
 
+/// ORDERS' result: `(order_id, qty)` of each of a user's orders for an event, oldest
+/// first. At most `u16::MAX` entries (the most a per-user limit allows).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderList(pub Vec<(u64, u16)>);
+
+/// Bytes of one ORDERS entry: order_id:u64 qty:u16.
+pub const ORDER_ENTRY_LEN: usize = 10;
+
 impl ResultBody {
-    const fn len(&self) -> usize {
+    fn len(&self) -> usize {
         match self {
             ResultBody::Empty => 0,
             ResultBody::Order { .. } => 8,
             ResultBody::Hold { .. } | ResultBody::Stock { .. } => 16,
+            ResultBody::Orders(list) => {
+                2 + ORDER_ENTRY_LEN * list.0.len().min(usize::from(u16::MAX))
+            }
         }
     }
 }
 
 /// One response. `op` is the byte on the wire: the request's op with
 /// [`RESPONSE_BIT`] set, or [`FRAMING_ERROR_OP`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub op: u8,
     pub req_id: u64,
@@ -75,7 +88,7 @@ impl Response {
     }
 
     /// Bytes this response takes on the wire, prefix included.
-    pub const fn encoded_len(&self) -> usize {
+    pub fn encoded_len(&self) -> usize {
         LEN_PREFIX + MIN_RESPONSE_BODY_LEN as usize + self.result.len()
     }
 
@@ -86,19 +99,27 @@ impl Response {
         dst.put_u8(self.op);
         dst.put_u64(self.req_id);
         dst.put_u8(self.status.code());
-        match self.result {
+        match &self.result {
             ResultBody::Empty => {}
-            ResultBody::Order { order_id } => dst.put_u64(order_id),
-            ResultBody::Hold {
+            &ResultBody::Order { order_id } => dst.put_u64(order_id),
+            &ResultBody::Hold {
                 hold_id,
                 expires_unix_ms,
             } => {
                 dst.put_u64(hold_id);
                 dst.put_u64(expires_unix_ms);
             }
-            ResultBody::Stock { total, remaining } => {
+            &ResultBody::Stock { total, remaining } => {
                 dst.put_i64(total);
                 dst.put_i64(remaining);
+            }
+            ResultBody::Orders(list) => {
+                let entries = &list.0[..list.0.len().min(usize::from(u16::MAX))];
+                dst.put_u16(entries.len() as u16);
+                for &(order_id, qty) in entries {
+                    dst.put_u64(order_id);
+                    dst.put_u16(qty);
+                }
             }
         }
     }
@@ -128,6 +149,12 @@ pub fn decode_response(buf: &[u8], max_frame: u32) -> Result<(Response, usize), 
         frame_len,
     };
     let expected = match (status, Op::from_code(op & !RESPONSE_BIT)) {
+        (Status::Ok, Some(Op::Orders)) => {
+            let n = body
+                .get(MIN_RESPONSE_BODY_LEN as usize..MIN_RESPONSE_BODY_LEN as usize + 2)
+                .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+            2 + ORDER_ENTRY_LEN * n
+        }
         (Status::Ok, Some(request_op)) => request_op.ok_result_len(),
         (Status::Ok, None) => return Err(bad_length),
         _ => 0,
@@ -150,6 +177,13 @@ pub fn decode_response(buf: &[u8], max_frame: u32) -> Result<(Response, usize), 
                 total: r.i64()?,
                 remaining: r.i64()?,
             })
+        })(),
+        (Status::Ok, Some(Op::Orders)) => (|| {
+            let n = r.u16()?;
+            let entries = (0..n)
+                .map(|_| Some((r.u64()?, r.u16()?)))
+                .collect::<Option<Vec<_>>>()?;
+            Some(ResultBody::Orders(OrderList(entries)))
         })(),
         _ => Some(ResultBody::Empty),
     };

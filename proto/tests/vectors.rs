@@ -4,8 +4,8 @@
 
 use bytes::BytesMut;
 use ticketd_proto::{
-    decode_request, decode_response, Command, DecodeError, Op, Purchase, Request, Response,
-    ResultBody, Status, DEFAULT_MAX_FRAME,
+    decode_request, decode_response, Command, DecodeError, Op, OrderList, Purchase, Request,
+    Response, ResultBody, Status, DEFAULT_MAX_FRAME,
 };
 
 const EXPIRES: u64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
@@ -70,11 +70,22 @@ fn request_vectors() -> Vec<(&'static str, Request)> {
                 command: Command::Stock { event: 1 },
             },
         ),
+        (
+            "00 00 00 15 08 00 00 00 00 00 00 00 06 00 00 00 01 00 00 00 00 00 00 00 2A",
+            Request {
+                req_id: 6,
+                command: Command::Orders { event: 1, user: 42 },
+            },
+        ),
     ]
 }
 
 fn response_vectors() -> Vec<(&'static str, Response)> {
     vec![
+        (
+            "00 00 00 16 88 00 00 00 00 00 00 00 06 00 01 00 00 00 00 00 00 01 01 00 01",
+            Response::ok(Op::Orders, 6, ResultBody::Orders(OrderList(vec![(0x101, 1)]))),
+        ),
         (
             "00 00 00 0A 81 00 00 00 00 00 00 00 07 00",
             Response::ok(Op::Ping, 7, ResultBody::Empty),
@@ -177,7 +188,7 @@ fn response_vectors_decode_encode_and_are_documented() {
         let wire = bytes(hex);
         assert_eq!(
             decode_response(&wire, DEFAULT_MAX_FRAME),
-            Ok((expected, wire.len())),
+            Ok((expected.clone(), wire.len())),
             "{hex}"
         );
         let mut encoded = BytesMut::new();

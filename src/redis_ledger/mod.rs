@@ -69,10 +69,23 @@ impl EventKeys {
         format!("{}:orders", self.tag)
     }
 
+    /// Each user's orders, for ORDERS.
+    pub fn user_orders(&self) -> String {
+        format!("{}:user-orders", self.tag)
+    }
+
     /// Every key holding the event's state (not the per-call replay keys, which expire).
-    pub fn state(&self) -> [String; 6] {
-        ["meta", "users", "holds", "deadlines", "forget", "orders"]
-            .map(|k| format!("{}:{k}", self.tag))
+    pub fn state(&self) -> [String; 7] {
+        [
+            "meta",
+            "users",
+            "holds",
+            "deadlines",
+            "forget",
+            "orders",
+            "user-orders",
+        ]
+        .map(|k| format!("{}:{k}", self.tag))
     }
 
     fn call(&self, call_id: &str) -> String {
@@ -140,7 +153,7 @@ pub fn define_event(event: u32, def: &setup::Definition, update: bool) -> Cmd {
 pub fn decide(event: u32, call_id: &str, node: u16, replay_ttl_ms: u64, steps: &[Step]) -> Cmd {
     let keys = EventKeys::new(event);
     let mut cmd = redis::cmd("FCALL");
-    cmd.arg("ticketd_decide").arg(7);
+    cmd.arg("ticketd_decide").arg(8);
     for key in keys.state() {
         cmd.arg(key);
     }
@@ -200,6 +213,52 @@ pub fn stock(event: u32) -> Cmd {
         cmd.arg(key);
     }
     cmd
+}
+
+/// ORDERS from the ledger: `user`'s orders of `event`.
+pub fn orders(event: u32, user: u64) -> Cmd {
+    let keys = EventKeys::new(event);
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg("ticketd_orders")
+        .arg(2)
+        .arg(keys.meta())
+        .arg(keys.user_orders())
+        .arg(user);
+    cmd
+}
+
+/// Decodes the reply to [`orders`]: `None` when the event does not exist.
+pub fn parse_orders(reply: &Value) -> Result<Option<Vec<(u64, u16)>>, ReplyError> {
+    let malformed = || ReplyError::Malformed {
+        index: 0,
+        value: format!("{reply:?}"),
+    };
+    let Value::Array(fields) = reply else {
+        return Err(malformed());
+    };
+    match fields.first() {
+        Some(Value::Int(0)) => return Ok(None),
+        Some(Value::Int(1)) => {}
+        _ => return Err(malformed()),
+    }
+    let text = match fields.get(1) {
+        Some(Value::BulkString(bytes)) => {
+            String::from_utf8(bytes.clone()).map_err(|_| malformed())?
+        }
+        Some(Value::SimpleString(s)) => s.clone(),
+        _ => return Err(malformed()),
+    };
+    text.split(',')
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let (id, qty) = entry.split_once(':').ok_or_else(malformed)?;
+            Ok((
+                id.parse().map_err(|_| malformed())?,
+                qty.parse().map_err(|_| malformed())?,
+            ))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 /// Decodes the reply to [`decide`] for `steps`.

@@ -10,6 +10,7 @@
 --   {ev:ID}:deadlines  zset   hold_id scored by expires_ms (live holds)
 --   {ev:ID}:forget     zset   hold_id scored by when its record may go
 --   {ev:ID}:orders     stream the outbox: one entry per order
+--   {ev:ID}:user-orders hash  user -> "order_id:qty,order_id:qty" (for ORDERS)
 --   {ev:ID}:call:<id>  string a call's results, kept for replay (exactly once)
 --
 -- Time is Redis's own clock (TIME), so every node agrees when a hold expires.
@@ -70,6 +71,10 @@ end
 local function order(k, id, user, qty, node, call)
   redis.call('XADD', k.orders, '*', 'order_id', id, 'user', user, 'qty', qty,
              'node', node, 'call', call)
+  -- A user has at most the per-user limit of orders: the list stays short.
+  local mine = redis.call('HGET', k.uorders, user)
+  local entry = id .. ':' .. qty
+  redis.call('HSET', k.uorders, user, mine and (mine .. ',' .. entry) or entry)
 end
 
 -- Room and stock for qty more tickets for user: nil, or the refusal.
@@ -110,7 +115,7 @@ end
 
 local function keys_of(keys)
   return { meta = keys[1], users = keys[2], holds = keys[3], deadlines = keys[4],
-           forget = keys[5], orders = keys[6], call = keys[7] }
+           forget = keys[5], orders = keys[6], uorders = keys[7], call = keys[8] }
 end
 
 -- ticketd_define(meta) total limit hold_ttl_ms mode -> {'OK'} or {'ERR', why}
@@ -135,7 +140,7 @@ redis.register_function('ticketd_define', function(keys, args)
   return { 'OK' }
 end)
 
--- ticketd_decide(meta users holds deadlines forget orders call)
+-- ticketd_decide(meta users holds deadlines forget orders user-orders call)
 --   call_id node replay_ttl_ms n  then n × (kind user qty id)
 --   kind: B buy, R reserve, C confirm (user/qty ignored, id = order id to use),
 --         X cancel (id ignored). For R, id is the hold id; for B the order id; for C
@@ -190,6 +195,13 @@ redis.register_function('ticketd_decide', function(keys, args)
   return results
 end)
 
+-- ticketd_orders(meta user-orders) user -> {1, "id:qty,…"} ({1, ""} for none), or {0}
+-- when the event does not exist: ORDERS, read from the global ledger.
+redis.register_function('ticketd_orders', function(keys, args)
+  if redis.call('EXISTS', keys[1]) == 0 then return { 0 } end
+  return { 1, redis.call('HGET', keys[2], args[1]) or '' }
+end)
+
 -- ticketd_stock(meta users holds deadlines forget) -> {total, remaining, held}, after
 -- expiring due holds; {-1, -1, -1} when the event does not exist. Nothing remaining and
 -- nothing held means sold out for good: only holds ever give tickets back.
@@ -224,7 +236,7 @@ redis.register_function('ticketd_settle', function(keys, args)
         local tag = '{ev:' .. event .. '}'
         local k = { meta = tag .. ':meta', users = tag .. ':users', holds = tag .. ':holds',
                     deadlines = tag .. ':deadlines', forget = tag .. ':forget',
-                    orders = tag .. ':orders' }
+                    orders = tag .. ':orders', uorders = tag .. ':user-orders' }
         state = { k = k, m = meta(k.meta) }
         touched[event] = state
       end

@@ -191,6 +191,13 @@ impl Dispatcher {
                     (owner_of_user(purchase.user, self.shards), op)
                 })
             }
+            Command::Orders { event, user } => match self.catalog.index_of(event) {
+                Some(event) => Ok((
+                    owner_of_user(user, self.shards),
+                    LedgerOp::Orders { event, user },
+                )),
+                None => Err(Response::error(Op::Orders.code(), req_id, Status::NotFound)),
+            },
             Command::Confirm { hold_id } => self
                 .hold_owner(Op::Confirm, hold_id, req_id)
                 .map(|owner| (owner, LedgerOp::Confirm { hold_id })),
@@ -294,6 +301,13 @@ impl Dispatcher {
                 }
                 true
             }
+            Command::Orders { event, user } => match self.catalog.index_of(event) {
+                Some(index) => {
+                    self.remote.as_mut()?.orders(index, user, waiter);
+                    true
+                }
+                None => return Some(Response::error(Op::Orders.code(), req_id, Status::NotFound)),
+            },
             Command::Confirm { hold_id } | Command::Cancel { hold_id } => {
                 if let Some(refusal) =
                     self.remote

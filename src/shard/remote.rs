@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use mio::Token;
 use redis::{Cmd, Value};
-use ticketd_proto::{Op, Purchase, Response, ResultBody, Status};
+use ticketd_proto::{Op, OrderList, Purchase, Response, ResultBody, Status};
 
 use super::mailbox::ConnRef;
 use crate::catalog::Catalog;
@@ -84,6 +84,11 @@ enum CallKind {
     /// STOCK asked because the gate ran dry, for the purchases parked on it.
     Refill {
         event: usize,
+    },
+    /// ORDERS: one user's orders, read from the ledger.
+    Orders {
+        event: usize,
+        user: u64,
     },
 }
 
@@ -288,6 +293,17 @@ impl RemoteLedger {
         None
     }
 
+    /// ORDERS, answered from the ledger (one call each: a rare request).
+    pub fn orders(&mut self, event: usize, user: u64, waiter: (ConnRef, u64)) {
+        let waiter = Waiter {
+            conn: waiter.0,
+            req_id: waiter.1,
+            op: Op::Orders,
+            gate_qty: 0,
+        };
+        self.start(CallKind::Orders { event, user }, Vec::new(), vec![waiter]);
+    }
+
     /// STOCK, answered from the ledger.
     pub fn stock(&mut self, event: usize, waiter: (ConnRef, u64)) {
         self.stock_batches[event].push(Waiter {
@@ -381,6 +397,7 @@ impl RemoteLedger {
             CallKind::Stock { event } | CallKind::Refill { event } => {
                 redis_ledger::stock(self.event_ids[event])
             }
+            CallKind::Orders { event, user } => redis_ledger::orders(self.event_ids[event], user),
         };
         let cmd = self.flavor.adapt(cmd);
         tracing::debug!(
@@ -529,6 +546,26 @@ impl RemoteLedger {
                         }
                     };
                     answers.push((waiter.conn, response));
+                }
+            }
+            CallKind::Orders { event, .. } => {
+                let response = |waiter: &Waiter| match redis_ledger::parse_orders(value) {
+                    Ok(Some(list)) => Response::ok(
+                        Op::Orders,
+                        waiter.req_id,
+                        ResultBody::Orders(OrderList(list)),
+                    ),
+                    Ok(None) => Response::error(Op::Orders.code(), waiter.req_id, Status::NotFound),
+                    Err(e) => {
+                        tracing::error!(error = %e, "malformed ledger reply to ORDERS");
+                        Response::error(Op::Orders.code(), waiter.req_id, Status::Unavailable)
+                    }
+                };
+                if let Ok(None) = redis_ledger::parse_orders(value) {
+                    self.note_missing(event, true);
+                }
+                for waiter in &call.waiters {
+                    answers.push((waiter.conn, response(waiter)));
                 }
             }
             CallKind::Stock { .. } | CallKind::Refill { .. } => {

@@ -132,6 +132,18 @@ impl Client {
         self.call(Command::Cancel { hold_id })
     }
 
+    /// ORDERS: `(order_id, qty)` of each of `user`'s orders of `event`, oldest first.
+    pub fn orders(&mut self, event: u32, user: u64) -> Vec<(u64, u16)> {
+        match self.call(Command::Orders { event, user }) {
+            Response {
+                status: Status::Ok,
+                result: ResultBody::Orders(list),
+                ..
+            } => list.0,
+            other => panic!("ORDERS failed: {other:?}"),
+        }
+    }
+
     /// (total, remaining)
     pub fn stock(&mut self, event: u32) -> (i64, i64) {
         match self.call(Command::Stock { event }) {
@@ -146,14 +158,14 @@ impl Client {
 }
 
 pub fn order_id(response: &Response) -> u64 {
-    match (response.status, response.result) {
+    match (response.status, response.result.clone()) {
         (Status::Ok, ResultBody::Order { order_id }) => order_id,
         _ => panic!("expected an order, got {response:?}"),
     }
 }
 
 pub fn hold(response: &Response) -> (u64, u64) {
-    match (response.status, response.result) {
+    match (response.status, response.result.clone()) {
         (
             Status::Ok,
             ResultBody::Hold {
