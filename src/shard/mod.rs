@@ -373,6 +373,7 @@ impl Shard {
                 .and_then(|r| r.conn.next_deadline()),
             self.lingering.front().map(|&(at, _, _)| at),
             self.accept_retry_at,
+            self.trimmer.next_due(),
         ];
         let timeout = deadlines
             .into_iter()

@@ -26,6 +26,15 @@ impl Trimmer {
         self.freed = self.freed.saturating_add(bytes);
     }
 
+    /// When a trim is owed but waits for the interval: the loop wakes up then, even if
+    /// nothing else happens (the frees may have been the last activity for a while).
+    pub fn next_due(&self) -> Option<Instant> {
+        if self.freed < TRIM_AFTER_BYTES {
+            return None;
+        }
+        Some(self.last.map_or_else(Instant::now, |at| at + TRIM_INTERVAL))
+    }
+
     /// Trims if enough was freed and the last trim is old enough.
     pub fn maybe_trim(&mut self, now: Instant) {
         if self.freed < TRIM_AFTER_BYTES
