@@ -83,7 +83,7 @@ fn request_vectors() -> Vec<(&'static str, Request)> {
 fn response_vectors() -> Vec<(&'static str, Response)> {
     vec![
         (
-            "00 00 00 16 88 00 00 00 00 00 00 00 06 00 01 00 00 00 00 00 00 01 01 00 01",
+            "00 00 00 16 88 00 00 00 00 00 00 00 06 00 00 01 00 00 00 00 00 00 01 01 00 01",
             Response::ok(Op::Orders, 6, ResultBody::Orders(OrderList(vec![(0x101, 1)]))),
         ),
         (
