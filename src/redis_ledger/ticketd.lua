@@ -71,10 +71,12 @@ end
 local function order(k, id, user, qty, node, call)
   redis.call('XADD', k.orders, '*', 'order_id', id, 'user', user, 'qty', qty,
              'node', node, 'call', call)
-  -- A user has at most the per-user limit of orders: the list stays short.
-  local mine = redis.call('HGET', k.uorders, user)
+  -- A user has at most the per-user limit of orders: the list stays short. Most have
+  -- one (limit 1), and HSETNX records it in one command.
   local entry = id .. ':' .. qty
-  redis.call('HSET', k.uorders, user, mine and (mine .. ',' .. entry) or entry)
+  if redis.call('HSETNX', k.uorders, user, entry) == 0 then
+    redis.call('HSET', k.uorders, user, redis.call('HGET', k.uorders, user) .. ',' .. entry)
+  end
 end
 
 -- Room and stock for qty more tickets for user: nil, or the refusal.
