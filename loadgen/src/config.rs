@@ -94,6 +94,11 @@ pub struct Cli {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 
+    /// Give up (exit 1, saying how far the run got) if it has not finished after this
+    /// long [default: --duration plus 60s, or 120s for a --requests run].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+
     /// Write the report as JSON here.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -193,6 +198,14 @@ impl Cli {
             (None, Some(d)) => Ok(StopRule::Duration(d)),
             (None, None) => Err(ConfigError::NoStop),
         }
+    }
+
+    /// The overall time limit: `--timeout`, or a default that only a stuck run reaches.
+    pub fn time_limit(&self) -> Duration {
+        self.timeout.unwrap_or(match self.duration {
+            Some(d) => d + Duration::from_secs(60),
+            None => Duration::from_secs(120),
+        })
     }
 
     /// Distinct users: `--users`, or one per request, or (duration runs) effectively

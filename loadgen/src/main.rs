@@ -7,6 +7,7 @@ mod control;
 mod driver;
 mod report;
 mod run;
+mod watchdog;
 mod workload;
 
 use std::process::ExitCode;
@@ -51,7 +52,10 @@ fn main() -> ExitCode {
             eprintln!("loadgen: {e}");
             ExitCode::from(2)
         }
-        Ok(Some(range)) => match run::worker_main(&plan(range)) {
+        Ok(Some(range)) => match {
+            watchdog::die_with_parent();
+            run::worker_main(&plan(range))
+        } {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("loadgen worker: {e}");
@@ -110,6 +114,16 @@ fn coordinate(
             cli.conns, per_process
         );
     }
+    let watch = Arc::new(watchdog::Watch::default());
+    watchdog::start(cli.time_limit(), cli.conns, Arc::clone(&watch));
+    let note_progress = |established: u64, failed: u64| {
+        watch
+            .established
+            .store(established, std::sync::atomic::Ordering::Relaxed);
+        watch
+            .failed
+            .store(failed, std::sync::atomic::Ordering::Relaxed);
+    };
     let bar = ProgressBar::new(cli.conns);
     bar.set_style(
         ProgressStyle::with_template("connecting {bar:40} {pos}/{len} ({per_sec}) {msg}")
@@ -125,16 +139,22 @@ fn coordinate(
         };
         local.wait_ready(|p| {
             let failed = p.failed.load(std::sync::atomic::Ordering::Relaxed);
-            bar.set_position(p.established.load(std::sync::atomic::Ordering::Relaxed) + failed);
+            let established = p.established.load(std::sync::atomic::Ordering::Relaxed);
+            note_progress(established, failed);
+            bar.set_position(established + failed);
             if failed > 0 {
-                bar.set_message(format!("{failed} failed"));
+                bar.set_message(format!("{failed} failed (refused or timed out)"));
             }
         });
         bar.finish_and_clear();
+        watch.phase.store(
+            watchdog::phase::RUNNING,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         local.start();
         local.join()
     } else {
-        match run_workers(cli, processes, &bar) {
+        match run_workers(cli, processes, &bar, &watch) {
             Ok(result) => result,
             Err(e) => {
                 bar.abandon();
@@ -189,7 +209,12 @@ fn stock_addrs(cli: &Cli) -> &[std::net::SocketAddr] {
     }
 }
 
-fn run_workers(cli: &Cli, processes: usize, bar: &ProgressBar) -> Result<ThreadResult, String> {
+fn run_workers(
+    cli: &Cli,
+    processes: usize,
+    bar: &ProgressBar,
+    watch: &watchdog::Watch,
+) -> Result<ThreadResult, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let n = processes as u64;
     let ranges: Vec<(u64, u64)> = (0..n)
@@ -197,12 +222,22 @@ fn run_workers(cli: &Cli, processes: usize, bar: &ProgressBar) -> Result<ThreadR
         .collect();
     let mut workers = WorkerSet::spawn(&args, &ranges)?;
     workers.wait_ready(|established, failed| {
+        watch
+            .established
+            .store(established, std::sync::atomic::Ordering::Relaxed);
+        watch
+            .failed
+            .store(failed, std::sync::atomic::Ordering::Relaxed);
         bar.set_position(established + failed);
         if failed > 0 {
-            bar.set_message(format!("{failed} failed"));
+            bar.set_message(format!("{failed} failed (refused or timed out)"));
         }
     })?;
     bar.finish_and_clear();
+    watch.phase.store(
+        watchdog::phase::RUNNING,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     workers.start()?;
     workers.join()
 }

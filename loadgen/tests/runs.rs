@@ -241,3 +241,24 @@ fn usage_errors_exit_2() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
 }
+
+#[test]
+fn a_server_that_never_answers_ends_the_run_at_the_timeout_saying_how_far_it_got() {
+    // A listener that never accepts: connections sit in its backlog, nothing answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let started = std::time::Instant::now();
+    let out = Command::new(LOADGEN)
+        .args(["--addr", &silent.local_addr().unwrap().to_string()])
+        .args(["--no-stock-check", "--threads", "1", "--conns", "4"])
+        .args(["--requests", "4", "--timeout", "2s"])
+        .output()
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("gave up after 2s (--timeout)"), "{stderr}");
+    assert!(
+        stderr.contains("requests are still unanswered") || stderr.contains("still connecting"),
+        "{stderr}"
+    );
+}
