@@ -52,16 +52,16 @@ fn main() -> ExitCode {
             eprintln!("loadgen: {e}");
             ExitCode::from(2)
         }
-        Ok(Some(range)) => match {
+        Ok(Some(range)) => {
             watchdog::die_with_parent();
-            run::worker_main(&plan(range))
-        } {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("loadgen worker: {e}");
-                ExitCode::FAILURE
+            match run::worker_main(&plan(range)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("loadgen worker: {e}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Ok(None) => coordinate(&cli, processes, threads, per_process, plan),
     }
 }
