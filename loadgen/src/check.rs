@@ -15,6 +15,53 @@ pub struct CheckInput<'a> {
     pub before: Option<StockView>,
     pub after: Option<StockView>,
     pub stock_skipped_because: Option<String>,
+    /// ORDERS read back after the run for a sample of buyers: user -> order ids the
+    /// server lists (`Err`: why it was not read).
+    pub listed: Result<HashMap<u64, Vec<u64>>, String>,
+}
+
+/// Every order the clients were told about is one the server lists for that buyer (and,
+/// when no answer was lost, the server lists no other): client and ledger agree.
+fn orders_agree(r: &ThreadResult, listed: &Result<HashMap<u64, Vec<u64>>, String>) -> Verdict {
+    let listed = match listed {
+        Ok(listed) if !listed.is_empty() => listed,
+        Ok(_) => return Verdict::skipped("no buyer to look up".to_string()),
+        Err(why) => return Verdict::skipped(why.clone()),
+    };
+    let mut seen: HashMap<u64, Vec<u64>> = HashMap::new();
+    for &(order_id, user) in &r.orders {
+        if listed.contains_key(&user) {
+            seen.entry(user).or_default().push(order_id);
+        }
+    }
+    let mut disagree = 0;
+    for (user, server) in listed {
+        let mut client = seen.get(user).cloned().unwrap_or_default();
+        let mut server = server.clone();
+        client.sort_unstable();
+        server.sort_unstable();
+        let agrees = if r.lost == 0 {
+            client == server
+        } else {
+            client.iter().all(|id| server.binary_search(id).is_ok())
+        };
+        if !agrees {
+            disagree += 1;
+        }
+    }
+    Verdict::check(
+        disagree == 0,
+        format!(
+            "ORDERS for {} buyers: {} agree with what the clients were told{}",
+            listed.len(),
+            listed.len() - disagree,
+            if r.lost > 0 {
+                " (answers were lost: server may list more)"
+            } else {
+                ""
+            }
+        ),
+    )
 }
 
 pub fn run_checks(input: CheckInput<'_>) -> BTreeMap<&'static str, Verdict> {
@@ -121,6 +168,7 @@ pub fn run_checks(input: CheckInput<'_>) -> BTreeMap<&'static str, Verdict> {
             }
         }
     }
+    checks.insert("orders_agree", orders_agree(r, &input.listed));
     if r.orders_truncated {
         let why = format!("more than {} orders: not tracked", r.orders.len());
         checks.insert("order_ids_unique", Verdict::skipped(why.clone()));
@@ -181,7 +229,32 @@ mod tests {
                 remaining: after,
             }),
             stock_skipped_because: None,
+            // What an honest server lists: each buyer's one order.
+            listed: Ok(result
+                .orders
+                .iter()
+                .map(|&(order_id, user)| (user, vec![order_id]))
+                .collect()),
         }
+    }
+
+    #[test]
+    fn orders_agree_compares_what_clients_saw_with_what_the_server_lists() {
+        let r = sold_out_run(2); // orders (1, user 1) and (2, user 2)
+        let check = |listed: Vec<(u64, Vec<u64>)>| {
+            let mut i = input(&r, 2, 0);
+            i.listed = Ok(listed.into_iter().collect());
+            !run_checks(i)["orders_agree"].failed()
+        };
+        assert!(check(vec![(1, vec![1]), (2, vec![2])]));
+        assert!(
+            !check(vec![(1, vec![1, 9])]),
+            "the server lists an order nobody saw"
+        );
+        assert!(
+            !check(vec![(2, vec![])]),
+            "the server lost an order a client saw"
+        );
     }
 
     fn sold_out_run(sold: u64) -> ThreadResult {

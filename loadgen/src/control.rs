@@ -1,4 +1,4 @@
-//! A blocking side connection for STOCK before and after the run.
+//! A blocking side connection for STOCK before and after the run, and ORDERS after it.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -18,7 +18,7 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum ControlError {
     #[error("{addr}: {source}")]
     Io { addr: SocketAddr, source: io::Error },
-    #[error("{addr}: STOCK of event {event} answered {status}")]
+    #[error("{addr}: STOCK or ORDERS of event {event} answered {status}")]
     Status {
         addr: SocketAddr,
         event: u32,
@@ -29,6 +29,67 @@ pub enum ControlError {
         addr: SocketAddr,
         error: DecodeError,
     },
+}
+
+/// ORDERS of `event` for each of `users` at `addr`, pipelined on one connection: user ->
+/// the order ids the server lists.
+pub fn orders(
+    addr: SocketAddr,
+    event: u32,
+    users: &[u64],
+) -> Result<std::collections::HashMap<u64, Vec<u64>>, ControlError> {
+    let io_error = |source| ControlError::Io { addr, source };
+    let mut stream = TcpStream::connect_timeout(&addr, CONTROL_TIMEOUT).map_err(io_error)?;
+    stream
+        .set_read_timeout(Some(CONTROL_TIMEOUT))
+        .map_err(io_error)?;
+    let mut out = BytesMut::new();
+    for (i, &user) in users.iter().enumerate() {
+        Request {
+            req_id: i as u64,
+            command: Command::Orders { event, user },
+        }
+        .encode(&mut out);
+    }
+    stream.write_all(&out).map_err(io_error)?;
+    let mut listed = std::collections::HashMap::new();
+    let mut input = BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    // An answer lists at most the per-user limit of orders (u16): allow the largest.
+    let max_frame = 16 + 10 * u32::from(u16::MAX);
+    while listed.len() < users.len() {
+        match decode_response(&input, max_frame) {
+            Ok((response, used)) => {
+                let _ = input.split_to(used);
+                let user = usize::try_from(response.req_id)
+                    .ok()
+                    .and_then(|i| users.get(i))
+                    .copied()
+                    .unwrap_or(u64::MAX);
+                match (response.status, response.result) {
+                    (Status::Ok, ResultBody::Orders(list)) => {
+                        listed.insert(user, list.0.iter().map(|&(id, _)| id).collect());
+                    }
+                    (status, _) => {
+                        return Err(ControlError::Status {
+                            addr,
+                            event,
+                            status,
+                        })
+                    }
+                }
+                continue;
+            }
+            Err(DecodeError::Incomplete) => {}
+            Err(error) => return Err(ControlError::Malformed { addr, error }),
+        }
+        let n = stream.read(&mut chunk).map_err(io_error)?;
+        if n == 0 {
+            return Err(io_error(io::ErrorKind::UnexpectedEof.into()));
+        }
+        input.extend_from_slice(&chunk[..n]);
+    }
+    Ok(listed)
 }
 
 /// STOCK of `event` on each distinct server, summed (each is its own node).

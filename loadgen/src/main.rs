@@ -23,6 +23,9 @@ use report::{Percentiles, Report, ThreadResult};
 use run::{LocalRun, ProcessPlan, WorkerSet};
 use workload::UserSequence;
 
+/// Buyers whose orders are read back with ORDERS after a run.
+const ORDERS_SAMPLE: usize = 1_000;
+
 /// Files kept back from each process's limit for pollers, pipes and the side connection.
 const RESERVED_FDS: u64 = 100;
 
@@ -173,15 +176,25 @@ fn coordinate(
         },
         None => None,
     };
-    let report = build_report(
-        cli,
-        processes,
-        threads,
-        &result,
+    // Read a sample of buyers' orders back: the ledger must list what clients were told.
+    let listed = match (&stock_skipped, result.orders_truncated) {
+        (Some(why), _) => Err(why.clone()),
+        (None, true) => Err("orders not tracked".to_string()),
+        (None, false) => {
+            let mut users: Vec<u64> = result.orders.iter().map(|&(_, user)| user).collect();
+            users.sort_unstable();
+            users.dedup();
+            users.truncate(ORDERS_SAMPLE);
+            control::orders(stock_addrs(cli)[0], cli.event, &users).map_err(|e| e.to_string())
+        }
+    };
+    let server = ServerSide {
         before,
         after,
         stock_skipped,
-    );
+        listed,
+    };
+    let report = build_report(cli, processes, threads, &result, server);
     report.print();
     if let Some(path) = &cli.json {
         let written = serde_json::to_string_pretty(&report)
@@ -242,15 +255,29 @@ fn run_workers(
     workers.join()
 }
 
+/// What was read from the server around the run.
+struct ServerSide {
+    before: Option<report::StockView>,
+    after: Option<report::StockView>,
+    /// Why STOCK was not read, if it was not.
+    stock_skipped: Option<String>,
+    /// ORDERS of a sample of buyers, or why they were not read.
+    listed: Result<std::collections::HashMap<u64, Vec<u64>>, String>,
+}
+
 fn build_report(
     cli: &Cli,
     processes: usize,
     threads: usize,
     result: &ThreadResult,
-    before: Option<report::StockView>,
-    after: Option<report::StockView>,
-    stock_skipped: Option<String>,
+    server: ServerSide,
 ) -> Report {
+    let ServerSide {
+        before,
+        after,
+        stock_skipped,
+        listed,
+    } = server;
     let elapsed_s = result.elapsed.as_secs_f64();
     let invariants = check::run_checks(check::CheckInput {
         result,
@@ -260,6 +287,7 @@ fn build_report(
         before,
         after,
         stock_skipped_because: stock_skipped,
+        listed,
     });
     Report {
         conns: result.established,
