@@ -85,6 +85,27 @@ impl IdGenerator {
     }
 }
 
+/// How every order and hold id is written for people (logs, errors, `ticketd orders`,
+/// the HTTP answer, the README client): `0x` and 16 hexadecimal digits, so the
+/// `node:12 | shard:8 | sequence:44` layout reads off the digits and every id has one
+/// length. (The Redis ledger stores ids as decimal strings, Lua's safe form for 64 bits.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdText(pub u64);
+
+impl std::fmt::Display for IdText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#018x}", self.0)
+    }
+}
+
+/// Reads an id written as [`IdText`] (or in decimal).
+pub fn parse_id(text: &str) -> Option<u64> {
+    match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
 /// The node and shard bits of `id`: every id one generator issues shares them.
 pub fn prefix_of(id: u64) -> u64 {
     id & !SEQUENCE_MASK
@@ -138,6 +159,14 @@ mod tests {
             Some((3, 11))
         );
         assert_eq!(block.try_next_id(), None, "the block is used up");
+    }
+
+    #[test]
+    fn ids_are_written_one_way_and_read_back() {
+        assert_eq!(IdText(0x1_0000_0000_0001).to_string(), "0x0001000000000001");
+        assert_eq!(parse_id("0x0001000000000001"), Some(0x1_0000_0000_0001));
+        assert_eq!(parse_id("42"), Some(42));
+        assert_eq!(parse_id("0xzz"), None);
     }
 
     #[test]

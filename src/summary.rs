@@ -80,23 +80,40 @@ impl Summary {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{:>10} {:>12} {:>12} {:>12} {:>12} {:>12}",
-            "event", "total", "sold", "held", "remaining", "orders"
-        )?;
-        for e in &self.events {
-            writeln!(
-                f,
-                "{:>10} {:>12} {:>12} {:>12} {:>12} {:>12}{}",
-                e.id,
-                e.total,
-                e.sold,
-                e.held,
-                e.remaining,
-                e.orders,
-                if e.is_balanced() { "" } else { "  UNBALANCED" }
-            )?;
+        let rows: Vec<[String; 6]> = self
+            .events
+            .iter()
+            .map(|e| {
+                [
+                    e.id.to_string(),
+                    e.total.to_string(),
+                    e.sold.to_string(),
+                    e.held.to_string(),
+                    e.remaining.to_string(),
+                    e.orders.to_string(),
+                ]
+            })
+            .collect();
+        // Columns as wide as their widest value (at least 10 and 12), so large sales
+        // stay aligned.
+        let mut widths = [10, 12, 12, 12, 12, 12];
+        for row in &rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.len());
+            }
+        }
+        let line = |f: &mut fmt::Formatter<'_>, cells: [&str; 6]| -> fmt::Result {
+            for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+                let gap = if i == 0 { "" } else { " " };
+                write!(f, "{gap}{cell:>width$}")?;
+            }
+            Ok(())
+        };
+        line(f, ["event", "total", "sold", "held", "remaining", "orders"])?;
+        writeln!(f)?;
+        for (row, e) in rows.iter().zip(&self.events) {
+            line(f, row.each_ref().map(String::as_str))?;
+            writeln!(f, "{}", if e.is_balanced() { "" } else { "  UNBALANCED" })?;
         }
         write!(
             f,
@@ -107,5 +124,45 @@ impl fmt::Display for Summary {
             self.stats.bad_requests,
             self.stats.orphan_replies
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_stays_aligned_with_large_numbers() {
+        let event = |id, total: i64, sold: i64| EventSummary {
+            id,
+            total,
+            sold,
+            held: 0,
+            remaining: total - sold,
+            orders: sold as u64,
+        };
+        let summary = Summary {
+            events: vec![event(1, 10_000, 1), event(2, 1 << 40, 123_456_789_012)],
+            stats: ShardStats::default(),
+        };
+        let text = summary.to_string();
+        let lines: Vec<&str> = text.lines().take(3).collect();
+        // Every row ends its columns at the same places as the header.
+        let ends = |line: &str| -> Vec<usize> {
+            let bytes = line.as_bytes();
+            (0..bytes.len())
+                .filter(|&i| bytes[i] != b' ' && bytes.get(i + 1).is_none_or(|&b| b == b' '))
+                .collect()
+        };
+        assert_eq!(ends(lines[0]), ends(lines[1]), "{text}");
+        assert_eq!(ends(lines[0]), ends(lines[2]), "{text}");
+        // Small numbers keep the documented layout.
+        let small = Summary {
+            events: vec![event(1, 10_000, 1)],
+            stats: ShardStats::default(),
+        };
+        assert!(small.to_string().starts_with(
+            "     event        total         sold         held    remaining       orders\n         1        10000            1            0         9999            1\n"
+        ));
     }
 }

@@ -50,7 +50,7 @@ fn orders_in(dir: &Path) -> HashMap<u64, (u32, u64, u16)> {
     let mut orders = HashMap::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
-        let id: u64 = v["order_id"].as_str().unwrap().parse().unwrap();
+        let id = ticketd::ids::parse_id(v["order_id"].as_str().unwrap()).expect("an order id");
         let order = (
             v["event"].as_u64().unwrap() as u32,
             v["user"].as_str().unwrap().parse().unwrap(),
@@ -650,7 +650,7 @@ fn reservation_churn_rotates_segments_and_the_feed_follows_across_them() {
             "{status:?}"
         );
         if round.is_multiple_of(40) {
-            bought.insert(order_id(&c.buy(1, round, 1)).to_string());
+            bought.insert(ticketd::ids::IdText(order_id(&c.buy(1, round, 1))).to_string());
         }
     }
     // 2,000 holds taken and cancelled is ~110 KB of records; rotation keeps the disk

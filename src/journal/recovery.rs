@@ -366,7 +366,7 @@ impl Recovered {
 
     fn insert_hold(&mut self, hold: HoldRec) -> Result<(), String> {
         match self.holds.entry(hold.hold_id) {
-            Entry::Occupied(_) => Err(format!("hold {:#x} is taken twice", hold.hold_id)),
+            Entry::Occupied(_) => Err(format!("hold {} is taken twice", ids::IdText(hold.hold_id))),
             Entry::Vacant(slot) => {
                 slot.insert(hold);
                 Ok(())
@@ -378,9 +378,9 @@ impl Recovered {
         let hold = self
             .holds
             .get_mut(&hold_id)
-            .ok_or_else(|| format!("hold {hold_id:#x} ends but was never taken"))?;
+            .ok_or_else(|| format!("hold {} ends but was never taken", ids::IdText(hold_id)))?;
         if hold.end.is_some() {
-            return Err(format!("hold {hold_id:#x} ends twice"));
+            return Err(format!("hold {} ends twice", ids::IdText(hold_id)));
         }
         hold.end = Some((end, unix_ms));
         Ok(*hold)

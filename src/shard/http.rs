@@ -8,6 +8,8 @@
 use bytes::{BufMut, BytesMut};
 use ticketd_proto::{ResultBody, Status};
 
+use crate::ids::IdText;
+
 /// Largest request head accepted; a longer one gets 431 and a close.
 pub const MAX_HEAD: usize = 8 * 1024;
 /// Largest request body skipped over (GET has none; a POST body is ignored).
@@ -146,7 +148,7 @@ pub fn write_outcome(out: &mut BytesMut, status: Status, result: ResultBody, hea
             order = match result {
                 // Fixed width, so every success has the same length (ab counts a
                 // change of length as a failed request).
-                ResultBody::Order { order_id } => format!("order {order_id:#018x}"),
+                ResultBody::Order { order_id } => format!("order {}", IdText(order_id)),
                 _ => "order placed".to_string(),
             };
             (200, 1, order.as_str())

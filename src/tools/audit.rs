@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::ids::IdText;
 use crate::journal::recovery::{self, Recovered};
 use crate::redis_ledger::EventKeys;
 
@@ -130,22 +131,25 @@ fn check_state(state: &Recovered, report: &mut Report) {
     let mut order_ids = HashSet::new();
     for order in &state.orders {
         if !order_ids.insert(order.order_id) {
-            report
-                .violations
-                .push(format!("order id {:#x} is issued twice", order.order_id));
+            report.violations.push(format!(
+                "order id {} is issued twice",
+                IdText(order.order_id)
+            ));
         }
         if !state.events.iter().any(|e| e.event_id == order.event_id) {
             report.violations.push(format!(
-                "order {:#x} is for event {}, which the journal never defined",
-                order.order_id, order.event_id
+                "order {} is for event {}, which the journal never defined",
+                IdText(order.order_id),
+                order.event_id
             ));
         }
     }
     for hold_id in state.holds.keys() {
         if order_ids.contains(hold_id) {
-            report
-                .violations
-                .push(format!("id {hold_id:#x} is both an order and a hold"));
+            report.violations.push(format!(
+                "id {} is both an order and a hold",
+                IdText(*hold_id)
+            ));
         }
     }
     for def in &state.events {

@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
+use crate::ids::IdText;
 use crate::journal::feed::Feed;
 use crate::journal::recovery::OrderRec;
 use crate::journal::JournalError;
@@ -73,12 +74,20 @@ fn write_all(out: &mut impl Write, format: Format, orders: &[OrderRec]) -> io::R
             Format::Jsonl => writeln!(
                 out,
                 r#"{{"order_id":"{}","event":{},"user":"{}","qty":{},"unix_ms":{},"time":"{time}"}}"#,
-                order.order_id, order.event_id, order.user, order.qty, order.unix_ms
+                IdText(order.order_id),
+                order.event_id,
+                order.user,
+                order.qty,
+                order.unix_ms
             )?,
             Format::Csv => writeln!(
                 out,
                 "{},{},{},{},{},{time}",
-                order.order_id, order.event_id, order.user, order.qty, order.unix_ms
+                IdText(order.order_id),
+                order.event_id,
+                order.user,
+                order.qty,
+                order.unix_ms
             )?,
         }
     }
