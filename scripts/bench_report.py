@@ -204,6 +204,9 @@ widths = [max(len(str(r[i])) for r in rows + [headers]) for i in range(5)]
 line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))
 print()
 print(f"ticketd bench ({'quick' if quick else 'full'}), servers on core {server_core}, load on core {load_core}")
+if quick:
+    print("quick run: every scenario and peer is cut short, so ratios are rough and the")
+    print("targets cannot be judged from it (a short redis-benchmark reads low); use make bench")
 print(line(headers))
 print(line(["-" * w for w in widths]))
 for r in rows:
