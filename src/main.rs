@@ -91,7 +91,7 @@ fn run_tool(tool: &Tool) -> ExitCode {
             match tools::orders::run(args, &mut out) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("ticketd orders: {e}");
+                    eprintln!("ticketd orders: {e}; see ticketd orders --help");
                     ExitCode::FAILURE
                 }
             }
@@ -104,7 +104,7 @@ fn run_tool(tool: &Tool) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("ticketd create-events: {e}");
+                eprintln!("ticketd create-events: {e}; see ticketd create-events --help");
                 ExitCode::FAILURE
             }
         },
