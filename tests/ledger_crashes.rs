@@ -113,9 +113,10 @@ fn a_redis_crash_under_load_neither_loses_nor_doubles_a_sale() {
     let node = ticketd::start(config).unwrap();
     let addr = node.local_addr();
     let stop = Arc::new(AtomicBool::new(false));
+    let sold = Arc::new(AtomicUsize::new(0));
     let buyers: Vec<_> = (0..4u64)
         .map(|t| {
-            let stop = Arc::clone(&stop);
+            let (stop, sold) = (Arc::clone(&stop), Arc::clone(&sold));
             std::thread::spawn(move || {
                 let mut client = Client::connect(addr);
                 let (mut oks, mut unavailable) = (Vec::new(), 0);
@@ -124,7 +125,10 @@ fn a_redis_crash_under_load_neither_loses_nor_doubles_a_sale() {
                     user += 1;
                     let r = client.buy(1, user, 1);
                     match r.status {
-                        Status::Ok => oks.push(order_id(&r)),
+                        Status::Ok => {
+                            oks.push(order_id(&r));
+                            sold.fetch_add(1, Ordering::Relaxed);
+                        }
                         Status::Unavailable => unavailable += 1,
                         other => panic!("unexpected {other}"),
                     }
@@ -133,9 +137,11 @@ fn a_redis_crash_under_load_neither_loses_nor_doubles_a_sale() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Crash Redis only once sales are flowing, and stop only once they flow again.
+    common::wait_until(|| sold.load(Ordering::Relaxed) >= 200);
+    let before_crash = sold.load(Ordering::Relaxed);
     redis.restart(); // SIGKILL, then start again from the AOF
-    std::thread::sleep(Duration::from_millis(700));
+    common::wait_until(|| sold.load(Ordering::Relaxed) >= before_crash + 200);
     stop.store(true, Ordering::Relaxed);
     let mut oks = Vec::new();
     for buyer in buyers {

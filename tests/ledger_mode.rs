@@ -445,3 +445,34 @@ fn orders_reads_the_global_ledger_from_any_node() {
         Status::NotFound
     );
 }
+
+#[test]
+fn http_buys_go_through_the_ledger_too() {
+    use std::io::{Read, Write};
+    let redis = RedisServer::start();
+    let events = [event(1, 2, 1)];
+    let ttl = Duration::from_secs(60);
+    redis.create_events(&events, ttl);
+    let mut config = redis.node_config(1, 1, &events);
+    config.hold_ttl = ttl;
+    config.http = Some("127.0.0.1:0".parse().unwrap());
+    let n = ticketd::start(config).unwrap();
+    let http = n.http_addr().expect("http");
+    let get = |user: u64| {
+        let mut s = std::net::TcpStream::connect(http).unwrap();
+        s.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
+        write!(s, "GET /buy/ticket?user={user} HTTP/1.0\r\n\r\n").unwrap();
+        let mut all = String::new();
+        s.read_to_string(&mut all).unwrap();
+        all.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
+    };
+    assert!(get(1).starts_with("{\"code\":1,"), "a sale");
+    assert!(get(1).starts_with("{\"code\":-2,"), "the ledger's limit");
+    assert!(get(2).starts_with("{\"code\":1,"));
+    assert!(
+        get(3).starts_with("{\"code\":-1,"),
+        "sold out in the ledger"
+    );
+    assert_eq!(redis.ledger_sold(1), 2);
+    assert_eq!(redis.outbox_order_ids(1).len(), 2);
+}

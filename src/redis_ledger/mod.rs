@@ -1,13 +1,12 @@
-//! The global ledger in Redis: the Function library that decides a coalesced batch of
-//! requests for one event atomically and exactly once, and the typed commands and
-//! replies around it.
+//! The global ledger in Redis (ledger mode, `--redis`): the Function library that
+//! decides a coalesced batch of requests for one event atomically and exactly once, and
+//! the typed commands and replies around it. Each shard drives it through
+//! [`crate::shard::remote::RemoteLedger`] on its own pipelined connection ([`conn`]);
+//! [`setup`] prepares it before the shards start.
 //!
-//! Not yet wired into the shard loops: today every ticketd process keeps its own
-//! embedded ledger ([`crate::ledger`]). What is here is the part that makes the
-//! multi-node ledger correct — limit check, `sold + held + qty <= total`, the order
-//! outbox stream, hold expiry on Redis's clock (so a dead node's holds still expire),
-//! and replay of a call id's first results — with its commands and reply parsing, tested
-//! against a real redis-server.
+//! The Lua ([`FUNCTION_LIBRARY`]) holds what makes the multi-node ledger correct — limit
+//! check, `sold + held + qty <= total`, the order outbox stream, hold expiry on Redis's
+//! clock (so a dead node's holds still expire), and replay of a call id's first results.
 
 pub mod conn;
 pub mod flavor;
