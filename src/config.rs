@@ -146,7 +146,7 @@ pub struct Cli {
     /// Ledger mode: Redis (7.0+, Functions) holds the one global stock for every node,
     /// e.g. `redis://127.0.0.1:6379`. Without it, this process is a node of its own.
     #[arg(long, value_name = "URL", value_parser = parse_redis_url)]
-    pub redis: Option<SocketAddr>,
+    pub redis: Option<RedisUrl>,
 
     /// Ledger mode: how many ticketd nodes share the events (sizes each node's gate)
     /// [default: 1].
@@ -193,16 +193,106 @@ pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("`{text}` resolves to no address"))
 }
 
-/// `redis://HOST:PORT[/]` or `HOST:PORT`, resolved to an address.
-pub fn parse_redis_url(text: &str) -> Result<SocketAddr, String> {
-    let hostport = text
-        .strip_prefix("redis://")
-        .unwrap_or(text)
-        .trim_end_matches('/');
-    std::net::ToSocketAddrs::to_socket_addrs(hostport)
-        .map_err(|e| format!("`{text}`: {e} (expected redis://HOST:PORT)"))?
+/// Where the Redis ledger is and how to log in to it: what `--redis URL` says.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RedisLogin {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// The database number (`SELECT`), 0 by default.
+    pub db: i64,
+}
+
+impl std::fmt::Debug for RedisLogin {
+    // Never print the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLogin")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("db", &self.db)
+            .finish()
+    }
+}
+
+impl RedisLogin {
+    /// Commands every new connection sends first: AUTH (with a password) and SELECT
+    /// (for a database other than 0).
+    pub fn commands(&self) -> Vec<redis::Cmd> {
+        let mut commands = Vec::new();
+        if let Some(password) = &self.password {
+            let mut auth = redis::cmd("AUTH");
+            if let Some(user) = &self.username {
+                auth.arg(user);
+            }
+            auth.arg(password);
+            commands.push(auth);
+        }
+        if self.db != 0 {
+            let mut select = redis::cmd("SELECT");
+            select.arg(self.db);
+            commands.push(select);
+        }
+        commands
+    }
+
+    /// The redis crate's connection settings for a blocking connection to `addr`.
+    pub fn connection_info(&self, addr: SocketAddr) -> redis::RedisResult<redis::ConnectionInfo> {
+        let mut settings = redis::RedisConnectionInfo::default().set_db(self.db);
+        if let Some(user) = &self.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &self.password {
+            settings = settings.set_password(password);
+        }
+        use redis::IntoConnectionInfo;
+        redis::ConnectionAddr::Tcp(addr.ip().to_string(), addr.port())
+            .into_connection_info()
+            .map(|info| info.set_redis_settings(settings))
+    }
+}
+
+/// `--redis`: the ledger's address and login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    pub addr: SocketAddr,
+    pub login: RedisLogin,
+}
+
+/// `redis://[user][:password]@HOST:PORT[/db]` (what the redis crate accepts), or just
+/// `HOST:PORT`, resolved to an address. `rediss://` (TLS) and Unix sockets are refused
+/// with a message until they are supported.
+pub fn parse_redis_url(text: &str) -> Result<RedisUrl, String> {
+    use redis::IntoConnectionInfo;
+    if text.starts_with("rediss://") {
+        return Err(format!(
+            "`{text}`: rediss:// (TLS) is not supported yet; use redis:// on a trusted \
+             network, or a TLS tunnel"
+        ));
+    }
+    let with_scheme = if text.contains("://") {
+        text.to_owned()
+    } else {
+        format!("redis://{text}")
+    };
+    let info = with_scheme.as_str().into_connection_info().map_err(|e| {
+        format!("`{text}`: {e} (expected redis://[user][:password]@HOST:PORT[/db])")
+    })?;
+    let (host, port) = match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+        _ => return Err(format!("`{text}`: only redis://HOST:PORT is supported")),
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+        .map_err(|e| format!("`{text}`: {e}"))?
         .next()
-        .ok_or_else(|| format!("`{text}` resolves to no address"))
+        .ok_or_else(|| format!("`{text}` resolves to no address"))?;
+    let settings = info.redis_settings();
+    Ok(RedisUrl {
+        addr,
+        login: RedisLogin {
+            username: settings.username().map(str::to_owned),
+            password: settings.password().map(str::to_owned),
+            db: settings.db(),
+        },
+    })
 }
 
 /// One `--event ID:STOCK[:LIMIT]`.
@@ -360,9 +450,11 @@ impl JournalConfig {
 }
 
 /// `--redis` and its companions.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RedisConfig {
     pub addr: SocketAddr,
+    /// AUTH and SELECT from the URL, sent on every connection.
+    pub login: RedisLogin,
     pub nodes: u32,
     pub buffer: i64,
     pub timeout: Duration,
@@ -376,6 +468,7 @@ impl RedisConfig {
     pub fn new(addr: SocketAddr) -> Self {
         RedisConfig {
             addr,
+            login: RedisLogin::default(),
             nodes: 1,
             buffer: 0,
             timeout: Duration::from_millis(500),
@@ -535,10 +628,11 @@ impl Cli {
             http: self.http,
             http_anonymous: self.http_anonymous,
             admin: self.admin,
-            redis: self.redis.map(|addr| {
-                let defaults = RedisConfig::new(addr);
+            redis: self.redis.map(|url| {
+                let defaults = RedisConfig::new(url.addr);
                 RedisConfig {
-                    addr,
+                    addr: url.addr,
+                    login: url.login,
                     nodes: self.nodes.unwrap_or(defaults.nodes),
                     buffer: self.buffer.unwrap_or(defaults.buffer),
                     timeout: self.redis_timeout.unwrap_or(defaults.timeout),

@@ -13,7 +13,7 @@ use mio::{Poll, Waker};
 use crate::admin::Admin;
 use crate::catalog::Catalog;
 use crate::clock::WallClock;
-use crate::config::{Config, EventSpec, JournalConfig};
+use crate::config::{Config, EventSpec, JournalConfig, RedisConfig};
 use crate::ids;
 use crate::journal::{self, writer, EventDef, JournalError, Recovered};
 use crate::listener;
@@ -57,7 +57,7 @@ pub struct ServerHandle {
     /// `--admin`: /healthz and /readyz.
     admin: Option<Admin>,
     /// Ledger mode: where the figures of the final summary come from.
-    redis: Option<(SocketAddr, Flavor)>,
+    redis: Option<(RedisConfig, Flavor)>,
     http_addr: Option<SocketAddr>,
     catalog: Arc<Catalog>,
     shutdown: Arc<ShutdownSignal>,
@@ -107,11 +107,11 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                     ..*e
                 })
                 .collect();
-            let id_blocks =
-                setup::reserve_id_blocks(redis.addr, redis.timeout, config.node_id, shards)?;
+            let id_blocks = setup::reserve_id_blocks(redis, config.node_id, shards)?;
             let settings = RemoteSettings {
                 id_blocks,
                 addr: redis.addr,
+                login: redis.login.clone(),
                 conn: ConnSettings {
                     timeout: redis.timeout,
                     max_in_flight: redis.depth,
@@ -360,7 +360,10 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     Ok(ServerHandle {
         local_addr,
         admin,
-        redis: remote.as_ref().map(|r| (r.addr, r.flavor.clone())),
+        redis: config
+            .redis
+            .clone()
+            .zip(remote.as_ref().map(|r| r.flavor.clone())),
         http_addr,
         catalog,
         shutdown,
@@ -508,9 +511,9 @@ impl ServerHandle {
             .filter_map(|thread| thread.join().ok())
             .collect();
         let mut summary = Summary::collect(&self.catalog, &reports);
-        if let Some((addr, flavor)) = &self.redis {
+        if let Some((redis, flavor)) = &self.redis {
             let ids: Vec<u32> = self.catalog.iter().map(|e| e.id).collect();
-            match setup::snapshot(*addr, flavor, &ids) {
+            match setup::snapshot(redis, flavor, &ids) {
                 Ok(views) => summary.use_ledger_view(&views),
                 Err(e) => {
                     tracing::warn!(error = %e, "summary shows this node's gate, not the ledger")

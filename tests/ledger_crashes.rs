@@ -277,3 +277,65 @@ fn a_ledger_that_lost_its_data_is_never_refilled_by_a_node() {
         .unwrap();
     assert!(!exists, "no node created the event again");
 }
+
+#[test]
+fn a_redis_with_a_password_a_database_and_an_acl_user_is_used_as_the_url_says() {
+    let redis = RedisServer::start_secured("s3cret");
+    let port = redis.port;
+    let tool = |args: &[&str]| common::ticketd_tool(args);
+    for (url, db) in [
+        // The default user with a password, database 2.
+        (format!("redis://:s3cret@127.0.0.1:{port}/2"), 2),
+        // An ACL user, database 3.
+        (format!("redis://alice:wonderland@127.0.0.1:{port}/3"), 3),
+    ] {
+        tool(&["create-events", "--redis", &url, "--event", "1:10"]).expect("create-events");
+        let node = TicketdProcess::spawn(&[
+            "--shards".into(),
+            "1".into(),
+            "--event".into(),
+            "1:10".into(),
+            "--redis".into(),
+            url.clone(),
+        ]);
+        assert!(
+            !node.log_text().contains("s3cret") && !node.log_text().contains("wonderland"),
+            "no password in the log:\n{}",
+            node.log_text()
+        );
+        let mut client = Client::connect(node.addr);
+        assert_eq!(client.buy(1, 7, 1).status, Status::Ok);
+        assert_eq!(client.orders(1, 7).len(), 1);
+        let audit = tool(&["audit", "--redis", &url]).expect("audit passes");
+        assert!(audit.contains("audit: OK"), "{audit}");
+        // The sale is in the database the URL named.
+        let mut c = redis.client();
+        redis::cmd("SELECT").arg(db).query::<()>(&mut c).unwrap();
+        let sold: i64 = redis::cmd("HGET")
+            .arg(ticketd::redis_ledger::EventKeys::new(1).meta())
+            .arg("sold")
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(sold, 1, "database {db}");
+    }
+    // A wrong password is a clear start-up error; TLS is refused until supported.
+    let wrong = format!("redis://:nope@127.0.0.1:{port}/2");
+    let error =
+        TicketdProcess::try_spawn(&["--event".into(), "1:10".into(), "--redis".into(), wrong])
+            .err()
+            .expect("refused");
+    assert!(
+        error.to_lowercase().contains("auth") || error.contains("WRONGPASS"),
+        "{error}"
+    );
+    let tls = tool(&[
+        "create-events",
+        "--redis",
+        "rediss://127.0.0.1:6380",
+        "--event",
+        "1:1",
+    ])
+    .err()
+    .expect("rediss refused");
+    assert!(tls.contains("TLS) is not supported yet"), "{tls}");
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::flavor::{load_script, Flavor};
 use super::{define_event, load_functions, stock, EventKeys};
-use crate::config::{EventSpec, RedisConfig};
+use crate::config::{EventSpec, RedisConfig, RedisLogin};
 
 /// Why the ledger could not be prepared, read or changed.
 #[derive(Debug, thiserror::Error)]
@@ -31,9 +31,15 @@ pub enum LedgerError {
     Refused { event: u32, why: String },
 }
 
-fn connect(addr: SocketAddr, timeout: Duration) -> Result<redis::Connection, LedgerError> {
+/// A blocking connection to the ledger, logged in (AUTH, SELECT) as `login` says.
+pub fn connect(
+    addr: SocketAddr,
+    login: &RedisLogin,
+    timeout: Duration,
+) -> Result<redis::Connection, LedgerError> {
     let fail = |source| LedgerError::Redis { addr, source };
-    let client = redis::Client::open(format!("redis://{addr}/")).map_err(fail)?;
+    let info = login.connection_info(addr).map_err(fail)?;
+    let client = redis::Client::open(info).map_err(fail)?;
     client.get_connection_with_timeout(timeout).map_err(fail)
 }
 
@@ -142,7 +148,11 @@ pub fn prepare(
     hold_ttl: Duration,
 ) -> Result<(Vec<Option<i64>>, Flavor), LedgerError> {
     let addr = config.addr;
-    let mut c = connect(addr, config.timeout.max(Duration::from_secs(2)))?;
+    let mut c = connect(
+        addr,
+        &config.login,
+        config.timeout.max(Duration::from_secs(2)),
+    )?;
     let flavor = install(&mut c, config)?;
     let mut totals = Vec::with_capacity(events.len());
     for e in events {
@@ -199,7 +209,11 @@ pub fn create_events(
 ) -> Result<Vec<(u32, Created)>, LedgerError> {
     let addr = config.addr;
     let fail = |source| LedgerError::Redis { addr, source };
-    let mut c = connect(addr, config.timeout.max(Duration::from_secs(2)))?;
+    let mut c = connect(
+        addr,
+        &config.login,
+        config.timeout.max(Duration::from_secs(2)),
+    )?;
     let flavor = install(&mut c, config)?;
     let mut done = Vec::with_capacity(events.len());
     for e in events {
@@ -267,13 +281,17 @@ pub struct IdBlock {
 /// counter per (node, shard field), so a restarted node never issues an id again (with
 /// the AOF settings DEPLOYMENT.md asks for, the counter is as durable as the sales).
 pub fn reserve_id_blocks(
-    addr: SocketAddr,
-    timeout: Duration,
+    config: &RedisConfig,
     node: u16,
     shards: usize,
 ) -> Result<Vec<IdBlock>, LedgerError> {
+    let addr = config.addr;
     let fail = |source| LedgerError::Redis { addr, source };
-    let mut c = connect(addr, timeout.max(Duration::from_secs(2)))?;
+    let mut c = connect(
+        addr,
+        &config.login,
+        config.timeout.max(Duration::from_secs(2)),
+    )?;
     (0..shards)
         .map(|shard| {
             let last: u64 = redis::cmd("INCRBY")
@@ -300,12 +318,13 @@ pub struct LedgerView {
 
 /// Reads each event's figures (expiring due holds first).
 pub fn snapshot(
-    addr: SocketAddr,
+    config: &RedisConfig,
     flavor: &Flavor,
     events: &[u32],
 ) -> Result<Vec<LedgerView>, LedgerError> {
+    let addr = config.addr;
     let fail = |source| LedgerError::Redis { addr, source };
-    let mut c = connect(addr, Duration::from_secs(2))?;
+    let mut c = connect(addr, &config.login, Duration::from_secs(2))?;
     events
         .iter()
         .map(|&id| {

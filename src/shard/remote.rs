@@ -45,6 +45,8 @@ const EXHAUSTED_RECHECK: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct RemoteSettings {
     pub addr: SocketAddr,
+    /// AUTH and SELECT, sent first on every (re)connect.
+    pub login: crate::config::RedisLogin,
     pub conn: ConnSettings,
     /// Functions or scripts, as set-up found Redis.
     pub flavor: Flavor,
@@ -160,7 +162,8 @@ impl RemoteLedger {
         token: Token,
         readiness: Arc<Readiness>,
     ) -> Self {
-        let handshake = [settings.flavor.loader()];
+        let mut handshake = settings.login.commands();
+        handshake.push(settings.flavor.loader());
         let events = catalog.len();
         RemoteLedger {
             shard,

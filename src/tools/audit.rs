@@ -5,7 +5,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -21,7 +20,7 @@ pub struct AuditArgs {
     /// Check the Redis ledger at this address instead (ledger mode), e.g.
     /// `redis://127.0.0.1:6379`.
     #[arg(long, value_name = "URL", value_parser = crate::config::parse_redis_url)]
-    pub redis: Option<SocketAddr>,
+    pub redis: Option<crate::config::RedisUrl>,
     /// With `--redis`: the events to check [default: every event in the ledger].
     #[arg(long = "event", value_name = "ID")]
     pub events: Vec<u32>,
@@ -89,8 +88,8 @@ impl Report {
 
 /// Audits the data dir or the Redis ledger, as `args` says.
 pub fn run(args: &AuditArgs) -> Report {
-    match args.redis {
-        Some(addr) => audit_redis(addr, &args.events),
+    match &args.redis {
+        Some(url) => audit_redis(url, &args.events),
         None => audit_dir(&args.data_dir),
     }
 }
@@ -206,9 +205,10 @@ fn check_event(report: &mut Report, event: EventAudit, limit: i64, per_user: &Ha
 
 /// Audits the Redis ledger: each event's counters against its users, holds and order
 /// stream.
-pub fn audit_redis(addr: SocketAddr, events: &[u32]) -> Report {
+pub fn audit_redis(url: &crate::config::RedisUrl, events: &[u32]) -> Report {
     let mut report = Report::default();
-    if let Err(e) = audit_redis_into(addr, events, &mut report) {
+    let addr = url.addr;
+    if let Err(e) = audit_redis_into(url, events, &mut report) {
         report
             .violations
             .push(format!("Redis at {addr} could not be read: {e}"));
@@ -217,11 +217,11 @@ pub fn audit_redis(addr: SocketAddr, events: &[u32]) -> Report {
 }
 
 fn audit_redis_into(
-    addr: SocketAddr,
+    url: &crate::config::RedisUrl,
     events: &[u32],
     report: &mut Report,
 ) -> redis::RedisResult<()> {
-    let client = redis::Client::open(format!("redis://{addr}/"))?;
+    let client = redis::Client::open(url.login.connection_info(url.addr)?)?;
     let mut c = client.get_connection_with_timeout(Duration::from_secs(5))?;
     let mut ids = events.to_vec();
     if ids.is_empty() {

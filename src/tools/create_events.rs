@@ -2,17 +2,16 @@
 //! only join events that exist, so a Redis that lost its data is never silently filled
 //! with full stock again by a node that happens to start.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::config::{EventSpec, RedisConfig, DEFAULT_HOLD_TTL, MAX_HOLD_TTL};
+use crate::config::{EventSpec, RedisConfig, RedisUrl, DEFAULT_HOLD_TTL, MAX_HOLD_TTL};
 use crate::redis_ledger::setup::{self, Created, Existing, LedgerError};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CreateEventsArgs {
     /// The Redis ledger, e.g. `redis://127.0.0.1:6379`.
     #[arg(long, value_name = "URL", value_parser = crate::config::parse_redis_url)]
-    pub redis: SocketAddr,
+    pub redis: RedisUrl,
     /// An event to create: its id, total and per-user limit (default 1); repeatable.
     #[arg(long = "event", value_name = "ID:STOCK[:LIMIT]", required = true)]
     pub events: Vec<EventSpec>,
@@ -58,7 +57,8 @@ pub fn run(args: &CreateEventsArgs) -> Result<Vec<String>, CreateError> {
     };
     let config = RedisConfig {
         scripts: args.redis_scripts,
-        ..RedisConfig::new(args.redis)
+        login: args.redis.login.clone(),
+        ..RedisConfig::new(args.redis.addr)
     };
     let done = setup::create_events(&config, &args.events, args.hold_ttl, existing)?;
     Ok(done

@@ -13,6 +13,8 @@ pub struct RedisServer {
     pub port: u16,
     /// AOF with fsync on every write: acknowledged writes survive a crash.
     durable: bool,
+    /// `requirepass`, when the server needs a login.
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -26,25 +28,48 @@ impl RedisServer {
         Self::start_with(true)
     }
 
+    /// A server that requires `password` (`requirepass`), and knows an ACL user
+    /// `alice` with password `wonderland`.
+    pub fn start_secured(password: &str) -> RedisServer {
+        let server = Self::spawn_server(false, Some(password.to_owned()));
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("alice")
+            .arg("on")
+            .arg(">wonderland")
+            .arg("~*")
+            .arg("&*")
+            .arg("+@all")
+            .query::<String>(&mut server.client())
+            .expect("ACL SETUSER");
+        server
+    }
+
     fn start_with(durable: bool) -> RedisServer {
+        let server = Self::spawn_server(durable, None);
+        let mut c = server.client();
+        ticketd::redis_ledger::load_functions()
+            .query::<String>(&mut c)
+            .expect("FUNCTION LOAD");
+        server
+    }
+
+    fn spawn_server(durable: bool, password: Option<String>) -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
         let dir = std::env::temp_dir().join(format!("ticketd-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let child = spawn(port, &dir, durable);
+        let child = spawn(port, &dir, durable, password.as_deref());
         let server = RedisServer {
             child,
             dir,
             port,
             durable,
+            password,
         };
         server.wait_until_up();
-        let mut c = server.client();
-        ticketd::redis_ledger::load_functions()
-            .query::<String>(&mut c)
-            .expect("FUNCTION LOAD");
         server
     }
 
@@ -53,7 +78,7 @@ impl RedisServer {
     /// reloaded by whoever connects (functions are saved only with the data).
     pub fn restart(&mut self) {
         self.stop();
-        self.child = spawn(self.port, &self.dir, self.durable);
+        self.child = spawn(self.port, &self.dir, self.durable, self.password.as_deref());
         self.wait_until_up();
     }
 
@@ -67,7 +92,11 @@ impl RedisServer {
     }
 
     pub fn try_client(&self) -> redis::RedisResult<Connection> {
-        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?.get_connection()
+        let auth = self
+            .password
+            .as_ref()
+            .map_or_else(String::new, |p| format!(":{p}@"));
+        redis::Client::open(format!("redis://{auth}127.0.0.1:{}/", self.port))?.get_connection()
     }
 
     pub fn client(&self) -> Connection {
@@ -143,7 +172,7 @@ impl RedisServer {
     }
 }
 
-fn spawn(port: u16, dir: &PathBuf, durable: bool) -> Child {
+fn spawn(port: u16, dir: &PathBuf, durable: bool, password: Option<&str>) -> Child {
     let aof: &[&str] = if durable {
         &["--appendonly", "yes", "--appendfsync", "always"]
     } else {
@@ -159,6 +188,7 @@ fn spawn(port: u16, dir: &PathBuf, durable: bool) -> Child {
             "",
         ])
         .args(aof)
+        .args(password.map(|p| ["--requirepass", p]).into_iter().flatten())
         .args(["--daemonize", "no", "--dir"])
         .arg(dir)
         .stdout(Stdio::null())
