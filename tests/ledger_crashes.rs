@@ -335,7 +335,6 @@ fn a_redis_with_a_password_a_database_and_an_acl_user_is_used_as_the_url_says() 
         "--event",
         "1:1",
     ])
-    .err()
-    .expect("rediss refused");
+    .expect_err("rediss refused");
     assert!(tls.contains("TLS) is not supported yet"), "{tls}");
 }
