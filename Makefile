@@ -32,7 +32,7 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## The flash-sale scenarios end to end, pinned, with the peers (BENCH_QUICK=1: < 1 min).
+## The flash-sale scenarios end to end, pinned, with the peers (about 6 min; BENCH_QUICK=1: about 1 min).
 bench: deps
 	./scripts/bench.sh
 
