@@ -1,0 +1,87 @@
+//! A shard's side of the journal: each pass's records handed to the writer as one job,
+//! segment rotation, and the answers and returned tickets released once their job is
+//! durable.
+
+use super::*;
+
+impl Shard {
+    /// The journal's part of a pass: hand this pass's records to the writer (with the
+    /// returned tickets that wait on them), start a new segment when this one has
+    /// outgrown the live state, and send the answers whose records are now durable.
+    pub(super) fn commit_pass(&mut self, now: Instant) {
+        let dispatcher = &mut self.dispatcher;
+        let Some(commit) = dispatcher.commit.as_mut() else {
+            return;
+        };
+        let ledger = &mut dispatcher.ledger;
+        if ledger.journal.is_pending() {
+            if let Some(job) = commit.barrier(true) {
+                for (event, qty) in ledger.take_returns() {
+                    commit.hold(job, Held::Return { event, qty });
+                }
+            }
+            let records = ledger.journal.take();
+            tracing::debug!(
+                shard = self.settings.index,
+                bytes = records.len(),
+                "journal batch submitted"
+            );
+            commit.submit(records);
+            if commit.wants_rotation() && !commit.failed() {
+                let snapshot = ledger.snapshot(now).freeze();
+                tracing::debug!(
+                    shard = self.settings.index,
+                    snapshot_bytes = snapshot.len(),
+                    "journal segment outgrew the live state: starting a new one"
+                );
+                commit.rotate(snapshot);
+            }
+        }
+        let mut released = std::mem::take(&mut self.released);
+        commit.release(|item, outcome| released.push((item, outcome)));
+        self.apply_released(&mut released, now);
+        self.released = released;
+    }
+
+    /// At exit: wait for the writer to make everything durable, then put the last
+    /// returned tickets back (so the summary balances) and answer what is left.
+    pub(super) fn finish_journal(&mut self) {
+        let Some(commit) = self.dispatcher.commit.as_mut() else {
+            return;
+        };
+        let mut released = std::mem::take(&mut self.released);
+        commit.finish(|item, outcome| released.push((item, outcome)));
+        self.apply_released(&mut released, Instant::now());
+        self.dispatcher.outbox.flush(&self.mailbox.peers);
+    }
+
+    pub(super) fn apply_released(&mut self, released: &mut Vec<(Held, Outcome)>, now: Instant) {
+        for (item, outcome) in released.drain(..) {
+            match item {
+                Held::Answer(conn, response) => {
+                    let response = match outcome {
+                        Outcome::Durable => response,
+                        // Its records never reached disk: the operation did not happen.
+                        Outcome::Failed => Response::error(
+                            response.op,
+                            response.req_id,
+                            ticketd_proto::Status::Unavailable,
+                        ),
+                    };
+                    if conn.shard == self.settings.index {
+                        self.deliver(conn, response, now);
+                    } else {
+                        self.dispatcher
+                            .outbox
+                            .push(conn.shard, Message::Reply { conn, response });
+                    }
+                }
+                Held::Return { event, qty } => {
+                    if outcome == Outcome::Durable {
+                        self.dispatcher.ledger.give_back(event, qty);
+                    }
+                }
+            }
+        }
+    }
+}
