@@ -338,6 +338,35 @@ mod tests {
         Value::BulkString(s.as_bytes().to_vec())
     }
 
+    /// The key layout is written once here; the Lua names the same keys in the same
+    /// order (its `keys_of`, and the tag-built table of `ticketd_settle`).
+    #[test]
+    fn the_lua_uses_the_key_layout_written_here() {
+        let lua = FUNCTION_LIBRARY;
+        let keys_of = lua
+            .split("local function keys_of(keys)")
+            .nth(1)
+            .and_then(|rest| rest.split("end").next())
+            .expect("keys_of in the Lua");
+        let suffixes: Vec<String> = EventKeys::new(1)
+            .state()
+            .iter()
+            .map(|k| k.trim_start_matches("{ev:1}:").to_owned())
+            .collect();
+        let lua_name = |suffix: &str| match suffix {
+            "user-orders" => "uorders".to_owned(),
+            other => other.to_owned(),
+        };
+        for (i, suffix) in suffixes.iter().enumerate() {
+            let entry = format!("{} = keys[{}]", lua_name(suffix), i + 1);
+            assert!(keys_of.contains(&entry), "keys_of lacks `{entry}`: {keys_of}");
+            let settle = format!("tag .. ':{suffix}'");
+            assert!(lua.contains(&settle), "ticketd_settle lacks {settle}");
+        }
+        // The call key follows the state keys, as `decide` sends them.
+        assert!(keys_of.contains(&format!("call = keys[{}]", suffixes.len() + 1)));
+    }
+
     #[test]
     fn keys_share_one_hash_tag() {
         let keys = EventKeys::new(7);
