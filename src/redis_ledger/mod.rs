@@ -359,7 +359,10 @@ mod tests {
         };
         for (i, suffix) in suffixes.iter().enumerate() {
             let entry = format!("{} = keys[{}]", lua_name(suffix), i + 1);
-            assert!(keys_of.contains(&entry), "keys_of lacks `{entry}`: {keys_of}");
+            assert!(
+                keys_of.contains(&entry),
+                "keys_of lacks `{entry}`: {keys_of}"
+            );
             let settle = format!("tag .. ':{suffix}'");
             assert!(lua.contains(&settle), "ticketd_settle lacks {settle}");
         }
