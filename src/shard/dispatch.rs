@@ -32,6 +32,53 @@ pub enum Held {
 /// shard count changed across a restart): hold id -> owning shard. Read-only.
 pub type HoldRoutes = HashMap<u64, usize, ahash::RandomState>;
 
+/// How this node decides, chosen once at start: nothing that exists for one mode is
+/// built or swept in the other.
+#[derive(Debug)]
+pub enum Decider {
+    /// The embedded ledger of this shard, with its journal when it has one (answers and
+    /// returned tickets wait there until durable).
+    Embedded {
+        ledger: Ledger,
+        commit: Option<Commit<Held>>,
+    },
+    /// `--redis`: the global ledger decides, through this shard's connection.
+    Redis(super::remote::RemoteLedger),
+}
+
+impl Decider {
+    /// The Redis ledger, in ledger mode.
+    pub fn remote_mut(&mut self) -> Option<&mut super::remote::RemoteLedger> {
+        match self {
+            Decider::Redis(remote) => Some(remote),
+            Decider::Embedded { .. } => None,
+        }
+    }
+
+    pub fn remote(&self) -> Option<&super::remote::RemoteLedger> {
+        match self {
+            Decider::Redis(remote) => Some(remote),
+            Decider::Embedded { .. } => None,
+        }
+    }
+
+    /// When the decider next has timed work (hold expiry, Redis timeouts), if ever.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match self {
+            Decider::Embedded { ledger, .. } => ledger.next_deadline(),
+            Decider::Redis(remote) => remote.conn.next_deadline(),
+        }
+    }
+
+    /// What this node sold, per event in catalog order.
+    pub fn tallies(&self) -> Vec<crate::ledger::EventTally> {
+        match self {
+            Decider::Embedded { ledger, .. } => ledger.tallies().to_vec(),
+            Decider::Redis(remote) => remote.tallies.clone(),
+        }
+    }
+}
+
 /// What one shard needs to decide requests: everything but its connections.
 #[derive(Debug)]
 pub struct Dispatcher {
@@ -40,7 +87,7 @@ pub struct Dispatcher {
     pub node_id: u16,
     pub max_frame: u32,
     pub catalog: Arc<Catalog>,
-    pub ledger: Ledger,
+    pub decider: Decider,
     pub outbox: Outbox,
     /// Well-framed requests answered BAD_REQUEST, and streams that lost framing.
     pub bad_requests: u64,
@@ -49,10 +96,6 @@ pub struct Dispatcher {
     /// `--http-anonymous`: a BUY over HTTP without `user=` is a fresh anonymous buyer.
     /// Off, it is refused (one client could otherwise empty a limit-1 event alone).
     pub http_anonymous: bool,
-    /// With `--redis`: the global ledger decides instead of `ledger`.
-    pub remote: Option<super::remote::RemoteLedger>,
-    /// With a journal: answers and returned tickets waiting for durability.
-    pub commit: Option<Commit<Held>>,
     /// Raised node-wide when a journal write fails: nothing is sold until a restart.
     pub fail_stop: Arc<AtomicBool>,
     pub hold_routes: Arc<HoldRoutes>,
@@ -69,20 +112,36 @@ pub struct Handled {
 }
 
 impl Dispatcher {
+    /// A dispatcher deciding with the embedded `ledger` and no journal (tests, benches);
+    /// [`Dispatcher::with_decider`] for the others.
     pub fn new(shard: usize, shards: usize, node_id: u16, max_frame: u32, ledger: Ledger) -> Self {
+        let catalog = Arc::clone(ledger.catalog());
+        let decider = Decider::Embedded {
+            ledger,
+            commit: None,
+        };
+        Self::with_decider(shard, shards, node_id, max_frame, catalog, decider)
+    }
+
+    pub fn with_decider(
+        shard: usize,
+        shards: usize,
+        node_id: u16,
+        max_frame: u32,
+        catalog: Arc<Catalog>,
+        decider: Decider,
+    ) -> Self {
         Dispatcher {
             shard,
             shards,
             node_id,
             max_frame,
-            catalog: Arc::clone(ledger.catalog()),
-            ledger,
+            catalog,
+            decider,
             outbox: Outbox::new(shards),
             bad_requests: 0,
             anonymous_users: 0,
             http_anonymous: false,
-            remote: None,
-            commit: None,
             fail_stop: Arc::new(AtomicBool::new(false)),
             hold_routes: Arc::default(),
         }
@@ -167,7 +226,7 @@ impl Dispatcher {
         now: Instant,
     ) -> Option<Response> {
         let req_id = request.req_id;
-        if self.remote.is_some() {
+        if matches!(self.decider, Decider::Redis(_)) {
             return self.decide_remote(conn, request, in_flight, now);
         }
         let routed = match request.command {
@@ -240,14 +299,21 @@ impl Dispatcher {
         op: LedgerOp,
         now: Instant,
     ) -> Option<Response> {
+        let Decider::Embedded { ledger, commit } = &mut self.decider else {
+            // Ledger mode forwards nothing between shards; answer safely all the same.
+            return Some(Response::error(
+                op.wire_op().code(),
+                req_id,
+                Status::Unavailable,
+            ));
+        };
         let response = if self.fail_stop.load(Ordering::Acquire) {
             Response::error(op.wire_op().code(), req_id, Status::Unavailable)
         } else {
-            self.ledger.apply(op, req_id, now)
+            ledger.apply(op, req_id, now)
         };
-        let pending = self.ledger.journal.is_pending();
-        match self
-            .commit
+        let pending = ledger.journal.is_pending();
+        match commit
             .as_mut()
             .and_then(|c| c.barrier(pending).map(|job| (c, job)))
         {
@@ -284,7 +350,7 @@ impl Dispatcher {
             Command::Ping => return Some(Response::ok(Op::Ping, req_id, ResultBody::Empty)),
             Command::Stock { event } => match self.catalog.index_of(event) {
                 Some(index) => {
-                    self.remote.as_mut()?.stock(index, waiter);
+                    self.decider.remote_mut()?.stock(index, waiter);
                     true
                 }
                 None => return Some(Response::error(Op::Stock.code(), req_id, Status::NotFound)),
@@ -295,7 +361,7 @@ impl Dispatcher {
                     Ok(index) => index,
                     Err(refusal) => return Some(refusal),
                 };
-                let remote = self.remote.as_mut()?;
+                let remote = self.decider.remote_mut()?;
                 if let Some(answer) = remote.purchase(&self.catalog, index, op, p, waiter, now) {
                     return Some(answer);
                 }
@@ -303,15 +369,15 @@ impl Dispatcher {
             }
             Command::Orders { event, user } => match self.catalog.index_of(event) {
                 Some(index) => {
-                    self.remote.as_mut()?.orders(index, user, waiter);
+                    self.decider.remote_mut()?.orders(index, user, waiter);
                     true
                 }
                 None => return Some(Response::error(Op::Orders.code(), req_id, Status::NotFound)),
             },
             Command::Confirm { hold_id } | Command::Cancel { hold_id } => {
                 if let Some(refusal) =
-                    self.remote
-                        .as_mut()?
+                    self.decider
+                        .remote_mut()?
                         .settle(request.command.op(), hold_id, waiter)
                 {
                     return Some(refusal);

@@ -9,11 +9,13 @@ impl Shard {
     /// returned tickets that wait on them), start a new segment when this one has
     /// outgrown the live state, and send the answers whose records are now durable.
     pub(super) fn commit_pass(&mut self, now: Instant) {
-        let dispatcher = &mut self.dispatcher;
-        let Some(commit) = dispatcher.commit.as_mut() else {
+        let Decider::Embedded {
+            ledger,
+            commit: Some(commit),
+        } = &mut self.dispatcher.decider
+        else {
             return;
         };
-        let ledger = &mut dispatcher.ledger;
         if ledger.journal.is_pending() {
             if let Some(job) = commit.barrier(true) {
                 for (event, qty) in ledger.take_returns() {
@@ -46,7 +48,11 @@ impl Shard {
     /// At exit: wait for the writer to make everything durable, then put the last
     /// returned tickets back (so the summary balances) and answer what is left.
     pub(super) fn finish_journal(&mut self) {
-        let Some(commit) = self.dispatcher.commit.as_mut() else {
+        let Decider::Embedded {
+            commit: Some(commit),
+            ..
+        } = &mut self.dispatcher.decider
+        else {
             return;
         };
         let mut released = std::mem::take(&mut self.released);
@@ -77,8 +83,10 @@ impl Shard {
                     }
                 }
                 Held::Return { event, qty } => {
-                    if outcome == Outcome::Durable {
-                        self.dispatcher.ledger.give_back(event, qty);
+                    if let (Outcome::Durable, Decider::Embedded { ledger, .. }) =
+                        (outcome, &self.dispatcher.decider)
+                    {
+                        ledger.give_back(event, qty);
                     }
                 }
             }

@@ -27,7 +27,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use ticketd_proto::Response;
 
-pub use dispatch::{Dispatcher, Handled, Held, HoldRoutes};
+pub use dispatch::{Decider, Dispatcher, Handled, Held, HoldRoutes};
 use mailbox::{ConnRef, Mailbox, Message};
 use session::{Protocol, Session};
 
@@ -221,46 +221,53 @@ impl Shard {
             }
             None => None,
         };
-        let (ledger, commit) = match journal {
-            Some(journal) => {
-                let ledger = Ledger::restore(
+        let decider = match (settings.remote.clone(), journal) {
+            // Ledger mode: the Redis ledger, and no embedded ledger at all.
+            (Some(remote), _) => Decider::Redis(remote::RemoteLedger::new(
+                settings.index,
+                settings.node_id,
+                &catalog,
+                remote,
+                REDIS_TOKEN,
+                Arc::clone(&settings.readiness),
+            )),
+            (None, Some(journal)) => Decider::Embedded {
+                ledger: Ledger::restore(
                     settings.index,
                     settings.shards,
                     settings.node_id,
-                    catalog,
+                    Arc::clone(&catalog),
                     settings.hold_ttl,
                     &journal.state,
                     journal.clock,
-                );
-                let commit = Commit::new(journal.writer, journal.snapshot_len, journal.rotate_min);
-                (ledger, Some(commit))
-            }
-            None => (
-                Ledger::new(settings.index, settings.node_id, catalog, settings.hold_ttl),
-                None,
-            ),
+                ),
+                commit: Some(Commit::new(
+                    journal.writer,
+                    journal.snapshot_len,
+                    journal.rotate_min,
+                )),
+            },
+            (None, None) => Decider::Embedded {
+                ledger: Ledger::new(
+                    settings.index,
+                    settings.node_id,
+                    Arc::clone(&catalog),
+                    settings.hold_ttl,
+                ),
+                commit: None,
+            },
         };
-        let mut dispatcher = Dispatcher::new(
+        let mut dispatcher = Dispatcher::with_decider(
             settings.index,
             settings.shards,
             settings.node_id,
             settings.max_frame,
-            ledger,
+            catalog,
+            decider,
         );
-        dispatcher.commit = commit;
         dispatcher.http_anonymous = settings.http_anonymous;
         dispatcher.fail_stop = fail_stop;
         dispatcher.hold_routes = hold_routes;
-        if let Some(remote) = settings.remote.clone() {
-            dispatcher.remote = Some(remote::RemoteLedger::new(
-                settings.index,
-                settings.node_id,
-                &dispatcher.catalog,
-                remote,
-                REDIS_TOKEN,
-                Arc::clone(&settings.readiness),
-            ));
-        }
         Ok(Shard {
             settings,
             poll,
@@ -310,7 +317,7 @@ impl Shard {
                     LISTENER_TOKEN => self.accept(Protocol::Binary, now),
                     HTTP_LISTENER_TOKEN => self.accept(Protocol::Http, now),
                     REDIS_TOKEN => {
-                        if let Some(remote) = self.dispatcher.remote.as_mut() {
+                        if let Some(remote) = self.dispatcher.decider.remote_mut() {
                             remote.conn.on_event(
                                 self.poll.registry(),
                                 event,
@@ -338,7 +345,9 @@ impl Shard {
             self.drain_inbox(now);
             self.drain_read_queue(now);
             self.drive_remote(now);
-            self.dispatcher.ledger.expire_due(now);
+            if let Decider::Embedded { ledger, .. } = &mut self.dispatcher.decider {
+                ledger.expire_due(now);
+            }
             self.close_expired_lingerers(now);
             if self.accept_retry_at.is_some_and(|at| at <= now) {
                 self.accept_retry_at = None;
@@ -355,10 +364,7 @@ impl Shard {
         }
         self.finish_journal();
         self.stats.bad_requests = self.dispatcher.bad_requests;
-        let tallies = match &self.dispatcher.remote {
-            Some(remote) => remote.tallies.clone(),
-            None => self.dispatcher.ledger.tallies().to_vec(),
-        };
+        let tallies = self.dispatcher.decider.tallies();
         ShardReport {
             index: self.settings.index,
             tallies,
@@ -371,11 +377,7 @@ impl Shard {
             return Some(Duration::ZERO);
         }
         let deadlines = [
-            self.dispatcher.ledger.next_deadline(),
-            self.dispatcher
-                .remote
-                .as_ref()
-                .and_then(|r| r.conn.next_deadline()),
+            self.dispatcher.decider.next_deadline(),
             self.lingering.front().map(|&(at, _, _)| at),
             self.accept_retry_at,
             self.trimmer.next_due(),
@@ -438,7 +440,7 @@ impl Shard {
 
     /// Ledger mode: timeouts and reconnects, answers from Redis, then this pass's batches.
     fn drive_remote(&mut self, now: Instant) {
-        let Some(remote) = self.dispatcher.remote.as_mut() else {
+        let Some(remote) = self.dispatcher.decider.remote_mut() else {
             return;
         };
         remote
@@ -454,7 +456,7 @@ impl Shard {
             self.deliver(conn, response, now);
         }
         // Answers can queue new requests (HTTP pipelines): send those this pass too.
-        if let Some(remote) = self.dispatcher.remote.as_mut() {
+        if let Some(remote) = self.dispatcher.decider.remote_mut() {
             remote.flush();
         }
         self.redis_answers = answers;
