@@ -1,0 +1,204 @@
+//! The `ticketd` command line (clap), and turning it into a validated [`Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use super::*;
+use crate::journal::FsyncMode;
+
+/// The ticketd command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ticketd",
+    version,
+    about = "Lock-free shard-per-core flash-sale ticket server",
+    long_about = "Lock-free shard-per-core flash-sale ticket server.\n\n\
+        Serves the ticketd wire protocol v1 (see docs/PROTOCOL.md) on --listen, with one \
+        pinned event-loop thread per shard, each with its own SO_REUSEPORT listener.\n\n\
+        Without a subcommand it serves; `ticketd orders` and `ticketd audit` read a data \
+        dir (or, for audit, a Redis ledger); `ticketd create-events` creates events in the \
+        Redis ledger for ledger-mode nodes to sell.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub tool: Option<Tool>,
+
+    /// Address to listen on (every shard binds it with SO_REUSEPORT).
+    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_LISTEN, value_parser = parse_addr)]
+    pub listen: SocketAddr,
+
+    /// Let other processes serve --listen's port too (SO_REUSEPORT across processes, as
+    /// the 100,000-connection setup needs; each with its own --node-id). Without it, a
+    /// port another process already serves refuses the start.
+    #[arg(long)]
+    pub share_port: bool,
+
+    /// An event on sale: its id, its stock, and optionally the per-user limit
+    /// (default 1). Repeat for several events, e.g. `--event 1:10000 --event 2:500:4`.
+    #[arg(long = "event", value_name = "ID:STOCK[:LIMIT]")]
+    pub events: Vec<EventSpec>,
+
+    /// How long RESERVE holds tickets before they return to sale, e.g. `15m`, `90s`,
+    /// `500ms`.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_HOLD_TTL, value_parser = parse_duration)]
+    pub hold_ttl: Duration,
+
+    /// Event-loop threads, each pinned to one core [default: the cores this process may
+    /// run on].
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+
+    /// Largest request body accepted, in bytes (MAX_FRAME of the protocol); a longer
+    /// frame is answered with BAD_REQUEST and the connection closed.
+    #[arg(long, value_name = "BYTES", default_value_t = ticketd_proto::DEFAULT_MAX_FRAME)]
+    pub max_frame: u32,
+
+    /// Most client connections held at once; more are answered OVERLOADED and closed
+    /// [default: the open-file limit minus 64, minus 80 per shard for the server's own
+    /// descriptors and the connections it holds only to answer OVERLOADED].
+    #[arg(long, value_name = "N")]
+    pub max_conns: Option<usize>,
+
+    /// This node's id, stamped into every order and hold id (0..=4095).
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub node_id: u16,
+
+    /// Also serve `GET /buy/ticket[?event=E&user=U]` over HTTP/1.x here, answering the
+    /// JSON the Go/Java prototypes answer (for `ab` and `wrk`).
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_addr)]
+    pub http: Option<SocketAddr>,
+
+    /// Serve `GET /healthz` and `GET /readyz` here (plain HTTP, one small thread):
+    /// readiness is 503 with the reasons while an event is missing from the Redis ledger
+    /// or a shard's Redis connection is down.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_addr)]
+    pub admin: Option<SocketAddr>,
+
+    /// HTTP: a `GET /buy/ticket` without `user=` buys as a fresh anonymous user (how
+    /// `ab` and `wrk` measure the prototypes). Off, such a request gets 400: with it, one
+    /// client can buy any number of tickets. Meant for benchmarks only.
+    #[arg(long)]
+    pub http_anonymous: bool,
+
+    /// Where the embedded ledger keeps its journal (created if missing, locked while
+    /// ticketd runs). Every sale is in it before it is acknowledged, and a restart
+    /// recovers from it. Not used in ledger mode (`--redis`), where Redis is the ledger.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+
+    /// When a journal write counts as durable: `always` (fdatasync before answering:
+    /// survives power loss), `batch` (answer after the write, fdatasync within ~5 ms:
+    /// survives a process crash), `off` (never fdatasync: survives a process crash).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = FsyncMode::Always)]
+    pub fsync: FsyncMode,
+
+    /// Allow an `--event` to give a larger total than the journal has (to put more
+    /// tickets on sale on purpose). Without it, any different total refuses to start.
+    #[arg(long)]
+    pub raise_totals: bool,
+
+    /// A journal segment is replaced by a snapshot of live state once it holds this
+    /// many bytes (and twice the snapshot) beyond its snapshot.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_ROTATE_MIN_BYTES, hide = true)]
+    pub segment_bytes: u64,
+
+    /// Ledger mode: Redis (7.0+, Functions) holds the one global stock for every node,
+    /// e.g. `redis://127.0.0.1:6379`. Without it, this process is a node of its own.
+    #[arg(long, value_name = "URL", value_parser = parse_redis_url)]
+    pub redis: Option<RedisUrl>,
+
+    /// Ledger mode: how many ticketd nodes share the events (sizes each node's gate)
+    /// [default: 1].
+    #[arg(long, value_name = "N")]
+    pub nodes: Option<u32>,
+
+    /// Ledger mode: tickets a node's gate lets through beyond its share [default: 0].
+    #[arg(long, value_name = "N")]
+    pub buffer: Option<i64>,
+
+    /// Ledger mode: a Redis call unanswered this long fails (a request that never
+    /// reached Redis answers UNAVAILABLE) [default: 500ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub redis_timeout: Option<Duration>,
+
+    /// Ledger mode: Redis calls in flight per shard [default: 64].
+    #[arg(long, value_name = "N")]
+    pub redis_depth: Option<usize>,
+
+    /// Ledger mode: run the ledger as a script (SCRIPT LOAD + EVALSHA) even where Redis
+    /// has Functions; chosen by itself when Functions are missing (Redis before 7.0).
+    #[arg(long)]
+    pub redis_scripts: bool,
+}
+
+/// Commands that read a ledger instead of serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum Tool {
+    /// Print every order in a data dir (and, with --follow, new ones as they are made).
+    Orders(crate::tools::orders::OrdersArgs),
+    /// Check a data dir (or a Redis ledger): every record valid, sold + held within the
+    /// total, nobody above the limit, order ids unique. Exits 1 on any violation.
+    Audit(crate::tools::audit::AuditArgs),
+    /// Create events in the Redis ledger (ledger-mode nodes never create one).
+    CreateEvents(crate::tools::create_events::CreateEventsArgs),
+}
+
+impl Cli {
+    /// Resolves defaults (`open_files` is the process's open-file limit) and validates.
+    pub fn into_config(self, open_files: u64) -> Result<Config, ConfigError> {
+        if self.redis.is_none() {
+            let given = [
+                ("nodes", self.nodes.is_some()),
+                ("buffer", self.buffer.is_some()),
+                ("redis-timeout", self.redis_timeout.is_some()),
+                ("redis-depth", self.redis_depth.is_some()),
+                ("redis-scripts", self.redis_scripts),
+            ];
+            if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
+                return Err(ConfigError::LedgerOnly { flag });
+            }
+        }
+        let shards = self.shards.unwrap_or_else(available_cores);
+        let reserved = RESERVED_FDS + RESERVED_FDS_PER_SHARD * shards as u64;
+        let default_conns = open_files.saturating_sub(reserved).max(1);
+        let config = Config {
+            listen: self.listen,
+            events: self.events,
+            hold_ttl: self.hold_ttl,
+            shards,
+            max_frame: self.max_frame,
+            max_conns: self
+                .max_conns
+                .unwrap_or(usize::try_from(default_conns).unwrap_or(usize::MAX)),
+            node_id: self.node_id,
+            http: self.http,
+            http_anonymous: self.http_anonymous,
+            admin: self.admin,
+            redis: self.redis.map(|url| {
+                let defaults = RedisConfig::new(url.addr);
+                RedisConfig {
+                    addr: url.addr,
+                    login: url.login,
+                    nodes: self.nodes.unwrap_or(defaults.nodes),
+                    buffer: self.buffer.unwrap_or(defaults.buffer),
+                    timeout: self.redis_timeout.unwrap_or(defaults.timeout),
+                    depth: self.redis_depth.unwrap_or(defaults.depth),
+                    scripts: self.redis_scripts,
+                }
+            }),
+            share_port: self.share_port,
+            journal: Some(JournalConfig {
+                data_dir: self.data_dir,
+                fsync: self.fsync,
+                raise_totals: self.raise_totals,
+                segment_bytes: self.segment_bytes,
+            }),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
