@@ -107,6 +107,16 @@ struct UserTally {
     last_order: u32,
 }
 
+/// Makes the order with link `link` the user's newest, returning the link to the one
+/// before it (0: none). A link of 0 (too many orders) leaves the chain as it is.
+fn chain_order(tally: &mut UserTally, link: u32) -> u32 {
+    if link == 0 {
+        tally.last_order
+    } else {
+        std::mem::replace(&mut tally.last_order, link)
+    }
+}
+
 /// Per-event counts of what this shard decided.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct EventTally {
@@ -217,9 +227,12 @@ impl Ledger {
             let Some(event) = ledger.catalog.index_of(order.event_id) else {
                 continue;
             };
+            let link = ledger.next_order_link();
             let tally = ledger.users[event].entry(order.user).or_default();
             tally.bought = tally.bought.saturating_add(order.qty);
-            ledger.push_order(order.order_id, event, order.user, order.qty, order.unix_ms);
+            let prev = chain_order(tally, link);
+            let placed = (event, order.user, order.qty, prev);
+            ledger.push_order(order.order_id, placed, order.unix_ms);
         }
         ledger.live = LiveHolds::new(ledger.ids.prefix(), last_seq);
         let mut live = Vec::new();
@@ -365,7 +378,7 @@ impl Ledger {
         qty: u16,
         now: Instant,
     ) -> Result<ResultBody, Status> {
-        self.acquire(event, user, qty, Acquired::Bought)?;
+        let prev = self.acquire(event, user, qty, Acquired::Bought)?;
         let order_id = self.ids.next_id();
         let unix_ms = self.clock.unix_ms(now);
         self.journal.push(Record::Sale {
@@ -375,7 +388,7 @@ impl Ledger {
             qty,
             unix_ms,
         });
-        self.push_order(order_id, event, user, qty, unix_ms);
+        self.push_order(order_id, (event, user, qty, prev), unix_ms);
         Ok(ResultBody::Order { order_id })
     }
 
@@ -414,8 +427,11 @@ impl Ledger {
     }
 
     /// Checks the user's limit, takes the stock and counts it against the user, with
-    /// one probe of the user table (the hot path's one likely cache miss).
-    fn acquire(&mut self, event: usize, user: u64, qty: u16, as_: Acquired) -> Result<(), Status> {
+    /// one probe of the user table (the hot path's one likely cache miss). A purchase
+    /// also links the order about to be pushed into the user's chain in that same
+    /// probe, and returns the link to the user's previous order (0 for holds).
+    fn acquire(&mut self, event: usize, user: u64, qty: u16, as_: Acquired) -> Result<u32, Status> {
+        let link = self.next_order_link();
         let listing = self.catalog.get(event);
         let limit = u32::from(listing.per_user_limit);
         let qty32 = u32::from(qty);
@@ -441,11 +457,16 @@ impl Ledger {
             }
         };
         // Within the limit (a u16), so no overflow.
-        match as_ {
-            Acquired::Bought => tally.bought += qty,
-            Acquired::Held => tally.held += qty,
-        }
-        Ok(())
+        Ok(match as_ {
+            Acquired::Bought => {
+                tally.bought += qty;
+                chain_order(tally, link)
+            }
+            Acquired::Held => {
+                tally.held += qty;
+                0
+            }
+        })
     }
 
     /// `user`'s orders of `event`, oldest first.
@@ -477,9 +498,11 @@ impl Ledger {
             event, user, qty, ..
         } = hold;
         let order_id = self.ids.next_id();
+        let link = self.next_order_link();
         let tally = self.users[event].entry(user).or_default();
         tally.held = tally.held.saturating_sub(qty);
         tally.bought = tally.bought.saturating_add(qty);
+        let prev = chain_order(tally, link);
         self.tallies[event].held -= u64::from(qty);
         let unix_ms = self.clock.unix_ms(now);
         self.journal.push(Record::Confirmed {
@@ -487,7 +510,7 @@ impl Ledger {
             order_id,
             unix_ms,
         });
-        self.push_order(order_id, event, user, qty, unix_ms);
+        self.push_order(order_id, (event, user, qty, prev), unix_ms);
         self.ended
             .record(hold_id, Ended::Confirmed { order_id }, now);
         Ok(ResultBody::Order { order_id })
@@ -587,18 +610,18 @@ impl Ledger {
         self.catalog.get(event).stock.give_back(self.shard, qty);
     }
 
-    /// Appends an order of `user`, whose tally must exist, and links it to their
-    /// previous one.
-    fn push_order(&mut self, order_id: u64, event: usize, user: u64, qty: u16, unix_ms: u64) {
+    /// The link (index in `orders` plus one) the next order will have; 0 past 2^32 - 1
+    /// orders on one shard, where the chains stop growing (ORDERS then shows the older
+    /// ones only) — far beyond any sale.
+    fn next_order_link(&self) -> u32 {
+        u32::try_from(self.orders.len() + 1).unwrap_or(0)
+    }
+
+    /// Appends an order: `placed` is (event, user, qty, link to the user's previous
+    /// order), the user already counted and linked by the caller's one table probe.
+    fn push_order(&mut self, order_id: u64, placed: (usize, u64, u16, u32), unix_ms: u64) {
+        let (event, user, qty, prev) = placed;
         let event_id = self.catalog.get(event).id;
-        // Past 2^32 - 1 orders on one shard the chain stops growing (ORDERS then shows
-        // the older ones only); far beyond any sale.
-        let index = u32::try_from(self.orders.len() + 1).unwrap_or(0);
-        let prev = match self.users[event].get_mut(&user) {
-            Some(tally) if index != 0 => std::mem::replace(&mut tally.last_order, index),
-            Some(tally) => tally.last_order,
-            None => 0,
-        };
         self.orders.push(Order {
             order_id,
             event_id,
@@ -697,6 +720,46 @@ mod tests {
             status(l.apply(LedgerOp::Confirm { hold_id: hold }, 4, later)),
             Status::NotFound
         );
+    }
+
+    #[test]
+    fn each_users_orders_chain_through_interleaved_sales() {
+        let now = Instant::now();
+        let mut l = ledger(10, 3, Duration::from_secs(60));
+        let buy = |user| LedgerOp::Buy {
+            event: 0,
+            user,
+            qty: 1,
+        };
+        let order = |r: Response| match r.result {
+            ResultBody::Order { order_id } => order_id,
+            other => panic!("not an order: {other:?}"),
+        };
+        let a1 = order(l.apply(buy(1), 1, now));
+        let b1 = order(l.apply(buy(2), 2, now));
+        let hold = hold_id(l.apply(
+            LedgerOp::Reserve {
+                event: 0,
+                user: 1,
+                qty: 1,
+            },
+            3,
+            now,
+        ));
+        let b2 = order(l.apply(buy(2), 4, now));
+        let a2 = order(l.apply(LedgerOp::Confirm { hold_id: hold }, 5, now));
+        assert_eq!(l.apply(buy(2), 6, now).status, Status::Ok);
+        let listed = |l: &mut Ledger, user| match l
+            .apply(LedgerOp::Orders { event: 0, user }, 7, now)
+            .result
+        {
+            ResultBody::Orders(list) => list.0.iter().map(|&(id, _)| id).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(listed(&mut l, 1), vec![a1, a2]);
+        assert_eq!(listed(&mut l, 2)[..2], [b1, b2]);
+        assert_eq!(listed(&mut l, 2).len(), 3);
+        assert_eq!(listed(&mut l, 3), Vec::<u64>::new());
     }
 
     #[test]
