@@ -30,6 +30,10 @@ pub enum Ended {
     Expired,
 }
 
+/// Largest bitmap (4G ids): an end further from the oldest remembered one than this (a
+/// damaged journal's id, or a sequence that jumped) is kept in the map instead of
+/// allocating the gap.
+const MAX_BITMAP_BYTES: u64 = 1 << 30;
 /// Ends recorded within this much of each other share one forget mark.
 const MARK_GRAIN: Duration = Duration::from_millis(100);
 /// Ids per snapshot run: [`RUN_BYTES`] bytes of 2-bit states.
@@ -120,13 +124,17 @@ impl EndedHolds {
         if self.states.is_empty() {
             self.base = seq & !3;
         }
-        if prefix_of(hold_id) != self.prefix || seq < self.base {
+        let in_bitmap = prefix_of(hold_id) == self.prefix
+            && seq >= self.base
+            && (seq - self.base) / 4 < MAX_BITMAP_BYTES;
+        if !in_bitmap {
             self.others.insert(hold_id, ended);
             self.others_forget.push_back((forget_at, hold_id));
             return;
         }
         let index = seq - self.base;
-        let byte = usize::try_from(index / 4).unwrap_or(usize::MAX);
+        // Below MAX_BITMAP_BYTES, so it fits.
+        let byte = (index / 4) as usize;
         if byte >= self.states.len() {
             self.states.resize(byte + 1, 0);
         }
@@ -401,6 +409,17 @@ mod tests {
         ended.forget_due(t0 + TTL);
         assert_eq!(ended.get(other), None);
         assert_eq!(ended.get(PREFIX | 2), None);
+    }
+
+    #[test]
+    fn an_end_far_beyond_the_bitmap_is_kept_apart_not_allocated() {
+        let t0 = Instant::now();
+        let mut ended = EndedHolds::new(PREFIX, TTL);
+        ended.record(PREFIX | 8, Ended::Cancelled, t0);
+        let far = PREFIX | ((1 << 44) - 1);
+        ended.record(far, Ended::Expired, t0);
+        assert_eq!(ended.get(far), Some(Ended::Expired));
+        assert!(ended.bitmap_bytes() < 16, "{}", ended.bitmap_bytes());
     }
 
     #[test]
