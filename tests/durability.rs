@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use common::{hold, order_id, Client, TicketdProcess, IO_TIMEOUT};
-use ticketd::journal::record::{Record, HEADER_LEN};
+use ticketd::journal::record::{OrderRec, Record, HEADER_LEN};
 use ticketd_proto::{
     decode_response, Command as WireCommand, Purchase, Request, Response, ResultBody, Status,
     DEFAULT_MAX_FRAME,
@@ -426,13 +426,13 @@ fn a_torn_tail_is_cut_off_with_a_warning_naming_file_and_offset() {
     let file = segments(dir.path()).remove(0);
     let clean_len = std::fs::metadata(&file).unwrap().len();
     let mut record = BytesMut::new();
-    Record::Sale {
+    Record::Sale(OrderRec {
         order_id: 999,
         event_id: 1,
         user: 99,
         qty: 1,
         unix_ms: 1,
-    }
+    })
     .encode(&mut record);
     append(&file, &record[..record.len() / 2]);
 
@@ -582,13 +582,13 @@ fn audit_finds_a_violation_planted_in_a_copy_of_a_journal() {
     }
     // User 1 buys a second ticket (limit 1) under an order id already issued.
     let mut planted = BytesMut::new();
-    Record::Sale {
+    Record::Sale(OrderRec {
         order_id: first,
         event_id: 1,
         user: 1,
         qty: 1,
         unix_ms: 1,
-    }
+    })
     .encode(&mut planted);
     append(&segments(copy.path()).remove(0), &planted);
     let (clean, report) = audit(copy.path());

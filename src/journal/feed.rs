@@ -156,22 +156,7 @@ impl Feed {
             }
         };
         match record {
-            Record::Sale {
-                order_id,
-                event_id,
-                user,
-                qty,
-                unix_ms,
-            } => report(
-                &mut self.seen,
-                OrderRec {
-                    order_id,
-                    event_id,
-                    user,
-                    qty,
-                    unix_ms,
-                },
-            ),
+            Record::Sale(order) => report(&mut self.seen, order),
             Record::HoldTaken {
                 hold_id,
                 event_id,

@@ -91,6 +91,16 @@ impl FileHeader {
     }
 }
 
+/// One order as the journal knows it: the body of a [`Record::Sale`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderRec {
+    pub order_id: u64,
+    pub event_id: u32,
+    pub user: u64,
+    pub qty: u16,
+    pub unix_ms: u64,
+}
+
 /// How a finished hold ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HoldEnd {
@@ -113,13 +123,7 @@ pub enum Record {
         per_user_limit: u16,
     },
     /// A BUY that sold, or (in a snapshot) any order.
-    Sale {
-        order_id: u64,
-        event_id: u32,
-        user: u64,
-        qty: u16,
-        unix_ms: u64,
-    },
+    Sale(OrderRec),
     /// A RESERVE that took tickets until `deadline_ms`.
     HoldTaken {
         hold_id: u64,
@@ -236,19 +240,13 @@ impl Record {
                 out.put_i64(total);
                 out.put_u16(per_user_limit);
             }
-            Record::Sale {
-                order_id,
-                event_id,
-                user,
-                qty,
-                unix_ms,
-            } => {
+            Record::Sale(o) => {
                 out.put_u8(kind::SALE);
-                out.put_u64(order_id);
-                out.put_u32(event_id);
-                out.put_u64(user);
-                out.put_u16(qty);
-                out.put_u64(unix_ms);
+                out.put_u64(o.order_id);
+                out.put_u32(o.event_id);
+                out.put_u64(o.user);
+                out.put_u16(o.qty);
+                out.put_u64(o.unix_ms);
             }
             Record::HoldTaken {
                 hold_id,
@@ -370,13 +368,13 @@ impl Record {
                 total: b.get_i64(),
                 per_user_limit: b.get_u16(),
             },
-            kind::SALE => Record::Sale {
+            kind::SALE => Record::Sale(OrderRec {
                 order_id: b.get_u64(),
                 event_id: b.get_u32(),
                 user: b.get_u64(),
                 qty: b.get_u16(),
                 unix_ms: b.get_u64(),
-            },
+            }),
             kind::HOLD_TAKEN => Record::HoldTaken {
                 hold_id: b.get_u64(),
                 event_id: b.get_u32(),
@@ -513,13 +511,13 @@ mod tests {
                 total: 10_000,
                 per_user_limit: 4,
             },
-            Record::Sale {
+            Record::Sale(OrderRec {
                 order_id: 5,
                 event_id: 6,
                 user: 7,
                 qty: 8,
                 unix_ms: 9,
-            },
+            }),
             Record::HoldTaken {
                 hold_id: 10,
                 event_id: 11,

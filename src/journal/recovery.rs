@@ -18,15 +18,7 @@ use super::JournalError;
 use crate::ids;
 use crate::ledger::ended::EndedRun;
 
-/// One order as the journal knows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OrderRec {
-    pub order_id: u64,
-    pub event_id: u32,
-    pub user: u64,
-    pub qty: u16,
-    pub unix_ms: u64,
-}
+pub use super::record::OrderRec;
 
 /// One hold: live (`end` is `None`) or finished and still remembered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,21 +256,9 @@ impl Recovered {
                     None => self.events.push(def),
                 }
             }
-            Record::Sale {
-                order_id,
-                event_id,
-                user,
-                qty,
-                unix_ms,
-            } => {
-                self.note_id(order_id, node);
-                self.orders.push(OrderRec {
-                    order_id,
-                    event_id,
-                    user,
-                    qty,
-                    unix_ms,
-                });
+            Record::Sale(order) => {
+                self.note_id(order.order_id, node);
+                self.orders.push(order);
             }
             Record::HoldTaken {
                 hold_id,

@@ -40,13 +40,7 @@ impl SnapshotBuilder {
     }
 
     pub fn order(&mut self, o: OrderRec) {
-        self.push(Record::Sale {
-            order_id: o.order_id,
-            event_id: o.event_id,
-            user: o.user,
-            qty: o.qty,
-            unix_ms: o.unix_ms,
-        });
+        self.push(Record::Sale(o));
     }
 
     pub fn hold(&mut self, h: HoldRec) {

@@ -381,13 +381,13 @@ impl Ledger {
         let prev = self.acquire(event, user, qty, Acquired::Bought)?;
         let order_id = self.ids.next_id();
         let unix_ms = self.clock.unix_ms(now);
-        self.journal.push(Record::Sale {
+        self.journal.push(Record::Sale(OrderRec {
             order_id,
             event_id: self.catalog.get(event).id,
             user,
             qty,
             unix_ms,
-        });
+        }));
         self.push_order(order_id, (event, user, qty, prev), unix_ms);
         Ok(ResultBody::Order { order_id })
     }
