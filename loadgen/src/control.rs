@@ -5,9 +5,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use ticketd_proto::{
-    decode_response, Command, DecodeError, Request, ResultBody, Status, DEFAULT_MAX_FRAME,
-};
+use ticketd_proto::{decode_response, Command, DecodeError, Request, Response, ResultBody, Status};
 
 use crate::report::StockView;
 
@@ -38,45 +36,61 @@ pub fn orders(
     event: u32,
     users: &[u64],
 ) -> Result<std::collections::HashMap<u64, Vec<u64>>, ControlError> {
+    let commands: Vec<Command> = users
+        .iter()
+        .map(|&user| Command::Orders { event, user })
+        .collect();
+    let mut listed = std::collections::HashMap::new();
+    for (response, &user) in exchange(addr, &commands)?.into_iter().zip(users) {
+        match (response.status, response.result) {
+            (Status::Ok, ResultBody::Orders(list)) => {
+                listed.insert(user, list.0.iter().map(|&(id, _)| id).collect());
+            }
+            (status, _) => {
+                return Err(ControlError::Status {
+                    addr,
+                    event,
+                    status,
+                })
+            }
+        }
+    }
+    Ok(listed)
+}
+
+/// Sends `commands` pipelined on one blocking connection to `addr` and returns their
+/// answers in the same order.
+fn exchange(addr: SocketAddr, commands: &[Command]) -> Result<Vec<Response>, ControlError> {
     let io_error = |source| ControlError::Io { addr, source };
     let mut stream = TcpStream::connect_timeout(&addr, CONTROL_TIMEOUT).map_err(io_error)?;
     stream
         .set_read_timeout(Some(CONTROL_TIMEOUT))
         .map_err(io_error)?;
     let mut out = BytesMut::new();
-    for (i, &user) in users.iter().enumerate() {
+    for (i, &command) in commands.iter().enumerate() {
         Request {
             req_id: i as u64,
-            command: Command::Orders { event, user },
+            command,
         }
         .encode(&mut out);
     }
     stream.write_all(&out).map_err(io_error)?;
-    let mut listed = std::collections::HashMap::new();
+    let mut answers: Vec<Option<Response>> = vec![None; commands.len()];
+    let mut received = 0;
     let mut input = BytesMut::new();
     let mut chunk = [0u8; 4096];
-    // An answer lists at most the per-user limit of orders (u16): allow the largest.
+    // An ORDERS answer lists at most the per-user limit (a u16) of orders.
     let max_frame = 16 + 10 * u32::from(u16::MAX);
-    while listed.len() < users.len() {
+    while received < commands.len() {
         match decode_response(&input, max_frame) {
             Ok((response, used)) => {
                 let _ = input.split_to(used);
-                let user = usize::try_from(response.req_id)
+                let slot = usize::try_from(response.req_id)
                     .ok()
-                    .and_then(|i| users.get(i))
-                    .copied()
-                    .unwrap_or(u64::MAX);
-                match (response.status, response.result) {
-                    (Status::Ok, ResultBody::Orders(list)) => {
-                        listed.insert(user, list.0.iter().map(|&(id, _)| id).collect());
-                    }
-                    (status, _) => {
-                        return Err(ControlError::Status {
-                            addr,
-                            event,
-                            status,
-                        })
-                    }
+                    .and_then(|i| answers.get_mut(i));
+                if let Some(slot @ None) = slot {
+                    *slot = Some(response);
+                    received += 1;
                 }
                 continue;
             }
@@ -89,7 +103,7 @@ pub fn orders(
         }
         input.extend_from_slice(&chunk[..n]);
     }
-    Ok(listed)
+    Ok(answers.into_iter().flatten().collect())
 }
 
 /// STOCK of `event` on each distinct server, summed (each is its own node).
@@ -110,41 +124,19 @@ pub fn stock(addrs: &[SocketAddr], event: u32) -> Result<StockView, ControlError
 }
 
 fn stock_one(addr: SocketAddr, event: u32) -> Result<StockView, ControlError> {
-    let io_error = |source| ControlError::Io { addr, source };
-    let mut stream = TcpStream::connect_timeout(&addr, CONTROL_TIMEOUT).map_err(io_error)?;
-    stream
-        .set_read_timeout(Some(CONTROL_TIMEOUT))
-        .map_err(io_error)?;
-    let mut out = BytesMut::new();
-    Request {
-        req_id: 1,
-        command: Command::Stock { event },
-    }
-    .encode(&mut out);
-    stream.write_all(&out).map_err(io_error)?;
-    let mut input = Vec::new();
-    let mut chunk = [0u8; 64];
-    loop {
-        match decode_response(&input, DEFAULT_MAX_FRAME) {
-            Ok((response, _)) => {
-                return match (response.status, response.result) {
-                    (Status::Ok, ResultBody::Stock { total, remaining }) => {
-                        Ok(StockView { total, remaining })
-                    }
-                    (status, _) => Err(ControlError::Status {
-                        addr,
-                        event,
-                        status,
-                    }),
-                };
-            }
-            Err(DecodeError::Incomplete) => {}
-            Err(error) => return Err(ControlError::Malformed { addr, error }),
+    let answer = exchange(addr, &[Command::Stock { event }])?.pop();
+    match answer.map(|r| (r.status, r.result)) {
+        Some((Status::Ok, ResultBody::Stock { total, remaining })) => {
+            Ok(StockView { total, remaining })
         }
-        let n = stream.read(&mut chunk).map_err(io_error)?;
-        if n == 0 {
-            return Err(io_error(io::ErrorKind::UnexpectedEof.into()));
-        }
-        input.extend_from_slice(&chunk[..n]);
+        Some((status, _)) => Err(ControlError::Status {
+            addr,
+            event,
+            status,
+        }),
+        None => Err(ControlError::Io {
+            addr,
+            source: io::ErrorKind::UnexpectedEof.into(),
+        }),
     }
 }

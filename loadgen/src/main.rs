@@ -119,14 +119,6 @@ fn coordinate(
     }
     let watch = Arc::new(watchdog::Watch::default());
     watchdog::start(cli.time_limit(), cli.conns, Arc::clone(&watch));
-    let note_progress = |established: u64, failed: u64| {
-        watch
-            .established
-            .store(established, std::sync::atomic::Ordering::Relaxed);
-        watch
-            .failed
-            .store(failed, std::sync::atomic::Ordering::Relaxed);
-    };
     let bar = ProgressBar::new(cli.conns);
     bar.set_style(
         ProgressStyle::with_template("connecting {bar:40} {pos}/{len} ({per_sec}) {msg}")
@@ -143,17 +135,10 @@ fn coordinate(
         local.wait_ready(|p| {
             let failed = p.failed.load(std::sync::atomic::Ordering::Relaxed);
             let established = p.established.load(std::sync::atomic::Ordering::Relaxed);
-            note_progress(established, failed);
-            bar.set_position(established + failed);
-            if failed > 0 {
-                bar.set_message(format!("{failed} failed (refused or timed out)"));
-            }
+            connect_progress(&bar, &watch, established, failed);
         });
         bar.finish_and_clear();
-        watch.phase.store(
-            watchdog::phase::RUNNING,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        watch.running();
         local.start();
         local.join()
     } else {
@@ -222,6 +207,15 @@ fn stock_addrs(cli: &Cli) -> &[std::net::SocketAddr] {
     }
 }
 
+/// Connecting progress, on the bar and for the watchdog.
+fn connect_progress(bar: &ProgressBar, watch: &watchdog::Watch, established: u64, failed: u64) {
+    watch.connecting(established, failed);
+    bar.set_position(established + failed);
+    if failed > 0 {
+        bar.set_message(format!("{failed} failed (refused or timed out)"));
+    }
+}
+
 fn run_workers(
     cli: &Cli,
     processes: usize,
@@ -234,23 +228,9 @@ fn run_workers(
         .map(|i| (cli.conns * i / n, cli.conns * (i + 1) / n))
         .collect();
     let mut workers = WorkerSet::spawn(&args, &ranges)?;
-    workers.wait_ready(|established, failed| {
-        watch
-            .established
-            .store(established, std::sync::atomic::Ordering::Relaxed);
-        watch
-            .failed
-            .store(failed, std::sync::atomic::Ordering::Relaxed);
-        bar.set_position(established + failed);
-        if failed > 0 {
-            bar.set_message(format!("{failed} failed (refused or timed out)"));
-        }
-    })?;
+    workers.wait_ready(|established, failed| connect_progress(bar, watch, established, failed))?;
     bar.finish_and_clear();
-    watch.phase.store(
-        watchdog::phase::RUNNING,
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    watch.running();
     workers.start()?;
     workers.join()
 }

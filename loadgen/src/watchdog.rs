@@ -20,6 +20,19 @@ pub struct Watch {
     pub failed: AtomicU64,
 }
 
+impl Watch {
+    /// Connections so far, while connecting.
+    pub fn connecting(&self, established: u64, failed: u64) {
+        self.established.store(established, Ordering::Relaxed);
+        self.failed.store(failed, Ordering::Relaxed);
+    }
+
+    /// Every connection is up or failed: the run proper starts.
+    pub fn running(&self) {
+        self.phase.store(phase::RUNNING, Ordering::Relaxed);
+    }
+}
+
 /// Starts the watchdog: after `limit`, it prints what is missing and exits with 1.
 pub fn start(limit: Duration, conns: u64, watch: Arc<Watch>) {
     let started = Instant::now();
