@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::flavor::{load_script, Flavor};
 use super::{define_event, load_functions, stock, EventKeys};
-use crate::config::{EventSpec, RedisConfig, RedisLogin};
+use crate::config::{EventSpec, RedisConfig};
 
 /// Why the ledger could not be prepared, read or changed.
 #[derive(Debug, thiserror::Error)]
@@ -31,16 +31,16 @@ pub enum LedgerError {
     Refused { event: u32, why: String },
 }
 
-/// A blocking connection to the ledger, logged in (AUTH, SELECT) as `login` says.
-pub fn connect(
-    addr: SocketAddr,
-    login: &RedisLogin,
-    timeout: Duration,
-) -> Result<redis::Connection, LedgerError> {
+/// A blocking connection to the ledger, logged in (AUTH, SELECT) as the URL says, given
+/// `--redis-timeout` but at least 2 s (set-up is not the hot path).
+fn connect(config: &RedisConfig) -> Result<redis::Connection, LedgerError> {
+    let addr = config.addr;
     let fail = |source| LedgerError::Redis { addr, source };
-    let info = login.connection_info(addr).map_err(fail)?;
+    let info = config.login.connection_info(addr).map_err(fail)?;
     let client = redis::Client::open(info).map_err(fail)?;
-    client.get_connection_with_timeout(timeout).map_err(fail)
+    client
+        .get_connection_with_timeout(config.timeout.max(Duration::from_secs(2)))
+        .map_err(fail)
 }
 
 /// An event as the ledger defines it.
@@ -148,11 +148,7 @@ pub fn prepare(
     hold_ttl: Duration,
 ) -> Result<(Vec<Option<i64>>, Flavor), LedgerError> {
     let addr = config.addr;
-    let mut c = connect(
-        addr,
-        &config.login,
-        config.timeout.max(Duration::from_secs(2)),
-    )?;
+    let mut c = connect(config)?;
     let flavor = install(&mut c, config)?;
     let mut totals = Vec::with_capacity(events.len());
     for e in events {
@@ -209,11 +205,7 @@ pub fn create_events(
 ) -> Result<Vec<(u32, Created)>, LedgerError> {
     let addr = config.addr;
     let fail = |source| LedgerError::Redis { addr, source };
-    let mut c = connect(
-        addr,
-        &config.login,
-        config.timeout.max(Duration::from_secs(2)),
-    )?;
+    let mut c = connect(config)?;
     let flavor = install(&mut c, config)?;
     let mut done = Vec::with_capacity(events.len());
     for e in events {
@@ -287,11 +279,7 @@ pub fn reserve_id_blocks(
 ) -> Result<Vec<IdBlock>, LedgerError> {
     let addr = config.addr;
     let fail = |source| LedgerError::Redis { addr, source };
-    let mut c = connect(
-        addr,
-        &config.login,
-        config.timeout.max(Duration::from_secs(2)),
-    )?;
+    let mut c = connect(config)?;
     (0..shards)
         .map(|shard| {
             let last: u64 = redis::cmd("INCRBY")
@@ -324,7 +312,7 @@ pub fn snapshot(
 ) -> Result<Vec<LedgerView>, LedgerError> {
     let addr = config.addr;
     let fail = |source| LedgerError::Redis { addr, source };
-    let mut c = connect(addr, &config.login, Duration::from_secs(2))?;
+    let mut c = connect(config)?;
     events
         .iter()
         .map(|&id| {
