@@ -646,4 +646,30 @@ mod tests {
         bad[0] = b'X';
         assert_eq!(FileHeader::decode(&bad), Err(HeaderError::Magic));
     }
+
+    /// Version 2 only added record kinds: files a version 1 build wrote are still read,
+    /// and a newer version is refused with a message rather than misread.
+    #[test]
+    fn version_1_files_are_read_and_newer_ones_refused() {
+        let header = FileHeader {
+            node: 1,
+            stream: 0,
+            generation: 1,
+            segment: 0,
+        };
+        let with_version = |version: u16| {
+            let mut buf = BytesMut::new();
+            header.encode(&mut buf);
+            buf[8..10].copy_from_slice(&version.to_be_bytes());
+            let crc = crc32c::crc32c(&buf[..HEADER_LEN - 4]);
+            buf[HEADER_LEN - 4..].copy_from_slice(&crc.to_be_bytes());
+            buf
+        };
+        assert_eq!(FileHeader::decode(&with_version(1)), Ok(header));
+        assert_eq!(FileHeader::decode(&with_version(VERSION)), Ok(header));
+        assert_eq!(
+            FileHeader::decode(&with_version(VERSION + 1)),
+            Err(HeaderError::Version(VERSION + 1))
+        );
+    }
 }
