@@ -131,9 +131,10 @@ impl Shard {
                 }
                 break;
             }
-            // Never read past the input bound: what cannot be decided yet waits in the
-            // kernel's buffers, not in ours.
-            let room = READ_CHUNK.min(session::INPUT_HIGH_WATER - session.input.len());
+            // Never read past the input bound, nor (binary: an answer is at most twice
+            // its request) much more than the unsent output left room for: what cannot
+            // be decided yet waits in the kernel's buffers, not in ours.
+            let room = session.read_room(READ_CHUNK);
             match session.stream.read(&mut self.scratch[..room]) {
                 Ok(0) => session.read_closed = true,
                 Ok(n) => {

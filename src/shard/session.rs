@@ -22,6 +22,8 @@ pub const MAX_IN_FLIGHT: u32 = 4096;
 /// partial frame after a pass; HTTP input waits unparsed while the request before it is
 /// decided on another shard, and this bounds it.
 pub const INPUT_HIGH_WATER: usize = 64 * 1024;
+/// Smallest read while there is room: a few frames, so a slow reader still progresses.
+pub const MIN_READ: usize = 4 * 1024;
 /// Most an output buffer is sized for: the high-water mark plus the answers one pass
 /// may add past it (deliveries from other shards, bounded by the in-flight limit).
 pub const OUTPUT_CAPACITY: usize = OUTPUT_HIGH_WATER + 8 * 1024;
@@ -103,6 +105,18 @@ impl Session {
     /// Nothing is owed to the client.
     pub fn is_settled(&self) -> bool {
         self.output.is_empty() && self.in_flight == 0 && !self.owes_framing_error
+    }
+
+    /// How much the next read may take, at most `chunk`: within the input bound and,
+    /// for the binary protocol, about what the output buffer has room to answer. Never
+    /// 0 (a read of 0 bytes would look like EOF): only called while not paused.
+    pub fn read_room(&self, chunk: usize) -> usize {
+        let input_room = INPUT_HIGH_WATER.saturating_sub(self.input.len());
+        let answer_room = match self.protocol {
+            Protocol::Binary => OUTPUT_HIGH_WATER.saturating_sub(self.output.len()) / 2,
+            Protocol::Http => chunk,
+        };
+        chunk.min(input_room).min(answer_room.max(MIN_READ)).max(1)
     }
 
     /// Makes room for about `estimate` more bytes of answers in one allocation of the
