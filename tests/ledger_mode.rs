@@ -448,7 +448,6 @@ fn orders_reads_the_global_ledger_from_any_node() {
 
 #[test]
 fn http_buys_go_through_the_ledger_too() {
-    use std::io::{Read, Write};
     let redis = RedisServer::start();
     let events = [event(1, 2, 1)];
     let ttl = Duration::from_secs(60);
@@ -458,14 +457,7 @@ fn http_buys_go_through_the_ledger_too() {
     config.http = Some("127.0.0.1:0".parse().unwrap());
     let n = ticketd::start(config).unwrap();
     let http = n.http_addr().expect("http");
-    let get = |user: u64| {
-        let mut s = std::net::TcpStream::connect(http).unwrap();
-        s.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
-        write!(s, "GET /buy/ticket?user={user} HTTP/1.0\r\n\r\n").unwrap();
-        let mut all = String::new();
-        s.read_to_string(&mut all).unwrap();
-        all.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
-    };
+    let get = |user: u64| common::http_get(http, &format!("/buy/ticket?user={user}")).1;
     assert!(get(1).starts_with("{\"code\":1,"), "a sale");
     assert!(get(1).starts_with("{\"code\":-2,"), "the ledger's limit");
     assert!(get(2).starts_with("{\"code\":1,"));

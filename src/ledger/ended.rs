@@ -17,9 +17,10 @@
 //! Ends of ids outside the bitmap (other shard fields, recovered after the shard count
 //! changed; or a hold that outlived its part of the bitmap) are few, and kept in a map.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use super::FastMap;
 use crate::ids::{prefix_of, sequence_of};
 
 /// How a remembered hold ended.
@@ -72,8 +73,6 @@ impl EndedRun {
         })
     }
 }
-
-type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
 
 #[derive(Debug)]
 pub struct EndedHolds {

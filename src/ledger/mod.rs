@@ -32,7 +32,7 @@ use live::{Hold, LiveHolds};
 /// and 24 MiB).
 pub const MAX_PRESIZED_ENTRIES: usize = 1 << 20;
 
-type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
+pub(crate) type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
 
 /// Work for the ledger that owns a user or a hold. `event` is a catalog index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

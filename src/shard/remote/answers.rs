@@ -234,10 +234,10 @@ impl RemoteLedger {
     /// so a missing event (Redis lost its data, or it was never created) is an error the
     /// operator must see, not a stream of silent NOT_FOUNDs.
     pub(super) fn note_missing(&mut self, event: usize, missing: bool) {
-        if self.missing[event] == missing {
+        // The readiness flags are the one record of it (logged once per change).
+        if self.readiness.is_missing(event, self.shard) == missing {
             return;
         }
-        self.missing[event] = missing;
         self.readiness.set_missing(event, self.shard, missing);
         let id = self.event_ids[event];
         if missing {

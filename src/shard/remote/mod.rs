@@ -127,8 +127,6 @@ pub struct RemoteLedger {
     parked: Vec<Vec<Parked>>,
     /// Per event: an ask (Refill) is in flight; newly parked purchases wait for the next.
     asking: Vec<bool>,
-    /// Per event: the ledger said it does not exist (logged once per change).
-    missing: Vec<bool>,
     /// Per event: when the ledger last said nothing is left and nothing held.
     exhausted: Vec<Option<Instant>>,
     /// What `/readyz` reports: missing events, the connection up or down.
@@ -187,9 +185,6 @@ impl RemoteLedger {
             parked: (0..events).map(|_| Vec::new()).collect(),
             asking: vec![false; events],
             exhausted: vec![None; events],
-            missing: (0..events)
-                .map(|e| readiness.is_missing(e, shard))
-                .collect(),
             readiness,
             reported_up: false,
             lost: None,
