@@ -723,10 +723,15 @@ fn ended_holds_answer_retries_across_rotations_restarts_and_shard_counts() {
     let mut c = Client::connect(server.addr);
     let mut confirmed = Vec::new();
     let mut cancelled = Vec::new();
+    // Every id issued, orders and holds alike: none may come back after a restart.
+    let mut issued = HashSet::new();
     for user in 0..40 {
         let (hold_id, _) = hold(&c.reserve(1, user, 1));
+        assert!(issued.insert(hold_id));
         if user % 2 == 0 {
-            confirmed.push((hold_id, order_id(&c.confirm(hold_id))));
+            let order = order_id(&c.confirm(hold_id));
+            assert!(issued.insert(order));
+            confirmed.push((hold_id, order));
         } else {
             assert_eq!(c.cancel(hold_id).status, Status::Ok);
             cancelled.push(hold_id);
@@ -735,6 +740,7 @@ fn ended_holds_answer_retries_across_rotations_restarts_and_shard_counts() {
     // Churn enough records to rotate segments several times.
     for user in 1_000..3_000 {
         let (hold_id, _) = hold(&c.reserve(1, user, 1));
+        assert!(issued.insert(hold_id));
         assert_eq!(c.cancel(hold_id).status, Status::Ok);
     }
     let check = |c: &mut Client, when: &str| {
@@ -760,6 +766,13 @@ fn ended_holds_answer_retries_across_rotations_restarts_and_shard_counts() {
         let mut c = Client::connect(server.addr);
         check(&mut c, &format!("restarted with {shards} shards"));
         assert_eq!(c.stock(1), (100_000, 100_000 - 20));
+        // New ids continue after every one the compact snapshots stood for.
+        for user in 0..8 {
+            let user = 10_000 + user + 100 * shards.parse::<u64>().unwrap();
+            let (hold_id, _) = hold(&c.reserve(1, user, 1));
+            assert!(issued.insert(hold_id), "hold id reused, {shards} shards");
+            assert_eq!(c.cancel(hold_id).status, Status::Ok);
+        }
         stop(server);
     }
     let (clean, report) = audit(dir.path());
