@@ -10,7 +10,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use ticketd::catalog::Catalog;
 use ticketd::ledger::Ledger;
 use ticketd::shard::mailbox::ConnRef;
-use ticketd::shard::Dispatcher;
+use ticketd::shard::output::Output;
+use ticketd::shard::{Dispatcher, ShardSettings};
 use ticketd::EventSpec;
 use ticketd_proto::{Command, Purchase, Request, DEFAULT_MAX_FRAME};
 
@@ -29,7 +30,10 @@ fn dispatcher(stock: i64, per_user_limit: u16) -> Dispatcher {
         1,
     ));
     let ledger = Ledger::new(0, 0, catalog, Duration::from_secs(900));
-    Dispatcher::new(0, 1, 0, DEFAULT_MAX_FRAME, ledger)
+    Dispatcher::new(
+        Arc::new(ShardSettings::standalone(0, 1, 0, DEFAULT_MAX_FRAME)),
+        ledger,
+    )
 }
 
 fn buys(first_user: u64) -> BytesMut {
@@ -61,7 +65,7 @@ fn pipeline(c: &mut Criterion) {
     // endless stock. Each BUY probes a million-entry user table and appends an order.
     let mut selling = dispatcher(1 << 40, u16::MAX);
     let mut next_user = 0u64;
-    let mut output = BytesMut::with_capacity(64 * 1024);
+    let mut output = Output::new();
     group.bench_function("buy_1024_selling", |b| {
         b.iter_batched_ref(
             || {

@@ -28,6 +28,7 @@ pub mod config;
 pub mod ids;
 pub mod journal;
 pub mod ledger;
+pub mod limits;
 pub mod listener;
 pub mod placement;
 pub mod readiness;

@@ -265,6 +265,8 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                 conns: Arc::clone(&conns),
                 hold_ttl: config.hold_ttl,
                 remote: remote.clone(),
+                fail_stop: Arc::clone(&fail_stop),
+                hold_routes: Arc::clone(&hold_routes),
             },
             poll,
             listener,
@@ -276,8 +278,6 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             catalog: Arc::clone(&catalog),
             shutdown: Arc::clone(&shutdown),
             journal: shard_journals.get_mut(index).and_then(Option::take),
-            fail_stop: Arc::clone(&fail_stop),
-            hold_routes: Arc::clone(&hold_routes),
         };
         let thread = std::thread::Builder::new()
             .name(format!("ticketd-shard-{index}"))

@@ -28,7 +28,7 @@ pub const DEFAULT_PER_USER_LIMIT: u16 = 1;
 pub const RESERVED_FDS: u64 = 64;
 /// Descriptors kept back per shard: its listeners, poller and waker, journal files and
 /// Redis connection, and the connections it holds open only to answer OVERLOADED.
-pub const RESERVED_FDS_PER_SHARD: u64 = 16 + crate::shard::MAX_SHEDDING_SESSIONS as u64;
+pub const RESERVED_FDS_PER_SHARD: u64 = 16 + crate::limits::MAX_SHEDDING_CONNECTIONS as u64;
 /// Largest stock one event may have; far above any real sale, far below `i64` overflow.
 pub const MAX_EVENT_STOCK: i64 = 1 << 40;
 /// Longest hold TTL: a week is far beyond any payment window, and keeps every deadline
@@ -36,7 +36,7 @@ pub const MAX_EVENT_STOCK: i64 = 1 << 40;
 pub const MAX_HOLD_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Largest `--max-frame`: a partial frame must fit under the connection's input bound
 /// (the length prefix included), or it could never complete.
-pub const MAX_MAX_FRAME: u32 = (crate::shard::session::INPUT_HIGH_WATER - 4) as u32;
+pub const MAX_MAX_FRAME: u32 = (crate::limits::INPUT_HIGH_WATER - 4) as u32;
 /// Most connections one node may be told to hold (far above any open-file limit).
 pub const MAX_MAX_CONNS: usize = 10_000_000;
 /// Most ledger nodes `--nodes` may name (the node id's range).

@@ -1,6 +1,7 @@
 //! The embedded ledger of one shard: the users it owns (by [`crate::routing`]), the
 //! holds and orders it created, and hold expiry. Live holds are in [`live`], what is
-//! remembered of ended ones in [`ended`].
+//! remembered of ended ones in [`ended`]; restoring from and snapshotting to the journal
+//! in `persist`.
 //!
 //! Only the owning shard's thread touches this state, so it needs no locks; other
 //! shards reach it by message. Stock itself lives in the shared [`crate::stock::Stock`]
@@ -8,23 +9,21 @@
 
 pub mod ended;
 pub mod live;
+mod persist;
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use ticketd_proto::{Op, OrderList, Response, ResultBody, Status};
 
 use crate::catalog::Catalog;
 use crate::clock::WallClock;
-use crate::ids::{field_of, prefix_of, sequence_of, IdGenerator};
+use crate::ids::IdGenerator;
 use crate::journal::commit::RecordBuf;
-use crate::journal::record::{HoldEnd, Record};
-use crate::journal::recovery::{EventDef, HoldRec, OrderRec, Recovered};
-use crate::journal::snapshot::SnapshotBuilder;
-use crate::routing::owner_of_user;
+use crate::journal::record::Record;
+use crate::journal::recovery::OrderRec;
 use ended::{Ended, EndedHolds};
 use live::{Hold, LiveHolds};
 
@@ -193,159 +192,6 @@ impl Ledger {
             returns: Vec::new(),
             inherited_id_marks: Vec::new(),
         }
-    }
-
-    /// The ledger of shard `shard` of `shards`, journaling, with the users it owns (and
-    /// their orders and holds) taken from the recovered `state`. The catalog's stock
-    /// must already exclude what `state` sold and holds.
-    pub fn restore(
-        shard: usize,
-        shards: usize,
-        node_id: u16,
-        catalog: Arc<Catalog>,
-        hold_ttl: Duration,
-        state: &Recovered,
-        clock: WallClock,
-    ) -> Self {
-        let mut ledger = Ledger::new(shard, node_id, catalog, hold_ttl);
-        ledger.clock = clock;
-        ledger.journal = RecordBuf::new(true);
-        let last_seq = state.id_marks.get(&(shard as u16)).copied().unwrap_or(0);
-        ledger.ids = IdGenerator::resume(node_id, shard, last_seq);
-        ledger.inherited_id_marks = state
-            .id_marks
-            .iter()
-            .filter(|&(&field, _)| {
-                usize::from(field) % shards == shard && usize::from(field) != shard
-            })
-            .map(|(&field, &seq)| (field, seq))
-            .collect();
-        for order in &state.orders {
-            if owner_of_user(order.user, shards) != shard {
-                continue;
-            }
-            let Some(event) = ledger.catalog.index_of(order.event_id) else {
-                continue;
-            };
-            let link = ledger.next_order_link();
-            let tally = ledger.users[event].entry(order.user).or_default();
-            tally.bought = tally.bought.saturating_add(order.qty);
-            let prev = chain_order(tally, link);
-            let placed = (event, order.user, order.qty, prev);
-            ledger.push_order(order.order_id, placed, order.unix_ms);
-        }
-        ledger.live = LiveHolds::new(ledger.ids.prefix(), last_seq);
-        let mut live = Vec::new();
-        // Ended holds are answered by the shard their id's field maps to.
-        let answers_for = |id: u64| usize::from(field_of(id)) % shards == shard;
-        let mut ended: Vec<(u64, u64, Ended)> = Vec::new();
-        for hold in state.holds.values() {
-            match hold.end {
-                None => {
-                    if owner_of_user(hold.user, shards) != shard {
-                        continue;
-                    }
-                    let Some(event) = ledger.catalog.index_of(hold.event_id) else {
-                        continue;
-                    };
-                    let tally = ledger.users[event].entry(hold.user).or_default();
-                    tally.held = tally.held.saturating_add(hold.qty);
-                    ledger.tallies[event].held += u64::from(hold.qty);
-                    let hold_view = Hold {
-                        event,
-                        user: hold.user,
-                        qty: hold.qty,
-                        expires_at: clock.instant(hold.deadline_ms),
-                    };
-                    live.push((hold.hold_id, hold_view));
-                }
-                Some((end, ended_ms)) if answers_for(hold.hold_id) => {
-                    let end = match end {
-                        HoldEnd::Confirmed { order_id } => Ended::Confirmed { order_id },
-                        HoldEnd::Cancelled => Ended::Cancelled,
-                        HoldEnd::Expired => Ended::Expired,
-                    };
-                    ended.push((ended_ms, hold.hold_id, end));
-                }
-                Some(_) => {}
-            }
-        }
-        for run in state.ended_runs.iter().filter(|r| answers_for(r.first_id)) {
-            ended.extend(run.ends().map(|(id, end)| (run.ended_ms, id, end)));
-        }
-        for &(hold_id, order_id, ended_ms) in &state.ended_confirmed {
-            if answers_for(hold_id) {
-                ended.push((ended_ms, hold_id, Ended::Confirmed { order_id }));
-            }
-        }
-        ledger.live.restore(live);
-        // Oldest first, and the bitmap starting at this shard's oldest remembered id.
-        ended.sort_unstable_by_key(|&(ms, id, _)| (ms, id));
-        let prefix = ledger.ids.prefix();
-        if let Some(first) = ended
-            .iter()
-            .filter(|&&(_, id, _)| prefix_of(id) == prefix)
-            .map(|&(_, id, _)| sequence_of(id))
-            .min()
-        {
-            ledger.ended.begin_at(first);
-        }
-        for (ended_ms, hold_id, end) in ended {
-            ledger.ended.record(hold_id, end, clock.instant(ended_ms));
-        }
-        ledger
-    }
-
-    /// This shard's live state as a snapshot: events, orders, holds still live or
-    /// remembered, and the id mark of its shard field.
-    pub fn snapshot(&self, now: Instant) -> BytesMut {
-        let mut snapshot = SnapshotBuilder::begin(self.clock.unix_ms(now));
-        for event in self.catalog.iter() {
-            snapshot.event(EventDef {
-                event_id: event.id,
-                total: event.stock.total(),
-                per_user_limit: event.per_user_limit,
-            });
-        }
-        for order in &self.orders {
-            snapshot.order(OrderRec {
-                order_id: order.order_id,
-                event_id: order.event_id,
-                user: order.user,
-                qty: order.qty,
-                unix_ms: order.unix_ms,
-            });
-        }
-        for (hold_id, hold) in self.live.iter() {
-            snapshot.hold(HoldRec {
-                hold_id,
-                event_id: self.catalog.get(hold.event).id,
-                user: hold.user,
-                qty: hold.qty,
-                deadline_ms: self.clock.unix_ms(hold.expires_at),
-                end: None,
-            });
-        }
-        // Ended holds with a time they ended by, so a restart forgets them no sooner
-        // than this run would have.
-        let mut runs = Vec::new();
-        let mut confirmed = Vec::new();
-        self.ended.snapshot(
-            |at| self.clock.unix_ms(at),
-            |run| runs.push(run),
-            |hold_id, order_id, ended_ms| confirmed.push((hold_id, order_id, ended_ms)),
-        );
-        for run in runs {
-            snapshot.ended_run(run);
-        }
-        for (hold_id, order_id, ended_ms) in confirmed {
-            snapshot.ended_confirmed(hold_id, order_id, ended_ms);
-        }
-        snapshot.id_mark(self.shard as u16, self.ids.last_seq());
-        for &(field, seq) in &self.inherited_id_marks {
-            snapshot.id_mark(field, seq);
-        }
-        snapshot.finish()
     }
 
     /// Tickets of holds that ended since the last call, as (event, qty), to go back on
@@ -637,148 +483,4 @@ impl Ledger {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::EventSpec;
-
-    fn ledger(stock: i64, limit: u16, ttl: Duration) -> Ledger {
-        let catalog = Arc::new(Catalog::new(
-            &[EventSpec {
-                id: 9,
-                stock,
-                per_user_limit: limit,
-            }],
-            1,
-        ));
-        Ledger::new(0, 0, catalog, ttl)
-    }
-
-    fn status(r: Response) -> Status {
-        r.status
-    }
-
-    fn hold_id(r: Response) -> u64 {
-        match r.result {
-            ResultBody::Hold { hold_id, .. } => hold_id,
-            other => panic!("not a hold: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn limit_counts_holds_and_orders_and_cancel_gives_room_back() {
-        let now = Instant::now();
-        let mut l = ledger(10, 2, Duration::from_secs(60));
-        let buy = LedgerOp::Buy {
-            event: 0,
-            user: 1,
-            qty: 1,
-        };
-        let reserve = LedgerOp::Reserve {
-            event: 0,
-            user: 1,
-            qty: 1,
-        };
-        assert_eq!(status(l.apply(buy, 1, now)), Status::Ok);
-        let hold = hold_id(l.apply(reserve, 2, now));
-        assert_eq!(status(l.apply(buy, 3, now)), Status::LimitReached);
-        assert_eq!(
-            status(l.apply(LedgerOp::Cancel { hold_id: hold }, 4, now)),
-            Status::Ok
-        );
-        assert_eq!(status(l.apply(buy, 5, now)), Status::Ok);
-        assert_eq!(l.tallies()[0].sold, 2);
-        assert_eq!(l.tallies()[0].held, 0);
-    }
-
-    #[test]
-    fn expiry_returns_stock_and_later_ops_see_expired() {
-        let now = Instant::now();
-        let ttl = Duration::from_secs(5);
-        let mut l = ledger(1, 1, ttl);
-        let reserve = LedgerOp::Reserve {
-            event: 0,
-            user: 1,
-            qty: 1,
-        };
-        let hold = hold_id(l.apply(reserve, 1, now));
-        assert_eq!(l.catalog.get(0).stock.remaining(), 0);
-        assert_eq!(l.next_deadline(), Some(now + ttl));
-        assert_eq!(l.expire_due(now + ttl), 1);
-        assert_eq!(l.catalog.get(0).stock.remaining(), 1);
-        let later = now + ttl + Duration::from_millis(1);
-        assert_eq!(
-            status(l.apply(LedgerOp::Confirm { hold_id: hold }, 2, later)),
-            Status::Expired
-        );
-        assert_eq!(
-            status(l.apply(LedgerOp::Cancel { hold_id: hold }, 3, later)),
-            Status::Expired
-        );
-        // Remembered for one TTL after it ended, then forgotten.
-        l.expire_due(now + ttl * 2 + Duration::from_millis(1));
-        assert_eq!(
-            status(l.apply(LedgerOp::Confirm { hold_id: hold }, 4, later)),
-            Status::NotFound
-        );
-    }
-
-    #[test]
-    fn each_users_orders_chain_through_interleaved_sales() {
-        let now = Instant::now();
-        let mut l = ledger(10, 3, Duration::from_secs(60));
-        let buy = |user| LedgerOp::Buy {
-            event: 0,
-            user,
-            qty: 1,
-        };
-        let order = |r: Response| match r.result {
-            ResultBody::Order { order_id } => order_id,
-            other => panic!("not an order: {other:?}"),
-        };
-        let a1 = order(l.apply(buy(1), 1, now));
-        let b1 = order(l.apply(buy(2), 2, now));
-        let hold = hold_id(l.apply(
-            LedgerOp::Reserve {
-                event: 0,
-                user: 1,
-                qty: 1,
-            },
-            3,
-            now,
-        ));
-        let b2 = order(l.apply(buy(2), 4, now));
-        let a2 = order(l.apply(LedgerOp::Confirm { hold_id: hold }, 5, now));
-        assert_eq!(l.apply(buy(2), 6, now).status, Status::Ok);
-        let listed = |l: &mut Ledger, user| match l
-            .apply(LedgerOp::Orders { event: 0, user }, 7, now)
-            .result
-        {
-            ResultBody::Orders(list) => list.0.iter().map(|&(id, _)| id).collect::<Vec<_>>(),
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(listed(&mut l, 1), vec![a1, a2]);
-        assert_eq!(listed(&mut l, 2)[..2], [b1, b2]);
-        assert_eq!(listed(&mut l, 2).len(), 3);
-        assert_eq!(listed(&mut l, 3), Vec::<u64>::new());
-    }
-
-    #[test]
-    fn confirm_is_idempotent_and_cancel_after_confirm_is_not_found() {
-        let now = Instant::now();
-        let mut l = ledger(1, 1, Duration::from_secs(60));
-        let reserve = LedgerOp::Reserve {
-            event: 0,
-            user: 1,
-            qty: 1,
-        };
-        let hold = hold_id(l.apply(reserve, 1, now));
-        let first = l.apply(LedgerOp::Confirm { hold_id: hold }, 2, now);
-        let again = l.apply(LedgerOp::Confirm { hold_id: hold }, 3, now);
-        assert_eq!(first.result, again.result);
-        assert_eq!(
-            status(l.apply(LedgerOp::Cancel { hold_id: hold }, 4, now)),
-            Status::NotFound
-        );
-        assert_eq!(l.orders().len(), 1);
-    }
-}
+mod tests;

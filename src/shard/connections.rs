@@ -1,11 +1,162 @@
 //! A shard's connections: accepting them (within `--max-conns`), reading them (with a
 //! budget per pass and back-pressure), writing what they are owed in one write per
-//! pass, lingering after a framing error, and closing them.
+//! pass, lingering after a framing error, and closing them. Each [`Connection`] does its
+//! own I/O; this keeps the lists of which to read, flush and close, and when.
 
-use super::*;
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-impl Shard {
-    pub(super) fn accept(&mut self, protocol: Protocol, now: Instant) {
+use mio::event::Event;
+use mio::net::TcpListener;
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+use ticketd_proto::Response;
+
+use super::budget::ConnBudget;
+use super::connection::{Connection, Drain, FlushEnd, Protocol, ReadEnd};
+use super::mailbox::ConnRef;
+use super::trim::Trimmer;
+use super::Dispatcher;
+use crate::limits::MAX_SHEDDING_CONNECTIONS;
+
+pub const LISTENER_TOKEN: Token = Token(1);
+pub const HTTP_LISTENER_TOKEN: Token = Token(2);
+/// Connection slab keys are offset by this to form their tokens; tokens below it are
+/// the shard's own (waker, listeners, Redis).
+const FIRST_CONNECTION_TOKEN: usize = 4;
+
+/// Size of the per-shard read buffer, and so of one read call.
+const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read from one connection in one pass before others get their turn.
+const READ_BUDGET_PER_PASS: usize = 4 * READ_CHUNK;
+/// How long a connection that lost framing may keep sending before it is closed.
+const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
+/// When the open-file limit stops accept, retry after this long.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// Counters of a shard's connections, reported when it stops.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ConnStats {
+    pub accepted: u64,
+    /// Connections over `--max-conns`: answered OVERLOADED, or closed unanswered when
+    /// even the shedding slots were taken.
+    pub refused: u64,
+    /// Answers decided elsewhere whose connection had gone.
+    pub orphan_replies: u64,
+}
+
+pub struct Connections {
+    shard: usize,
+    registry: Registry,
+    listener: Option<TcpListener>,
+    http_listener: Option<TcpListener>,
+    open: Slab<Connection>,
+    /// Connections in `open` that are being shed (over `--max-conns`).
+    shedding: usize,
+    next_generation: u32,
+    budget: Arc<ConnBudget>,
+    scratch: Box<[u8]>,
+    /// Connections with output to write at the end of this pass.
+    dirty: Vec<usize>,
+    /// Connections that may have unread input (read budget spent, or resumed after
+    /// back-pressure).
+    read_queue: Vec<usize>,
+    /// Connections that lost framing (or are being shed), by close deadline.
+    lingering: VecDeque<(Instant, usize, u32)>,
+    accept_retry_at: Option<Instant>,
+    /// Accepting has been failing since then, this many times (logged once).
+    accept_starved: Option<(Instant, u64)>,
+    /// Shutting down: nothing more is read.
+    stopping: bool,
+    trimmer: Trimmer,
+    stats: ConnStats,
+}
+
+impl Connections {
+    /// Registers the listeners (binary, and HTTP if any) with `registry`.
+    pub fn new(
+        shard: usize,
+        registry: Registry,
+        listener: std::net::TcpListener,
+        http_listener: Option<std::net::TcpListener>,
+        budget: Arc<ConnBudget>,
+    ) -> io::Result<Self> {
+        let mut listener = TcpListener::from_std(listener);
+        registry.register(&mut listener, LISTENER_TOKEN, Interest::READABLE)?;
+        let http_listener = match http_listener {
+            Some(l) => {
+                let mut l = TcpListener::from_std(l);
+                registry.register(&mut l, HTTP_LISTENER_TOKEN, Interest::READABLE)?;
+                Some(l)
+            }
+            None => None,
+        };
+        Ok(Connections {
+            shard,
+            registry,
+            listener: Some(listener),
+            http_listener,
+            open: Slab::new(),
+            shedding: 0,
+            next_generation: 0,
+            budget,
+            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
+            dirty: Vec::new(),
+            read_queue: Vec::new(),
+            lingering: VecDeque::new(),
+            accept_retry_at: None,
+            accept_starved: None,
+            stopping: false,
+            trimmer: Trimmer::default(),
+            stats: ConnStats::default(),
+        })
+    }
+
+    pub fn stats(&self) -> ConnStats {
+        self.stats
+    }
+
+    /// A readiness event for a connection's token: read and/or mark for a flush.
+    /// Returns false if the token is not a connection's.
+    pub fn on_event(&mut self, event: &Event, dispatcher: &mut Dispatcher, now: Instant) -> bool {
+        let Some(slot) = event.token().0.checked_sub(FIRST_CONNECTION_TOKEN) else {
+            return false;
+        };
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            let drain = if event.is_read_closed() || event.is_error() {
+                Drain::ToEnd
+            } else {
+                Drain::UntilShortRead
+            };
+            self.read(slot, dispatcher, now, drain);
+        }
+        if event.is_writable() {
+            self.mark_dirty(slot);
+        }
+        true
+    }
+
+    /// When something is due: a lingerer's close, an accept retry, a trim.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        [
+            self.lingering.front().map(|&(at, _, _)| at),
+            self.accept_retry_at,
+            self.trimmer.next_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Connections wait to be read again: poll without sleeping.
+    pub fn has_queued_reads(&self) -> bool {
+        !self.read_queue.is_empty()
+    }
+
+    /// Accepts every pending connection on the listener for `protocol`.
+    pub fn accept(&mut self, protocol: Protocol, now: Instant) {
         let listener = match protocol {
             Protocol::Binary => &self.listener,
             Protocol::Http => &self.http_listener,
@@ -15,53 +166,49 @@ impl Shard {
         };
         loop {
             match listener.accept() {
-                Ok((mut stream, peer)) => {
-                    tracing::debug!(shard = self.settings.index, %peer, ?protocol, "accepted");
+                Ok((stream, peer)) => {
+                    tracing::debug!(shard = self.shard, %peer, ?protocol, "accepted");
                     if let Some((since, tries)) = self.accept_starved.take() {
                         tracing::info!(
-                            shard = self.settings.index,
+                            shard = self.shard,
                             failed_tries = tries,
                             after_ms = now.saturating_duration_since(since).as_millis() as u64,
                             "accepting connections again"
                         );
                     }
-                    let shedding = !self.settings.conns.try_take();
+                    let shedding = !self.budget.try_take();
                     if shedding {
                         self.stats.refused += 1;
-                        if self.shedding >= MAX_SHEDDING_SESSIONS {
+                        if self.shedding >= MAX_SHEDDING_CONNECTIONS {
                             continue;
                         }
                     }
                     // Answers are small and latency is the product: no Nagle.
                     let _ = stream.set_nodelay(true);
-                    let entry = self.sessions.vacant_entry();
-                    let token = Token(entry.key() + FIRST_SESSION_TOKEN);
-                    if let Err(e) =
-                        self.poll
-                            .registry()
-                            .register(&mut stream, token, Interest::READABLE)
-                    {
+                    self.next_generation = self.next_generation.wrapping_add(1);
+                    let mut connection =
+                        Connection::new(stream, self.next_generation, protocol, shedding);
+                    let entry = self.open.vacant_entry();
+                    let token = Token(entry.key() + FIRST_CONNECTION_TOKEN);
+                    if let Err(e) = connection.register(&self.registry, token) {
                         tracing::warn!(error = %e, "could not register a connection");
                         if !shedding {
-                            self.settings.conns.give_back();
+                            self.budget.give_back();
                         }
                         continue;
                     }
-                    self.next_generation = self.next_generation.wrapping_add(1);
-                    let mut session = Session::new(stream, self.next_generation, protocol);
-                    session.shedding = shedding;
                     if shedding {
                         self.shedding += 1;
                         // Closed after its first answers, or after the linger timeout.
                         self.lingering.push_back((
                             now + LINGER_TIMEOUT,
                             entry.key(),
-                            session.generation,
+                            connection.generation(),
                         ));
                     } else {
                         self.stats.accepted += 1;
                     }
-                    entry.insert(session);
+                    entry.insert(connection);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e)
@@ -77,8 +224,8 @@ impl Shard {
                     if episode.1 == 0 {
                         tracing::warn!(
                             error = %e,
-                            shard = self.settings.index,
-                            held = self.sessions.len(),
+                            shard = self.shard,
+                            held = self.open.len(),
                             "cannot accept connections (out of file descriptors?); \
                              retrying every {} ms until connections close — lower \
                              --max-conns or raise the open-file limit",
@@ -93,101 +240,85 @@ impl Shard {
         }
     }
 
-    pub(super) fn read_session(&mut self, slot: usize, now: Instant, drain: Drain) {
-        if self.stopping.is_some() {
+    /// Retries accepting if the open-file limit stopped it and the pause is over.
+    pub fn retry_accept(&mut self, now: Instant) {
+        if self.accept_retry_at.is_some_and(|at| at <= now) {
+            self.accept_retry_at = None;
+            self.accept(Protocol::Binary, now);
+            self.accept(Protocol::Http, now);
+        }
+    }
+
+    fn read(&mut self, slot: usize, dispatcher: &mut Dispatcher, now: Instant, drain: Drain) {
+        if self.stopping {
             return;
         }
-        let Some(session) = self.sessions.get_mut(slot) else {
+        let Some(connection) = self.open.get_mut(slot) else {
             return;
         };
         let conn = ConnRef {
-            shard: self.settings.index,
+            shard: self.shard,
             slot,
-            generation: session.generation,
+            generation: connection.generation(),
         };
-        // Input left undecided while the client was behind (see `handle_frames`) is
-        // decided first: the client may have nothing more to send to wake us.
-        let settled_input = session.lingering || session.close_when_settled;
-        if !session.input.is_empty() && !session.is_paused() && !settled_input {
-            match session.protocol {
-                Protocol::Binary => ingest(&mut self.dispatcher, conn, session, &[], now),
-                Protocol::Http => serve_http(&mut self.dispatcher, conn, session, now),
-            }
-        }
-        let mut budget = READ_BUDGET_PER_PASS;
-        let mut broken = false;
-        loop {
-            if session.read_closed {
-                break;
-            }
-            if session.is_paused() {
-                session.read_stalled = true;
-                break;
-            }
-            if budget == 0 {
-                if !session.queued_read {
-                    session.queued_read = true;
+        let end = connection.read(
+            &mut self.scratch,
+            READ_BUDGET_PER_PASS,
+            drain,
+            dispatcher,
+            conn,
+            now,
+        );
+        match end {
+            ReadEnd::Broken => return self.close(slot),
+            ReadEnd::BudgetSpent => {
+                if connection.mark_queued() {
                     self.read_queue.push(slot);
                 }
-                break;
             }
-            // Never read past the input bound, nor (binary: an answer is at most twice
-            // its request) much more than the unsent output left room for: what cannot
-            // be decided yet waits in the kernel's buffers, not in ours.
-            let room = session.read_room(READ_CHUNK);
-            match session.stream.read(&mut self.scratch[..room]) {
-                Ok(0) => session.read_closed = true,
-                Ok(n) => {
-                    budget = budget.saturating_sub(n);
-                    let short = n < room;
-                    let bytes = &self.scratch[..n];
-                    match session.protocol {
-                        _ if session.lingering || session.close_when_settled => {}
-                        Protocol::Binary => ingest(&mut self.dispatcher, conn, session, bytes, now),
-                        Protocol::Http => {
-                            session.input.extend_from_slice(bytes);
-                            serve_http(&mut self.dispatcher, conn, session, now);
-                        }
-                    }
-                    if short && drain == Drain::UntilShortRead {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    broken = true;
-                    break;
-                }
-            }
+            ReadEnd::Idle => {}
         }
-        if broken {
-            self.close(slot);
-        } else {
-            self.mark_dirty(slot);
-        }
+        self.mark_dirty(slot);
     }
 
-    pub(super) fn drain_read_queue(&mut self, now: Instant) {
+    /// Reads the connections that may have input waiting.
+    pub fn read_queued(&mut self, dispatcher: &mut Dispatcher, now: Instant) {
         let queued = std::mem::take(&mut self.read_queue);
         for slot in queued {
-            if let Some(session) = self.sessions.get_mut(slot) {
-                session.queued_read = false;
-                self.read_session(slot, now, Drain::ToEnd);
+            if let Some(connection) = self.open.get_mut(slot) {
+                connection.unqueue();
+                self.read(slot, dispatcher, now, Drain::ToEnd);
             }
         }
     }
 
-    pub(super) fn mark_dirty(&mut self, slot: usize) {
-        if let Some(session) = self.sessions.get_mut(slot) {
-            if !session.dirty {
-                session.dirty = true;
+    /// An answer decided elsewhere (another shard, or Redis) for one of ours.
+    pub fn deliver(
+        &mut self,
+        conn: ConnRef,
+        response: Response,
+        dispatcher: &mut Dispatcher,
+        now: Instant,
+    ) {
+        match self.open.get_mut(conn.slot) {
+            Some(connection) if connection.generation() == conn.generation => {
+                connection.deliver(response, dispatcher, conn, now);
+                self.mark_dirty(conn.slot);
+            }
+            _ => self.stats.orphan_replies += 1,
+        }
+    }
+
+    fn mark_dirty(&mut self, slot: usize) {
+        if let Some(connection) = self.open.get_mut(slot) {
+            if connection.mark_dirty() {
                 self.dirty.push(slot);
             }
         }
     }
 
-    pub(super) fn flush_dirty(&mut self, now: Instant) {
+    /// Writes every connection owed something this pass.
+    pub fn flush_dirty(&mut self, now: Instant) {
         let dirty = std::mem::take(&mut self.dirty);
         for &slot in &dirty {
             self.flush(slot, now);
@@ -195,119 +326,79 @@ impl Shard {
         // Keep the allocation for the next pass.
         self.dirty = dirty;
         self.dirty.clear();
+        self.trimmer.maybe_trim(now);
     }
 
-    /// Writes what is owed (one write call unless the socket takes it piecemeal), then
-    /// fixes up interest, back-pressure and the session's end of life.
-    pub(super) fn flush(&mut self, slot: usize, now: Instant) {
-        let Some(session) = self.sessions.get_mut(slot) else {
+    fn flush(&mut self, slot: usize, now: Instant) {
+        let Some(connection) = self.open.get_mut(slot) else {
             return;
         };
-        session.dirty = false;
-        if session.owes_framing_error && session.in_flight == 0 {
-            session.owes_framing_error = false;
-            Response::framing_error().encode(&mut session.output);
-        }
-        let mut broken = false;
-        while !session.output.is_empty() {
-            match session.stream.write(&session.output) {
-                Ok(0) => {
-                    broken = true;
-                    break;
+        let token = Token(slot + FIRST_CONNECTION_TOKEN);
+        match connection.flush(&self.registry, token) {
+            FlushEnd::Close => self.close(slot),
+            FlushEnd::Open {
+                lingering_from_now,
+                resume_read,
+            } => {
+                if lingering_from_now {
+                    self.lingering
+                        .push_back((now + LINGER_TIMEOUT, slot, connection.generation()));
                 }
-                Ok(n) => session.output.advance(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    broken = true;
-                    break;
+                if resume_read && connection.mark_queued() {
+                    self.read_queue.push(slot);
                 }
+                self.trimmer.freed(connection.release_idle_buffers());
             }
         }
-        if broken {
-            self.close(slot);
-            return;
-        }
-        let wants_write = !session.output.is_empty();
-        if wants_write != session.wants_write {
-            let interest = if wants_write {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            let token = Token(slot + FIRST_SESSION_TOKEN);
-            if self
-                .poll
-                .registry()
-                .reregister(&mut session.stream, token, interest)
-                .is_err()
-            {
-                self.close(slot);
-                return;
-            }
-            session.wants_write = wants_write;
-        }
-        if session.is_settled() {
-            if session.read_closed || session.close_when_settled {
-                self.close(slot);
-                return;
-            }
-            if session.lingering && !session.write_shut {
-                // The framing error is out: send FIN, then discard input until the peer
-                // closes, so our close does not reset away the error frame.
-                let _ = session.stream.shutdown(Shutdown::Write);
-                session.write_shut = true;
-                self.lingering
-                    .push_back((now + LINGER_TIMEOUT, slot, session.generation));
-            }
-        }
-        if session.read_stalled && !session.is_paused() {
-            // It stopped reading for back-pressure with input perhaps still waiting;
-            // edge-triggered readiness will not tell us again.
-            session.read_stalled = false;
-            if !session.queued_read {
-                session.queued_read = true;
-                self.read_queue.push(slot);
-            }
-        }
-        let freed = session.release_idle_buffers();
-        self.trimmer.freed(freed);
     }
 
-    pub(super) fn close_expired_lingerers(&mut self, now: Instant) {
+    /// Closes the connections whose linger deadline has passed.
+    pub fn close_expired_lingerers(&mut self, now: Instant) {
         while let Some(&(deadline, slot, generation)) = self.lingering.front() {
             if deadline > now {
                 break;
             }
             self.lingering.pop_front();
             if self
-                .sessions
+                .open
                 .get(slot)
-                .is_some_and(|s| s.generation == generation)
+                .is_some_and(|c| c.generation() == generation)
             {
                 self.close(slot);
             }
         }
     }
 
-    pub(super) fn close(&mut self, slot: usize) {
-        if let Some(mut session) = self.sessions.try_remove(slot) {
+    fn close(&mut self, slot: usize) {
+        if let Some(mut connection) = self.open.try_remove(slot) {
             tracing::debug!(
-                shard = self.settings.index,
+                shard = self.shard,
                 slot,
-                read_closed = session.read_closed,
-                lingering = session.lingering,
-                shed = session.shedding,
+                shed = connection.is_shedding(),
                 "connection closed"
             );
-            self.trimmer
-                .freed(session.input.capacity() + session.output.capacity());
-            if session.shedding {
+            self.trimmer.freed(connection.buffer_capacity());
+            if connection.is_shedding() {
                 self.shedding -= 1;
             } else {
-                self.settings.conns.give_back();
+                self.budget.give_back();
             }
-            let _ = self.poll.registry().deregister(&mut session.stream);
+            connection.deregister(&self.registry);
         }
+    }
+
+    /// Shutdown: stop accepting and reading; what is owed is still written.
+    pub fn stop_accepting(&mut self) {
+        self.stopping = true;
+        let listeners = [self.listener.take(), self.http_listener.take()];
+        for mut listener in listeners.into_iter().flatten() {
+            let _ = self.registry.deregister(&mut listener);
+        }
+        self.read_queue.clear();
+    }
+
+    /// Every connection has been given everything it is owed.
+    pub fn all_settled(&self) -> bool {
+        self.open.iter().all(|(_, c)| c.is_settled())
     }
 }

@@ -2,21 +2,22 @@
 //! can answer itself, and forward what another shard owns.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
 use ticketd_proto::{
     decode_request, Command, DecodeError, Op, Purchase, Request, Response, ResultBody, Status,
 };
 
 use super::mailbox::{ConnRef, Message, Outbox};
-use super::session::{MAX_IN_FLIGHT, OUTPUT_HIGH_WATER};
+use super::output::Output;
+use super::settings::ShardSettings;
 use crate::catalog::Catalog;
 use crate::ids;
 use crate::journal::Commit;
 use crate::ledger::{Ledger, LedgerOp};
+use crate::limits::MAX_IN_FLIGHT;
 use crate::routing::owner_of_user;
 
 /// What a shard holds back until the journal has made its records durable.
@@ -82,23 +83,14 @@ impl Decider {
 /// What one shard needs to decide requests: everything but its connections.
 #[derive(Debug)]
 pub struct Dispatcher {
-    pub shard: usize,
-    pub shards: usize,
-    pub node_id: u16,
-    pub max_frame: u32,
+    pub settings: Arc<ShardSettings>,
     pub catalog: Arc<Catalog>,
     pub decider: Decider,
     pub outbox: Outbox,
     /// Well-framed requests answered BAD_REQUEST, and streams that lost framing.
     pub bad_requests: u64,
     /// Anonymous HTTP buyers created so far.
-    pub anonymous_users: u64,
-    /// `--http-anonymous`: a BUY over HTTP without `user=` is a fresh anonymous buyer.
-    /// Off, it is refused (one client could otherwise empty a limit-1 event alone).
-    pub http_anonymous: bool,
-    /// Raised node-wide when a journal write fails: nothing is sold until a restart.
-    pub fail_stop: Arc<AtomicBool>,
-    pub hold_routes: Arc<HoldRoutes>,
+    anonymous_users: u64,
 }
 
 /// The result of handling a buffer of request bytes.
@@ -114,36 +106,27 @@ pub struct Handled {
 impl Dispatcher {
     /// A dispatcher deciding with the embedded `ledger` and no journal (tests, benches);
     /// [`Dispatcher::with_decider`] for the others.
-    pub fn new(shard: usize, shards: usize, node_id: u16, max_frame: u32, ledger: Ledger) -> Self {
+    pub fn new(settings: Arc<ShardSettings>, ledger: Ledger) -> Self {
         let catalog = Arc::clone(ledger.catalog());
         let decider = Decider::Embedded {
             ledger,
             commit: None,
         };
-        Self::with_decider(shard, shards, node_id, max_frame, catalog, decider)
+        Self::with_decider(settings, catalog, decider)
     }
 
     pub fn with_decider(
-        shard: usize,
-        shards: usize,
-        node_id: u16,
-        max_frame: u32,
+        settings: Arc<ShardSettings>,
         catalog: Arc<Catalog>,
         decider: Decider,
     ) -> Self {
         Dispatcher {
-            shard,
-            shards,
-            node_id,
-            max_frame,
+            outbox: Outbox::new(settings.shards),
+            settings,
             catalog,
             decider,
-            outbox: Outbox::new(shards),
             bad_requests: 0,
             anonymous_users: 0,
-            http_anonymous: false,
-            fail_stop: Arc::new(AtomicBool::new(false)),
-            hold_routes: Arc::default(),
         }
     }
 
@@ -155,7 +138,7 @@ impl Dispatcher {
         &mut self,
         conn: ConnRef,
         input: &[u8],
-        output: &mut BytesMut,
+        output: &mut Output,
         in_flight: &mut u32,
         now: Instant,
         shed: bool,
@@ -165,18 +148,18 @@ impl Dispatcher {
             // A client that does not read its answers gets no more decided than one
             // output buffer's worth: the rest waits in its input, unread input waits in
             // the kernel, and memory per connection stays bounded.
-            if output.len() >= OUTPUT_HIGH_WATER || *in_flight >= MAX_IN_FLIGHT {
+            if output.is_full() || *in_flight >= MAX_IN_FLIGHT {
                 break;
             }
             let rest = input.get(consumed..).unwrap_or_default();
-            match decode_request(rest, self.max_frame) {
+            match decode_request(rest, self.settings.max_frame) {
                 Ok((request, used)) => {
                     consumed += used;
                     if shed {
                         let op = request.command.op().code();
-                        Response::error(op, request.req_id, Status::Overloaded).encode(output);
+                        output.refusal(op, request.req_id, Status::Overloaded);
                     } else if let Some(response) = self.decide(conn, request, in_flight, now) {
-                        response.encode(output);
+                        output.frame(&response);
                     }
                 }
                 Err(DecodeError::Incomplete) => break,
@@ -187,7 +170,7 @@ impl Dispatcher {
                 }) => {
                     self.bad_requests += 1;
                     consumed += frame_len;
-                    Response::error(op, req_id, Status::BadRequest).encode(output);
+                    output.refusal(op, req_id, Status::BadRequest);
                 }
                 Err(DecodeError::BadArgsLength {
                     op,
@@ -196,7 +179,7 @@ impl Dispatcher {
                 }) => {
                     self.bad_requests += 1;
                     consumed += frame_len;
-                    Response::error(op.code(), req_id, Status::BadRequest).encode(output);
+                    output.refusal(op.code(), req_id, Status::BadRequest);
                 }
                 // The length prefix is out of range; response-side errors cannot come
                 // from decode_request but would mean the same: no more frames. The
@@ -238,7 +221,7 @@ impl Dispatcher {
                     user: purchase.user,
                     qty: purchase.qty,
                 };
-                (owner_of_user(purchase.user, self.shards), op)
+                (owner_of_user(purchase.user, self.settings.shards), op)
             }),
             Command::Reserve(purchase) => {
                 self.validate(Op::Reserve, purchase, req_id).map(|event| {
@@ -247,12 +230,12 @@ impl Dispatcher {
                         user: purchase.user,
                         qty: purchase.qty,
                     };
-                    (owner_of_user(purchase.user, self.shards), op)
+                    (owner_of_user(purchase.user, self.settings.shards), op)
                 })
             }
             Command::Orders { event, user } => match self.catalog.index_of(event) {
                 Some(event) => Ok((
-                    owner_of_user(user, self.shards),
+                    owner_of_user(user, self.settings.shards),
                     LedgerOp::Orders { event, user },
                 )),
                 None => Err(Response::error(Op::Orders.code(), req_id, Status::NotFound)),
@@ -266,7 +249,7 @@ impl Dispatcher {
         };
         match routed {
             Err(answer) => Some(answer),
-            Ok((owner, op)) if owner == self.shard => {
+            Ok((owner, op)) if owner == self.settings.index => {
                 let answer = self.apply_owned(conn, req_id, op, now);
                 if answer.is_none() {
                     *in_flight += 1;
@@ -307,7 +290,7 @@ impl Dispatcher {
                 Status::Unavailable,
             ));
         };
-        let response = if self.fail_stop.load(Ordering::Acquire) {
+        let response = if self.settings.fail_stop.load(Ordering::Acquire) {
             Response::error(op.wire_op().code(), req_id, Status::Unavailable)
         } else {
             ledger.apply(op, req_id, now)
@@ -321,7 +304,7 @@ impl Dispatcher {
                 commit.hold(job, Held::Answer(reply_to, response));
                 None
             }
-            None if reply_to.shard == self.shard => Some(response),
+            None if reply_to.shard == self.settings.index => Some(response),
             None => {
                 self.outbox.push(
                     reply_to.shard,
@@ -419,8 +402,8 @@ impl Dispatcher {
     fn next_anonymous_user(&mut self) -> u64 {
         self.anonymous_users += 1;
         (1 << 63)
-            | (u64::from(self.node_id) << 51)
-            | ((self.shard as u64) << 43)
+            | (u64::from(self.settings.node_id) << 51)
+            | ((self.settings.index as u64) << 43)
             | (self.anonymous_users & ((1 << 43) - 1))
     }
 
@@ -464,11 +447,11 @@ impl Dispatcher {
     /// modulo the shard count (where recovery put the ended holds of fields no shard
     /// issues any more).
     fn hold_owner(&self, op: Op, hold_id: u64, req_id: u64) -> Result<usize, Response> {
-        if let Some(&owner) = self.hold_routes.get(&hold_id) {
+        if let Some(&owner) = self.settings.hold_routes.get(&hold_id) {
             return Ok(owner);
         }
-        ids::split(hold_id, self.node_id)
-            .map(|(field, _)| usize::from(field) % self.shards)
+        ids::split(hold_id, self.settings.node_id)
+            .map(|(field, _)| usize::from(field) % self.settings.shards)
             .ok_or_else(|| Response::error(op.code(), req_id, Status::NotFound))
     }
 }
@@ -503,7 +486,11 @@ mod tests {
             ledger,
             commit: Some(Commit::new(writer, 0, u64::MAX)),
         };
-        Dispatcher::with_decider(0, 1, 0, 1024, catalog, decider)
+        Dispatcher::with_decider(
+            Arc::new(ShardSettings::standalone(0, 1, 0, 1024)),
+            catalog,
+            decider,
+        )
     }
 
     fn end_pass(d: &mut Dispatcher) {

@@ -1,14 +1,10 @@
-//! HTTP compatibility: `GET /buy/ticket[?event=E&user=U]`, answered with the JSON shape
-//! the Go/Java + Redis prototypes use, so `ab` and `wrk` measure ticketd exactly the way
-//! they measured those. Parsing is httparse's; this module only interprets.
+//! HTTP compatibility: reading `GET /buy/ticket[?event=E&user=U]` (answered in the JSON
+//! shape the Go/Java + Redis prototypes use, written by [`super::output`], so `ab` and
+//! `wrk` measure ticketd exactly the way they measured those). Parsing is httparse's;
+//! this module only interprets.
 //!
 //! One request per connection is in flight at a time (the next is parsed once the
 //! current one is answered), so answers always leave in request order as HTTP requires.
-
-use bytes::{BufMut, BytesMut};
-use ticketd_proto::{ResultBody, Status};
-
-use crate::ids::IdText;
 
 /// Largest request head accepted; a longer one gets 431 and a close.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -139,64 +135,6 @@ fn route(path: &str) -> Target {
     Target::Buy { event, user }
 }
 
-/// Writes the answer to a BUY in the prototypes' shape: code 1 on success, -1 when sold
-/// out, and further negative codes for the other statuses.
-pub fn write_outcome(out: &mut BytesMut, status: Status, result: ResultBody, head: &Head) {
-    let order;
-    let (http, code, msg) = match status {
-        Status::Ok => {
-            order = match result {
-                // Fixed width, so every success has the same length (ab counts a
-                // change of length as a failed request).
-                ResultBody::Order { order_id } => format!("order {}", IdText(order_id)),
-                _ => "order placed".to_string(),
-            };
-            (200, 1, order.as_str())
-        }
-        Status::SoldOut => (200, -1, "sold out"),
-        Status::LimitReached => (200, -2, "limit reached: this user already bought"),
-        Status::NotFound => (404, -3, "no such event"),
-        Status::BadRequest => (400, -5, "bad request"),
-        Status::Unavailable => (503, -6, "ledger unavailable; nothing was sold"),
-        Status::Overloaded => (503, -7, "overloaded; retry later"),
-        Status::Expired => (200, -4, "expired"),
-    };
-    write_json(out, http, code, msg, head.keep_alive, head.http10);
-}
-
-/// Answers that need no ticket logic: unknown path, wrong method, bad query, and the
-/// framing-level errors of [`Parsed::Invalid`].
-pub fn write_error(out: &mut BytesMut, http: u16, msg: &str, keep_alive: bool, http10: bool) {
-    let code = if http == 503 { -7 } else { -5 };
-    write_json(out, http, code, msg, keep_alive, http10);
-}
-
-fn write_json(out: &mut BytesMut, http: u16, code: i32, msg: &str, keep_alive: bool, http10: bool) {
-    let body = format!("{{\"code\":{code},\"msg\":\"{msg}\",\"data\":null}}");
-    let reason = match http {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        413 => "Payload Too Large",
-        431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
-    };
-    let version = if http10 { "HTTP/1.0" } else { "HTTP/1.1" };
-    let connection = match (keep_alive, http10) {
-        (true, true) => "Connection: keep-alive\r\n",
-        (false, false) => "Connection: close\r\n",
-        _ => "",
-    };
-    let head = format!(
-        "{version} {http} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{connection}\r\n",
-        body.len()
-    );
-    out.reserve(head.len() + body.len());
-    out.put_slice(head.as_bytes());
-    out.put_slice(body.as_bytes());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,16 +229,5 @@ mod tests {
             input.len() - 3
         );
         assert_eq!(parse(&input[..input.len() - 5]), Parsed::Incomplete);
-    }
-
-    #[test]
-    fn answers_have_the_prototype_shape() {
-        let h = head("GET /buy/ticket HTTP/1.0\r\n\r\n");
-        let mut out = BytesMut::new();
-        write_outcome(&mut out, Status::SoldOut, ResultBody::Empty, &h);
-        let text = String::from_utf8(out.to_vec()).unwrap();
-        assert!(text.starts_with("HTTP/1.0 200 OK\r\n"));
-        assert!(text.ends_with("\r\n\r\n{\"code\":-1,\"msg\":\"sold out\",\"data\":null}"));
-        assert!(text.contains("Content-Length: 40\r\n"));
     }
 }

@@ -27,6 +27,7 @@ use ticketd_proto::{Op, OrderList, Purchase, Response, ResultBody, Status};
 mod answers;
 
 use super::mailbox::ConnRef;
+use super::ShardSettings;
 use crate::catalog::Catalog;
 use crate::ids::IdGenerator;
 use crate::ledger::EventTally;
@@ -155,13 +156,13 @@ impl std::fmt::Debug for RemoteLedger {
 
 impl RemoteLedger {
     pub fn new(
-        shard: usize,
-        node_id: u16,
+        shard: &ShardSettings,
         catalog: &Catalog,
         settings: RemoteSettings,
         token: Token,
-        readiness: Arc<Readiness>,
     ) -> Self {
+        let (node_id, readiness) = (shard.node_id, Arc::clone(&shard.readiness));
+        let shard = shard.index;
         let mut handshake = settings.login.commands();
         handshake.push(settings.flavor.loader());
         let events = catalog.len();

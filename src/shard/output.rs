@@ -1,0 +1,183 @@
+//! A connection's unsent answers, and the one place answers become bytes: binary frames
+//! (laid out by `ticketd_proto`), the HTTP endpoint's JSON, and the framing error.
+
+use bytes::{Buf, BufMut, BytesMut};
+use ticketd_proto::{Response, ResultBody, Status};
+
+use super::http::Head;
+use crate::ids::IdText;
+use crate::limits::{OUTPUT_CAPACITY, OUTPUT_HIGH_WATER};
+
+/// Encoded answers not yet written to the client.
+#[derive(Debug, Default)]
+pub struct Output {
+    bytes: BytesMut,
+}
+
+impl Output {
+    pub fn new() -> Self {
+        Output::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// At or over [`OUTPUT_HIGH_WATER`]: decide nothing more for this client until it
+    /// reads.
+    pub fn is_full(&self) -> bool {
+        self.bytes.len() >= OUTPUT_HIGH_WATER
+    }
+
+    /// What is still to be written.
+    pub fn pending(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Drops every unsent answer (benches reuse one buffer).
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+    }
+
+    /// `n` bytes were written.
+    pub fn advance(&mut self, n: usize) {
+        self.bytes.advance(n.min(self.bytes.len()));
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.bytes.capacity()
+    }
+
+    /// Makes room for about `estimate` more bytes in one allocation of the size needed
+    /// (at most [`OUTPUT_CAPACITY`]), instead of a chain of doublings whose freed steps
+    /// would stay resident: a connection's memory is its buffers' sizes.
+    pub fn reserve(&mut self, estimate: usize) {
+        let want = (self.bytes.len() + estimate).min(OUTPUT_CAPACITY);
+        if self.bytes.capacity() < want {
+            let mut grown = BytesMut::with_capacity(want);
+            grown.extend_from_slice(&self.bytes);
+            self.bytes = grown;
+        }
+    }
+
+    /// Frees the buffer if it is empty and larger than `limit`; returns the bytes freed.
+    pub fn release_if_idle(&mut self, limit: usize) -> usize {
+        if self.bytes.is_empty() && self.bytes.capacity() > limit {
+            let freed = self.bytes.capacity();
+            self.bytes = BytesMut::new();
+            return freed;
+        }
+        0
+    }
+
+    /// A binary answer frame.
+    pub fn frame(&mut self, response: &Response) {
+        response.encode(&mut self.bytes);
+    }
+
+    /// A binary refusal of a request that did nothing.
+    pub fn refusal(&mut self, op: u8, req_id: u64, status: Status) {
+        self.frame(&Response::error(op, req_id, status));
+    }
+
+    /// The last frame of a stream that could not be framed.
+    pub fn framing_error(&mut self) {
+        self.frame(&Response::framing_error());
+    }
+
+    /// The HTTP endpoint's answer to a BUY, in the prototypes' shape: code 1 on
+    /// success, -1 when sold out, and further negative codes for the other statuses.
+    pub fn http_outcome(&mut self, response: &Response, head: &Head) {
+        let order;
+        let (http, code, msg) = match response.status {
+            Status::Ok => {
+                order = match response.result {
+                    // Fixed width, so every success has the same length (ab counts a
+                    // change of length as a failed request).
+                    ResultBody::Order { order_id } => format!("order {}", IdText(order_id)),
+                    _ => "order placed".to_string(),
+                };
+                (200, 1, order.as_str())
+            }
+            Status::SoldOut => (200, -1, "sold out"),
+            Status::LimitReached => (200, -2, "limit reached: this user already bought"),
+            Status::NotFound => (404, -3, "no such event"),
+            Status::BadRequest => (400, -5, "bad request"),
+            Status::Unavailable => (503, -6, "ledger unavailable; nothing was sold"),
+            Status::Overloaded => (503, -7, "overloaded; retry later"),
+            Status::Expired => (200, -4, "expired"),
+        };
+        self.http_json(http, code, msg, head.keep_alive, head.http10);
+    }
+
+    /// HTTP answers that need no ticket logic: unknown path, wrong method, bad query,
+    /// overload, and requests that could not be parsed.
+    pub fn http_error(&mut self, http: u16, msg: &str, keep_alive: bool, http10: bool) {
+        let code = if http == 503 { -7 } else { -5 };
+        self.http_json(http, code, msg, keep_alive, http10);
+    }
+
+    fn http_json(&mut self, http: u16, code: i32, msg: &str, keep_alive: bool, http10: bool) {
+        let body = format!("{{\"code\":{code},\"msg\":\"{msg}\",\"data\":null}}");
+        let reason = match http {
+            200 => "OK",
+            400 => "Bad Request",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            413 => "Payload Too Large",
+            431 => "Request Header Fields Too Large",
+            _ => "Service Unavailable",
+        };
+        let version = if http10 { "HTTP/1.0" } else { "HTTP/1.1" };
+        let connection = match (keep_alive, http10) {
+            (true, true) => "Connection: keep-alive\r\n",
+            (false, false) => "Connection: close\r\n",
+            _ => "",
+        };
+        let head = format!(
+            "{version} {http} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{connection}\r\n",
+            body.len()
+        );
+        self.bytes.reserve(head.len() + body.len());
+        self.bytes.put_slice(head.as_bytes());
+        self.bytes.put_slice(body.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::http::{parse, Parsed};
+
+    #[test]
+    fn http_answers_have_the_prototype_shape() {
+        let Parsed::Request(head) = parse(b"GET /buy/ticket HTTP/1.0\r\n\r\n") else {
+            panic!("a valid request");
+        };
+        let mut out = Output::new();
+        out.http_outcome(&Response::error(0x02, 0, Status::SoldOut), &head);
+        let text = String::from_utf8(out.pending().to_vec()).expect("ASCII");
+        assert!(text.starts_with("HTTP/1.0 200 OK\r\n"));
+        assert!(text.ends_with("\r\n\r\n{\"code\":-1,\"msg\":\"sold out\",\"data\":null}"));
+        assert!(text.contains("Content-Length: 40\r\n"));
+    }
+
+    #[test]
+    fn reserve_sizes_once_and_release_frees_only_idle_buffers() {
+        let mut out = Output::new();
+        out.reserve(10 * OUTPUT_CAPACITY);
+        assert_eq!(out.capacity(), OUTPUT_CAPACITY, "capped");
+        out.framing_error();
+        assert_eq!(out.release_if_idle(0), 0, "not while answers wait");
+        let n = out.len();
+        out.advance(n);
+        let held = out.capacity();
+        assert!(held > 16 * 1024);
+        assert_eq!(out.release_if_idle(16 * 1024), held);
+        assert_eq!(out.capacity(), 0);
+    }
+}
