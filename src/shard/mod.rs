@@ -8,7 +8,6 @@ mod connection;
 mod connections;
 mod dispatch;
 mod durability;
-pub mod http;
 pub mod mailbox;
 pub mod output;
 pub mod remote;

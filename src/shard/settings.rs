@@ -3,14 +3,18 @@
 //! per shard by the server and shared (one `Arc`) by the loop, its connections and its
 //! dispatcher, so no setting is copied into another struct that could disagree.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::budget::ConnBudget;
-use super::dispatch::HoldRoutes;
 use super::remote::RemoteSettings;
 use crate::readiness::Readiness;
+
+/// Holds recovered from the journal whose owner is not the shard their id names (the
+/// shard count changed across a restart): hold id -> owning shard. Read-only.
+pub type HoldRoutes = HashMap<u64, usize, ahash::RandomState>;
 
 #[derive(Debug)]
 pub struct ShardSettings {

@@ -1,25 +1,26 @@
 //! One client connection: its socket, its unread input and unsent answers, and where it
 //! stands in its life (reading, stalled for back-pressure, lingering after a framing
 //! error, closing). It does its own reads and writes; [`super::connections`] decides
-//! when, and keeps the lists (to flush, to read again, to close) it is on.
+//! when, and keeps the lists (to flush, to read again, to close) it is on. Binary
+//! frames are served here, HTTP requests in [`http`].
 
-mod serve;
+pub mod http;
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use ticketd_proto::Response;
 
-use super::http::Head;
 use super::mailbox::ConnRef;
 use super::output::Output;
 use super::Dispatcher;
 use crate::limits::RELEASE_CAPACITY;
 use crate::limits::{INPUT_HIGH_WATER, MAX_IN_FLIGHT, MIN_READ, OUTPUT_HIGH_WATER};
+use http::Head;
 
 /// Which protocol a connection speaks: decided by the listener that accepted it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,6 +256,54 @@ impl Connection {
         }
     }
 
+    /// Feeds freshly read bytes through the dispatcher, keeping any incomplete tail.
+    fn serve_binary(
+        &mut self,
+        bytes: &[u8],
+        dispatcher: &mut Dispatcher,
+        conn: ConnRef,
+        now: Instant,
+    ) {
+        let shed = self.shedding;
+        // An answer is at most twice its request's size (the smallest request, 13 bytes,
+        // gets 14; STOCK's 17 get 30).
+        self.output.reserve(2 * (self.input.len() + bytes.len()));
+        let handled = if self.input.is_empty() {
+            // Common case: decode straight from the read buffer, copy only a partial tail.
+            let handled = dispatcher.handle_frames(
+                conn,
+                bytes,
+                &mut self.output,
+                &mut self.in_flight,
+                now,
+                shed,
+            );
+            if !handled.framing_lost {
+                self.input
+                    .extend_from_slice(bytes.get(handled.consumed..).unwrap_or_default());
+            }
+            handled
+        } else {
+            self.input.extend_from_slice(bytes);
+            let handled = dispatcher.handle_frames(
+                conn,
+                &self.input,
+                &mut self.output,
+                &mut self.in_flight,
+                now,
+                shed,
+            );
+            self.input.advance(handled.consumed.min(self.input.len()));
+            handled
+        };
+        // A shed connection is done once it has had its answers.
+        if handled.framing_lost || (shed && handled.consumed > 0) {
+            self.lingering = true;
+            self.owes_framing_error = handled.framing_lost;
+            self.input.clear();
+        }
+    }
+
     /// An answer decided elsewhere (another shard, or Redis) for a request it sent.
     pub fn deliver(
         &mut self,
@@ -266,7 +315,8 @@ impl Connection {
         self.in_flight = self.in_flight.saturating_sub(1);
         match self.http_waiting.take() {
             Some(head) => {
-                self.output.http_outcome(&response, &head);
+                self.output
+                    .http_outcome(&response, head.keep_alive, head.http10);
                 // Requests that arrived meanwhile can go now.
                 self.serve_http(dispatcher, conn, now);
             }

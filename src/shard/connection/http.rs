@@ -1,10 +1,18 @@
-//! HTTP compatibility: reading `GET /buy/ticket[?event=E&user=U]` (answered in the JSON
-//! shape the Go/Java + Redis prototypes use, written by [`super::output`], so `ab` and
-//! `wrk` measure ticketd exactly the way they measured those). Parsing is httparse's;
-//! this module only interprets.
+//! HTTP compatibility: serving `GET /buy/ticket[?event=E&user=U]` on a connection
+//! (answered in the JSON shape the Go/Java + Redis prototypes use, written by
+//! [`crate::shard::output`], so `ab` and `wrk` measure ticketd exactly the way they
+//! measured those). Parsing is httparse's; this module only interprets.
 //!
 //! One request per connection is in flight at a time (the next is parsed once the
 //! current one is answered), so answers always leave in request order as HTTP requires.
+
+use std::time::Instant;
+
+use bytes::Buf;
+
+use super::Connection;
+use crate::shard::mailbox::ConnRef;
+use crate::shard::Dispatcher;
 
 /// Largest request head accepted; a longer one gets 431 and a close.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -133,6 +141,77 @@ fn route(path: &str) -> Target {
         }
     }
     Target::Buy { event, user }
+}
+
+impl Connection {
+    /// Answers the HTTP requests buffered in `input`, one at a time: a request whose
+    /// answer is decided elsewhere holds the rest until it is written.
+    pub(super) fn serve_http(&mut self, dispatcher: &mut Dispatcher, conn: ConnRef, now: Instant) {
+        if self.shedding {
+            // Over --max-conns: shed before any work, in the endpoint's own JSON.
+            self.output
+                .http_error(503, "overloaded; retry later", false, false);
+            self.input.clear();
+            self.close_when_settled = true;
+            return;
+        }
+        while self.http_waiting.is_none() && !self.close_when_settled && !self.lingering {
+            // Like the binary protocol: a client that does not read gets at most one
+            // output buffer's worth of answers; the rest of its requests wait unparsed.
+            if self.output.is_full() {
+                return;
+            }
+            // An HTTP answer is about 150 bytes, whatever its request's size.
+            self.output.reserve(256);
+            let head = match parse(&self.input) {
+                Parsed::Incomplete => return,
+                Parsed::Invalid(code) => {
+                    dispatcher.bad_requests += 1;
+                    self.output
+                        .http_error(code, "malformed HTTP request", false, false);
+                    // Close like a binary framing error: FIN after the answer, then
+                    // discard input until the peer closes, so unread bytes do not reset
+                    // it away.
+                    self.input.clear();
+                    self.lingering = true;
+                    return;
+                }
+                Parsed::Request(head) => head,
+            };
+            self.input.advance(head.consumed.min(self.input.len()));
+            let (keep_alive, http10) = (head.keep_alive, head.http10);
+            match head.target {
+                Target::Buy { user: None, .. } if !dispatcher.settings.http_anonymous => {
+                    self.output.http_error(
+                        400,
+                        "user= is required (anonymous buyers only with --http-anonymous)",
+                        keep_alive,
+                        http10,
+                    )
+                }
+                Target::Buy { event, user } => {
+                    match dispatcher.http_buy(conn, event, user, &mut self.in_flight, now) {
+                        Some(response) => self.output.http_outcome(&response, keep_alive, http10),
+                        None => self.http_waiting = Some(head),
+                    }
+                }
+                Target::NotFound => self.output.http_error(
+                    404,
+                    "not found: try GET /buy/ticket",
+                    keep_alive,
+                    http10,
+                ),
+                Target::MethodNotAllowed => {
+                    self.output
+                        .http_error(405, "method not allowed: use GET", keep_alive, http10)
+                }
+                Target::BadQuery(why) => self.output.http_error(400, why, keep_alive, http10),
+            }
+            if !keep_alive {
+                self.close_when_settled = true;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

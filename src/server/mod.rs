@@ -6,29 +6,30 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 use mio::{Poll, Waker};
 
 use crate::admin::Admin;
 use crate::catalog::Catalog;
 use crate::clock::WallClock;
-use crate::config::{Config, EventSpec, JournalConfig, RedisConfig};
-use crate::ids;
-use crate::journal::{self, writer, EventDef, JournalError, Recovered};
+use crate::config::{Config, RedisConfig};
+use crate::journal::{self, JournalError};
 use crate::listener;
 use crate::placement;
 use crate::readiness::Readiness;
-use crate::redis_ledger::conn::ConnSettings;
 use crate::redis_ledger::flavor::Flavor;
 use crate::redis_ledger::setup;
-use crate::routing::owner_of_user;
 use crate::shard::mailbox::{Mailbox, Peer};
-use crate::shard::remote::RemoteSettings;
 use crate::shard::{
-    self, HoldRoutes, Shard, ShardJournal, ShardParts, ShardReport, ShardSettings, ShutdownSignal,
+    self, HoldRoutes, Shard, ShardParts, ShardReport, ShardSettings, ShutdownSignal,
 };
 use crate::summary::Summary;
+
+mod banner;
+mod embedded;
+mod ledger_mode;
+
+use embedded::{available_stock, open_journal, specs_of};
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -94,31 +95,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             Vec::new(),
         ),
         Some(redis) => {
-            let (totals, flavor) = setup::prepare(redis, &config.events, config.hold_ttl)?;
-            let missing: Vec<bool> = totals.iter().map(Option::is_none).collect();
-            let gates = config
-                .events
-                .iter()
-                .zip(totals)
-                .map(|(e, total)| EventSpec {
-                    // An event the ledger lacks gets an empty gate: every purchase asks
-                    // Redis, which answers NOT_FOUND until the event is created.
-                    stock: total.map_or(0, |t| setup::gate_size(t, redis.nodes, redis.buffer)),
-                    ..*e
-                })
-                .collect();
-            let id_blocks = setup::reserve_id_blocks(redis, config.node_id, shards)?;
-            let settings = RemoteSettings {
-                id_blocks,
-                addr: redis.addr,
-                login: redis.login.clone(),
-                conn: ConnSettings {
-                    timeout: redis.timeout,
-                    max_in_flight: redis.depth,
-                    ..ConnSettings::default()
-                },
-                flavor,
-            };
+            let (gates, settings, missing) = ledger_mode::prepare(redis, &config)?;
             (gates, Some(settings), missing)
         }
     };
@@ -209,33 +186,15 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     let fail_stop = Arc::new(AtomicBool::new(false));
     let (data_dir, mut shard_journals, hold_routes) = match opened {
         Some((opened, journal_config)) => {
-            let routes = hold_routes(&opened.state, config.node_id, shards);
-            let state = Arc::new(opened.state);
-            let mut journals = Vec::with_capacity(shards);
-            for (index, stream) in opened.streams.into_iter().enumerate() {
-                let snapshot_len = stream.len;
-                let handle = writer::spawn(writer::WriterSetup {
-                    dir: opened.dir.path().to_path_buf(),
-                    file: stream.file,
-                    header: stream.header,
-                    len: stream.len,
-                    mode: journal_config.fsync,
-                    waker: Arc::clone(&peers[index].waker),
-                    fail_stop: Arc::clone(&fail_stop),
-                })
-                .map_err(|source| StartError::Spawn {
-                    shard: index,
-                    source,
-                })?;
-                journals.push(Some(ShardJournal {
-                    writer: handle,
-                    snapshot_len,
-                    rotate_min: journal_config.segment_bytes,
-                    state: Arc::clone(&state),
-                    clock,
-                }));
-            }
-            (Some(opened.dir), journals, Arc::new(routes))
+            let (dir, journals, routes) = embedded::spawn_writers(
+                opened,
+                &journal_config,
+                &config,
+                &peers,
+                &fail_stop,
+                clock,
+            )?;
+            (Some(dir), journals, Arc::new(routes))
         }
         None => (
             None,
@@ -298,65 +257,16 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         threads.push(thread);
     }
 
-    let cores: Vec<String> = plan
-        .iter()
-        .map(|c| c.map_or_else(|| "unpinned".to_owned(), |c| c.id.to_string()))
-        .collect();
-    let off = || "off".to_owned();
-    let mode = match (&config.redis, &data_dir) {
-        (Some(redis), _) => format!(
-            "ledger mode: Redis at {} ({}), node {} of {}",
-            redis.addr,
-            match remote.as_ref().map(|r| &r.flavor) {
-                Some(Flavor::Scripts { .. }) => "scripts",
-                _ => "functions",
-            },
-            config.node_id,
-            redis.nodes
-        ),
-        (None, Some(dir)) => format!(
-            "embedded ledger journaled in {} (fsync {})",
-            dir.path().display(),
-            config.journal.as_ref().map_or("always", |j| match j.fsync {
-                journal::FsyncMode::Always => "always",
-                journal::FsyncMode::Batch => "batch",
-                journal::FsyncMode::Off => "off",
-            })
-        ),
-        (None, None) => "embedded ledger in memory only (no journal)".to_owned(),
-    };
-    let events: Vec<String> = catalog
-        .iter()
-        .map(|e| {
-            format!(
-                "event {} ({} {}, {} per user)",
-                e.id,
-                e.stock.total(),
-                if config.redis.is_some() {
-                    "in this node's gate"
-                } else {
-                    "tickets"
-                },
-                e.per_user_limit
-            )
-        })
-        .collect();
-    tracing::info!(
-        addr = %local_addr,
-        http = %http_addr.map_or_else(off, |a| a.to_string()),
-        admin = %admin.as_ref().map_or_else(off, |a| a.addr().to_string()),
-        shards,
-        cores = %cores.join(","),
-        max_conns = config.max_conns,
-        "ticketd started: {mode}; binary protocol on {local_addr}{}{}; {shards} shard(s) on core(s) {}; {}; up to {} connections, frames up to {} bytes, holds last {}",
-        http_addr.map_or_else(String::new, |a| format!(", HTTP on {a}")),
-        admin.as_ref().map_or_else(String::new, |a| format!(", health and readiness on {}", a.addr())),
-        cores.join(", "),
-        if events.is_empty() { "no events yet".to_owned() } else { events.join(", ") },
-        config.max_conns,
-        config.max_frame,
-        humantime::format_duration(config.hold_ttl),
-    );
+    banner::log_started(&banner::Started {
+        config: &config,
+        catalog: &catalog,
+        plan: &plan,
+        local_addr,
+        http_addr,
+        admin_addr: admin.as_ref().map(Admin::addr),
+        data_dir: data_dir.as_ref().map(|d| d.path()),
+        flavor: remote.as_ref().map(|r| &r.flavor),
+    });
     Ok(ServerHandle {
         local_addr,
         admin,
@@ -372,103 +282,6 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         _data_dir: data_dir,
         _node_lock: node_lock,
     })
-}
-
-/// Recovers the data dir and starts this run's generation in it.
-fn open_journal(
-    journal_config: &JournalConfig,
-    config: &Config,
-    clock: WallClock,
-) -> Result<journal::Opened, StartError> {
-    let started = Instant::now();
-    let events: Vec<EventDef> = config
-        .events
-        .iter()
-        .map(|e| EventDef {
-            event_id: e.id,
-            total: e.stock,
-            per_user_limit: e.per_user_limit,
-        })
-        .collect();
-    let opened = journal::open(
-        &journal_config.data_dir,
-        &journal::OpenOptions {
-            node: config.node_id,
-            shards: config.shards,
-            events: &events,
-            raise_totals: journal_config.raise_totals,
-            now_unix_ms: clock.unix_ms(started),
-            hold_ttl_ms: u64::try_from(config.hold_ttl.as_millis()).unwrap_or(u64::MAX),
-        },
-    )?;
-    let state = &opened.state;
-    tracing::info!(
-        data_dir = %journal_config.data_dir.display(),
-        generation = state.manifest.map_or(0, |m| m.generation),
-        records = state.records,
-        bytes = state.bytes,
-        orders = state.orders.len(),
-        live_holds = state.holds.values().filter(|h| h.end.is_none()).count(),
-        torn_tails = state.torn.len(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "journal recovered"
-    );
-    for event in &opened.events {
-        if !config.events.iter().any(|e| e.id == event.event_id) {
-            tracing::info!(
-                event = event.event_id,
-                total = event.total,
-                "event on sale from the journal (no --event given for it)"
-            );
-        }
-    }
-    Ok(opened)
-}
-
-fn specs_of(events: &[EventDef]) -> Vec<EventSpec> {
-    events
-        .iter()
-        .map(|e| EventSpec {
-            id: e.event_id,
-            stock: e.total,
-            per_user_limit: e.per_user_limit,
-        })
-        .collect()
-}
-
-/// What is still on sale of each event after what the journal sold and holds.
-fn available_stock(events: &[EventSpec], state: &Recovered) -> Result<Vec<i64>, StartError> {
-    events
-        .iter()
-        .map(|e| {
-            let (sold, held) = state.sold_and_held(e.id);
-            let taken = sold + held;
-            if taken > e.stock {
-                return Err(StartError::Oversold {
-                    event: e.id,
-                    total: e.stock,
-                    taken,
-                });
-            }
-            Ok(e.stock - taken)
-        })
-        .collect()
-}
-
-/// Recovered live holds whose owner (the shard of their user now) is not the shard
-/// their id names: only after a restart with another shard count. (Ended holds need no
-/// route: they are kept by the shard their id's field maps to.)
-fn hold_routes(state: &Recovered, node: u16, shards: usize) -> HoldRoutes {
-    state
-        .holds
-        .values()
-        .filter(|hold| hold.end.is_none())
-        .filter_map(|hold| {
-            let owner = owner_of_user(hold.user, shards);
-            (ids::owning_shard(hold.hold_id, node, shards) != Some(owner))
-                .then_some((hold.hold_id, owner))
-        })
-        .collect()
 }
 
 impl ServerHandle {
