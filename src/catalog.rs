@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use crate::config::EventSpec;
-use crate::stock::{Stock, DEFAULT_SETTLE_WAIT};
+use crate::stock::{Stock, DEFAULT_QUIET_WAIT};
 
 /// One event on sale.
 #[derive(Debug)]
@@ -41,7 +41,7 @@ impl Catalog {
             .map(|(spec, &available)| Event {
                 id: spec.id,
                 per_user_limit: spec.per_user_limit,
-                stock: Stock::partly_taken(spec.stock, available, shards, DEFAULT_SETTLE_WAIT),
+                stock: Stock::partly_taken(spec.stock, available, shards, DEFAULT_QUIET_WAIT),
             })
             .collect();
         let by_id = events

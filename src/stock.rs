@@ -12,10 +12,10 @@
 //! and hands everything back if it cannot complete.
 //!
 //! # Exactness
-//! A take answers "sold out" only after a *settled* sweep: one during which no other
+//! A take answers "sold out" only after a *quiet* sweep: one during which no other
 //! gatherer had tickets in its hands and no ticket was returned to any slice. Anything
 //! else sweeps again, so a ticket that exists is not refused because another request
-//! held it for a moment. Waiting is bounded by time ([`DEFAULT_SETTLE_WAIT`]): a
+//! held it for a moment. Waiting is bounded by time ([`DEFAULT_QUIET_WAIT`]): a
 //! gatherer descheduled longer than that mid-gather can make a concurrent request see
 //! SOLD_OUT while those tickets are in transit; they are back on sale the moment it
 //! runs again. Stock returned (a cancelled or expired hold) after a sweep finished is,
@@ -26,10 +26,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::{Backoff, CachePadded};
 
-/// How long a take may wait for other requests' in-transit tickets to settle before it
+/// How long a take may wait for other requests' in-transit tickets to arrive before it
 /// answers sold out. Only reached when multi-ticket gathers overlap at the very end of
 /// a sale.
-pub const DEFAULT_SETTLE_WAIT: Duration = Duration::from_millis(5);
+pub const DEFAULT_QUIET_WAIT: Duration = Duration::from_millis(5);
 
 /// One event's stock.
 #[derive(Debug)]
@@ -40,9 +40,9 @@ pub struct Stock {
     gatherers: CachePadded<AtomicUsize>,
     /// Bumped after every return of tickets to a slice.
     returns: CachePadded<AtomicU64>,
-    /// Sweeps that could not settle (tickets in transit, or returned meanwhile).
-    unsettled_sweeps: AtomicU64,
-    settle_wait: Duration,
+    /// Sweeps that were not quiet (tickets in transit, or returned meanwhile).
+    disturbed_sweeps: AtomicU64,
+    quiet_wait: Duration,
 }
 
 impl Stock {
@@ -51,12 +51,12 @@ impl Stock {
     /// # Panics
     /// If `slices` is 0 or `total` is negative: both come from validated configuration.
     pub fn new(total: i64, slices: usize) -> Self {
-        Self::with_settle_wait(total, slices, DEFAULT_SETTLE_WAIT)
+        Self::with_quiet_wait(total, slices, DEFAULT_QUIET_WAIT)
     }
 
     /// Like [`Stock::new`] with a chosen bound on waiting for in-transit tickets.
-    pub fn with_settle_wait(total: i64, slices: usize, settle_wait: Duration) -> Self {
-        Self::partly_taken(total, total, slices, settle_wait)
+    pub fn with_quiet_wait(total: i64, slices: usize, quiet_wait: Duration) -> Self {
+        Self::partly_taken(total, total, slices, quiet_wait)
     }
 
     /// An event of `total` tickets of which only `available` are still on sale (the
@@ -64,7 +64,7 @@ impl Stock {
     ///
     /// # Panics
     /// If `slices` is 0 or `available` is not within `0..=total`: recovery checks both.
-    pub fn partly_taken(total: i64, available: i64, slices: usize, settle_wait: Duration) -> Self {
+    pub fn partly_taken(total: i64, available: i64, slices: usize, quiet_wait: Duration) -> Self {
         assert!(slices > 0, "stock needs at least one slice");
         assert!(total >= 0, "stock total must not be negative");
         assert!(
@@ -80,8 +80,8 @@ impl Stock {
             slices,
             gatherers: CachePadded::new(AtomicUsize::new(0)),
             returns: CachePadded::new(AtomicU64::new(0)),
-            unsettled_sweeps: AtomicU64::new(0),
-            settle_wait,
+            disturbed_sweeps: AtomicU64::new(0),
+            quiet_wait,
         }
     }
 
@@ -95,8 +95,8 @@ impl Stock {
 
     /// Sweeps so far that had to look again because tickets were in transit or being
     /// returned: a measure of end-of-sale contention.
-    pub fn unsettled_sweeps(&self) -> u64 {
-        self.unsettled_sweeps.load(Ordering::Relaxed)
+    pub fn disturbed_sweeps(&self) -> u64 {
+        self.disturbed_sweeps.load(Ordering::Relaxed)
     }
 
     /// Takes `qty` tickets for a request handled by shard `home`, all or nothing.
@@ -131,7 +131,7 @@ impl Stock {
             .sum()
     }
 
-    /// The slow path, until a settled sweep or the settle wait runs out.
+    /// The slow path, until a quiet sweep or the quiet wait runs out.
     fn gather(&self, home: usize, qty: i64) -> bool {
         let n = self.slices.len();
         let backoff = Backoff::new();
@@ -145,17 +145,17 @@ impl Stock {
                 self.gather_pieces(home, qty, returns_before)
             } else {
                 Sweep::Short {
-                    settled: self.gatherers.load(Ordering::SeqCst) == 0
+                    quiet: self.gatherers.load(Ordering::SeqCst) == 0
                         && self.returns.load(Ordering::SeqCst) == returns_before,
                 }
             };
             match outcome {
                 Sweep::Done => return true,
-                Sweep::Short { settled: true } => return false,
-                Sweep::Short { settled: false } => {
-                    self.unsettled_sweeps.fetch_add(1, Ordering::Relaxed);
+                Sweep::Short { quiet: true } => return false,
+                Sweep::Short { quiet: false } => {
+                    self.disturbed_sweeps.fetch_add(1, Ordering::Relaxed);
                     let deadline =
-                        *deadline.get_or_insert_with(|| Instant::now() + self.settle_wait);
+                        *deadline.get_or_insert_with(|| Instant::now() + self.quiet_wait);
                     if Instant::now() >= deadline {
                         return false;
                     }
@@ -179,13 +179,13 @@ impl Stock {
         }
         // Decide before handing back what we hold: our own return must not look like
         // somebody else's.
-        let settled = self.gatherers.load(Ordering::SeqCst) == 1
+        let quiet = self.gatherers.load(Ordering::SeqCst) == 1
             && self.returns.load(Ordering::SeqCst) == returns_before;
         if got > 0 {
             self.give_back(home, got);
         }
         self.gatherers.fetch_sub(1, Ordering::SeqCst);
-        Sweep::Short { settled }
+        Sweep::Short { quiet }
     }
 
     /// Takes all of `qty` from slice `i`, or nothing.
@@ -211,9 +211,9 @@ impl Stock {
 /// How one sweep ended.
 enum Sweep {
     Done,
-    /// Not enough found; `settled` says whether that is the truth or a moment's view.
+    /// Not enough found; `quiet` says whether that is the truth or a moment's view.
     Short {
-        settled: bool,
+        quiet: bool,
     },
 }
 
@@ -270,7 +270,7 @@ mod tests {
     fn a_take_waits_for_tickets_in_another_gatherers_hands() {
         // Stage the race deterministically: a gatherer has taken the last ticket into
         // its hands (as gather_pieces does) and not yet handed it back.
-        let stock = Arc::new(Stock::with_settle_wait(1, 2, Duration::from_secs(30)));
+        let stock = Arc::new(Stock::with_quiet_wait(1, 2, Duration::from_secs(30)));
         stock.gatherers.fetch_add(1, Ordering::SeqCst);
         assert_eq!(stock.take_up_to(0, 2), 1);
 
@@ -280,7 +280,7 @@ mod tests {
         };
         // The buyer sees every slice empty, but must not call it sold out while the
         // ticket is in transit.
-        while stock.unsettled_sweeps() == 0 {
+        while stock.disturbed_sweeps() == 0 {
             assert!(
                 !buyer.is_finished(),
                 "the buyer answered while a ticket was in transit"
@@ -297,11 +297,11 @@ mod tests {
     }
 
     #[test]
-    fn a_settled_empty_stock_answers_at_once() {
+    fn a_quiet_empty_stock_answers_at_once() {
         let stock = Stock::new(0, 4);
         assert!(!stock.take(2, 1));
         assert!(!stock.take(2, 3));
-        assert_eq!(stock.unsettled_sweeps(), 0);
+        assert_eq!(stock.disturbed_sweeps(), 0);
     }
 
     #[test]

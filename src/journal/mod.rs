@@ -149,7 +149,7 @@ pub struct OpenOptions<'a> {
 pub fn open(path: &Path, options: &OpenOptions<'_>) -> Result<Opened, JournalError> {
     let dir = DataDir::open(path)?;
     let mut state = recovery::recover(path, Some(options.node))?;
-    state.settle_time(options.now_unix_ms, options.hold_ttl_ms);
+    state.advance_to(options.now_unix_ms, options.hold_ttl_ms);
     let events = reconcile_events(path, &state.events, options)?;
 
     let generation = state.manifest.map_or(1, |m| m.generation + 1);

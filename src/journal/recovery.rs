@@ -369,7 +369,7 @@ impl Recovered {
     /// Brings the state to `now_ms`: live holds whose deadline passed while the node
     /// was down expire (at their deadline), and finished holds remembered longer than
     /// `ttl_ms` are forgotten.
-    pub fn settle_time(&mut self, now_ms: u64, ttl_ms: u64) {
+    pub fn advance_to(&mut self, now_ms: u64, ttl_ms: u64) {
         self.holds.retain(|_, hold| {
             if hold.end.is_none() && hold.deadline_ms <= now_ms {
                 hold.end = Some((HoldEnd::Expired, hold.deadline_ms));
@@ -456,11 +456,11 @@ mod tests {
             )
             .unwrap();
         }
-        s.settle_time(300, 300);
+        s.advance_to(300, 300);
         assert_eq!(s.holds[&1].end, Some((HoldEnd::Expired, 100)));
         assert_eq!(s.holds[&2].end, None);
         assert_eq!(s.sold_and_held(1), (0, 1));
-        s.settle_time(900, 300);
+        s.advance_to(900, 300);
         assert!(
             !s.holds.contains_key(&1),
             "forgotten one TTL after it ended"

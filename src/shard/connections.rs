@@ -15,7 +15,7 @@ use slab::Slab;
 use ticketd_proto::Response;
 
 use super::budget::ConnBudget;
-use super::connection::{Connection, Drain, FlushEnd, Protocol, ReadEnd};
+use super::connection::{Connection, FlushEnd, Protocol, ReadDepth, ReadEnd};
 use super::mailbox::ConnRef;
 use super::trim::Trimmer;
 use super::Dispatcher;
@@ -125,12 +125,12 @@ impl Connections {
             return false;
         };
         if event.is_readable() || event.is_read_closed() || event.is_error() {
-            let drain = if event.is_read_closed() || event.is_error() {
-                Drain::ToEnd
+            let depth = if event.is_read_closed() || event.is_error() {
+                ReadDepth::ToEnd
             } else {
-                Drain::UntilShortRead
+                ReadDepth::UntilShortRead
             };
-            self.read(slot, dispatcher, now, drain);
+            self.read(slot, dispatcher, now, depth);
         }
         if event.is_writable() {
             self.mark_dirty(slot);
@@ -249,7 +249,7 @@ impl Connections {
         }
     }
 
-    fn read(&mut self, slot: usize, dispatcher: &mut Dispatcher, now: Instant, drain: Drain) {
+    fn read(&mut self, slot: usize, dispatcher: &mut Dispatcher, now: Instant, depth: ReadDepth) {
         if self.stopping {
             return;
         }
@@ -264,7 +264,7 @@ impl Connections {
         let end = connection.read(
             &mut self.scratch,
             READ_BUDGET_PER_PASS,
-            drain,
+            depth,
             dispatcher,
             conn,
             now,
@@ -287,7 +287,7 @@ impl Connections {
         for slot in queued {
             if let Some(connection) = self.open.get_mut(slot) {
                 connection.unqueue();
-                self.read(slot, dispatcher, now, Drain::ToEnd);
+                self.read(slot, dispatcher, now, ReadDepth::ToEnd);
             }
         }
     }
@@ -398,7 +398,7 @@ impl Connections {
     }
 
     /// Every connection has been given everything it is owed.
-    pub fn all_settled(&self) -> bool {
-        self.open.iter().all(|(_, c)| c.is_settled())
+    pub fn all_owed_nothing(&self) -> bool {
+        self.open.iter().all(|(_, c)| c.owes_nothing())
     }
 }

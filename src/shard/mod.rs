@@ -233,7 +233,7 @@ impl Shard {
                     }
                 }
             }
-            self.drain_inbox(now);
+            self.handle_inbox(now);
             self.connections.read_queued(&mut self.dispatcher, now);
             self.drive_remote(now);
             if let Decider::Embedded { ledger, .. } = &mut self.dispatcher.decider {
@@ -285,7 +285,7 @@ impl Shard {
         }
     }
 
-    fn drain_inbox(&mut self, now: Instant) {
+    fn handle_inbox(&mut self, now: Instant) {
         while let Ok(batch) = self.mailbox.inbox.try_recv() {
             for message in batch {
                 match message {
@@ -346,8 +346,8 @@ impl Shard {
             self.connections.stop_accepting();
         }
         if !self.finished {
-            let drained = self.connections.all_settled();
-            if drained || self.stopping.is_some_and(|deadline| now >= deadline) {
+            let done = self.connections.all_owed_nothing();
+            if done || self.stopping.is_some_and(|deadline| now >= deadline) {
                 self.finished = true;
                 self.shutdown.finished.fetch_add(1, Ordering::AcqRel);
             }

@@ -152,10 +152,10 @@ impl Connection {
             self.output
                 .http_error(503, "overloaded; retry later", false, false);
             self.input.clear();
-            self.close_when_settled = true;
+            self.close_when_done = true;
             return;
         }
-        while self.http_waiting.is_none() && !self.close_when_settled && !self.lingering {
+        while self.http_waiting.is_none() && !self.close_when_done && !self.lingering {
             // Like the binary protocol: a client that does not read gets at most one
             // output buffer's worth of answers; the rest of its requests wait unparsed.
             if self.output.is_full() {
@@ -208,7 +208,7 @@ impl Connection {
                 Target::BadQuery(why) => self.output.http_error(400, why, keep_alive, http10),
             }
             if !keep_alive {
-                self.close_when_settled = true;
+                self.close_when_done = true;
             }
         }
     }

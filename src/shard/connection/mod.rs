@@ -31,7 +31,7 @@ pub enum Protocol {
 
 /// How far one readiness event's read goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Drain {
+pub enum ReadDepth {
     /// Stop after a read that did not fill the buffer: the socket was empty then, and
     /// edge-triggered epoll reports any later data as a new event. Saves the read that
     /// would only return `WouldBlock` — a syscall per request at one request per read.
@@ -105,7 +105,7 @@ pub struct Connection {
     http_waiting: Option<Head>,
     /// Close once everything owed is written (HTTP without keep-alive, or an HTTP
     /// request that could not be parsed).
-    close_when_settled: bool,
+    close_when_done: bool,
 }
 
 impl Connection {
@@ -127,7 +127,7 @@ impl Connection {
             read_stalled: false,
             shedding,
             http_waiting: None,
-            close_when_settled: false,
+            close_when_done: false,
         }
     }
 
@@ -148,7 +148,7 @@ impl Connection {
     }
 
     /// Nothing is owed to the client.
-    pub fn is_settled(&self) -> bool {
+    pub fn owes_nothing(&self) -> bool {
         self.output.is_empty() && self.in_flight == 0 && !self.owes_framing_error
     }
 
@@ -187,7 +187,7 @@ impl Connection {
         &mut self,
         scratch: &mut [u8],
         mut budget: usize,
-        drain: Drain,
+        depth: ReadDepth,
         dispatcher: &mut Dispatcher,
         conn: ConnRef,
         now: Instant,
@@ -217,7 +217,7 @@ impl Connection {
                     if !self.discards_input() {
                         self.serve(&scratch[..n], dispatcher, conn, now);
                     }
-                    if n < room && drain == Drain::UntilShortRead {
+                    if n < room && depth == ReadDepth::UntilShortRead {
                         return ReadEnd::Idle;
                     }
                 }
@@ -231,7 +231,7 @@ impl Connection {
     /// After a framing error (or an HTTP request that ends the connection), input is
     /// read only to see EOF.
     fn discards_input(&self) -> bool {
-        self.lingering || self.close_when_settled
+        self.lingering || self.close_when_done
     }
 
     /// How much the next read may take, at most `chunk`: within the input bound and,
@@ -357,8 +357,8 @@ impl Connection {
             self.wants_write = wants_write;
         }
         let mut lingering_from_now = false;
-        if self.is_settled() {
-            if self.read_closed || self.close_when_settled {
+        if self.owes_nothing() {
+            if self.read_closed || self.close_when_done {
                 return FlushEnd::Close;
             }
             if self.lingering && !self.write_shut {

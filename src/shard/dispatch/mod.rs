@@ -154,7 +154,7 @@ impl Dispatcher {
                     if shed {
                         let op = request.command.op().code();
                         output.refusal(op, request.req_id, Status::Overloaded);
-                    } else if let Some(response) = self.decide(conn, request, in_flight, now) {
+                    } else if let Some(response) = self.route(conn, request, in_flight, now) {
                         output.frame(&response);
                     }
                 }
@@ -195,9 +195,11 @@ impl Dispatcher {
         }
     }
 
-    /// Decides a request here, or forwards it to the shard that owns its user or hold
-    /// (counted in `in_flight`; the answer comes back as a [`Message::Reply`]).
-    pub fn decide(
+    /// Routes a request: answered here (PING, STOCK, refusals, or decided by this
+    /// shard's ledger when it owns the user or hold), sent to Redis in ledger mode, or
+    /// forwarded to the shard that owns its user or hold (counted in `in_flight`; the
+    /// answer comes back as a [`Message::Reply`]).
+    pub fn route(
         &mut self,
         conn: ConnRef,
         request: Request,
@@ -206,7 +208,7 @@ impl Dispatcher {
     ) -> Option<Response> {
         let req_id = request.req_id;
         if matches!(self.decider, Decider::Redis(_)) {
-            return self.decide_remote(conn, request, in_flight, now);
+            return self.route_to_redis(conn, request, in_flight, now);
         }
         let routed = match request.command {
             Command::Ping => Err(Response::ok(Op::Ping, req_id, ResultBody::Empty)),
@@ -316,7 +318,7 @@ impl Dispatcher {
 
     /// Ledger mode: everything but PING goes to Redis (after the local gate), decided on
     /// this shard's own connection, so nothing is forwarded between shards.
-    fn decide_remote(
+    fn route_to_redis(
         &mut self,
         conn: ConnRef,
         request: Request,
@@ -390,7 +392,7 @@ impl Dispatcher {
             user,
             qty: 1,
         });
-        self.decide(conn, Request { req_id: 0, command }, in_flight, now)
+        self.route(conn, Request { req_id: 0, command }, in_flight, now)
     }
 
     /// Anonymous HTTP buyers get ids with the top bit set, then node, shard and a

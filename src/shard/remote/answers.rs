@@ -151,19 +151,35 @@ impl RemoteLedger {
             }
             CallKind::Stock { .. } | CallKind::Refill { .. } => {
                 let reply = redis::from_redis_value::<Vec<i64>>(value.clone()).ok();
-                let view: Option<(i64, i64)> =
-                    reply.as_ref().and_then(|v| Some((*v.first()?, *v.get(1)?)));
-                let held = reply.as_ref().and_then(|v| v.get(2).copied());
+                let ledger_view = reply.as_ref().and_then(|v| {
+                    Some(LedgerView {
+                        total: *v.first()?,
+                        remaining: *v.get(1)?,
+                        held: v.get(2).copied(),
+                    })
+                });
+                let view = ledger_view.map(|v| (v.total, v.remaining));
                 if let CallKind::Stock { event } | CallKind::Refill { event } = call.kind {
-                    if let Some((total, remaining)) = view {
-                        self.note_missing(event, total < 0);
-                        self.exhausted[event] =
-                            (total >= 0 && remaining <= 0 && held == Some(0)).then_some(now);
+                    if let Some(v) = ledger_view {
+                        self.note_missing(event, v.total < 0);
+                        self.gate.learned(event, v, now);
                     }
                 }
                 if let CallKind::Refill { event } = call.kind {
-                    self.asking[event] = false;
-                    self.answer_parked(catalog, event, view, call.parked, answers);
+                    let stock = &catalog.get(event).stock;
+                    for (p, verdict) in self.gate.answered(stock, event, ledger_view, call.parked) {
+                        let answer = match verdict {
+                            Verdict::Refuse(status) => {
+                                Some(Response::error(p.op.code(), p.req_id, status))
+                            }
+                            Verdict::Decide { gate_qty } => {
+                                self.queue_decide(catalog, event, p, gate_qty)
+                            }
+                        };
+                        if let Some(answer) = answer {
+                            answers.push((p.conn, answer));
+                        }
+                    }
                 }
                 for waiter in &call.waiters {
                     let response = match view {
@@ -181,51 +197,6 @@ impl RemoteLedger {
                     };
                     answers.push((waiter.conn, response));
                 }
-            }
-        }
-    }
-
-    /// The ledger's word for purchases that found the gate dry. None left: SOLD_OUT for
-    /// each. Some left: the gate is refilled (at most its initial size) and as many
-    /// purchases as the tickets left go to Redis, which decides them; the others wait for
-    /// the next ask, which Redis answers after those decisions (so a purchase Redis
-    /// refuses for another reason leaves its ticket to them, never a false SOLD_OUT).
-    pub(super) fn answer_parked(
-        &mut self,
-        catalog: &Catalog,
-        event: usize,
-        view: Option<(i64, i64)>,
-        parked: Vec<Parked>,
-        answers: &mut Vec<(ConnRef, Response)>,
-    ) {
-        let refusal = match view {
-            None => Some(Status::Unavailable),
-            Some((total, _)) if total < 0 => Some(Status::NotFound),
-            Some((_, remaining)) if remaining <= 0 => Some(Status::SoldOut),
-            Some(_) => None,
-        };
-        if let Some(status) = refusal {
-            for p in parked {
-                answers.push((p.conn, Response::error(p.op.code(), p.req_id, status)));
-            }
-            return;
-        }
-        let mut left = view.map_or(0, |(_, r)| r);
-        let gate = &catalog.get(event).stock;
-        gate.give_back(self.shard, left.min(gate.total().max(1)));
-        for p in parked {
-            if left <= 0 {
-                self.parked[event].push(p);
-                continue;
-            }
-            left -= i64::from(p.qty);
-            let gate_qty = if gate.take(self.shard, i64::from(p.qty)) {
-                p.qty
-            } else {
-                0
-            };
-            if let Some(answer) = self.queue_decide(catalog, event, p, gate_qty) {
-                answers.push((p.conn, answer));
             }
         }
     }
@@ -285,7 +256,7 @@ impl RemoteLedger {
         answers: &mut Vec<(ConnRef, Response)>,
     ) {
         if let CallKind::Refill { event } = call.kind {
-            self.asking[event] = false;
+            self.gate.ask_failed(event);
         }
         if status == Status::Unavailable {
             self.unavailable += (call.parked.len() + call.waiters.len()) as u64;

@@ -9,7 +9,7 @@
 //! refilled and every waiting purchase goes to Redis, which decides each exactly. So
 //! tickets that come back (cancelled or expired holds, a dead node's unused share) are
 //! sold to the next buyers, and SOLD_OUT always reflects the ledger. A CANCEL gives its
-//! tickets back to this node's gate at once.
+//! tickets back to this node's gate at once. The gate's rules are in [`gate`].
 //!
 //! Answers follow what the ledger can know: a call that never left the node answers
 //! UNAVAILABLE (nothing happened); a call sent whose answer was lost is sent again with
@@ -18,13 +18,16 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::Token;
 use redis::{Cmd, Value};
 use ticketd_proto::{Op, OrderList, Purchase, Response, ResultBody, Status};
 
 mod answers;
+mod gate;
+
+use gate::{Admission, Gate, LedgerView, Parked, Verdict};
 
 use super::mailbox::ConnRef;
 use super::ShardSettings;
@@ -38,12 +41,6 @@ use crate::redis_ledger::{self, CallIds, Decision, Step};
 
 /// Tag of the FUNCTION LOAD sent after Redis reports the library missing.
 const RELOAD_TAG: u64 = u64::MAX;
-/// An event the ledger reported with nothing left and nothing held is sold out for
-/// good (sold tickets never come back; only holds do), so a dry gate answers SOLD_OUT
-/// locally — asking again after this long, in case the total was raised on purpose
-/// (`ticketd create-events --update`).
-const EXHAUSTED_RECHECK: Duration = Duration::from_secs(1);
-
 /// How a shard reaches the ledger.
 #[derive(Debug, Clone)]
 pub struct RemoteSettings {
@@ -65,16 +62,6 @@ pub struct Waiter {
     pub op: Op,
     /// Tickets taken from the gate for it (returned if it is refused).
     pub gate_qty: u16,
-}
-
-/// A BUY or RESERVE that found the gate dry, waiting for the ledger's word.
-#[derive(Debug, Clone, Copy)]
-struct Parked {
-    op: Op,
-    user: u64,
-    qty: u16,
-    conn: ConnRef,
-    req_id: u64,
 }
 
 #[derive(Debug)]
@@ -124,12 +111,8 @@ pub struct RemoteLedger {
     decide_batches: Vec<(Vec<Step>, Vec<Waiter>)>,
     settle_batch: (Vec<Step>, Vec<Waiter>),
     stock_batches: Vec<Vec<Waiter>>,
-    /// Per event: purchases that found the gate dry since the last ask went out.
-    parked: Vec<Vec<Parked>>,
-    /// Per event: an ask (Refill) is in flight; newly parked purchases wait for the next.
-    asking: Vec<bool>,
-    /// Per event: when the ledger last said nothing is left and nothing held.
-    exhausted: Vec<Option<Instant>>,
+    /// Purchases that found this node's share dry, and what the ledger said of it.
+    gate: Gate,
     /// What `/readyz` reports: missing events, the connection up or down.
     readiness: Arc<Readiness>,
     /// The connection's state as last reported.
@@ -183,9 +166,7 @@ impl RemoteLedger {
             decide_batches: (0..events).map(|_| (Vec::new(), Vec::new())).collect(),
             settle_batch: (Vec::new(), Vec::new()),
             stock_batches: (0..events).map(|_| Vec::new()).collect(),
-            parked: (0..events).map(|_| Vec::new()).collect(),
-            asking: vec![false; events],
-            exhausted: vec![None; events],
+            gate: Gate::new(shard, events),
             readiness,
             reported_up: false,
             lost: None,
@@ -215,15 +196,13 @@ impl RemoteLedger {
             conn: waiter.0,
             req_id: waiter.1,
         };
-        if catalog.get(event).stock.take(self.shard, i64::from(qty)) {
-            self.queue_decide(catalog, event, parked, qty)
-        } else if self.exhausted[event]
-            .is_some_and(|at| now.saturating_duration_since(at) < EXHAUSTED_RECHECK)
+        match self
+            .gate
+            .admit(&catalog.get(event).stock, event, parked, now)
         {
-            Some(Response::error(op.code(), waiter.1, Status::SoldOut))
-        } else {
-            self.parked[event].push(parked);
-            None
+            Admission::Taken => self.queue_decide(catalog, event, parked, qty),
+            Admission::SoldOut => Some(Response::error(op.code(), waiter.1, Status::SoldOut)),
+            Admission::Parked => None,
         }
     }
 
@@ -369,9 +348,7 @@ impl RemoteLedger {
                 let waiters = std::mem::take(&mut self.stock_batches[event]);
                 self.start(CallKind::Stock { event }, Vec::new(), waiters);
             }
-            if !self.parked[event].is_empty() && !self.asking[event] {
-                self.asking[event] = true;
-                let parked = std::mem::take(&mut self.parked[event]);
+            if let Some(parked) = self.gate.take_ask(event) {
                 self.start_call(CallKind::Refill { event }, Vec::new(), Vec::new(), parked);
             }
         }
