@@ -468,3 +468,32 @@ fn http_buys_go_through_the_ledger_too() {
     assert_eq!(redis.ledger_sold(1), 2);
     assert_eq!(redis.outbox_order_ids(1).len(), 2);
 }
+
+#[test]
+fn weighted_nodes_hold_gates_in_proportion_to_their_weights() {
+    let redis = RedisServer::start();
+    let events = [event(1, 10_000, 1)];
+    redis.create_events(&events, Duration::from_secs(60));
+    let gates: Vec<i64> = (1..=4u16)
+        .map(|weight| {
+            let mut config = redis.node_config(weight, 4, &events);
+            config.hold_ttl = Duration::from_secs(60);
+            if let Some(ledger) = config.redis.as_mut() {
+                ledger.share = ticketd::config::Share {
+                    weight: u32::from(weight),
+                    total_weight: 10,
+                };
+                ledger.buffer = 25;
+            }
+            let node = ticketd::start(config).expect("node starts");
+            let (gate, _) = node.stock(1).expect("the event is in the catalog");
+            node.shutdown();
+            gate
+        })
+        .collect();
+    assert_eq!(
+        gates,
+        [1_025, 2_025, 3_025, 4_025],
+        "weight/10 of 10,000, plus the buffer"
+    );
+}

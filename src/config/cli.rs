@@ -111,10 +111,20 @@ pub struct Cli {
     #[arg(long, value_name = "URL", value_parser = parse_redis_url)]
     pub redis: Option<RedisUrl>,
 
-    /// Ledger mode: how many ticketd nodes share the events (sizes each node's gate)
-    /// [default: 1].
-    #[arg(long, value_name = "N")]
+    /// Ledger mode: how many ticketd nodes share the events, each an equal share of the
+    /// local stock (sizes each node's gate) [default: 1]. For unequal shares, --weight
+    /// and --total-weight instead.
+    #[arg(long, value_name = "N", conflicts_with_all = ["weight", "total_weight"])]
     pub nodes: Option<u32>,
+
+    /// Ledger mode: this node's weight at the load balancer; its gate holds
+    /// weight ÷ total-weight of each event (plus --buffer). Needs --total-weight.
+    #[arg(long, value_name = "W", requires = "total_weight")]
+    pub weight: Option<u32>,
+
+    /// Ledger mode: the sum of every node's --weight (e.g. 10 for weights 1:2:3:4).
+    #[arg(long, value_name = "T", requires = "weight")]
+    pub total_weight: Option<u32>,
 
     /// Ledger mode: tickets a node's gate lets through beyond its share [default: 0].
     #[arg(long, value_name = "N")]
@@ -153,6 +163,8 @@ impl Cli {
         if self.redis.is_none() {
             let given = [
                 ("nodes", self.nodes.is_some()),
+                ("weight", self.weight.is_some()),
+                ("total-weight", self.total_weight.is_some()),
                 ("buffer", self.buffer.is_some()),
                 ("redis-timeout", self.redis_timeout.is_some()),
                 ("redis-depth", self.redis_depth.is_some()),
@@ -183,7 +195,14 @@ impl Cli {
                 RedisConfig {
                     addr: url.addr,
                     login: url.login,
-                    nodes: self.nodes.unwrap_or(defaults.nodes),
+                    share: match (self.weight, self.total_weight, self.nodes) {
+                        (Some(weight), Some(total_weight), _) => Share {
+                            weight,
+                            total_weight,
+                        },
+                        (_, _, Some(nodes)) => Share::equal(nodes),
+                        _ => defaults.share,
+                    },
                     buffer: self.buffer.unwrap_or(defaults.buffer),
                     timeout: self.redis_timeout.unwrap_or(defaults.timeout),
                     depth: self.redis_depth.unwrap_or(defaults.depth),

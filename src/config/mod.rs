@@ -204,13 +204,33 @@ impl JournalConfig {
     }
 }
 
+/// A node's part of the local stock: `weight` of `total_weight`, as the load balancer
+/// weighs the nodes (`--nodes N` is weight 1 of N).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub weight: u32,
+    pub total_weight: u32,
+}
+
+impl Share {
+    /// One of `nodes` equal nodes.
+    pub fn equal(nodes: u32) -> Self {
+        Share {
+            weight: 1,
+            total_weight: nodes,
+        }
+    }
+}
+
 /// `--redis` and its companions.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     pub addr: SocketAddr,
     /// AUTH and SELECT from the URL, sent on every connection.
     pub login: RedisLogin,
-    pub nodes: u32,
+    /// This node's part of each event's local stock (`--nodes`, or `--weight` of
+    /// `--total-weight`).
+    pub share: Share,
     pub buffer: i64,
     pub timeout: Duration,
     pub depth: usize,
@@ -224,7 +244,7 @@ impl RedisConfig {
         RedisConfig {
             addr,
             login: RedisLogin::default(),
-            nodes: 1,
+            share: Share::equal(1),
             buffer: 0,
             timeout: Duration::from_millis(500),
             depth: 64,
@@ -303,7 +323,8 @@ impl Config {
             }
         }
         if let Some(redis) = &self.redis {
-            in_range("nodes", redis.nodes, 1, MAX_NODES)?;
+            in_range("total-weight", redis.share.total_weight, 1, MAX_NODES)?;
+            in_range("weight", redis.share.weight, 1, redis.share.total_weight)?;
             in_range("buffer", redis.buffer, 0, MAX_EVENT_STOCK)?;
             in_range("redis-depth", redis.depth as u64, 1, MAX_REDIS_DEPTH as u64)?;
             if !(MIN_REDIS_TIMEOUT..=MAX_REDIS_TIMEOUT).contains(&redis.timeout) {

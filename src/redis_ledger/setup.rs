@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::flavor::{load_script, Flavor};
 use super::{define_event, load_functions, stock, EventKeys};
-use crate::config::{EventSpec, RedisConfig};
+use crate::config::{EventSpec, RedisConfig, Share};
 
 /// Why the ledger could not be prepared, read or changed.
 #[derive(Debug, thiserror::Error)]
@@ -340,11 +340,13 @@ pub fn snapshot(
         .collect()
 }
 
-/// A node's gate for an event: its share of the total plus the buffer, never above the
-/// total.
-pub fn gate_size(total: i64, nodes: u32, buffer: i64) -> i64 {
-    let nodes = i64::from(nodes.max(1));
-    ((total + nodes - 1) / nodes + buffer).min(total).max(0)
+/// A node's gate for an event: its share of the total (rounded up), plus the buffer,
+/// never above the total.
+pub fn gate_size(total: i64, share: Share, buffer: i64) -> i64 {
+    let of = i128::from(share.total_weight.max(1));
+    let part = (i128::from(total.max(0)) * i128::from(share.weight) + of - 1) / of;
+    let part = i64::try_from(part).unwrap_or(i64::MAX);
+    part.saturating_add(buffer).min(total).max(0)
 }
 
 #[cfg(test)]
@@ -353,9 +355,32 @@ mod tests {
 
     #[test]
     fn gates_split_the_total_and_add_the_buffer() {
-        assert_eq!(gate_size(10_000, 3, 0), 3_334);
-        assert_eq!(gate_size(10_000, 3, 100), 3_434);
-        assert_eq!(gate_size(10, 1, 100), 10, "never above the total");
-        assert_eq!(gate_size(0, 4, 5), 0);
+        assert_eq!(gate_size(10_000, Share::equal(3), 0), 3_334);
+        assert_eq!(gate_size(10_000, Share::equal(3), 100), 3_434);
+        assert_eq!(
+            gate_size(10, Share::equal(1), 100),
+            10,
+            "never above the total"
+        );
+        assert_eq!(gate_size(0, Share::equal(4), 5), 0);
+    }
+
+    #[test]
+    fn weighted_gates_follow_the_weights() {
+        let share = |weight| Share {
+            weight,
+            total_weight: 10,
+        };
+        let gates: Vec<i64> = (1..=4).map(|w| gate_size(10_000, share(w), 0)).collect();
+        assert_eq!(gates, [1_000, 2_000, 3_000, 4_000]);
+        assert_eq!(
+            gate_size(10_001, share(1), 50),
+            1_051,
+            "rounded up, plus the buffer"
+        );
+        assert_eq!(
+            gate_size(i64::MAX / 2, share(9), 0),
+            4_150_517_416_584_649_113
+        );
     }
 }

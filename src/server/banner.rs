@@ -41,14 +41,15 @@ pub(super) fn log_started(started: &Started<'_>) {
     let off = || "off".to_owned();
     let mode = match (&config.redis, data_dir) {
         (Some(redis), _) => format!(
-            "ledger mode: Redis at {} ({}), node {} of {}",
+            "ledger mode: Redis at {} ({}), node {}, gates sized to weight {} of {}",
             redis.addr,
             match flavor {
                 Some(Flavor::Scripts { .. }) => "scripts",
                 _ => "functions",
             },
             config.node_id,
-            redis.nodes
+            redis.share.weight,
+            redis.share.total_weight
         ),
         (None, Some(dir)) => format!(
             "embedded ledger journaled in {} (fsync {})",

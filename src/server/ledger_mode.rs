@@ -23,7 +23,7 @@ pub(super) fn prepare(
         .map(|(e, total)| EventSpec {
             // An event the ledger lacks gets an empty gate: every purchase asks
             // Redis, which answers NOT_FOUND until the event is created.
-            stock: total.map_or(0, |t| setup::gate_size(t, redis.nodes, redis.buffer)),
+            stock: total.map_or(0, |t| setup::gate_size(t, redis.share, redis.buffer)),
             ..*e
         })
         .collect();

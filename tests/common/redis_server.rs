@@ -150,7 +150,7 @@ impl RedisServer {
         config.shards = 2;
         config.node_id = node_id;
         config.redis = Some(ticketd::config::RedisConfig {
-            nodes,
+            share: ticketd::config::Share::equal(nodes),
             timeout: Duration::from_millis(300),
             ..ticketd::config::RedisConfig::new(self.addr())
         });
