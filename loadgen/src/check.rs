@@ -130,12 +130,20 @@ pub fn run_checks(input: CheckInput<'_>) -> BTreeMap<&'static str, Verdict> {
                 ),
             );
             let server_sold = before.remaining - after.remaining;
+            // A lost answer may have been a sale the client never saw: then the server
+            // may count up to that many more, never fewer.
+            let lost = r.lost as i64;
+            let unseen = if lost > 0 {
+                format!(" ({lost} answers lost: up to {lost} sales unseen)")
+            } else {
+                String::new()
+            };
             checks.insert(
                 "server_agrees",
                 Verdict::check(
-                    server_sold == sold && after.total == before.total,
+                    (sold..=sold + lost).contains(&server_sold) && after.total == before.total,
                     format!(
-                        "the server's remaining fell by {server_sold}; clients saw {sold} sales"
+                        "the server's remaining fell by {server_sold}; clients saw {sold} sales{unseen}"
                     ),
                 ),
             );
@@ -144,9 +152,10 @@ pub fn run_checks(input: CheckInput<'_>) -> BTreeMap<&'static str, Verdict> {
                 "exact_sell_out",
                 if demand_exceeded {
                     Verdict::check(
-                        sold == before.remaining && after.remaining == 0,
+                        (before.remaining - lost..=before.remaining).contains(&sold)
+                            && after.remaining == 0,
                         format!(
-                            "demand exceeded stock: sold {sold} of {}, {} left",
+                            "demand exceeded stock: sold {sold} of {}, {} left{unseen}",
                             before.remaining, after.remaining
                         ),
                     )
@@ -300,5 +309,31 @@ mod tests {
         let mut r = sold_out_run(2);
         r.statuses[usize::from(Status::Unavailable.code())] = 3;
         assert!(run_checks(input(&r, 2, 0))["every_request_decided"].failed());
+    }
+
+    #[test]
+    fn lost_answers_widen_the_agreement_by_exactly_their_number() {
+        // 8 sales seen, 2 answers lost, the server sold all 10: honest.
+        let mut r = sold_out_run(8);
+        r.lost = 2;
+        r.answered -= 2;
+        let checks = run_checks(input(&r, 10, 0));
+        assert_eq!(checks["server_agrees"].verdict, "pass", "{checks:?}");
+        assert_eq!(checks["exact_sell_out"].verdict, "pass", "{checks:?}");
+        assert!(
+            checks["every_request_answered"].failed(),
+            "the loss is reported"
+        );
+        // One lost answer cannot explain two unseen sales.
+        let mut r = sold_out_run(8);
+        r.lost = 1;
+        r.answered -= 1;
+        let checks = run_checks(input(&r, 10, 0));
+        assert!(checks["server_agrees"].failed());
+        assert!(checks["exact_sell_out"].failed());
+        // Nor may the server count fewer sales than the clients saw.
+        let mut r = sold_out_run(10);
+        r.lost = 3;
+        assert!(run_checks(input(&r, 10, 1))["server_agrees"].failed());
     }
 }

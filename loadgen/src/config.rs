@@ -128,6 +128,12 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub hold: Option<Duration>,
 
+    /// When a connection breaks mid-run (a node died behind a balancer), open it again
+    /// (retrying with backoff for up to 10 s) and go on; its requests in flight are
+    /// counted lost, never hidden. Without it, a broken connection stays closed.
+    #[arg(long)]
+    pub reconnect: bool,
+
     /// Internal: run as worker process for global connections START..END.
     #[arg(long, hide = true, value_name = "START:END")]
     pub worker: Option<String>,

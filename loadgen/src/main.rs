@@ -83,6 +83,7 @@ fn settings(cli: &Cli, all_threads: usize) -> RunSettings {
         connect_interval: Duration::from_secs_f64(all_threads as f64 / cli.connect_rate),
         max_tracked_orders: cli.max_tracked_orders,
         hold: cli.hold.unwrap_or(Duration::ZERO),
+        reconnect: cli.reconnect,
     }
 }
 
@@ -283,6 +284,8 @@ fn build_report(
         requests: result.answered,
         sent: result.sent,
         lost: result.lost,
+        broken_conns: result.broken_conns,
+        reconnects: result.reconnects,
         malformed: result.malformed,
         elapsed_s,
         throughput_rps: if elapsed_s > 0.0 {

@@ -33,6 +33,8 @@ pub struct ThreadResult {
     /// Answers that did not decode or matched no request.
     pub malformed: u64,
     pub broken_conns: u64,
+    /// Broken connections opened again (`--reconnect`).
+    pub reconnects: u64,
     pub statuses: [u64; 8],
     pub latency: Histogram<u64>,
     pub latency_uncorrected: Histogram<u64>,
@@ -54,6 +56,7 @@ impl ThreadResult {
             lost: 0,
             malformed: 0,
             broken_conns: 0,
+            reconnects: 0,
             statuses: [0; 8],
             latency: new_histogram(),
             latency_uncorrected: new_histogram(),
@@ -83,6 +86,7 @@ impl ThreadResult {
         self.lost += other.lost;
         self.malformed += other.malformed;
         self.broken_conns += other.broken_conns;
+        self.reconnects += other.reconnects;
         for (mine, theirs) in self.statuses.iter_mut().zip(other.statuses) {
             *mine += theirs;
         }
@@ -112,6 +116,7 @@ pub struct WireResult {
     lost: u64,
     malformed: u64,
     broken_conns: u64,
+    reconnects: u64,
     statuses: Vec<u64>,
     latency: String,
     latency_uncorrected: String,
@@ -157,6 +162,7 @@ impl WireResult {
             lost: r.lost,
             malformed: r.malformed,
             broken_conns: r.broken_conns,
+            reconnects: r.reconnects,
             statuses: r.statuses.to_vec(),
             latency: encode_histogram(&r.latency)?,
             latency_uncorrected: encode_histogram(&r.latency_uncorrected)?,
@@ -184,6 +190,7 @@ impl WireResult {
             lost: self.lost,
             malformed: self.malformed,
             broken_conns: self.broken_conns,
+            reconnects: self.reconnects,
             statuses,
             latency,
             latency_uncorrected,
@@ -268,6 +275,9 @@ pub struct Report {
     pub sent: u64,
     pub lost: u64,
     pub malformed: u64,
+    /// Connections that broke mid-run, and how many of them were opened again.
+    pub broken_conns: u64,
+    pub reconnects: u64,
     pub elapsed_s: f64,
     pub throughput_rps: f64,
     pub statuses: BTreeMap<&'static str, u64>,
@@ -315,6 +325,14 @@ impl Report {
             "requests     {} answered of {} sent ({} lost, {} malformed) in {:.3} s",
             self.requests, self.sent, self.lost, self.malformed, self.elapsed_s
         );
+        if self.broken_conns > 0 {
+            println!(
+                "broken       {} connection{} broke mid-run, {} reopened (their requests in flight count as lost)",
+                self.broken_conns,
+                if self.broken_conns == 1 { "" } else { "s" },
+                self.reconnects,
+            );
+        }
         println!("throughput   {:.0} requests/s", self.throughput_rps);
         let statuses: Vec<String> = self
             .statuses

@@ -262,3 +262,109 @@ fn a_server_that_never_answers_ends_the_run_at_the_timeout_saying_how_far_it_got
         "{stderr}"
     );
 }
+
+/// A TCP relay to `upstream` that can cut every connection it relays so far, like a
+/// node dying behind a balancer; connections made after a cut are relayed normally.
+struct CuttingRelay {
+    addr: std::net::SocketAddr,
+    clients: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl CuttingRelay {
+    fn start(upstream: std::net::SocketAddr) -> Self {
+        use std::io::copy;
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let clients = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = std::sync::Arc::clone(&clients);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                kept.lock().unwrap().push(client.try_clone().unwrap());
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut s_in, mut c_out) = (server, client);
+                std::thread::spawn(move || {
+                    let _ = copy(&mut c_in, &mut s_out);
+                    let _ = s_out.shutdown(std::net::Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    let _ = copy(&mut s_in, &mut c_out);
+                    let _ = c_out.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        CuttingRelay { addr, clients }
+    }
+
+    /// Cuts every connection relayed so far; returns how many.
+    fn cut(&self) -> usize {
+        let mut clients = self.clients.lock().unwrap();
+        for client in clients.iter() {
+            let _ = client.shutdown(std::net::Shutdown::Both);
+        }
+        std::mem::take(&mut *clients).len()
+    }
+}
+
+#[test]
+fn reconnect_survives_cut_connections_and_reports_what_was_lost() {
+    let server = server(1_000_000, 1);
+    let relay = CuttingRelay::start(server.local_addr());
+    let json = json_path("reconnect.json");
+    let child = Command::new(LOADGEN)
+        .args(["--addr", &relay.addr.to_string(), "--threads", "1"])
+        .args([
+            "--conns",
+            "8",
+            "--depth",
+            "16",
+            "--duration",
+            "3s",
+            "--reconnect",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Cut everything once, a second into the 3 s run (the connections are in by then,
+    // after the STOCK check's own, which has closed).
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let cut = relay.cut();
+    assert!(cut >= 8, "every connection was relayed and cut ({cut})");
+    let out = child.wait_with_output().unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(report["broken_conns"], 8, "{stdout}");
+    assert_eq!(report["reconnects"], 8, "{stdout}");
+    let (sent, answered, lost) = (
+        report["sent"].as_u64().unwrap(),
+        report["requests"].as_u64().unwrap(),
+        report["lost"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        sent,
+        answered + lost,
+        "every request answered or counted lost"
+    );
+    // The run went on after the cut: far more than the depth was answered.
+    assert!(answered > 8 * 16 * 4, "{stdout}");
+    let checks = &report["invariants"];
+    assert_eq!(checks["server_agrees"]["verdict"], "pass", "{stdout}");
+    assert_eq!(checks["order_ids_unique"]["verdict"], "pass", "{stdout}");
+    if lost > 0 {
+        assert!(!out.status.success(), "lost answers fail the run: {stdout}");
+        assert_eq!(checks["every_request_answered"]["verdict"], "fail");
+    }
+    assert!(
+        stdout.contains("8 connections broke mid-run, 8 reopened"),
+        "{stdout}"
+    );
+}

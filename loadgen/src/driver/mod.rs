@@ -3,33 +3,35 @@
 //! each request scheduled ahead) — and returns what it saw.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
-use mio::net::TcpStream;
+use bytes::Buf;
 use mio::{Events, Interest, Poll, Token};
 use ticketd_proto::{
     decode_response, Command, DecodeError, Op, Purchase, Request, ResultBody, Status,
     DEFAULT_MAX_FRAME,
 };
 
-use crate::config::{OpKind, StopRule};
-use crate::connect;
-use crate::report::ThreadResult;
-use crate::workload::{quota, UserSequence};
+mod broken;
+mod conn;
 
-/// A connect that has not completed after this long counts as failed.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+use broken::Tally;
+pub use conn::ConnTarget;
+use conn::{connect_all, Conn, Link, Pending};
+
+use crate::config::{OpKind, StopRule};
+use crate::report::ThreadResult;
+use crate::workload::UserSequence;
+
 /// After the last send, how long to wait for outstanding answers.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open loop: most requests in flight per connection; later ones wait (and their wait
 /// counts in the corrected latency).
-const MAX_OPEN_LOOP_IN_FLIGHT: u32 = 1024;
+pub(super) const MAX_OPEN_LOOP_IN_FLIGHT: u32 = 1024;
 const READ_CHUNK: usize = 64 * 1024;
 
 /// What every thread of a run shares.
@@ -48,6 +50,8 @@ pub struct RunSettings {
     pub max_tracked_orders: usize,
     /// Keep the connections open this long after the run.
     pub hold: Duration,
+    /// Open a connection that broke mid-run again (`--reconnect`).
+    pub reconnect: bool,
 }
 
 /// Live counters for progress reporting.
@@ -93,50 +97,6 @@ impl StartGate {
     }
 }
 
-/// One connection to open: its global index, where to, and from which source address.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnTarget {
-    pub global: u64,
-    pub addr: SocketAddr,
-    pub source: Option<IpAddr>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Pending {
-    req_id: u64,
-    intended: Instant,
-    sent: Instant,
-    op: Op,
-    user: u64,
-}
-
-struct Conn {
-    stream: TcpStream,
-    global: u64,
-    out: BytesMut,
-    input: BytesMut,
-    slots: Vec<Option<Pending>>,
-    free: Vec<u32>,
-    /// Requests this connection has started (its `j` in the user sequence).
-    started: u64,
-    /// Frames sent, for unique request ids.
-    sends: u64,
-    /// Requests it may still start (request-count runs).
-    quota_left: Option<u64>,
-    /// Open loop: a due request that found every slot taken.
-    waiting_due: Option<Instant>,
-    wants_write: bool,
-    dead: bool,
-    /// Its death has been accounted for (see `Tally::bury_if_dead`).
-    buried: bool,
-}
-
-impl Conn {
-    fn in_flight(&self) -> u32 {
-        (self.slots.len() - self.free.len()) as u32
-    }
-}
-
 /// Runs one load thread to completion.
 pub fn run_thread(
     targets: Vec<ConnTarget>,
@@ -168,151 +128,6 @@ pub fn run_thread(
     result
 }
 
-fn connect_all(
-    poll: &mut Poll,
-    targets: &[ConnTarget],
-    settings: &RunSettings,
-    progress: &Progress,
-    result: &mut ThreadResult,
-) -> Vec<Conn> {
-    let mut events = Events::with_capacity(1024);
-    let mut connecting: Vec<Option<(TcpStream, u64, Instant)>> = Vec::with_capacity(targets.len());
-    // Indices into `connecting`, oldest connect first.
-    let mut oldest_first: VecDeque<usize> = VecDeque::new();
-    let mut open = 0usize;
-    let mut next = 0usize;
-    let ramp_start = Instant::now();
-    let capacity = match settings.rate_per_conn {
-        Some(_) => MAX_OPEN_LOOP_IN_FLIGHT,
-        None => settings.depth,
-    };
-    let mut established: Vec<(TcpStream, u64)> = Vec::new();
-    let fail = |result: &mut ThreadResult, e: &io::Error| {
-        *result
-            .connect_errors
-            .entry(connect::explain(e))
-            .or_default() += 1;
-        progress.failed.fetch_add(1, Ordering::Relaxed);
-    };
-    while next < targets.len() || open > 0 {
-        let now = Instant::now();
-        // Start every connect whose turn on the ramp has come.
-        while next < targets.len() && ramp_start + settings.connect_interval * next as u32 <= now {
-            let target = targets[next];
-            match connect::start_connect(target.addr, target.source) {
-                Ok(mut stream) => {
-                    let token = Token(connecting.len());
-                    if let Err(e) = poll
-                        .registry()
-                        .register(&mut stream, token, Interest::WRITABLE)
-                    {
-                        fail(result, &e);
-                    } else {
-                        oldest_first.push_back(connecting.len());
-                        connecting.push(Some((stream, target.global, now)));
-                        open += 1;
-                    }
-                }
-                Err(e) => fail(result, &e),
-            }
-            next += 1;
-        }
-        let until_next = (next < targets.len()).then(|| {
-            (ramp_start + settings.connect_interval * next as u32).saturating_duration_since(now)
-        });
-        let timeout = until_next
-            .unwrap_or(Duration::from_millis(50))
-            .min(Duration::from_millis(50));
-        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
-            if e.kind() != io::ErrorKind::Interrupted {
-                break;
-            }
-        }
-        for event in events.iter() {
-            let index = event.token().0;
-            let Some(slot) = connecting.get_mut(index) else {
-                continue;
-            };
-            let Some((stream, _, _)) = slot.as_ref() else {
-                continue;
-            };
-            let outcome = match stream.take_error() {
-                Ok(Some(e)) | Err(e) => Err(e),
-                Ok(None) => match stream.peer_addr() {
-                    Ok(_) => Ok(()),
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => continue,
-                    Err(e) => Err(e),
-                },
-            };
-            let Some((mut stream, global, _)) = slot.take() else {
-                continue;
-            };
-            open -= 1;
-            let _ = poll.registry().deregister(&mut stream);
-            match outcome {
-                Ok(()) => {
-                    progress.established.fetch_add(1, Ordering::Relaxed);
-                    established.push((stream, global));
-                }
-                Err(e) => fail(result, &e),
-            }
-        }
-        // Connects that never completed. They start in time order, so only the oldest
-        // still pending can have expired: look at the front, never scan them all (a
-        // scan per pass falls behind at thousands of connects and then expires
-        // connects whose completion is merely waiting in the event queue).
-        let now = Instant::now();
-        while let Some(&oldest) = oldest_first.front() {
-            if let Some(slot @ Some(_)) = connecting.get_mut(oldest) {
-                let expired = slot
-                    .as_ref()
-                    .is_some_and(|(_, _, at)| now.duration_since(*at) > CONNECT_TIMEOUT);
-                if !expired {
-                    break;
-                }
-                if let Some((mut stream, _, _)) = slot.take() {
-                    let _ = poll.registry().deregister(&mut stream);
-                    open -= 1;
-                    fail(result, &io::Error::from_raw_os_error(libc::ETIMEDOUT));
-                }
-            }
-            oldest_first.pop_front();
-        }
-    }
-    // Register the established connections for the run.
-    let mut conns = Vec::new();
-    for (mut stream, global) in established {
-        let token = Token(conns.len());
-        if let Err(e) = poll
-            .registry()
-            .register(&mut stream, token, Interest::READABLE)
-        {
-            fail(result, &e);
-            continue;
-        }
-        let quota_left = match settings.stop {
-            StopRule::Requests(total) => Some(quota(global, settings.total_conns, total)),
-            StopRule::Duration(_) => None,
-        };
-        conns.push(Conn {
-            stream,
-            global,
-            out: BytesMut::new(),
-            input: BytesMut::new(),
-            slots: vec![None; capacity as usize],
-            free: (0..capacity).rev().collect(),
-            started: 0,
-            sends: 0,
-            quota_left,
-            waiting_due: None,
-            wants_write: false,
-            dead: false,
-            buried: false,
-        });
-    }
-    conns
-}
-
 fn drive(
     poll: &mut Poll,
     conns: &mut [Conn],
@@ -333,6 +148,8 @@ fn drive(
             StopRule::Requests(_) => Some(conns.iter().filter_map(|c| c.quota_left).sum()),
             StopRule::Duration(_) => None,
         },
+        reconnect: settings.reconnect,
+        retries: BinaryHeap::new(),
     };
     // Open loop: each connection's next intended send, earliest first.
     let interval = settings
@@ -348,8 +165,8 @@ fn drive(
     } else {
         for (i, conn) in conns.iter_mut().enumerate() {
             fill_closed_loop(conn, settings, start, result, &mut tally);
-            flush(poll, conn, i, result);
-            tally.bury_if_dead(conn, result);
+            flush(poll, conn, i);
+            tally.bury_if_dead(conn, i, start, result);
         }
     }
     let mut stopped_sending_at = None;
@@ -375,10 +192,11 @@ fn drive(
                 }
                 start_request(conn, settings, due, now, result, &mut tally);
                 schedule.push(Reverse((due + interval, i)));
-                flush(poll, conn, i, result);
-                tally.bury_if_dead(conn, result);
+                flush(poll, conn, i);
+                tally.bury_if_dead(conn, i, now, result);
             }
         }
+        tally.retry_due(poll, conns, now, result);
         let outstanding = result.sent - result.answered - result.lost;
         if outstanding == 0 && (!sending || tally.quota_left == Some(0)) {
             break;
@@ -393,6 +211,10 @@ fn drive(
         let timeout = deadline
             .filter(|_| sending)
             .map_or(timeout, |d| timeout.min(d.saturating_duration_since(now)));
+        let timeout = match tally.retries.peek() {
+            Some(&Reverse((due, _))) => timeout.min(due.saturating_duration_since(now)),
+            None => timeout,
+        };
         if let Err(e) = poll.poll(&mut events, Some(timeout)) {
             if e.kind() != io::ErrorKind::Interrupted {
                 break;
@@ -405,11 +227,22 @@ fn drive(
             let Some(conn) = conns.get_mut(i) else {
                 continue;
             };
+            if let Link::Connecting { .. } = conn.link {
+                if tally.reconnected(poll, conn, i, now, result) && sending {
+                    match interval {
+                        None => fill_closed_loop(conn, settings, now, result, &mut tally),
+                        Some(_) => schedule.push(Reverse((now, i))),
+                    }
+                    flush(poll, conn, i);
+                    tally.bury_if_dead(conn, i, now, result);
+                }
+                continue;
+            }
             if conn.dead {
                 continue;
             }
             if event.is_writable() {
-                flush(poll, conn, i, result);
+                flush(poll, conn, i);
             }
             if event.is_readable() || event.is_read_closed() || event.is_error() {
                 read_responses(
@@ -431,9 +264,9 @@ fn drive(
                         }
                     }
                 }
-                flush(poll, conn, i, result);
+                flush(poll, conn, i);
             }
-            tally.bury_if_dead(conn, result);
+            tally.bury_if_dead(conn, i, now, result);
         }
     }
     result.elapsed = start.elapsed();
@@ -450,26 +283,6 @@ fn drive(
 fn precise_wait(until: Duration) -> Duration {
     let whole_ms = until.as_millis().saturating_sub(1);
     Duration::from_millis(u64::try_from(whole_ms).unwrap_or(u64::MAX))
-}
-
-/// Run-wide counters of one thread's drive loop.
-struct Tally {
-    /// Requests still to start on live connections (None: until the deadline).
-    quota_left: Option<u64>,
-}
-
-impl Tally {
-    /// Accounts once for a connection that died: its requests in flight are lost and its
-    /// unstarted quota will never start.
-    fn bury_if_dead(&mut self, conn: &mut Conn, result: &mut ThreadResult) {
-        if conn.dead && !conn.buried {
-            conn.buried = true;
-            result.lost += u64::from(conn.in_flight());
-            if let (Some(total), Some(left)) = (self.quota_left.as_mut(), conn.quota_left) {
-                *total -= left;
-            }
-        }
-    }
 }
 
 fn fill_closed_loop(
@@ -545,7 +358,7 @@ fn send(
     result.sent += 1;
 }
 
-fn flush(poll: &Poll, conn: &mut Conn, token: usize, result: &mut ThreadResult) {
+fn flush(poll: &Poll, conn: &mut Conn, token: usize) {
     while !conn.out.is_empty() && !conn.dead {
         match conn.stream.write(&conn.out) {
             Ok(0) => conn.dead = true,
@@ -556,7 +369,6 @@ fn flush(poll: &Poll, conn: &mut Conn, token: usize, result: &mut ThreadResult) 
         }
     }
     if conn.dead {
-        result.broken_conns += 1;
         let _ = poll.registry().deregister(&mut conn.stream);
         return;
     }
@@ -589,7 +401,6 @@ fn read_responses(
         match conn.stream.read(scratch) {
             Ok(0) => {
                 conn.dead = true;
-                result.broken_conns += 1;
                 return;
             }
             Ok(n) => {
@@ -620,7 +431,6 @@ fn read_responses(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => {
                 conn.dead = true;
-                result.broken_conns += 1;
                 return;
             }
         }
