@@ -1,6 +1,6 @@
-//! The admin endpoint (`--admin HOST:PORT`): `GET /healthz` (the process answers) and
+//! The admin endpoint (`--admin HOST:PORT`): `GET /healthz` (the process answers),
 //! `GET /readyz` (200 when the node can sell everything it was started to, 503 with one
-//! reason per line when not). One plain thread with blocking sockets, off the shards'
+//! reason per line when not) and `GET /stats` (the node's counters, `name value` lines). One plain thread with blocking sockets, off the shards'
 //! loops: probes are rare and tiny.
 
 use std::io::{Read, Write};
@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::readiness::Readiness;
+use crate::stats::NodeStats;
 
 /// Longest a probe may take to send its request or read its answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -29,7 +30,12 @@ pub struct Admin {
 
 impl Admin {
     /// Serves on `listener` (already bound, so a bind error is the caller's to report).
-    pub fn start(listener: TcpListener, readiness: Arc<Readiness>) -> std::io::Result<Admin> {
+    pub fn start(
+        listener: TcpListener,
+        readiness: Arc<Readiness>,
+        stats: Arc<NodeStats>,
+        node_id: u16,
+    ) -> std::io::Result<Admin> {
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -39,7 +45,7 @@ impl Admin {
             .spawn(move || {
                 while !flag.load(Ordering::Acquire) {
                     match listener.accept() {
-                        Ok((stream, _)) => answer(stream, &readiness),
+                        Ok((stream, _)) => answer(stream, &readiness, &stats, node_id),
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             std::thread::sleep(STOP_POLL)
                         }
@@ -68,7 +74,7 @@ impl Drop for Admin {
     }
 }
 
-fn answer(mut stream: TcpStream, readiness: &Readiness) {
+fn answer(mut stream: TcpStream, readiness: &Readiness, stats: &NodeStats, node_id: u16) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
@@ -102,8 +108,15 @@ fn answer(mut stream: TcpStream, readiness: &Readiness) {
                 ("503 Service Unavailable", problems.join("\n") + "\n")
             }
         }
-        Some(_) => ("404 Not Found", "try /healthz or /readyz\n".to_owned()),
-        None => ("400 Bad Request", "GET /healthz or /readyz\n".to_owned()),
+        Some("/stats") => ("200 OK", stats.render(node_id)),
+        Some(_) => (
+            "404 Not Found",
+            "try /healthz, /readyz or /stats\n".to_owned(),
+        ),
+        None => (
+            "400 Bad Request",
+            "GET /healthz, /readyz or /stats\n".to_owned(),
+        ),
     };
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -36,6 +36,7 @@ pub mod redis_ledger;
 pub mod routing;
 pub mod server;
 pub mod shard;
+pub mod stats;
 pub mod stock;
 pub mod summary;
 pub mod tools;

@@ -497,3 +497,33 @@ fn weighted_nodes_hold_gates_in_proportion_to_their_weights() {
         "weight/10 of 10,000, plus the buffer"
     );
 }
+
+#[test]
+fn stats_count_a_nodes_sales_redis_calls_and_refills() {
+    let redis = RedisServer::start();
+    let events = [event(1, 40, 1)];
+    redis.create_events(&events, Duration::from_secs(60));
+    let mut config = redis.node_config(1, 4, &events);
+    config.hold_ttl = Duration::from_secs(60);
+    config.admin = Some("127.0.0.1:0".parse().unwrap());
+    let node = ticketd::start(config).expect("node starts");
+    let mut client = Client::connect(node.local_addr());
+    // The gate holds a quarter (10): the other 30 are sold after refills from Redis.
+    for user in 0..40 {
+        assert_eq!(client.buy(1, user, 1).status, Status::Ok, "user {user}");
+    }
+    assert_eq!(client.buy(1, 99, 1).status, Status::SoldOut);
+    let admin = node.admin_addr().expect("admin endpoint");
+    let (code, stats) = common::http_get(admin, "/stats");
+    assert_eq!(code, 200);
+    let value = |name: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {stats}"))
+    };
+    assert_eq!(value("ticketd_sold_tickets"), 40);
+    assert!(value("ticketd_gate_refills") >= 1, "{stats}");
+    assert!(value("ticketd_redis_calls") >= 40 / 10, "{stats}");
+    assert_eq!(value("ticketd_unavailable_answers"), 0);
+}

@@ -243,6 +243,15 @@ fn the_admin_endpoint_answers_health_and_readiness() {
     assert_eq!(common::http_get(admin, "/healthz"), (200, "ok\n".into()));
     assert_eq!(common::http_get(admin, "/readyz"), (200, "ready\n".into()));
     assert_eq!(common::http_get(admin, "/metrics").0, 404);
+    let mut client = Client::connect(server.local_addr());
+    for user in 1..=3 {
+        assert_eq!(client.buy(1, user, 1).status, Status::Ok);
+    }
+    assert_eq!(client.buy(1, 1, 1).status, Status::LimitReached);
+    let (code, stats) = common::http_get(admin, "/stats");
+    assert_eq!(code, 200);
+    assert!(stats.contains("ticketd_sold_tickets 3\n"), "{stats}");
+    assert!(stats.contains("ticketd_redis_calls 0\n"), "{stats}");
 }
 
 #[test]

@@ -23,6 +23,7 @@ use crate::shard::mailbox::{Mailbox, Peer};
 use crate::shard::{
     self, HoldRoutes, Shard, ShardParts, ShardReport, ShardSettings, ShutdownSignal,
 };
+use crate::stats::NodeStats;
 use crate::summary::Summary;
 
 mod banner;
@@ -150,6 +151,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         })?),
         _ => None,
     };
+    let stats = Arc::new(NodeStats::new(shards));
     let readiness = Arc::new(Readiness::new(
         catalog.iter().map(|e| e.id).collect(),
         shards,
@@ -163,7 +165,14 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     let admin = match config.admin {
         Some(addr) => {
             let bound = std::net::TcpListener::bind(addr)
-                .and_then(|l| Admin::start(l, Arc::clone(&readiness)))
+                .and_then(|l| {
+                    Admin::start(
+                        l,
+                        Arc::clone(&readiness),
+                        Arc::clone(&stats),
+                        config.node_id,
+                    )
+                })
                 .map_err(|source| StartError::Listen { addr, source })?;
             Some(bound)
         }
@@ -226,6 +235,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                 remote: remote.clone(),
                 fail_stop: Arc::clone(&fail_stop),
                 hold_routes: Arc::clone(&hold_routes),
+                stats: Arc::clone(&stats),
             },
             poll,
             listener,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::budget::ConnBudget;
 use super::remote::RemoteSettings;
 use crate::readiness::Readiness;
+use crate::stats::NodeStats;
 
 /// Holds recovered from the journal whose owner is not the shard their id names (the
 /// shard count changed across a restart): hold id -> owning shard. Read-only.
@@ -37,6 +38,8 @@ pub struct ShardSettings {
     pub fail_stop: Arc<AtomicBool>,
     /// Holds recovered onto a shard other than the one their id names.
     pub hold_routes: Arc<HoldRoutes>,
+    /// The node's counters, served on `/stats`.
+    pub stats: Arc<NodeStats>,
 }
 
 impl ShardSettings {
@@ -55,6 +58,7 @@ impl ShardSettings {
             conns: Arc::new(ConnBudget::new(usize::MAX)),
             fail_stop: Arc::default(),
             hold_routes: Arc::default(),
+            stats: Arc::default(),
         }
     }
 }

@@ -293,6 +293,9 @@ impl Dispatcher {
         } else {
             ledger.apply(op, req_id, now)
         };
+        if let (LedgerOp::Buy { qty, .. }, Status::Ok) = (op, response.status) {
+            self.settings.stats.sold(self.settings.index, qty);
+        }
         let pending = ledger.journal.is_pending();
         match commit
             .as_mut()

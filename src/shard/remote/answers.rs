@@ -91,7 +91,8 @@ impl RemoteLedger {
                         Decision::Ordered { order_id } => {
                             if let Some(event) = event {
                                 self.tallies[event].orders += 1;
-                                self.tallies[event].sold += u64::from(waiter.gate_qty);
+                                self.tallies[event].sold += u64::from(waiter.qty);
+                                self.stats.sold(self.shard, waiter.qty);
                             }
                             Response::ok(waiter.op, waiter.req_id, ResultBody::Order { order_id })
                         }
@@ -259,7 +260,9 @@ impl RemoteLedger {
             self.gate.ask_failed(event);
         }
         if status == Status::Unavailable {
-            self.unavailable += (call.parked.len() + call.waiters.len()) as u64;
+            let requests = (call.parked.len() + call.waiters.len()) as u64;
+            self.unavailable += requests;
+            self.stats.unavailable(self.shard, requests);
         }
         for p in &call.parked {
             answers.push((p.conn, Response::error(p.op.code(), p.req_id, status)));

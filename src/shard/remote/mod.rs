@@ -38,6 +38,7 @@ use crate::readiness::Readiness;
 use crate::redis_ledger::conn::{Completion, ConnSettings, RedisConn};
 use crate::redis_ledger::flavor::Flavor;
 use crate::redis_ledger::{self, CallIds, Decision, Step};
+use crate::stats::NodeStats;
 
 /// Tag of the FUNCTION LOAD sent after Redis reports the library missing.
 const RELOAD_TAG: u64 = u64::MAX;
@@ -60,6 +61,8 @@ pub struct Waiter {
     pub conn: ConnRef,
     pub req_id: u64,
     pub op: Op,
+    /// Tickets it asks for (BUY and RESERVE; 0 otherwise).
+    pub qty: u16,
     /// Tickets taken from the gate for it (returned if it is refused).
     pub gate_qty: u16,
 }
@@ -115,6 +118,8 @@ pub struct RemoteLedger {
     gate: Gate,
     /// What `/readyz` reports: missing events, the connection up or down.
     readiness: Arc<Readiness>,
+    /// What `/stats` reports.
+    stats: Arc<NodeStats>,
     /// The connection's state as last reported.
     reported_up: bool,
     /// When the connection was lost, and the UNAVAILABLE count then (for the log line
@@ -145,6 +150,7 @@ impl RemoteLedger {
         token: Token,
     ) -> Self {
         let (node_id, readiness) = (shard.node_id, Arc::clone(&shard.readiness));
+        let stats = Arc::clone(&shard.stats);
         let shard = shard.index;
         let mut handshake = settings.login.commands();
         handshake.push(settings.flavor.loader());
@@ -168,6 +174,7 @@ impl RemoteLedger {
             stock_batches: (0..events).map(|_| Vec::new()).collect(),
             gate: Gate::new(shard, events),
             readiness,
+            stats,
             reported_up: false,
             lost: None,
             unavailable: 0,
@@ -246,6 +253,7 @@ impl RemoteLedger {
             conn: p.conn,
             req_id: p.req_id,
             op: p.op,
+            qty: p.qty,
             gate_qty,
         });
         None
@@ -268,6 +276,7 @@ impl RemoteLedger {
             conn: waiter.0,
             req_id: waiter.1,
             op,
+            qty: 0,
             gate_qty: 0,
         });
         None
@@ -279,6 +288,7 @@ impl RemoteLedger {
             conn: waiter.0,
             req_id: waiter.1,
             op: Op::Orders,
+            qty: 0,
             gate_qty: 0,
         };
         self.start(CallKind::Orders { event, user }, Vec::new(), vec![waiter]);
@@ -290,6 +300,7 @@ impl RemoteLedger {
             conn: waiter.0,
             req_id: waiter.1,
             op: Op::Stock,
+            qty: 0,
             gate_qty: 0,
         });
     }
@@ -385,6 +396,10 @@ impl RemoteLedger {
             waiters = waiters.len() + parked.len(),
             "redis call"
         );
+        self.stats.redis_call(self.shard);
+        if let CallKind::Refill { .. } = kind {
+            self.stats.gate_refill(self.shard);
+        }
         self.next_tag += 1;
         let tag = self.next_tag;
         self.conn.send(&cmd, tag, Instant::now());

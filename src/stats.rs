@@ -1,0 +1,106 @@
+//! A node's counters for operators, served as text on the admin endpoint's `/stats`
+//! (`name value` lines): what this node sold and, in ledger mode, how it used Redis.
+//! Each shard adds to its own cache line (no contention between shards) per sale or per
+//! Redis call, never per refused request, with relaxed atomics: nothing is decided from
+//! them. `/stats` sums the shards.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
+
+#[derive(Debug, Default)]
+struct ShardCounters {
+    /// Tickets in orders this shard created (BUY; in ledger mode, decided by Redis).
+    sold: AtomicU64,
+    /// Ledger mode: calls sent to Redis (decisions, settlements, STOCK, ORDERS).
+    redis_calls: AtomicU64,
+    /// Ledger mode: STOCK asks made because a gate ran dry.
+    gate_refills: AtomicU64,
+    /// Requests answered UNAVAILABLE because the ledger could not be reached.
+    unavailable: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct NodeStats {
+    shards: Box<[CachePadded<ShardCounters>]>,
+}
+
+impl Default for NodeStats {
+    fn default() -> Self {
+        NodeStats::new(1)
+    }
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+impl NodeStats {
+    pub fn new(shards: usize) -> Self {
+        NodeStats {
+            shards: (0..shards.max(1)).map(|_| CachePadded::default()).collect(),
+        }
+    }
+
+    fn shard(&self, shard: usize) -> &ShardCounters {
+        &self.shards[shard % self.shards.len()]
+    }
+
+    pub fn sold(&self, shard: usize, qty: u16) {
+        add(&self.shard(shard).sold, u64::from(qty));
+    }
+
+    pub fn redis_call(&self, shard: usize) {
+        add(&self.shard(shard).redis_calls, 1);
+    }
+
+    pub fn gate_refill(&self, shard: usize) {
+        add(&self.shard(shard).gate_refills, 1);
+    }
+
+    pub fn unavailable(&self, shard: usize, requests: u64) {
+        add(&self.shard(shard).unavailable, requests);
+    }
+
+    /// The `/stats` body.
+    pub fn render(&self, node_id: u16) -> String {
+        let sum = |pick: fn(&ShardCounters) -> &AtomicU64| -> u64 {
+            self.shards
+                .iter()
+                .map(|s| pick(s).load(Ordering::Relaxed))
+                .sum()
+        };
+        let mut text = String::new();
+        let _ = writeln!(text, "ticketd_node_id {node_id}");
+        let _ = writeln!(text, "ticketd_sold_tickets {}", sum(|s| &s.sold));
+        let _ = writeln!(text, "ticketd_redis_calls {}", sum(|s| &s.redis_calls));
+        let _ = writeln!(text, "ticketd_gate_refills {}", sum(|s| &s.gate_refills));
+        let _ = writeln!(
+            text,
+            "ticketd_unavailable_answers {}",
+            sum(|s| &s.unavailable)
+        );
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_counter_summed_over_shards() {
+        let stats = NodeStats::new(2);
+        stats.sold(0, 2);
+        stats.sold(1, 1);
+        stats.redis_call(1);
+        stats.gate_refill(0);
+        stats.unavailable(1, 4);
+        assert_eq!(
+            stats.render(3),
+            "ticketd_node_id 3\nticketd_sold_tickets 3\nticketd_redis_calls 1\n\
+             ticketd_gate_refills 1\nticketd_unavailable_answers 4\n"
+        );
+    }
+}
