@@ -4,7 +4,7 @@ LISTEN ?= 127.0.0.1:7878
 EVENT ?= 1:10000
 DATA_DIR ?= ./data
 
-.PHONY: run build release test deps lint fmt bench bench-micro perf clean
+.PHONY: run build release test deps lint fmt bench bench-micro perf clean cluster cluster-down cluster-rush cluster-report
 
 ## Build in release mode and serve the demo sale: event 1, 10,000 tickets, journaled in
 ## $(DATA_DIR) (a second `make run` resumes the same sale; `rm -rf data` starts afresh).
@@ -23,7 +23,7 @@ test: deps lint
 	$(CARGO) test --workspace --doc
 
 deps:
-	./scripts/install-deps.sh redis
+	./scripts/install-deps.sh redis cluster
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -43,6 +43,24 @@ bench-micro: deps
 ## Profile ticketd under the throughput scenario: target/perf/flamegraph.svg.
 perf: deps
 	./scripts/perf.sh
+
+## The whole topology on this machine: Redis (AOF always), four ledger-mode nodes with
+## weights 1:2:3:4, nginx in front (stream and http upstreams). `make cluster-down` ends it.
+cluster: release
+	./scripts/install-deps.sh cluster
+	./scripts/cluster.sh up
+
+cluster-down:
+	./scripts/cluster.sh down
+
+## The 1,000,000-buyer rush through nginx's binary front, then the per-node view.
+cluster-rush:
+	./scripts/cluster.sh exec ./target/release/loadgen --addr $$(./scripts/cluster.sh front-addr) \
+	  --shared-ledger --reconnect --conns 1000 --requests 1000000 --users 1000000
+	./scripts/cluster.sh report
+
+cluster-report:
+	./scripts/cluster.sh report
 
 clean:
 	$(CARGO) clean

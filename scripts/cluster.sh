@@ -11,7 +11,10 @@
 #                               node's gate refills and Redis calls (its /stats)
 #   scripts/cluster.sh exec CMD run CMD where the front is reachable (the front's
 #                               namespace in netns mode; here otherwise)
-#   scripts/cluster.sh kill-node N | stop-node N | cont-node N | cut-node N | heal-node N
+#   scripts/cluster.sh redis ARGS  redis-cli ARGS against the ledger
+#   scripts/cluster.sh node-addr N  node N's binary address (HOST:PORT)
+#   scripts/cluster.sh kill-node N | stop-node N | cont-node N | start-node N
+#   scripts/cluster.sh cut-node N | heal-node N   (netns: N loses Redis, keeps nginx)
 #   scripts/cluster.sh restart-redis [--empty]
 #
 # Each node is a host of its own when the machine allows it (root and iproute2): its own
@@ -23,7 +26,8 @@
 # (auto | netns | loopback), CLUSTER_EVENT (default 1:10000), CLUSTER_WEIGHTS
 # (default "1 2 3 4"), CLUSTER_BUFFER (tickets beyond each node's share, default 50),
 # CLUSTER_HOLD_TTL (default 15m), CLUSTER_PREFIX (names of namespaces and links,
-# default tkc), CLUSTER_SUBNET (first three octets, default 10.77.0).
+# default tkc), CLUSTER_SUBNET (first three octets in netns mode, default 10.77.0),
+# CLUSTER_LOOPBACK (first three octets in loopback mode, default 127.0.0).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,6 +38,7 @@ BUFFER=${CLUSTER_BUFFER:-50}
 HOLD_TTL=${CLUSTER_HOLD_TTL:-15m}
 PREFIX=${CLUSTER_PREFIX:-tkc}
 SUBNET=${CLUSTER_SUBNET:-10.77.0}
+LOOPBACK=${CLUSTER_LOOPBACK:-127.0.0}
 TICKETD=${TICKETD:-$ROOT/target/release/ticketd}
 STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
 
@@ -53,9 +58,10 @@ total_weight() { local t=0 w; for w in "${WEIGHTS[@]}"; do t=$((t + w)); done; e
 # The topology chosen by `up` is kept in $DIR/topology, so every later command agrees.
 topology() { cat "$DIR/topology" 2>/dev/null || echo none; }
 
-front_ip() { if [ "$(topology)" = netns ]; then echo "$SUBNET.1"; else echo 127.0.0.1; fi; }
-redis_ip() { if [ "$(topology)" = netns ]; then echo "$SUBNET.2"; else echo 127.0.0.2; fi; }
-node_ip() { if [ "$(topology)" = netns ]; then echo "$SUBNET.$((10 + $1))"; else echo "127.0.0.$((10 + $1))"; fi; }
+net() { if [ "$(topology)" = netns ]; then echo "$SUBNET"; else echo "$LOOPBACK"; fi; }
+front_ip() { echo "$(net).1"; }
+redis_ip() { echo "$(net).2"; }
+node_ip() { echo "$(net).$((10 + $1))"; }
 node_ns() { echo "$PREFIX-n$1"; }
 
 # Runs a command in a part's namespace (netns mode) or here (loopback mode).
@@ -355,6 +361,11 @@ case "${1:-}" in
   status) cmd_status ;;
   report) cmd_report ;;
   exec) shift; cmd_exec "$@" ;;
+  redis) shift; in_ns "$PREFIX-redis" redis-cli -h "$(redis_ip)" -p "$REDIS_PORT" "$@" ;;
+  node-addr) echo "$(node_ip "$2"):$BINARY_PORT" ;;
+  front-addr) echo "$(front_ip):$FRONT_BINARY" ;;
+  front-http) echo "$(front_ip):$FRONT_HTTP" ;;
+  topology) topology ;;
   kill-node) signal_node KILL "$2"; say "node $2 killed (SIGKILL)" ;;
   stop-node) signal_node STOP "$2"; say "node $2 frozen (SIGSTOP)" ;;
   cont-node) signal_node CONT "$2"; say "node $2 resumed (SIGCONT)" ;;
@@ -362,5 +373,5 @@ case "${1:-}" in
   cut-node) cmd_cut_node "$2" ;;
   heal-node) cmd_heal_node "$2" ;;
   restart-redis) shift; cmd_restart_redis "${1:-}" ;;
-  *) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
 esac

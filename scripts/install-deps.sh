@@ -14,6 +14,10 @@ for tool in "$@"; do
     perf) want perf linux-perf ;;
     bench) want redis-server redis-server; want redis-benchmark redis-tools
            want ab apache2-utils; want wrk wrk; want nginx nginx-light; want taskset util-linux ;;
+    cluster) want redis-server redis-server; want redis-cli redis-tools; want nginx nginx
+           want ip iproute2; want ab apache2-utils; want wrk wrk
+           # Debian builds nginx's stream proxy as a module of its own.
+           [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || need_apt+=(libnginx-mod-stream) ;;
     *) echo "install-deps: unknown tool $tool" >&2; exit 2 ;;
   esac
 done

@@ -128,6 +128,11 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub hold: Option<Duration>,
 
+    /// Write every order the clients were told of to PATH, one `ORDER_ID USER` line each
+    /// (ids in hex, as the server prints them), to compare with the server's own record.
+    #[arg(long, value_name = "PATH")]
+    pub orders_file: Option<PathBuf>,
+
     /// When a connection breaks mid-run (a node died behind a balancer), open it again
     /// (retrying with backoff for up to 10 s) and go on; its requests in flight are
     /// counted lost, never hidden. Without it, a broken connection stays closed.

@@ -182,6 +182,24 @@ fn coordinate(
     };
     let report = build_report(cli, processes, threads, &result, server);
     report.print();
+    if let Some(path) = &cli.orders_file {
+        let lines: String = result
+            .orders
+            .iter()
+            .map(|&(order_id, user)| format!("0x{order_id:016x} {user}\n"))
+            .collect();
+        if let Err(e) = std::fs::write(path, lines) {
+            eprintln!("loadgen: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        if result.orders_truncated {
+            eprintln!(
+                "loadgen: {} lists only the first {} orders (--max-tracked-orders)",
+                path.display(),
+                result.orders.len()
+            );
+        }
+    }
     if let Some(path) = &cli.json {
         let written = serde_json::to_string_pretty(&report)
             .map_err(|e| e.to_string())

@@ -2,6 +2,7 @@
 //! crate, plus helpers to start servers on loopback.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod cluster;
 pub mod redis_server;
 
 use std::io::{Read, Write};
@@ -45,7 +46,10 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Client::from_stream(TcpStream::connect(addr).expect("connect"))
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Client {
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();

@@ -1,0 +1,225 @@
+//! A whole cluster for a test: `scripts/cluster.sh up` with this build's ticketd, in a
+//! temp dir, with names and addresses of its own (network namespaces when the machine
+//! allows, 127.x.y.z otherwise), torn down by `scripts/cluster.sh down` on drop.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+
+use super::Client;
+
+/// Cluster tests run one at a time: each is four nodes, nginx and Redis on two cores.
+pub static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster.sh");
+
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+    prefix: String,
+    pub event: u32,
+}
+
+/// The loadgen binary beside this build's ticketd, built if `cargo test` did not.
+pub fn loadgen() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_ticketd")).with_file_name("loadgen");
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "loadgen", "--bin", "loadgen"])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "loadgen builds");
+    }
+    path
+}
+
+fn checked(output: Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{what} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+impl Cluster {
+    /// Brings a cluster up: `slot` picks its names and addresses (0..=200), `event` is
+    /// `ID:STOCK[:LIMIT]`, weights 1:2:3:4.
+    pub fn up(slot: u8, event: &str, extra_env: &[(&str, &str)]) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut env: Vec<(String, String)> = vec![
+            (
+                "CLUSTER_DIR".into(),
+                dir.path().join("cluster").display().to_string(),
+            ),
+            ("CLUSTER_PREFIX".into(), format!("tkt{slot}")),
+            ("CLUSTER_SUBNET".into(), format!("10.78.{slot}")),
+            ("CLUSTER_LOOPBACK".into(), format!("127.78.{slot}")),
+            ("CLUSTER_EVENT".into(), event.into()),
+            ("TICKETD".into(), env!("CARGO_BIN_EXE_ticketd").into()),
+        ];
+        env.extend(extra_env.iter().map(|&(k, v)| (k.to_owned(), v.to_owned())));
+        let cluster = Cluster {
+            dir,
+            env,
+            prefix: format!("tkt{slot}"),
+            event: event
+                .split(':')
+                .next()
+                .and_then(|id| id.parse().ok())
+                .expect("an event id"),
+        };
+        let out = cluster.command(&["up"]).output().expect("cluster.sh runs");
+        checked(out, "cluster up");
+        cluster
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("bash");
+        command.arg(SCRIPT).args(args);
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        command
+    }
+
+    /// Runs `scripts/cluster.sh ARGS`; panics on failure.
+    pub fn sh(&self, args: &[&str]) -> String {
+        checked(
+            self.command(args).output().expect("cluster.sh runs"),
+            "cluster.sh",
+        )
+    }
+
+    pub fn netns(&self) -> bool {
+        self.sh(&["topology"]).trim() == "netns"
+    }
+
+    pub fn front(&self) -> String {
+        self.sh(&["front-addr"]).trim().to_owned()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// loadgen against the binary front, where the front is reachable, writing its JSON
+    /// report and the orders it saw into the temp dir (`name`.json, `name`.orders).
+    pub fn loadgen(&self, name: &str, args: &[&str]) -> Command {
+        let json = self.path(&format!("{name}.json")).display().to_string();
+        let orders = self.path(&format!("{name}.orders")).display().to_string();
+        let mut command = self.command(&["exec"]);
+        command
+            .arg(loadgen())
+            .args(["--addr", &self.front(), "--shared-ledger", "--reconnect"])
+            .args(["--json", &json, "--orders-file", &orders])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    pub fn spawn_loadgen(&self, name: &str, args: &[&str]) -> Child {
+        self.loadgen(name, args).spawn().expect("loadgen starts")
+    }
+
+    /// The JSON report and the (order id, user) pairs a loadgen run wrote.
+    pub fn results(&self, name: &str) -> (serde_json::Value, Vec<(u64, u64)>) {
+        let json = std::fs::read_to_string(self.path(&format!("{name}.json")))
+            .expect("loadgen wrote its report");
+        let orders = std::fs::read_to_string(self.path(&format!("{name}.orders")))
+            .expect("loadgen wrote its orders");
+        let orders = orders
+            .lines()
+            .filter_map(|line| {
+                let (id, user) = line.split_once(' ')?;
+                let id = u64::from_str_radix(id.trim_start_matches("0x"), 16).ok()?;
+                Some((id, user.parse().ok()?))
+            })
+            .collect();
+        (serde_json::from_str(&json).expect("a JSON report"), orders)
+    }
+
+    /// The ledger's orders stream: order id -> the node that sold it.
+    pub fn stream_orders(&self) -> HashMap<u64, u16> {
+        let key = format!("{{ev:{}}}:orders", self.event);
+        let raw = self.sh(&["redis", "--raw", "XRANGE", &key, "-", "+"]);
+        let mut orders = HashMap::new();
+        let (mut id, mut node, mut last) = (None, None, "");
+        for line in raw.lines() {
+            match last {
+                "order_id" => id = line.parse().ok(),
+                "node" => node = line.parse().ok(),
+                _ => {}
+            }
+            if let (Some(i), Some(n)) = (id, node) {
+                orders.insert(i, n);
+                (id, node) = (None, None);
+            }
+            last = line;
+        }
+        orders
+    }
+
+    pub fn stream_len(&self) -> u64 {
+        let key = format!("{{ev:{}}}:orders", self.event);
+        self.sh(&["redis", "XLEN", &key])
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+
+    /// A field of the event's record in the ledger (total, sold, held, …).
+    pub fn ledger_field(&self, field: &str) -> i64 {
+        let key = format!("{{ev:{}}}:meta", self.event);
+        self.sh(&["redis", "HGET", &key, field])
+            .trim()
+            .parse()
+            .unwrap_or(-1)
+    }
+
+    pub fn node_addr(&self, node: u8) -> SocketAddr {
+        self.sh(&["node-addr", &node.to_string()])
+            .trim()
+            .parse()
+            .expect("a node address")
+    }
+
+    /// A blocking client connected straight to node `node` (from inside the front's
+    /// namespace when the cluster has namespaces).
+    pub fn client_of(&self, node: u8) -> Client {
+        let addr = self.node_addr(node);
+        let stream = if self.netns() {
+            connect_in_namespace(&format!("{}-lb", self.prefix), addr)
+        } else {
+            TcpStream::connect(addr).expect("connect")
+        };
+        Client::from_stream(stream)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.command(&["down"]).output();
+    }
+}
+
+/// Connects from inside network namespace `ns` (made by `ip netns add`): a thread
+/// enters it, connects, and the socket stays in it for whoever uses it afterwards.
+fn connect_in_namespace(ns: &str, addr: SocketAddr) -> TcpStream {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("the namespace exists");
+        // SAFETY: setns on this thread alone, with an open namespace fd; the thread
+        // ends right after, so no other code runs in the namespace by surprise.
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        TcpStream::connect(addr).expect("connect in the namespace")
+    })
+    .join()
+    .expect("the connecting thread")
+}
