@@ -15,7 +15,8 @@
 #   scripts/cluster.sh node-addr N  node N's binary address (HOST:PORT)
 #   scripts/cluster.sh kill-node N | stop-node N | cont-node N | start-node N
 #   scripts/cluster.sh cut-node N | heal-node N   (netns: N loses Redis, keeps nginx)
-#   scripts/cluster.sh restart-redis [--empty]
+#   scripts/cluster.sh restart-redis [--kill] [--empty] | stop-redis | cont-redis
+#   scripts/cluster.sh node-addr N | node-admin N | front-addr | front-http | log NAME
 #
 # Each node is a host of its own when the machine allows it (root and iproute2): its own
 # network namespace and address on a private bridge, with nginx and Redis in namespaces
@@ -315,11 +316,20 @@ cmd_heal_node() {
   say "node $1 reaches Redis again"
 }
 
+# Restarts Redis on its data dir: --kill ends it with SIGKILL (what AOF fsync always is
+# for), --empty removes its data first.
 cmd_restart_redis() {
-  local empty=${1:-}
-  alive redis && kill -TERM "$(cat "$(pidfile redis)")"
+  local empty="" sig=TERM arg
+  for arg in "$@"; do
+    case "$arg" in
+      --empty) empty=1 ;;
+      --kill) sig=KILL ;;
+      *) die "restart-redis takes --empty and --kill" ;;
+    esac
+  done
+  alive redis && kill -CONT "$(cat "$(pidfile redis)")" && kill "-$sig" "$(cat "$(pidfile redis)")"
   local i; for i in $(seq 100); do alive redis || break; sleep 0.1; done
-  if [ "$empty" = --empty ]; then
+  if [ -n "$empty" ]; then
     rm -rf "$DIR/redis"
     say "Redis's data removed: it restarts empty (nodes must refuse to sell, never recreate the event)"
   fi
@@ -372,6 +382,10 @@ case "${1:-}" in
   start-node) start_node "$2"; wait_port "$(node_ns "$2")" "$(node_ip "$2")" "$BINARY_PORT" "node $2" ;;
   cut-node) cmd_cut_node "$2" ;;
   heal-node) cmd_heal_node "$2" ;;
-  restart-redis) shift; cmd_restart_redis "${1:-}" ;;
+  restart-redis) shift; cmd_restart_redis "$@" ;;
+  stop-redis) kill -STOP "$(cat "$(pidfile redis)")"; say "Redis frozen (SIGSTOP)" ;;
+  cont-redis) kill -CONT "$(cat "$(pidfile redis)")"; say "Redis resumed (SIGCONT)" ;;
+  node-admin) echo "$(node_ip "$2"):$ADMIN_PORT" ;;
+  log) cat "$DIR/logs/$2.log" ;;
   *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
 esac

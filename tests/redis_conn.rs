@@ -194,3 +194,28 @@ fn a_redis_that_stops_answering_times_out_and_is_reconnected() {
     assert_eq!(replies(&completed), vec![(2, 1)]);
     assert_eq!(conn.connects, 2);
 }
+
+#[test]
+fn calls_wait_unsent_until_the_handshake_is_answered() {
+    let redis = RedisServer::start();
+    let mut poll = Poll::new().unwrap();
+    let handshake = [redis::cmd("PING")];
+    let mut conn = RedisConn::new(redis.addr(), TOKEN, settings(300), &handshake);
+    // Frozen: the kernel accepts the connection, Redis answers nothing.
+    redis.freeze(true);
+    conn.send(redis::cmd("INCR").arg("frozen"), 1, Instant::now());
+    let completed = drive(&mut poll, &mut conn, |c, _| !c.is_empty());
+    redis.freeze(false);
+    assert!(
+        matches!(completed[0], Completion::Unsent { tag: 1 }),
+        "never written behind an unanswered handshake, so certainly not done: {completed:?}"
+    );
+    assert!(!conn.is_ready());
+    conn.send(redis::cmd("INCR").arg("frozen"), 2, Instant::now());
+    let completed = drive(&mut poll, &mut conn, |c, _| !c.is_empty());
+    assert_eq!(
+        replies(&completed),
+        vec![(2, 1)],
+        "the first INCR never ran"
+    );
+}

@@ -135,8 +135,16 @@ impl<T> RedisConn<T> {
         }
     }
 
+    /// Connected, and Redis has answered the handshake: calls may go out. Until then a
+    /// call stays unsent, so a Redis that accepts connections but answers nothing (frozen,
+    /// overloaded) costs a truthful UNAVAILABLE, not an unknown outcome.
     pub fn is_ready(&self) -> bool {
-        matches!(self.state, State::Ready { .. })
+        matches!(self.state, State::Ready { .. }) && !self.handshaking()
+    }
+
+    /// Handshake commands are still unanswered (they go first on each connection).
+    fn handshaking(&self) -> bool {
+        self.sent.front().is_some_and(|s| s.tag.is_none())
     }
 
     /// Calls sent or waiting.
@@ -256,12 +264,13 @@ impl<T> RedisConn<T> {
         }
     }
 
-    /// Moves waiting calls into the pipeline while there is room, and writes.
+    /// Moves waiting calls into the pipeline while there is room (once the handshake is
+    /// answered), and writes.
     fn pump(&mut self, now: Instant) {
-        if !self.is_ready() {
+        if !matches!(self.state, State::Ready { .. }) {
             return;
         }
-        while self.sent.len() < self.settings.max_in_flight {
+        while !self.handshaking() && self.sent.len() < self.settings.max_in_flight {
             let Some((command, tag, _)) = self.waiting.pop_front() else {
                 break;
             };

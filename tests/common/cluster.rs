@@ -189,16 +189,47 @@ impl Cluster {
             .expect("a node address")
     }
 
-    /// A blocking client connected straight to node `node` (from inside the front's
-    /// namespace when the cluster has namespaces).
-    pub fn client_of(&self, node: u8) -> Client {
-        let addr = self.node_addr(node);
-        let stream = if self.netns() {
+    /// `GET path` on node `node`'s admin endpoint: (status, body).
+    pub fn node_get(&self, node: u8, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let addr: SocketAddr = self
+            .sh(&["node-admin", &node.to_string()])
+            .trim()
+            .parse()
+            .expect("an admin address");
+        let mut stream = self.connect(addr);
+        stream
+            .set_read_timeout(Some(super::IO_TIMEOUT))
+            .expect("timeout");
+        let _ = write!(stream, "GET {path} HTTP/1.0\r\n\r\n");
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        let code = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (code, body.to_owned())
+    }
+
+    /// What a part logged (`node-1`, `redis`, `nginx-error`, …).
+    pub fn log(&self, name: &str) -> String {
+        self.sh(&["log", name])
+    }
+
+    fn connect(&self, addr: SocketAddr) -> TcpStream {
+        if self.netns() {
             connect_in_namespace(&format!("{}-lb", self.prefix), addr)
         } else {
             TcpStream::connect(addr).expect("connect")
-        };
-        Client::from_stream(stream)
+        }
+    }
+
+    /// A blocking client connected straight to node `node` (from inside the front's
+    /// namespace when the cluster has namespaces).
+    pub fn client_of(&self, node: u8) -> Client {
+        Client::from_stream(self.connect(self.node_addr(node)))
     }
 }
 

@@ -87,6 +87,17 @@ impl RedisServer {
         let _ = self.child.wait();
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server: it keeps accepting connections
+    /// in the kernel but answers nothing while frozen.
+    pub fn freeze(&self, frozen: bool) {
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal}");
+    }
+
     pub fn addr(&self) -> std::net::SocketAddr {
         std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
     }
