@@ -205,7 +205,8 @@ $http        keepalive 64;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_connect_timeout 1s;
-            proxy_next_upstream error timeout;
+            # A GET /buy/ticket is not idempotent: never send one twice.
+            proxy_next_upstream off;
         }
     }
 }

@@ -70,6 +70,21 @@ fn bad_arguments_exit_2_with_a_clear_message() {
             "--nodes must be between 1 and 4096, got 0",
         ),
         (
+            vec![
+                "--redis",
+                "127.0.0.1:1",
+                "--weight",
+                "5",
+                "--total-weight",
+                "4",
+            ],
+            "--weight must be between 1 and 4, got 5",
+        ),
+        (
+            vec!["--redis", "127.0.0.1:1", "--weight", "1"],
+            "--total-weight",
+        ),
+        (
             vec!["--redis", "127.0.0.1:1", "--redis-timeout", "0s"],
             "--redis-timeout must be between 1ms",
         ),

@@ -174,6 +174,9 @@ impl Cli {
                 return Err(ConfigError::LedgerOnly { flag });
             }
         }
+        if let Some(nodes) = self.nodes {
+            in_range("nodes", nodes, 1, MAX_NODES)?;
+        }
         let shards = self.shards.unwrap_or_else(available_cores);
         let reserved = RESERVED_FDS + RESERVED_FDS_PER_SHARD * shards as u64;
         let default_conns = open_files.saturating_sub(reserved).max(1);
