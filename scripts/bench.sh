@@ -23,7 +23,7 @@ LEDGER_PORT=16380
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.txt
 
-./scripts/install-deps.sh bench
+./scripts/install-deps.sh bench cluster
 cargo build --release --workspace --quiet
 
 TMP=$(mktemp -d)
@@ -212,6 +212,27 @@ grep -E "Requests per second|Failed requests|Non-2xx" "$OUT/ab.txt"
 on_load wrk -t2 -c100 -d"$WRK_RUN" "http://127.0.0.1:$HTTP_PORT/buy/ticket" > "$OUT/wrk.txt" 2>&1
 grep -E "Requests/sec|Non-2xx|Socket errors" "$OUT/wrk.txt" || true
 stop_pid "$TICKETD_PID"
+
+echo "== cluster: nginx (weighted round robin 1:2:3:4) before four ledger-mode nodes and Redis (AOF always)"
+# Every part of the cluster inherits the server core from taskset; its load runs on the
+# load core. In network namespaces when root allows (scripts/cluster.sh says which).
+export CLUSTER_DIR="$TMP/cluster" CLUSTER_PREFIX=tkb CLUSTER_SUBNET=10.77.9 \
+  CLUSTER_LOOPBACK=127.77.9 CLUSTER_EVENT=1:10000 TICKETD="$PWD/$BIN/ticketd"
+trap './scripts/cluster.sh down >/dev/null 2>&1 || true; cleanup' EXIT
+taskset -c "$SERVER_CORE" ./scripts/cluster.sh up | grep -E "topology:|front|binary|HTTP"
+FRONT=$(./scripts/cluster.sh front-addr)
+FRONT_HTTP=$(./scripts/cluster.sh front-http)
+on_load ./scripts/cluster.sh exec "$PWD/$BIN/loadgen" --addr "$FRONT" --shared-ledger --reconnect \
+  --threads 1 --conns 1000 --depth 16 --requests "$RUSH_REQUESTS" --users "$RUSH_REQUESTS" \
+  --json "$OUT/cluster-rush.json" | tee "$OUT/cluster-rush.txt"
+./scripts/cluster.sh report | tee "$OUT/cluster-report.txt"
+on_load ./scripts/cluster.sh exec ab -q -n "$AB_N" -c 100 "http://$FRONT_HTTP/buy/ticket" > "$OUT/cluster-ab.txt" 2>&1
+grep -E "Requests per second|Failed requests|Non-2xx" "$OUT/cluster-ab.txt"
+on_load ./scripts/cluster.sh exec wrk -t2 -c100 -d"$WRK_RUN" "http://$FRONT_HTTP/buy/ticket" > "$OUT/cluster-wrk.txt" 2>&1
+grep -E "Requests/sec|Non-2xx|Socket errors" "$OUT/cluster-wrk.txt" || true
+./scripts/cluster.sh down
+unset CLUSTER_DIR CLUSTER_PREFIX CLUSTER_SUBNET CLUSTER_LOOPBACK CLUSTER_EVENT TICKETD
+trap cleanup EXIT
 
 echo "== ab's own ceiling: the same ab command against nginx serving a fixed JSON answer"
 mkdir -p "$TMP/nginx/logs"

@@ -80,6 +80,10 @@ ab = grep_float("ab.txt", r"Requests per second:\s+([\d.]+)")
 ab_failed = grep_float("ab.txt", r"Failed requests:\s+(\d+)")
 ab_nginx = grep_float("ab-nginx.txt", r"Requests per second:\s+([\d.]+)")
 wrk = grep_float("wrk.txt", r"Requests/sec:\s+([\d.]+)")
+c_rush = load("cluster-rush.json")
+c_ab = grep_float("cluster-ab.txt", r"Requests per second:\s+([\d.]+)")
+c_ab_failed = grep_float("cluster-ab.txt", r"Failed requests:\s+(\d+)")
+c_wrk = grep_float("cluster-wrk.txt", r"Requests/sec:\s+([\d.]+)")
 
 sweep = []
 for path in glob.glob(os.path.join(out, "sweep-*.json")):
@@ -92,7 +96,7 @@ best_rate = max((rate for rate, p99, _ in sweep if p99 < 1000), default=None)
 runs = {"rush": rush, "rush_fsync_off": rush_off, "throughput_fsync_off": thr_off,
         "throughput": thr, "throughput_rejecting": thr_rej, "latency": lat,
         "connections": conns, "ledger_rush": l_rush, "ledger_throughput": l_thr,
-        "ledger_connections": l_conns}
+        "ledger_connections": l_conns, "cluster_rush": c_rush}
 failed = {
     name: [k for k, v in run["invariants"].items() if v["verdict"] == "fail"]
     for name, run in runs.items()
@@ -196,6 +200,18 @@ if wrk:
     rows.append(("wrk -t2 -c100 /buy/ticket", fmt(wrk, "/s"),
                  f"Go prototype {fmt(GO_PROTOTYPE_AB_PUBLISHED, '/s')} (quoted)",
                  ratio(wrk, GO_PROTOTYPE_AB_PUBLISHED), "20x 8.5k (170 k/s)"))
+if c_rush:
+    rows.append(("cluster rush through nginx: 4 nodes 1:2:3:4 + Redis",
+                 f"{c_rush['elapsed_s']:.3f} s ({fmt(c_rush['throughput_rps'], '/s')}), sold {c_rush['sold']}",
+                 f"straight to one node: {rush['elapsed_s']:.3f} s" if rush else "-",
+                 f"{c_rush['elapsed_s'] / rush['elapsed_s']:.2f}x time" if rush else "-", "report it"))
+if c_ab:
+    rows.append(("cluster: ab -n %d -c 100 via nginx" % (2000 if quick else 10000),
+                 f"{fmt(c_ab, '/s')} ({int(c_ab_failed or 0)} failed)",
+                 f"one node: {fmt(ab, '/s')}", ratio(c_ab, ab), "report it"))
+if c_wrk:
+    rows.append(("cluster: wrk -t2 -c100 via nginx", fmt(c_wrk, "/s"),
+                 f"one node: {fmt(wrk, '/s')}", ratio(c_wrk, wrk), "report it"))
 if evalsha:
     rows.append(("peer: redis EVALSHA check+HINCRBY (c=100)", "-", fmt(evalsha, "/s"), "-", "reference"))
 
@@ -224,6 +240,7 @@ results = {
     "latency_sweep": [{"rate": r, "p99_us": p, "throughput_rps": t} for r, p, t in sweep],
     "highest_rate_p99_under_1ms": best_rate,
     "http": {"ab_rps": ab, "ab_failed": ab_failed, "ab_nginx_ceiling_rps": ab_nginx, "wrk_rps": wrk},
+    "cluster": {"ab_rps": c_ab, "ab_failed": c_ab_failed, "wrk_rps": c_wrk},
     "redis": {"incr_p1_rps": incr_p1, "incr_p64_rps": incr_p64, "evalsha_check_hincrby_rps": evalsha,
               "evalsha_check_hincrby_aof_always_rps": evalsha_aof},
     "startup": startup,
