@@ -128,14 +128,15 @@ make_network() {
   done
 }
 
-# Waits (bounded) until HOST:PORT accepts, from namespace NS.
+# Waits (bounded) until HOST:PORT accepts, from namespace NS; on failure says what the
+# part's log (logs/LOG.log) ends with.
 wait_port() {
   local ns=$1 host=$2 port=$3 what=$4 i
   for i in $(seq 100); do
     if in_ns "$ns" bash -c "exec 3<>/dev/tcp/$host/$port" 2>/dev/null; then return 0; fi
     sleep 0.1
   done
-  die "$what did not start listening on $host:$port (see $DIR/logs)"
+  die "$what did not start listening on $host:$port; its log ends: $(tail -n 5 "$DIR/logs/$5.log" 2>/dev/null)"
 }
 
 start_redis() {
@@ -143,7 +144,7 @@ start_redis() {
   spawn redis "$PREFIX-redis" "$DIR/logs/redis.log" \
     redis-server --bind "$(redis_ip)" --port "$REDIS_PORT" --dir "$DIR/redis" \
     --appendonly yes --appendfsync always --save "" --protected-mode no --daemonize no
-  wait_port "$PREFIX-redis" "$(redis_ip)" "$REDIS_PORT" redis
+  wait_port "$PREFIX-redis" "$(redis_ip)" "$REDIS_PORT" redis redis
 }
 
 start_node() {
@@ -216,7 +217,7 @@ EOF
 start_nginx() {
   write_nginx_conf
   spawn nginx "$PREFIX-lb" "$DIR/logs/nginx.log" nginx -c "$DIR/nginx/nginx.conf" -p "$DIR/nginx"
-  wait_port "$PREFIX-lb" "$(front_ip)" "$FRONT_BINARY" nginx
+  wait_port "$PREFIX-lb" "$(front_ip)" "$FRONT_BINARY" nginx nginx-error
 }
 
 cmd_up() {
@@ -225,7 +226,13 @@ cmd_up() {
   command -v nginx >/dev/null || die "nginx is missing: run \`make cluster\`"
   [ -f "$STREAM_MODULE" ] || die "nginx's stream module is missing: apt-get install libnginx-mod-stream"
   if [ -f "$DIR/topology" ]; then die "a cluster is already up in $DIR: scripts/cluster.sh down first"; fi
+  if ip link show "$PREFIX-br" >/dev/null 2>&1 || ip netns list 2>/dev/null | grep -q "^$PREFIX-"; then
+    die "namespaces or bridge named $PREFIX-* exist (left by an earlier run?): scripts/cluster.sh down removes them"
+  fi
   mkdir -p "$DIR/pids" "$DIR/logs"
+  # A start that fails half way removes what it made.
+  UP_DONE=0
+  trap '[ "$UP_DONE" = 1 ] || { echo "cluster: start failed; removing what it made" >&2; cmd_down >/dev/null; }' EXIT
   choose_topology > "$DIR/topology"
   if [ "$(topology)" = netns ]; then
     make_network
@@ -236,13 +243,14 @@ cmd_up() {
   start_redis
   in_ns "$PREFIX-redis" "$TICKETD" create-events --redis "redis://$(redis_ip):$REDIS_PORT" \
     --event "$EVENT" --hold-ttl "$HOLD_TTL" >> "$DIR/logs/create-events.log" 2>&1 \
-    || die "could not create the event (see $DIR/logs/create-events.log)"
+    || die "could not create the event: $(tail -n 3 "$DIR/logs/create-events.log")"
   local n
   for n in $(seq ${#WEIGHTS[@]}); do start_node "$n"; done
   for n in $(seq ${#WEIGHTS[@]}); do
-    wait_port "$(node_ns "$n")" "$(node_ip "$n")" "$BINARY_PORT" "node $n"
+    wait_port "$(node_ns "$n")" "$(node_ip "$n")" "$BINARY_PORT" "node $n" "node-$n"
   done
   start_nginx
+  UP_DONE=1
   cmd_status
 }
 
@@ -355,12 +363,20 @@ cmd_down() {
       kill -KILL "$pid" 2>/dev/null || true
     done
   fi
-  if [ "$(topology)" = netns ]; then
+  # Namespaces and the bridge go by their names, so a run that lost its directory is
+  # cleaned up too.
+  if command -v ip >/dev/null; then
     local ns
-    for ns in $(ip netns list | awk '{print $1}' | grep "^$PREFIX-" || true); do
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$PREFIX-" || true); do
+      # Anything still running in it (its PID file lost) would keep it alive.
+      ip netns pids "$ns" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
       ip netns del "$ns" 2>/dev/null || true
     done
     ip link del "$PREFIX-br" 2>/dev/null || true
+    local link
+    for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep "^$PREFIX-" || true); do
+      ip link del "$link" 2>/dev/null || true
+    done
   fi
   rm -rf "$DIR"
   say "down: processes stopped, namespaces and bridge removed, $DIR deleted"
@@ -380,7 +396,7 @@ case "${1:-}" in
   kill-node) signal_node KILL "$2"; say "node $2 killed (SIGKILL)" ;;
   stop-node) signal_node STOP "$2"; say "node $2 frozen (SIGSTOP)" ;;
   cont-node) signal_node CONT "$2"; say "node $2 resumed (SIGCONT)" ;;
-  start-node) start_node "$2"; wait_port "$(node_ns "$2")" "$(node_ip "$2")" "$BINARY_PORT" "node $2" ;;
+  start-node) start_node "$2"; wait_port "$(node_ns "$2")" "$(node_ip "$2")" "$BINARY_PORT" "node $2" "node-$2" ;;
   cut-node) cmd_cut_node "$2" ;;
   heal-node) cmd_heal_node "$2" ;;
   restart-redis) shift; cmd_restart_redis "$@" ;;

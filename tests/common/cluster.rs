@@ -235,6 +235,26 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What each part said, for whoever reads the failed test's output.
+            for part in [
+                "node-1",
+                "node-2",
+                "node-3",
+                "node-4",
+                "redis",
+                "nginx-error",
+            ] {
+                if let Ok(out) = self.command(&["log", part]).output() {
+                    let text = String::from_utf8_lossy(&out.stdout);
+                    let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                    eprintln!("--- {part} (last lines) ---");
+                    for line in tail.iter().rev() {
+                        eprintln!("{line}");
+                    }
+                }
+            }
+        }
         let _ = self.command(&["down"]).output();
     }
 }
