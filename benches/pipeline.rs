@@ -9,6 +9,7 @@ use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use ticketd::catalog::Catalog;
 use ticketd::ledger::Ledger;
+use ticketd::shard::access::Access;
 use ticketd::shard::mailbox::ConnRef;
 use ticketd::shard::output::Output;
 use ticketd::shard::{Dispatcher, ShardSettings};
@@ -81,7 +82,7 @@ fn pipeline(c: &mut Criterion) {
                     &mut output,
                     &mut in_flight,
                     Instant::now(),
-                    false,
+                    &mut Access::new(false, false),
                 )
             },
             BatchSize::SmallInput,
@@ -101,7 +102,7 @@ fn pipeline(c: &mut Criterion) {
                 &mut output,
                 &mut in_flight,
                 Instant::now(),
-                false,
+                &mut Access::new(false, false),
             )
         })
     });

@@ -22,6 +22,7 @@
 //! lock, and stock is taken from the owner's slice. See `docs/ARCHITECTURE.md`.
 
 pub mod admin;
+pub mod auth;
 pub mod catalog;
 pub mod clock;
 pub mod config;

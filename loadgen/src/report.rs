@@ -35,7 +35,7 @@ pub struct ThreadResult {
     pub broken_conns: u64,
     /// Broken connections opened again (`--reconnect`).
     pub reconnects: u64,
-    pub statuses: [u64; 8],
+    pub statuses: [u64; Status::ALL.len()],
     pub latency: Histogram<u64>,
     pub latency_uncorrected: Histogram<u64>,
     /// Tickets sold to this run (OK BUY or OK CONFIRM), counted even past the tracking cap.
@@ -57,7 +57,7 @@ impl ThreadResult {
             malformed: 0,
             broken_conns: 0,
             reconnects: 0,
-            statuses: [0; 8],
+            statuses: [0; Status::ALL.len()],
             latency: new_histogram(),
             latency_uncorrected: new_histogram(),
             sold: 0,
@@ -174,7 +174,7 @@ impl WireResult {
     }
 
     pub fn into_result(self) -> Result<ThreadResult, WireError> {
-        let mut statuses = [0; 8];
+        let mut statuses = [0; Status::ALL.len()];
         for (slot, n) in statuses.iter_mut().zip(self.statuses) {
             *slot = n;
         }

@@ -33,7 +33,9 @@ mod status;
 pub use error::DecodeError;
 pub use frame::{check_request, check_response, LEN_PREFIX, MIN_BODY_LEN};
 pub use op::{Op, FRAMING_ERROR_OP, RESPONSE_BIT};
-pub use request::{decode_request, Command, Purchase, Request};
+pub use request::{
+    auth_token, decode_request, encode_auth, Command, Purchase, Request, MAX_TOKEN_LEN,
+};
 pub use response::{decode_response, OrderList, Response, ResultBody, ORDER_ENTRY_LEN};
 pub use status::Status;
 

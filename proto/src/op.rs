@@ -15,19 +15,22 @@ pub enum Op {
     Confirm = 0x04,
     Cancel = 0x05,
     Stock = 0x06,
+    /// 1.1: presents a token (`token_len:u16 token`); args vary in length.
+    Auth = 0x07,
     /// 1.1: a user's orders for an event.
     Orders = 0x08,
 }
 
 impl Op {
     /// Every op, in code order.
-    pub const ALL: [Op; 7] = [
+    pub const ALL: [Op; 8] = [
         Op::Ping,
         Op::Buy,
         Op::Reserve,
         Op::Confirm,
         Op::Cancel,
         Op::Stock,
+        Op::Auth,
         Op::Orders,
     ];
 
@@ -40,6 +43,7 @@ impl Op {
             0x04 => Some(Op::Confirm),
             0x05 => Some(Op::Cancel),
             0x06 => Some(Op::Stock),
+            0x07 => Some(Op::Auth),
             0x08 => Some(Op::Orders),
             _ => None,
         }
@@ -54,10 +58,12 @@ impl Op {
         self as u8 | RESPONSE_BIT
     }
 
-    /// Length of the args that follow `req_id` in a request body.
+    /// Length of the args that follow `req_id` in a request body; for AUTH, whose token
+    /// varies, the length of its `token_len` field (the token follows it).
     pub const fn args_len(self) -> usize {
         match self {
             Op::Ping => 0,
+            Op::Auth => 2,
             Op::Buy | Op::Reserve => 4 + 8 + 2,
             Op::Confirm | Op::Cancel => 8,
             Op::Stock => 4,
@@ -69,7 +75,7 @@ impl Op {
     /// ORDERS, whose result is `n:u16` then `n` entries of 10 bytes, the length with n = 0.
     pub const fn ok_result_len(self) -> usize {
         match self {
-            Op::Ping | Op::Cancel => 0,
+            Op::Ping | Op::Cancel | Op::Auth => 0,
             Op::Orders => 2,
             Op::Buy | Op::Confirm => 8,
             Op::Reserve | Op::Stock => 16,
@@ -85,6 +91,7 @@ impl Op {
             Op::Confirm => "CONFIRM",
             Op::Cancel => "CANCEL",
             Op::Stock => "STOCK",
+            Op::Auth => "AUTH",
             Op::Orders => "ORDERS",
         }
     }
@@ -100,7 +107,7 @@ mod tests {
             assert_eq!(Op::from_code(op.code()), Some(op));
             assert_eq!(op.response_code() & !RESPONSE_BIT, op.code());
         }
-        for code in [0x00, 0x07, 0x09, 0x7F, 0x81, 0xFF] {
+        for code in [0x00, 0x09, 0x7F, 0x81, 0xFF] {
             assert_eq!(Op::from_code(code), None);
         }
     }

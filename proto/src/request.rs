@@ -39,6 +39,34 @@ pub enum Command {
         event: u32,
         user: u64,
     },
+    /// 1.1: a token of `token_len` bytes is presented. The token itself stays in the
+    /// frame (see [`auth_token`]), so a command stays small and `Copy`; to send one, use
+    /// [`encode_auth`] ([`Request::encode`] writes a token of zeros of that length).
+    Auth {
+        token_len: u16,
+    },
+}
+
+/// Longest token AUTH may carry (1.1).
+pub const MAX_TOKEN_LEN: usize = 255;
+
+/// The token of the AUTH request that `decode_request` just decoded from the front of
+/// `buf` and said took `used` bytes.
+pub fn auth_token(buf: &[u8], used: usize, token_len: u16) -> &[u8] {
+    let end = used.min(buf.len());
+    buf.get(end.saturating_sub(usize::from(token_len))..end)
+        .unwrap_or_default()
+}
+
+/// Appends an AUTH frame presenting `token` (at most [`MAX_TOKEN_LEN`] bytes; a longer
+/// one is cut there).
+pub fn encode_auth(req_id: u64, token: &[u8], dst: &mut BytesMut) {
+    let token = token.get(..MAX_TOKEN_LEN).unwrap_or(token);
+    dst.put_u32(MIN_BODY_LEN + 2 + token.len() as u32);
+    dst.put_u8(Op::Auth.code());
+    dst.put_u64(req_id);
+    dst.put_u16(token.len() as u16);
+    dst.put_slice(token);
 }
 
 impl Command {
@@ -51,6 +79,7 @@ impl Command {
             Command::Cancel { .. } => Op::Cancel,
             Command::Stock { .. } => Op::Stock,
             Command::Orders { .. } => Op::Orders,
+            Command::Auth { .. } => Op::Auth,
         }
     }
 }
@@ -58,14 +87,18 @@ impl Command {
 impl Request {
     /// Bytes this request takes on the wire, prefix included.
     pub const fn encoded_len(&self) -> usize {
-        LEN_PREFIX + MIN_BODY_LEN as usize + self.command.op().args_len()
+        let token = match self.command {
+            Command::Auth { token_len } => token_len as usize,
+            _ => 0,
+        };
+        LEN_PREFIX + MIN_BODY_LEN as usize + self.command.op().args_len() + token
     }
 
     /// Appends the whole frame to `dst`.
     pub fn encode(&self, dst: &mut BytesMut) {
         let op = self.command.op();
         dst.reserve(self.encoded_len());
-        dst.put_u32(MIN_BODY_LEN + op.args_len() as u32);
+        dst.put_u32((self.encoded_len() - LEN_PREFIX) as u32);
         dst.put_u8(op.code());
         dst.put_u64(self.req_id);
         match self.command {
@@ -80,6 +113,10 @@ impl Request {
             Command::Orders { event, user } => {
                 dst.put_u32(event);
                 dst.put_u64(user);
+            }
+            Command::Auth { token_len } => {
+                dst.put_u16(token_len);
+                dst.put_bytes(0, usize::from(token_len));
             }
         }
     }
@@ -108,6 +145,24 @@ pub fn decode_request(buf: &[u8], max_frame: u32) -> Result<(Request, usize), De
         req_id,
         frame_len,
     };
+    if op == Op::Auth {
+        // token_len:u16 then exactly that many bytes, 1..=255 of them.
+        return match r.u16() {
+            Some(n)
+                if (1..=MAX_TOKEN_LEN).contains(&usize::from(n))
+                    && r.remaining() == usize::from(n) =>
+            {
+                Ok((
+                    Request {
+                        req_id,
+                        command: Command::Auth { token_len: n },
+                    },
+                    frame_len,
+                ))
+            }
+            _ => Err(bad_args),
+        };
+    }
     if r.remaining() != op.args_len() {
         return Err(bad_args);
     }
@@ -118,6 +173,8 @@ pub fn decode_request(buf: &[u8], max_frame: u32) -> Result<(Request, usize), De
         Op::Confirm => r.u64().map(|hold_id| Command::Confirm { hold_id }),
         Op::Cancel => r.u64().map(|hold_id| Command::Cancel { hold_id }),
         Op::Stock => r.u32().map(|event| Command::Stock { event }),
+        // Handled above.
+        Op::Auth => None,
         Op::Orders => (|| {
             Some(Command::Orders {
                 event: r.u32()?,

@@ -11,11 +11,13 @@ pub enum Status {
     BadRequest = 5,
     Unavailable = 6,
     Overloaded = 7,
+    /// 1.1: no valid AUTH on this connection; nothing was done.
+    Unauthorized = 8,
 }
 
 impl Status {
     /// Every status, in code order.
-    pub const ALL: [Status; 8] = [
+    pub const ALL: [Status; 9] = [
         Status::Ok,
         Status::SoldOut,
         Status::LimitReached,
@@ -24,6 +26,7 @@ impl Status {
         Status::BadRequest,
         Status::Unavailable,
         Status::Overloaded,
+        Status::Unauthorized,
     ];
 
     pub const fn from_code(code: u8) -> Option<Status> {
@@ -36,6 +39,7 @@ impl Status {
             5 => Some(Status::BadRequest),
             6 => Some(Status::Unavailable),
             7 => Some(Status::Overloaded),
+            8 => Some(Status::Unauthorized),
             _ => None,
         }
     }
@@ -55,6 +59,7 @@ impl Status {
             Status::BadRequest => "BAD_REQUEST",
             Status::Unavailable => "UNAVAILABLE",
             Status::Overloaded => "OVERLOADED",
+            Status::Unauthorized => "UNAUTHORIZED",
         }
     }
 }
@@ -70,12 +75,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn codes_round_trip_and_eight_is_unknown() {
+    fn codes_round_trip_and_nine_is_unknown() {
         for (i, status) in Status::ALL.into_iter().enumerate() {
             assert_eq!(status.code() as usize, i);
             assert_eq!(Status::from_code(status.code()), Some(status));
         }
-        assert_eq!(Status::from_code(8), None);
+        assert_eq!(Status::from_code(9), None);
         assert_eq!(Status::from_code(0xFF), None);
     }
 }

@@ -4,8 +4,8 @@
 
 use bytes::BytesMut;
 use ticketd_proto::{
-    decode_request, decode_response, Command, DecodeError, Op, OrderList, Purchase, Request,
-    Response, ResultBody, Status, DEFAULT_MAX_FRAME,
+    auth_token, decode_request, decode_response, encode_auth, Command, DecodeError, Op, OrderList,
+    Purchase, Request, Response, ResultBody, Status, DEFAULT_MAX_FRAME,
 };
 
 const EXPIRES: u64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
@@ -68,6 +68,13 @@ fn request_vectors() -> Vec<(&'static str, Request)> {
             Request {
                 req_id: 5,
                 command: Command::Stock { event: 1 },
+            },
+        ),
+        (
+            "00 00 00 11 07 00 00 00 00 00 00 00 09 00 06 73 33 63 72 65 74",
+            Request {
+                req_id: 9,
+                command: Command::Auth { token_len: 6 },
             },
         ),
         (
@@ -154,6 +161,14 @@ fn response_vectors() -> Vec<(&'static str, Response)> {
             Response::error(Op::Buy.code(), 1, Status::Overloaded),
         ),
         (
+            "00 00 00 0A 82 00 00 00 00 00 00 00 01 08",
+            Response::error(Op::Buy.code(), 1, Status::Unauthorized),
+        ),
+        (
+            "00 00 00 0A 87 00 00 00 00 00 00 00 09 00",
+            Response::ok(Op::Auth, 9, ResultBody::Empty),
+        ),
+        (
             "00 00 00 0A FF 00 00 00 00 00 00 00 00 05",
             Response::framing_error(),
         ),
@@ -171,7 +186,15 @@ fn request_vectors_decode_encode_and_are_documented() {
             "{hex}"
         );
         let mut encoded = BytesMut::new();
-        expected.encode(&mut encoded);
+        match expected.command {
+            // The token stays in the frame: encode it from there.
+            Command::Auth { token_len } => {
+                let token = auth_token(&wire, wire.len(), token_len);
+                assert_eq!(token, b"s3cret");
+                encode_auth(expected.req_id, token, &mut encoded);
+            }
+            _ => expected.encode(&mut encoded),
+        }
         assert_eq!(&encoded[..], &wire[..], "{hex}");
         assert_eq!(expected.encoded_len(), wire.len());
         assert!(
@@ -258,6 +281,23 @@ fn malformed_vectors_are_told_apart() {
                 op: Op::Buy,
                 req_id: 8,
                 frame_len: 25,
+            },
+        ),
+        // AUTH with an empty token, and one whose token_len promises more than follows.
+        (
+            "00 00 00 0B 07 00 00 00 00 00 00 00 0A 00 00",
+            DecodeError::BadArgsLength {
+                op: Op::Auth,
+                req_id: 10,
+                frame_len: 15,
+            },
+        ),
+        (
+            "00 00 00 10 07 00 00 00 00 00 00 00 0B 00 06 73 33 63 72 65",
+            DecodeError::BadArgsLength {
+                op: Op::Auth,
+                req_id: 11,
+                frame_len: 20,
             },
         ),
     ];

@@ -84,6 +84,12 @@ pub struct Cli {
     #[arg(long)]
     pub http_anonymous: bool,
 
+    /// Binary protocol: a connection's first request must be an AUTH carrying one of the
+    /// tokens in FILE (one per line, 1 to 255 bytes; `#` comments). Without it, AUTH is
+    /// answered OK whatever it carries and no token is needed.
+    #[arg(long, value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
+
     /// Where the embedded ledger keeps its journal (created if missing, locked while
     /// ticketd runs). Every sale is in it before it is acknowledged, and a restart
     /// recovers from it. Not used in ledger mode (`--redis`), where Redis is the ledger.
@@ -213,6 +219,12 @@ impl Cli {
                 }
             }),
             share_port: self.share_port,
+            auth_tokens: self
+                .auth_token_file
+                .as_deref()
+                .map(crate::auth::TokenSet::load)
+                .transpose()
+                .map_err(|e| ConfigError::AuthTokens(e.to_string()))?,
             journal: Some(JournalConfig {
                 data_dir: self.data_dir,
                 fsync: self.fsync,

@@ -61,6 +61,11 @@ pub struct EventSpec {
 /// Why an `--event` value or the configuration as a whole was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    /// Why the token file was refused, in words.
+    #[error("--auth-token-file: {0}")]
+    AuthTokens(String),
+    #[error("--http cannot be combined with --auth-token-file: the HTTP front has no authentication yet, so it would let anyone buy as anyone; serve HTTP from a node without tokens on a trusted network")]
+    HttpWithoutAuth,
     #[error("event `{0}`: expected ID:STOCK[:LIMIT], e.g. 1:10000 or 1:10000:2")]
     EventShape(String),
     #[error("event `{spec}`: {field} `{value}` is not a valid number")]
@@ -177,6 +182,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// `--share-port`: other processes may serve `listen`'s port too.
     pub share_port: bool,
+    /// `--auth-token-file`: binary-protocol connections must AUTH with one of these.
+    pub auth_tokens: Option<crate::auth::TokenSet>,
     /// Ledger mode, when set.
     pub redis: Option<RedisConfig>,
     /// The embedded ledger's journal; `None` keeps everything in memory only (tests and
@@ -269,6 +276,7 @@ impl Config {
             http_anonymous: false,
             admin: None,
             share_port: false,
+            auth_tokens: None,
             redis: None,
             journal: None,
         }
@@ -276,6 +284,9 @@ impl Config {
 
     /// Checks every limit the server relies on.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth_tokens.is_some() && self.http.is_some() {
+            return Err(ConfigError::HttpWithoutAuth);
+        }
         if self.shards == 0 || self.shards > MAX_SHARDS {
             return Err(ConfigError::Shards {
                 got: self.shards,

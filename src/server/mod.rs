@@ -236,6 +236,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                 fail_stop: Arc::clone(&fail_stop),
                 hold_routes: Arc::clone(&hold_routes),
                 stats: Arc::clone(&stats),
+                auth: config.auth_tokens.clone(),
             },
             poll,
             listener,

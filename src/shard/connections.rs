@@ -14,6 +14,7 @@ use mio::{Interest, Registry, Token};
 use slab::Slab;
 use ticketd_proto::Response;
 
+use super::access::Access;
 use super::budget::ConnBudget;
 use super::connection::{Connection, FlushEnd, Protocol, ReadDepth, ReadEnd};
 use super::mailbox::ConnRef;
@@ -72,6 +73,8 @@ pub struct Connections {
     stopping: bool,
     trimmer: Trimmer,
     stats: ConnStats,
+    /// `--auth-token-file`: binary connections start unauthenticated.
+    tokens_required: bool,
 }
 
 impl Connections {
@@ -82,6 +85,7 @@ impl Connections {
         listener: std::net::TcpListener,
         http_listener: Option<std::net::TcpListener>,
         budget: Arc<ConnBudget>,
+        tokens_required: bool,
     ) -> io::Result<Self> {
         let mut listener = TcpListener::from_std(listener);
         registry.register(&mut listener, LISTENER_TOKEN, Interest::READABLE)?;
@@ -111,6 +115,7 @@ impl Connections {
             stopping: false,
             trimmer: Trimmer::default(),
             stats: ConnStats::default(),
+            tokens_required,
         })
     }
 
@@ -186,8 +191,10 @@ impl Connections {
                     // Answers are small and latency is the product: no Nagle.
                     let _ = stream.set_nodelay(true);
                     self.next_generation = self.next_generation.wrapping_add(1);
+                    let tokens = self.tokens_required && protocol == Protocol::Binary;
+                    let access = Access::new(shedding, tokens);
                     let mut connection =
-                        Connection::new(stream, self.next_generation, protocol, shedding);
+                        Connection::new(stream, self.next_generation, protocol, access);
                     let entry = self.open.vacant_entry();
                     let token = Token(entry.key() + FIRST_CONNECTION_TOKEN);
                     if let Err(e) = connection.register(&self.registry, token) {

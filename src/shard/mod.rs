@@ -3,6 +3,7 @@
 //! doing its own I/O), deciding through its [`Dispatcher`] with the embedded ledger or the
 //! Redis ledger ([`Decider`], chosen once at start).
 
+pub mod access;
 pub mod budget;
 mod connection;
 mod connections;
@@ -146,6 +147,7 @@ impl Shard {
             listener,
             http_listener,
             Arc::clone(&settings.conns),
+            settings.auth.is_some(),
         )?;
         let decider = match (settings.remote.clone(), journal) {
             // Ledger mode: the Redis ledger, and no embedded ledger at all.

@@ -108,6 +108,7 @@ impl Output {
             Status::BadRequest => (400, -5, "bad request"),
             Status::Unavailable => (503, -6, "ledger unavailable; nothing was sold"),
             Status::Overloaded => (503, -7, "overloaded; retry later"),
+            Status::Unauthorized => (403, -8, "unauthorized"),
             Status::Expired => (200, -4, "expired"),
         };
         self.http_json(http, code, msg, keep_alive, http10);
@@ -126,6 +127,7 @@ impl Output {
             200 => "OK",
             400 => "Bad Request",
             404 => "Not Found",
+            403 => "Forbidden",
             405 => "Method Not Allowed",
             413 => "Payload Too Large",
             431 => "Request Header Fields Too Large",

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::budget::ConnBudget;
 use super::remote::RemoteSettings;
+use crate::auth::TokenSet;
 use crate::readiness::Readiness;
 use crate::stats::NodeStats;
 
@@ -40,6 +41,8 @@ pub struct ShardSettings {
     pub hold_routes: Arc<HoldRoutes>,
     /// The node's counters, served on `/stats`.
     pub stats: Arc<NodeStats>,
+    /// `--auth-token-file`: binary connections must AUTH first.
+    pub auth: Option<TokenSet>,
 }
 
 impl ShardSettings {
@@ -59,6 +62,7 @@ impl ShardSettings {
             fail_stop: Arc::default(),
             hold_routes: Arc::default(),
             stats: Arc::default(),
+            auth: None,
         }
     }
 }

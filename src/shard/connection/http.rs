@@ -147,7 +147,7 @@ impl Connection {
     /// Answers the HTTP requests buffered in `input`, one at a time: a request whose
     /// answer is decided elsewhere holds the rest until it is written.
     pub(super) fn serve_http(&mut self, dispatcher: &mut Dispatcher, conn: ConnRef, now: Instant) {
-        if self.shedding {
+        if self.access.shed {
             // Over --max-conns: shed before any work, in the endpoint's own JSON.
             self.output
                 .http_error(503, "overloaded; retry later", false, false);

@@ -15,6 +15,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use ticketd_proto::Response;
 
+use super::access::Access;
 use super::mailbox::ConnRef;
 use super::output::Output;
 use super::Dispatcher;
@@ -97,9 +98,8 @@ pub struct Connection {
     queued_read: bool,
     /// Reading stopped for back-pressure; resume once the client catches up.
     read_stalled: bool,
-    /// Over `--max-conns`: its first requests are answered OVERLOADED, then it is
-    /// closed like a connection that lost framing.
-    shedding: bool,
+    /// Shed (over `--max-conns`), authenticated: what its requests may do.
+    access: Access,
     /// HTTP: the request whose answer is being decided elsewhere. Later requests wait
     /// in `input`, so answers leave in request order.
     http_waiting: Option<Head>,
@@ -109,7 +109,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, generation: u32, protocol: Protocol, shedding: bool) -> Self {
+    pub fn new(stream: TcpStream, generation: u32, protocol: Protocol, access: Access) -> Self {
         Connection {
             stream,
             protocol,
@@ -125,7 +125,7 @@ impl Connection {
             dirty: false,
             queued_read: false,
             read_stalled: false,
-            shedding,
+            access,
             http_waiting: None,
             close_when_done: false,
         }
@@ -137,7 +137,7 @@ impl Connection {
     }
 
     pub fn is_shedding(&self) -> bool {
-        self.shedding
+        self.access.shed
     }
 
     /// Back-pressure: stop reading while the client is behind.
@@ -264,7 +264,7 @@ impl Connection {
         conn: ConnRef,
         now: Instant,
     ) {
-        let shed = self.shedding;
+        let shed = self.access.shed;
         // An answer is at most twice its request's size (the smallest request, 13 bytes,
         // gets 14; STOCK's 17 get 30).
         self.output.reserve(2 * (self.input.len() + bytes.len()));
@@ -276,9 +276,9 @@ impl Connection {
                 &mut self.output,
                 &mut self.in_flight,
                 now,
-                shed,
+                &mut self.access,
             );
-            if !handled.framing_lost {
+            if !handled.framing_lost && !handled.closing {
                 self.input
                     .extend_from_slice(bytes.get(handled.consumed..).unwrap_or_default());
             }
@@ -291,13 +291,14 @@ impl Connection {
                 &mut self.output,
                 &mut self.in_flight,
                 now,
-                shed,
+                &mut self.access,
             );
             self.input.advance(handled.consumed.min(self.input.len()));
             handled
         };
-        // A shed connection is done once it has had its answers.
-        if handled.framing_lost || (shed && handled.consumed > 0) {
+        // A shed connection is done once it has had its answers; so is one whose AUTH
+        // failed.
+        if handled.framing_lost || handled.closing || (shed && handled.consumed > 0) {
             self.lingering = true;
             self.owes_framing_error = handled.framing_lost;
             self.input.clear();

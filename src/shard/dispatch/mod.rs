@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ticketd_proto::{
-    decode_request, Command, DecodeError, Op, Purchase, Request, Response, ResultBody, Status,
+    auth_token, decode_request, Command, DecodeError, Op, Purchase, Request, Response, ResultBody,
+    Status,
 };
 
+use super::access::Access;
 use super::mailbox::{ConnRef, Message, Outbox};
 use super::output::Output;
 pub use super::settings::HoldRoutes;
@@ -97,6 +99,9 @@ pub struct Handled {
     /// The stream cannot be framed any more: the connection owes the client the framing
     /// error response, after the answers to every request before it.
     pub framing_lost: bool,
+    /// An AUTH failed: the connection closes once its answers are out; nothing after the
+    /// AUTH was read.
+    pub closing: bool,
 }
 
 impl Dispatcher {
@@ -128,8 +133,9 @@ impl Dispatcher {
 
     /// Handles every whole frame at the front of `input`: local answers are encoded into
     /// `output`, requests owned elsewhere are queued in the outbox and counted in
-    /// `in_flight`. When `shed` is set (the connection is over `--max-conns`), every
-    /// well-formed request is answered OVERLOADED without doing anything.
+    /// `in_flight`. `access` is the connection's standing: a shed connection (over
+    /// `--max-conns`) gets OVERLOADED for every well-formed request, one that has not
+    /// presented a required token UNAUTHORIZED for everything but AUTH.
     pub fn handle_frames(
         &mut self,
         conn: ConnRef,
@@ -137,7 +143,7 @@ impl Dispatcher {
         output: &mut Output,
         in_flight: &mut u32,
         now: Instant,
-        shed: bool,
+        access: &mut Access,
     ) -> Handled {
         let mut consumed = 0;
         loop {
@@ -151,9 +157,24 @@ impl Dispatcher {
             match decode_request(rest, self.settings.max_frame) {
                 Ok((request, used)) => {
                     consumed += used;
-                    if shed {
-                        let op = request.command.op().code();
+                    let op = request.command.op().code();
+                    if access.shed {
                         output.refusal(op, request.req_id, Status::Overloaded);
+                    } else if let Command::Auth { token_len } = request.command {
+                        let token = auth_token(rest, used, token_len);
+                        let good = self.settings.auth.as_ref().is_none_or(|t| t.accepts(token));
+                        if !good {
+                            output.refusal(op, request.req_id, Status::Unauthorized);
+                            return Handled {
+                                consumed,
+                                framing_lost: false,
+                                closing: true,
+                            };
+                        }
+                        access.authenticated = true;
+                        output.frame(&Response::ok(Op::Auth, request.req_id, ResultBody::Empty));
+                    } else if !access.authenticated {
+                        output.refusal(op, request.req_id, Status::Unauthorized);
                     } else if let Some(response) = self.route(conn, request, in_flight, now) {
                         output.frame(&response);
                     }
@@ -185,6 +206,7 @@ impl Dispatcher {
                     return Handled {
                         consumed: input.len(),
                         framing_lost: true,
+                        closing: false,
                     };
                 }
             }
@@ -192,6 +214,7 @@ impl Dispatcher {
         Handled {
             consumed,
             framing_lost: false,
+            closing: false,
         }
     }
 
@@ -212,6 +235,8 @@ impl Dispatcher {
         }
         let routed = match request.command {
             Command::Ping => Err(Response::ok(Op::Ping, req_id, ResultBody::Empty)),
+            // Answered by `handle_frames`, which sees the token; nothing to decide.
+            Command::Auth { .. } => Err(Response::ok(Op::Auth, req_id, ResultBody::Empty)),
             Command::Stock { event } => Err(self.stock(event, req_id)),
             Command::Buy(purchase) => self.validate(Op::Buy, purchase, req_id).map(|event| {
                 let op = LedgerOp::Buy {
@@ -332,6 +357,7 @@ impl Dispatcher {
         let waiter = (conn, req_id);
         let queued = match request.command {
             Command::Ping => return Some(Response::ok(Op::Ping, req_id, ResultBody::Empty)),
+            Command::Auth { .. } => return Some(Response::ok(Op::Auth, req_id, ResultBody::Empty)),
             Command::Stock { event } => match self.catalog.index_of(event) {
                 Some(index) => {
                     self.decider.remote_mut()?.stock(index, waiter);
