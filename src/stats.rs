@@ -19,7 +19,14 @@ struct ShardCounters {
     gate_refills: AtomicU64,
     /// Requests answered UNAVAILABLE because the ledger could not be reached.
     unavailable: AtomicU64,
+    /// Connections closed for a half-sent request, for idling, for not reading.
+    header_timeouts: AtomicU64,
+    idle_closes: AtomicU64,
+    write_timeouts: AtomicU64,
 }
+
+/// Picks one counter of a shard's.
+type Pick = fn(&ShardCounters) -> &AtomicU64;
 
 #[derive(Debug)]
 pub struct NodeStats {
@@ -63,6 +70,18 @@ impl NodeStats {
         add(&self.shard(shard).unavailable, requests);
     }
 
+    pub fn header_timeout(&self, shard: usize) {
+        add(&self.shard(shard).header_timeouts, 1);
+    }
+
+    pub fn idle_close(&self, shard: usize) {
+        add(&self.shard(shard).idle_closes, 1);
+    }
+
+    pub fn write_timeout(&self, shard: usize) {
+        add(&self.shard(shard).write_timeouts, 1);
+    }
+
     /// The `/stats` body.
     pub fn render(&self, node_id: u16) -> String {
         let sum = |pick: fn(&ShardCounters) -> &AtomicU64| -> u64 {
@@ -73,14 +92,18 @@ impl NodeStats {
         };
         let mut text = String::new();
         let _ = writeln!(text, "ticketd_node_id {node_id}");
-        let _ = writeln!(text, "ticketd_sold_tickets {}", sum(|s| &s.sold));
-        let _ = writeln!(text, "ticketd_redis_calls {}", sum(|s| &s.redis_calls));
-        let _ = writeln!(text, "ticketd_gate_refills {}", sum(|s| &s.gate_refills));
-        let _ = writeln!(
-            text,
-            "ticketd_unavailable_answers {}",
-            sum(|s| &s.unavailable)
-        );
+        let rows: [(&str, Pick); 7] = [
+            ("ticketd_sold_tickets", |s| &s.sold),
+            ("ticketd_redis_calls", |s| &s.redis_calls),
+            ("ticketd_gate_refills", |s| &s.gate_refills),
+            ("ticketd_unavailable_answers", |s| &s.unavailable),
+            ("ticketd_header_timeouts", |s| &s.header_timeouts),
+            ("ticketd_idle_closes", |s| &s.idle_closes),
+            ("ticketd_write_timeouts", |s| &s.write_timeouts),
+        ];
+        for (name, pick) in rows {
+            let _ = writeln!(text, "{name} {}", sum(pick));
+        }
         text
     }
 }
@@ -100,7 +123,8 @@ mod tests {
         assert_eq!(
             stats.render(3),
             "ticketd_node_id 3\nticketd_sold_tickets 3\nticketd_redis_calls 1\n\
-             ticketd_gate_refills 1\nticketd_unavailable_answers 4\n"
+             ticketd_gate_refills 1\nticketd_unavailable_answers 4\nticketd_header_timeouts 0\n\
+             ticketd_idle_closes 0\nticketd_write_timeouts 0\n"
         );
     }
 }

@@ -8,6 +8,7 @@ use clap::Parser;
 
 use super::*;
 use crate::journal::FsyncMode;
+use crate::limits::Timeouts;
 
 /// The ticketd command line.
 #[derive(Debug, Parser)]
@@ -83,6 +84,25 @@ pub struct Cli {
     /// client can buy any number of tickets. Meant for benchmarks only.
     #[arg(long)]
     pub http_anonymous: bool,
+
+    /// A request left half-sent this long is answered (the framing error, or HTTP 408)
+    /// and its connection closed; `off` for never [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_limit)]
+    pub header_timeout: Option<Limit>,
+
+    /// A binary connection with nothing in flight is closed after this long idle;
+    /// `off` for never (gateways keep pools) [default: off].
+    #[arg(long, value_name = "DURATION", value_parser = parse_limit)]
+    pub idle_timeout: Option<Limit>,
+
+    /// An idle HTTP keep-alive connection is closed after this long [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_limit)]
+    pub http_idle_timeout: Option<Limit>,
+
+    /// A client that takes none of its answers for this long is disconnected
+    /// [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_limit)]
+    pub write_timeout: Option<Limit>,
 
     /// Binary protocol: a connection's first request must be an AUTH carrying one of the
     /// tokens in FILE (one per line, 1 to 255 bytes; `#` comments). Without it, AUTH is
@@ -219,6 +239,16 @@ impl Cli {
                 }
             }),
             share_port: self.share_port,
+            timeouts: {
+                let d = Timeouts::DEFAULT;
+                let pick = |given: Option<Limit>, default| given.map_or(default, |l| l.0);
+                Timeouts {
+                    header: pick(self.header_timeout, d.header),
+                    idle_binary: pick(self.idle_timeout, d.idle_binary),
+                    idle_http: pick(self.http_idle_timeout, d.idle_http),
+                    write: pick(self.write_timeout, d.write),
+                }
+            },
             auth_tokens: self
                 .auth_token_file
                 .as_deref()

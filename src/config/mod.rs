@@ -166,6 +166,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> 
     humantime::parse_duration(text)
 }
 
+/// A time limit flag: a duration, or `off` (or `0`) for none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit(pub Option<Duration>);
+
+pub fn parse_limit(text: &str) -> Result<Limit, humantime::DurationError> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(Limit(None));
+    }
+    let duration = humantime::parse_duration(text)?;
+    Ok(Limit((!duration.is_zero()).then_some(duration)))
+}
+
 /// A validated server configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -184,6 +196,8 @@ pub struct Config {
     pub share_port: bool,
     /// `--auth-token-file`: binary-protocol connections must AUTH with one of these.
     pub auth_tokens: Option<crate::auth::TokenSet>,
+    /// `--header-timeout`, `--idle-timeout`, `--http-idle-timeout`, `--write-timeout`.
+    pub timeouts: crate::limits::Timeouts,
     /// Ledger mode, when set.
     pub redis: Option<RedisConfig>,
     /// The embedded ledger's journal; `None` keeps everything in memory only (tests and
@@ -277,6 +291,7 @@ impl Config {
             admin: None,
             share_port: false,
             auth_tokens: None,
+            timeouts: crate::limits::Timeouts::DEFAULT,
             redis: None,
             journal: None,
         }

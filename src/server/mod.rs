@@ -237,6 +237,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                 hold_routes: Arc::clone(&hold_routes),
                 stats: Arc::clone(&stats),
                 auth: config.auth_tokens.clone(),
+                timeouts: config.timeouts,
             },
             poll,
             listener,

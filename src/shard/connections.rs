@@ -16,11 +16,13 @@ use ticketd_proto::Response;
 
 use super::access::Access;
 use super::budget::ConnBudget;
-use super::connection::{Connection, FlushEnd, Protocol, ReadDepth, ReadEnd};
+use super::connection::{Connection, FlushEnd, Overdue, Protocol, ReadDepth, ReadEnd};
 use super::mailbox::ConnRef;
+use super::settings::ShardSettings;
 use super::trim::Trimmer;
 use super::Dispatcher;
-use crate::limits::MAX_SHEDDING_CONNECTIONS;
+use crate::limits::{Timeouts, MAX_SHEDDING_CONNECTIONS};
+use crate::stats::NodeStats;
 
 pub const LISTENER_TOKEN: Token = Token(1);
 pub const HTTP_LISTENER_TOKEN: Token = Token(2);
@@ -75,18 +77,22 @@ pub struct Connections {
     stats: ConnStats,
     /// `--auth-token-file`: binary connections start unauthenticated.
     tokens_required: bool,
+    /// Time limits per connection state, and when connections are next looked over.
+    timeouts: Timeouts,
+    sweep_at: Option<Instant>,
+    node_stats: Arc<NodeStats>,
 }
 
 impl Connections {
-    /// Registers the listeners (binary, and HTTP if any) with `registry`.
+    /// Registers the listeners (binary, and HTTP if any) with `registry`; the rest comes
+    /// from the shard's settings (budget, tokens, time limits, counters).
     pub fn new(
-        shard: usize,
+        settings: &ShardSettings,
         registry: Registry,
         listener: std::net::TcpListener,
         http_listener: Option<std::net::TcpListener>,
-        budget: Arc<ConnBudget>,
-        tokens_required: bool,
     ) -> io::Result<Self> {
+        let timeouts = settings.timeouts;
         let mut listener = TcpListener::from_std(listener);
         registry.register(&mut listener, LISTENER_TOKEN, Interest::READABLE)?;
         let http_listener = match http_listener {
@@ -98,14 +104,14 @@ impl Connections {
             None => None,
         };
         Ok(Connections {
-            shard,
+            shard: settings.index,
             registry,
             listener: Some(listener),
             http_listener,
             open: Slab::new(),
             shedding: 0,
             next_generation: 0,
-            budget,
+            budget: Arc::clone(&settings.conns),
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             dirty: Vec::new(),
             read_queue: Vec::new(),
@@ -115,7 +121,10 @@ impl Connections {
             stopping: false,
             trimmer: Trimmer::default(),
             stats: ConnStats::default(),
-            tokens_required,
+            tokens_required: settings.auth.is_some(),
+            sweep_at: timeouts.sweep_every().map(|every| Instant::now() + every),
+            timeouts,
+            node_stats: Arc::clone(&settings.stats),
         })
     }
 
@@ -149,6 +158,7 @@ impl Connections {
             self.lingering.front().map(|&(at, _, _)| at),
             self.accept_retry_at,
             self.trimmer.next_due(),
+            self.sweep_at.filter(|_| !self.open.is_empty()),
         ]
         .into_iter()
         .flatten()
@@ -194,7 +204,7 @@ impl Connections {
                     let tokens = self.tokens_required && protocol == Protocol::Binary;
                     let access = Access::new(shedding, tokens);
                     let mut connection =
-                        Connection::new(stream, self.next_generation, protocol, access);
+                        Connection::new(stream, self.next_generation, protocol, access, now);
                     let entry = self.open.vacant_entry();
                     let token = Token(entry.key() + FIRST_CONNECTION_TOKEN);
                     if let Err(e) = connection.register(&self.registry, token) {
@@ -341,7 +351,7 @@ impl Connections {
             return;
         };
         let token = Token(slot + FIRST_CONNECTION_TOKEN);
-        match connection.flush(&self.registry, token) {
+        match connection.flush(&self.registry, token, now) {
             FlushEnd::Close => self.close(slot),
             FlushEnd::Open {
                 lingering_from_now,
@@ -355,6 +365,50 @@ impl Connections {
                     self.read_queue.push(slot);
                 }
                 self.trimmer.freed(connection.release_idle_buffers());
+            }
+        }
+    }
+
+    /// Looks every connection over for the time limits (at most every quarter of the
+    /// shortest one): a half-sent request is told so and closed, an idle connection or
+    /// one that does not read its answers is closed.
+    pub fn enforce_timeouts(&mut self, now: Instant) {
+        let (Some(at), Some(every)) = (self.sweep_at, self.timeouts.sweep_every()) else {
+            return;
+        };
+        if at > now {
+            return;
+        }
+        self.sweep_at = Some(now + every);
+        let limits = self.timeouts;
+        let overdue: Vec<(usize, Overdue)> = self
+            .open
+            .iter()
+            .filter_map(|(slot, c)| c.overdue(now, &limits).map(|o| (slot, o)))
+            .collect();
+        for (slot, why) in overdue {
+            tracing::debug!(shard = self.shard, slot, ?why, "connection timed out");
+            match why {
+                Overdue::Header => {
+                    self.node_stats.header_timeout(self.shard);
+                    if let Some(connection) = self.open.get_mut(slot) {
+                        connection.time_out_header();
+                        self.lingering.push_back((
+                            now + LINGER_TIMEOUT,
+                            slot,
+                            connection.generation(),
+                        ));
+                    }
+                    self.mark_dirty(slot);
+                }
+                Overdue::Idle => {
+                    self.node_stats.idle_close(self.shard);
+                    self.close(slot);
+                }
+                Overdue::Write => {
+                    self.node_stats.write_timeout(self.shard);
+                    self.close(slot);
+                }
             }
         }
     }

@@ -142,12 +142,10 @@ impl Shard {
         } = parts;
         let settings = Arc::new(settings);
         let connections = Connections::new(
-            settings.index,
+            &settings,
             poll.registry().try_clone()?,
             listener,
             http_listener,
-            Arc::clone(&settings.conns),
-            settings.auth.is_some(),
         )?;
         let decider = match (settings.remote.clone(), journal) {
             // Ledger mode: the Redis ledger, and no embedded ledger at all.
@@ -242,6 +240,7 @@ impl Shard {
                 ledger.expire_due(now);
             }
             self.connections.close_expired_lingerers(now);
+            self.connections.enforce_timeouts(now);
             self.connections.retry_accept(now);
             self.commit_pass(now);
             self.connections.flush_dirty(now);

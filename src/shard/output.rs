@@ -129,6 +129,7 @@ impl Output {
             404 => "Not Found",
             403 => "Forbidden",
             405 => "Method Not Allowed",
+            408 => "Request Timeout",
             413 => "Payload Too Large",
             431 => "Request Header Fields Too Large",
             _ => "Service Unavailable",

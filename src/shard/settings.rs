@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::budget::ConnBudget;
 use super::remote::RemoteSettings;
 use crate::auth::TokenSet;
+use crate::limits::Timeouts;
 use crate::readiness::Readiness;
 use crate::stats::NodeStats;
 
@@ -43,6 +44,8 @@ pub struct ShardSettings {
     pub stats: Arc<NodeStats>,
     /// `--auth-token-file`: binary connections must AUTH first.
     pub auth: Option<TokenSet>,
+    /// How long a connection may sit in each state.
+    pub timeouts: Timeouts,
 }
 
 impl ShardSettings {
@@ -63,6 +66,7 @@ impl ShardSettings {
             hold_routes: Arc::default(),
             stats: Arc::default(),
             auth: None,
+            timeouts: Timeouts::NONE,
         }
     }
 }

@@ -203,22 +203,29 @@ pub fn wait_until(mut condition: impl FnMut() -> bool) {
 
 /// `GET path` over plain HTTP/1.1 (the admin endpoint): the status code and the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
+    try_http_get(addr, path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// [`http_get`] that reports a failed exchange (refused, reset) instead of panicking.
+pub fn try_http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
     stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
     )
-    .unwrap();
+    .map_err(|e| format!("write: {e}"))?;
     let mut all = String::new();
-    stream.read_to_string(&mut all).expect("read to close");
+    stream
+        .read_to_string(&mut all)
+        .map_err(|e| format!("read to close: {e}"))?;
     let code = all
         .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {all:?}"));
+        .ok_or_else(|| format!("no status line: {all:?}"))?;
     let body = all.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    (code, body)
+    Ok((code, body))
 }
 
 /// The address logged as `name=ADDR` in the start-up line of a process.

@@ -4,7 +4,10 @@
 //! when, and keeps the lists (to flush, to read again, to close) it is on. Binary
 //! frames are served here, HTTP requests in [`http`].
 
+mod deadlines;
 pub mod http;
+
+pub use deadlines::Overdue;
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -106,10 +109,18 @@ pub struct Connection {
     /// Close once everything owed is written (HTTP without keep-alive, or an HTTP
     /// request that could not be parsed).
     close_when_done: bool,
+    /// When bytes last arrived or left: the clock of its time limits.
+    last_activity: Instant,
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, generation: u32, protocol: Protocol, access: Access) -> Self {
+    pub fn new(
+        stream: TcpStream,
+        generation: u32,
+        protocol: Protocol,
+        access: Access,
+        now: Instant,
+    ) -> Self {
         Connection {
             stream,
             protocol,
@@ -128,6 +139,7 @@ impl Connection {
             access,
             http_waiting: None,
             close_when_done: false,
+            last_activity: now,
         }
     }
 
@@ -213,6 +225,7 @@ impl Connection {
             match self.stream.read(&mut scratch[..room]) {
                 Ok(0) => self.read_closed = true,
                 Ok(n) => {
+                    self.touched(now);
                     budget = budget.saturating_sub(n);
                     if !self.discards_input() {
                         self.serve(&scratch[..n], dispatcher, conn, now);
@@ -327,7 +340,7 @@ impl Connection {
 
     /// Writes what is owed (one write call unless the socket takes it piecemeal), then
     /// fixes up write interest and says what its life needs next.
-    pub fn flush(&mut self, registry: &Registry, token: Token) -> FlushEnd {
+    pub fn flush(&mut self, registry: &Registry, token: Token, now: Instant) -> FlushEnd {
         self.dirty = false;
         if self.owes_framing_error && self.in_flight == 0 {
             self.owes_framing_error = false;
@@ -336,7 +349,10 @@ impl Connection {
         while !self.output.is_empty() {
             match self.stream.write(self.output.pending()) {
                 Ok(0) => return FlushEnd::Close,
-                Ok(n) => self.output.advance(n),
+                Ok(n) => {
+                    self.output.advance(n);
+                    self.touched(now);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return FlushEnd::Close,
