@@ -4,7 +4,7 @@ LISTEN ?= 127.0.0.1:7878
 EVENT ?= 1:10000
 DATA_DIR ?= ./data
 
-.PHONY: run build release test deps lint fmt bench bench-micro perf clean cluster cluster-down cluster-rush cluster-report
+.PHONY: run build release test deps lint fmt bench bench-micro perf clean cluster cluster-down cluster-rush cluster-report fuzz fuzz-smoke
 
 ## Build in release mode and serve the demo sale: event 1, 10,000 tickets, journaled in
 ## $(DATA_DIR) (a second `make run` resumes the same sale; `rm -rf data` starts afresh).
@@ -21,6 +21,16 @@ build:
 test: deps lint
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
+	./scripts/fuzz.sh 5
+
+## Coverage-guided fuzzing of the decoders, one connection's state machine and the HTTP
+## parser (cargo-fuzz): FUZZ_SECONDS per target (default 60). `make test` runs 5 s each.
+FUZZ_SECONDS ?= 60
+fuzz:
+	./scripts/fuzz.sh $(FUZZ_SECONDS)
+
+fuzz-smoke:
+	./scripts/fuzz.sh 5
 
 deps:
 	./scripts/install-deps.sh redis cluster

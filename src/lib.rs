@@ -26,6 +26,7 @@ pub mod auth;
 pub mod catalog;
 pub mod clock;
 pub mod config;
+pub mod fuzz_checks;
 pub mod ids;
 pub mod journal;
 pub mod ledger;

@@ -6,6 +6,8 @@
 pub mod access;
 pub mod budget;
 mod connection;
+pub use connection::http;
+pub use connection::{BinaryEnd, BinaryStream};
 mod connections;
 mod dispatch;
 mod durability;

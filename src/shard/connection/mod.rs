@@ -4,8 +4,11 @@
 //! when, and keeps the lists (to flush, to read again, to close) it is on. Binary
 //! frames are served here, HTTP requests in [`http`].
 
+mod binary;
 mod deadlines;
 pub mod http;
+
+pub use binary::{BinaryEnd, BinaryStream};
 
 pub use deadlines::Overdue;
 
@@ -13,7 +16,7 @@ use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::time::Instant;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use ticketd_proto::Response;
@@ -277,44 +280,17 @@ impl Connection {
         conn: ConnRef,
         now: Instant,
     ) {
-        let shed = self.access.shed;
-        // An answer is at most twice its request's size (the smallest request, 13 bytes,
-        // gets 14; STOCK's 17 get 30).
-        self.output.reserve(2 * (self.input.len() + bytes.len()));
-        let handled = if self.input.is_empty() {
-            // Common case: decode straight from the read buffer, copy only a partial tail.
-            let handled = dispatcher.handle_frames(
-                conn,
-                bytes,
-                &mut self.output,
-                &mut self.in_flight,
-                now,
-                &mut self.access,
-            );
-            if !handled.framing_lost && !handled.closing {
-                self.input
-                    .extend_from_slice(bytes.get(handled.consumed..).unwrap_or_default());
-            }
-            handled
-        } else {
-            self.input.extend_from_slice(bytes);
-            let handled = dispatcher.handle_frames(
-                conn,
-                &self.input,
-                &mut self.output,
-                &mut self.in_flight,
-                now,
-                &mut self.access,
-            );
-            self.input.advance(handled.consumed.min(self.input.len()));
-            handled
+        let mut stream = BinaryStream {
+            input: &mut self.input,
+            output: &mut self.output,
+            in_flight: &mut self.in_flight,
+            access: &mut self.access,
         };
-        // A shed connection is done once it has had its answers; so is one whose AUTH
-        // failed.
-        if handled.framing_lost || handled.closing || (shed && handled.consumed > 0) {
+        if let BinaryEnd::Closing { owes_framing_error } =
+            stream.serve(bytes, dispatcher, conn, now)
+        {
             self.lingering = true;
-            self.owes_framing_error = handled.framing_lost;
-            self.input.clear();
+            self.owes_framing_error = owes_framing_error;
         }
     }
 

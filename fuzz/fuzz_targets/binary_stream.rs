@@ -1,0 +1,6 @@
+//! Fuzz target: see `ticketd::fuzz_checks::check_binary_stream` for what it checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    ticketd::fuzz_checks::check_binary_stream(data);
+});
