@@ -82,7 +82,7 @@ fn pipeline(c: &mut Criterion) {
                     &mut output,
                     &mut in_flight,
                     Instant::now(),
-                    &mut Access::new(false, false),
+                    &mut Access::local(),
                 )
             },
             BatchSize::SmallInput,
@@ -102,7 +102,7 @@ fn pipeline(c: &mut Criterion) {
                 &mut output,
                 &mut in_flight,
                 Instant::now(),
-                &mut Access::new(false, false),
+                &mut Access::local(),
             )
         })
     });

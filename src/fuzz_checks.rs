@@ -87,7 +87,7 @@ pub fn check_binary_stream(data: &[u8]) {
         generation: 1,
     };
     let (mut input, mut output, mut in_flight) = (BytesMut::new(), Output::new(), 0u32);
-    let mut access = Access::new(false, false);
+    let mut access = Access::local();
     let mut answers = BytesMut::new();
     let mut closing = None;
     let mut pos = 0;

@@ -85,6 +85,16 @@ pub struct Cli {
     #[arg(long)]
     pub http_anonymous: bool,
 
+    /// Connections one source address may hold; more from it are answered OVERLOADED
+    /// and closed [default: no limit].
+    #[arg(long, value_name = "N")]
+    pub max_conns_per_ip: Option<u32>,
+
+    /// Requests a second one source address may send, in bursts of up to a second's
+    /// worth; beyond it, OVERLOADED [default: no limit].
+    #[arg(long, value_name = "RATE")]
+    pub rate_per_ip: Option<f64>,
+
     /// A request left half-sent this long is answered (the framing error, or HTTP 408)
     /// and its connection closed; `off` for never [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = parse_limit)]
@@ -239,6 +249,8 @@ impl Cli {
                 }
             }),
             share_port: self.share_port,
+            max_conns_per_ip: self.max_conns_per_ip,
+            rate_per_ip: self.rate_per_ip,
             timeouts: {
                 let d = Timeouts::DEFAULT;
                 let pick = |given: Option<Limit>, default| given.map_or(default, |l| l.0);

@@ -64,6 +64,8 @@ pub enum ConfigError {
     /// Why the token file was refused, in words.
     #[error("--auth-token-file: {0}")]
     AuthTokens(String),
+    #[error("--rate-per-ip must be a number of requests a second above 0")]
+    RatePerIp,
     #[error("--http cannot be combined with --auth-token-file: the HTTP front has no authentication yet, so it would let anyone buy as anyone; serve HTTP from a node without tokens on a trusted network")]
     HttpWithoutAuth,
     #[error("event `{0}`: expected ID:STOCK[:LIMIT], e.g. 1:10000 or 1:10000:2")]
@@ -196,6 +198,10 @@ pub struct Config {
     pub share_port: bool,
     /// `--auth-token-file`: binary-protocol connections must AUTH with one of these.
     pub auth_tokens: Option<crate::auth::TokenSet>,
+    /// `--max-conns-per-ip`: connections one source address may hold.
+    pub max_conns_per_ip: Option<u32>,
+    /// `--rate-per-ip`: requests a second one source address may send.
+    pub rate_per_ip: Option<f64>,
     /// `--header-timeout`, `--idle-timeout`, `--http-idle-timeout`, `--write-timeout`.
     pub timeouts: crate::limits::Timeouts,
     /// Ledger mode, when set.
@@ -291,6 +297,8 @@ impl Config {
             admin: None,
             share_port: false,
             auth_tokens: None,
+            max_conns_per_ip: None,
+            rate_per_ip: None,
             timeouts: crate::limits::Timeouts::DEFAULT,
             redis: None,
             journal: None,
@@ -299,6 +307,14 @@ impl Config {
 
     /// Checks every limit the server relies on.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(n) = self.max_conns_per_ip {
+            in_range("max-conns-per-ip", n, 1, u32::MAX)?;
+        }
+        if let Some(rate) = self.rate_per_ip {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(ConfigError::RatePerIp);
+            }
+        }
         if self.auth_tokens.is_some() && self.http.is_some() {
             return Err(ConfigError::HttpWithoutAuth);
         }

@@ -213,6 +213,9 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     };
     let plan = placement::plan(shards);
     let conns = Arc::new(crate::shard::budget::ConnBudget::new(config.max_conns));
+    let conns_per_ip = config
+        .max_conns_per_ip
+        .map(|max| Arc::new(crate::shard::admission::ConnsPerIp::new(max)));
 
     let mut threads = Vec::with_capacity(shards);
     let parts = polls
@@ -238,6 +241,8 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                 stats: Arc::clone(&stats),
                 auth: config.auth_tokens.clone(),
                 timeouts: config.timeouts,
+                conns_per_ip: conns_per_ip.clone(),
+                rate_per_ip: config.rate_per_ip,
             },
             poll,
             listener,

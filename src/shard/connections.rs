@@ -15,6 +15,7 @@ use slab::Slab;
 use ticketd_proto::Response;
 
 use super::access::Access;
+use super::admission::ConnsPerIp;
 use super::budget::ConnBudget;
 use super::connection::{Connection, FlushEnd, Overdue, Protocol, ReadDepth, ReadEnd};
 use super::mailbox::ConnRef;
@@ -81,6 +82,8 @@ pub struct Connections {
     timeouts: Timeouts,
     sweep_at: Option<Instant>,
     node_stats: Arc<NodeStats>,
+    /// `--max-conns-per-ip`.
+    conns_per_ip: Option<Arc<ConnsPerIp>>,
 }
 
 impl Connections {
@@ -125,6 +128,7 @@ impl Connections {
             sweep_at: timeouts.sweep_every().map(|every| Instant::now() + every),
             timeouts,
             node_stats: Arc::clone(&settings.stats),
+            conns_per_ip: settings.conns_per_ip.clone(),
         })
     }
 
@@ -191,7 +195,7 @@ impl Connections {
                             "accepting connections again"
                         );
                     }
-                    let shedding = !self.budget.try_take();
+                    let shedding = !self.take_places(peer.ip());
                     if shedding {
                         self.stats.refused += 1;
                         if self.shedding >= MAX_SHEDDING_CONNECTIONS {
@@ -202,7 +206,7 @@ impl Connections {
                     let _ = stream.set_nodelay(true);
                     self.next_generation = self.next_generation.wrapping_add(1);
                     let tokens = self.tokens_required && protocol == Protocol::Binary;
-                    let access = Access::new(shedding, tokens);
+                    let access = Access::new(shedding, tokens, peer.ip());
                     let mut connection =
                         Connection::new(stream, self.next_generation, protocol, access, now);
                     let entry = self.open.vacant_entry();
@@ -210,7 +214,7 @@ impl Connections {
                     if let Err(e) = connection.register(&self.registry, token) {
                         tracing::warn!(error = %e, "could not register a connection");
                         if !shedding {
-                            self.budget.give_back();
+                            self.give_places(peer.ip());
                         }
                         continue;
                     }
@@ -254,6 +258,29 @@ impl Connections {
                     break;
                 }
             }
+        }
+    }
+
+    /// Takes a place for a connection from `ip` in the node's `--max-conns` and, with
+    /// `--max-conns-per-ip`, in its address's share; `false` (holding neither) when
+    /// either is full: the connection is then shed.
+    fn take_places(&self, ip: std::net::IpAddr) -> bool {
+        if !self.budget.try_take() {
+            return false;
+        }
+        if let Some(per_ip) = &self.conns_per_ip {
+            if !per_ip.try_take(ip) {
+                self.budget.give_back();
+                return false;
+            }
+        }
+        true
+    }
+
+    fn give_places(&self, ip: std::net::IpAddr) {
+        self.budget.give_back();
+        if let Some(per_ip) = &self.conns_per_ip {
+            per_ip.give_back(ip);
         }
     }
 
@@ -442,7 +469,7 @@ impl Connections {
             if connection.is_shedding() {
                 self.shedding -= 1;
             } else {
-                self.budget.give_back();
+                self.give_places(connection.source());
             }
             connection.deregister(&self.registry);
         }

@@ -4,6 +4,7 @@
 //! Redis ledger ([`Decider`], chosen once at start).
 
 pub mod access;
+pub mod admission;
 pub mod budget;
 mod connection;
 pub use connection::http;

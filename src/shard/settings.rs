@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::admission::ConnsPerIp;
 use super::budget::ConnBudget;
 use super::remote::RemoteSettings;
 use crate::auth::TokenSet;
@@ -46,6 +47,10 @@ pub struct ShardSettings {
     pub auth: Option<TokenSet>,
     /// How long a connection may sit in each state.
     pub timeouts: Timeouts,
+    /// `--max-conns-per-ip`, shared by every shard of the node.
+    pub conns_per_ip: Option<Arc<ConnsPerIp>>,
+    /// `--rate-per-ip`: requests a second per source address, for the node.
+    pub rate_per_ip: Option<f64>,
 }
 
 impl ShardSettings {
@@ -67,6 +72,8 @@ impl ShardSettings {
             stats: Arc::default(),
             auth: None,
             timeouts: Timeouts::NONE,
+            conns_per_ip: None,
+            rate_per_ip: None,
         }
     }
 }

@@ -155,6 +155,11 @@ impl Connection {
         self.access.shed
     }
 
+    /// The peer's address.
+    pub fn source(&self) -> std::net::IpAddr {
+        self.access.source
+    }
+
     /// Back-pressure: stop reading while the client is behind.
     pub fn is_paused(&self) -> bool {
         self.output.len() >= OUTPUT_HIGH_WATER

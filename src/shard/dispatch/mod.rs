@@ -11,6 +11,7 @@ use ticketd_proto::{
 };
 
 use super::access::Access;
+use super::admission::RatePerIp;
 use super::mailbox::{ConnRef, Message, Outbox};
 use super::output::Output;
 pub use super::settings::HoldRoutes;
@@ -89,6 +90,8 @@ pub struct Dispatcher {
     pub bad_requests: u64,
     /// Anonymous HTTP buyers created so far.
     anonymous_users: u64,
+    /// `--rate-per-ip`: this shard's token buckets.
+    rate_per_ip: Option<RatePerIp>,
 }
 
 /// The result of handling a buffer of request bytes.
@@ -121,6 +124,9 @@ impl Dispatcher {
         catalog: Arc<Catalog>,
         decider: Decider,
     ) -> Self {
+        let rate_per_ip = settings
+            .rate_per_ip
+            .map(|rate| RatePerIp::new(rate, settings.shards));
         Dispatcher {
             outbox: Outbox::new(settings.shards),
             settings,
@@ -128,6 +134,7 @@ impl Dispatcher {
             decider,
             bad_requests: 0,
             anonymous_users: 0,
+            rate_per_ip,
         }
     }
 
@@ -175,6 +182,12 @@ impl Dispatcher {
                         output.frame(&Response::ok(Op::Auth, request.req_id, ResultBody::Empty));
                     } else if !access.authenticated {
                         output.refusal(op, request.req_id, Status::Unauthorized);
+                    } else if self
+                        .rate_per_ip
+                        .as_mut()
+                        .is_some_and(|rate| !rate.allow(access.source, now))
+                    {
+                        output.refusal(op, request.req_id, Status::Overloaded);
                     } else if let Some(response) = self.route(conn, request, in_flight, now) {
                         output.frame(&response);
                     }

@@ -1,0 +1,78 @@
+//! Fair admission per source address over real sockets: `--max-conns-per-ip` and
+//! `--rate-per-ip` refuse one address's excess with OVERLOADED while another address
+//! is served as before.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr, TcpStream};
+
+use bytes::BytesMut;
+use common::{event, start_with, Client};
+use ticketd_proto::{Command, Request, Status};
+
+/// A client whose connection comes from `source` (a loopback address of its own).
+fn client_from(source: [u8; 4], server: SocketAddr) -> Client {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::new(IpAddr::from(source), 0).into())
+        .expect("bind the source address");
+    socket.connect(&server.into()).expect("connect");
+    Client::from_stream(TcpStream::from(socket))
+}
+
+#[test]
+fn one_address_cannot_hold_more_than_its_connections() {
+    let server = start_with(&[event(1, 100, 1)], |c| c.max_conns_per_ip = Some(2));
+    let addr = server.local_addr();
+    let mut first = client_from([127, 0, 0, 2], addr);
+    let mut second = client_from([127, 0, 0, 2], addr);
+    assert_eq!(first.call(Command::Ping).status, Status::Ok);
+    assert_eq!(second.call(Command::Ping).status, Status::Ok);
+    // A third from the same address is shed: OVERLOADED, then closed.
+    let mut third = client_from([127, 0, 0, 2], addr);
+    assert_eq!(third.call(Command::Ping).status, Status::Overloaded);
+    third.expect_eof();
+    // Another address is not affected.
+    let mut other = client_from([127, 0, 0, 3], addr);
+    assert_eq!(other.buy(1, 1, 1).status, Status::Ok);
+    // A place given back is free again.
+    drop(first);
+    common::wait_until(|| {
+        let mut again = client_from([127, 0, 0, 2], addr);
+        again.call(Command::Ping).status == Status::Ok
+    });
+}
+
+#[test]
+fn one_address_cannot_take_more_than_its_rate() {
+    let server = start_with(&[event(1, 1_000_000, 1)], |c| {
+        c.shards = 1;
+        c.rate_per_ip = Some(50.0);
+    });
+    let addr = server.local_addr();
+    let mut flood = client_from([127, 0, 0, 2], addr);
+    let mut wire = BytesMut::new();
+    for req_id in 1..=400u64 {
+        Request {
+            req_id,
+            command: Command::Stock { event: 1 },
+        }
+        .encode(&mut wire);
+    }
+    flood.send_raw(&wire);
+    let statuses: Vec<Status> = (0..400).map(|_| flood.recv().status).collect();
+    let ok = statuses.iter().filter(|&&s| s == Status::Ok).count();
+    let overloaded = statuses
+        .iter()
+        .filter(|&&s| s == Status::Overloaded)
+        .count();
+    assert_eq!(ok + overloaded, 400);
+    // A burst of one second's worth (50), and the little that refilled meanwhile.
+    assert!((50..100).contains(&ok), "{ok} allowed");
+    // Meanwhile another address is served in full.
+    let mut other = client_from([127, 0, 0, 3], addr);
+    for user in 0..20 {
+        assert_eq!(other.buy(1, user, 1).status, Status::Ok);
+    }
+}
