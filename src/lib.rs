@@ -38,6 +38,7 @@ pub mod redis_ledger;
 pub mod routing;
 pub mod server;
 pub mod shard;
+pub mod signed_links;
 pub mod stats;
 pub mod stock;
 pub mod summary;

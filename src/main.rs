@@ -108,6 +108,16 @@ fn run_tool(tool: &Tool) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Tool::Sign(args) => match tools::sign::run(args) {
+            Ok(link) => {
+                println!("{link}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ticketd sign: {e}; see ticketd sign --help");
+                ExitCode::FAILURE
+            }
+        },
         Tool::Audit(args) => {
             let report = tools::audit::run(args);
             println!("{}", report.render());

@@ -137,7 +137,7 @@ fn the_token_file_flag_is_checked_at_start() {
     assert_eq!(client.recv().status, Status::Ok);
     assert_eq!(client.buy(1, 1, 1).status, Status::Ok);
     node.terminate();
-    // The HTTP front has no tokens: the two together are refused.
+    // The HTTP front takes no tokens: with them it needs signed links (--http-secret).
     let refused = TicketdProcess::try_spawn(&[
         "--http".into(),
         "127.0.0.1:0".into(),
@@ -147,7 +147,7 @@ fn the_token_file_flag_is_checked_at_start() {
     .err()
     .expect("refused");
     assert!(
-        refused.contains("--http cannot be combined with --auth-token-file"),
+        refused.contains("--http with --auth-token-file needs --http-secret"),
         "{refused}"
     );
     let missing =

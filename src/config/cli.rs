@@ -114,6 +114,12 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_limit)]
     pub write_timeout: Option<Limit>,
 
+    /// HTTP front: sell only to signed links, `/buy/ticket?event=E&user=U&expires=T&sig=S`
+    /// with S the hex HMAC-SHA256 of `E:U:T` under the secret in FILE (at least 16
+    /// bytes); anything else gets 403. `ticketd sign` prints such links.
+    #[arg(long, value_name = "FILE")]
+    pub http_secret: Option<PathBuf>,
+
     /// Binary protocol: a connection's first request must be an AUTH carrying one of the
     /// tokens in FILE (one per line, 1 to 255 bytes; `#` comments). Without it, AUTH is
     /// answered OK whatever it carries and no token is needed.
@@ -191,6 +197,8 @@ pub enum Tool {
     Audit(crate::tools::audit::AuditArgs),
     /// Create events in the Redis ledger (ledger-mode nodes never create one).
     CreateEvents(crate::tools::create_events::CreateEventsArgs),
+    /// Print a signed purchase link for the HTTP front (`--http-secret`).
+    Sign(crate::tools::sign::SignArgs),
 }
 
 impl Cli {
@@ -249,6 +257,12 @@ impl Cli {
                 }
             }),
             share_port: self.share_port,
+            http_links: self
+                .http_secret
+                .as_deref()
+                .map(crate::signed_links::LinkSigner::load)
+                .transpose()
+                .map_err(|e| ConfigError::HttpSecret(e.to_string()))?,
             max_conns_per_ip: self.max_conns_per_ip,
             rate_per_ip: self.rate_per_ip,
             timeouts: {

@@ -66,8 +66,17 @@ pub enum ConfigError {
     AuthTokens(String),
     #[error("--rate-per-ip must be a number of requests a second above 0")]
     RatePerIp,
-    #[error("--http cannot be combined with --auth-token-file: the HTTP front has no authentication yet, so it would let anyone buy as anyone; serve HTTP from a node without tokens on a trusted network")]
+    #[error("--http with --auth-token-file needs --http-secret too: otherwise the HTTP front would let anyone buy as anyone")]
     HttpWithoutAuth,
+    #[error(
+        "--http-anonymous cannot be combined with --http-secret: a signed link names its user"
+    )]
+    AnonymousSignedLinks,
+    #[error("--http-secret signs links for the HTTP front: it needs --http")]
+    SecretWithoutHttp,
+    /// Why the secret file was refused, in words.
+    #[error("--http-secret: {0}")]
+    HttpSecret(String),
     #[error("event `{0}`: expected ID:STOCK[:LIMIT], e.g. 1:10000 or 1:10000:2")]
     EventShape(String),
     #[error("event `{spec}`: {field} `{value}` is not a valid number")]
@@ -198,6 +207,8 @@ pub struct Config {
     pub share_port: bool,
     /// `--auth-token-file`: binary-protocol connections must AUTH with one of these.
     pub auth_tokens: Option<crate::auth::TokenSet>,
+    /// `--http-secret`: the HTTP front sells only to links signed with this secret.
+    pub http_links: Option<crate::signed_links::LinkSigner>,
     /// `--max-conns-per-ip`: connections one source address may hold.
     pub max_conns_per_ip: Option<u32>,
     /// `--rate-per-ip`: requests a second one source address may send.
@@ -297,6 +308,7 @@ impl Config {
             admin: None,
             share_port: false,
             auth_tokens: None,
+            http_links: None,
             max_conns_per_ip: None,
             rate_per_ip: None,
             timeouts: crate::limits::Timeouts::DEFAULT,
@@ -315,8 +327,14 @@ impl Config {
                 return Err(ConfigError::RatePerIp);
             }
         }
-        if self.auth_tokens.is_some() && self.http.is_some() {
+        if self.auth_tokens.is_some() && self.http.is_some() && self.http_links.is_none() {
             return Err(ConfigError::HttpWithoutAuth);
+        }
+        if self.http_links.is_some() && self.http_anonymous {
+            return Err(ConfigError::AnonymousSignedLinks);
+        }
+        if self.http_links.is_some() && self.http.is_none() {
+            return Err(ConfigError::SecretWithoutHttp);
         }
         if self.shards == 0 || self.shards > MAX_SHARDS {
             return Err(ConfigError::Shards {

@@ -243,6 +243,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                 timeouts: config.timeouts,
                 conns_per_ip: conns_per_ip.clone(),
                 rate_per_ip: config.rate_per_ip,
+                http_links: config.http_links.clone(),
             },
             poll,
             listener,

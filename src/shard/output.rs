@@ -117,7 +117,11 @@ impl Output {
     /// HTTP answers that need no ticket logic: unknown path, wrong method, bad query,
     /// overload, and requests that could not be parsed.
     pub fn http_error(&mut self, http: u16, msg: &str, keep_alive: bool, http10: bool) {
-        let code = if http == 503 { -7 } else { -5 };
+        let code = match http {
+            503 => -7,
+            403 => -8,
+            _ => -5,
+        };
         self.http_json(http, code, msg, keep_alive, http10);
     }
 

@@ -14,6 +14,7 @@ use super::remote::RemoteSettings;
 use crate::auth::TokenSet;
 use crate::limits::Timeouts;
 use crate::readiness::Readiness;
+use crate::signed_links::LinkSigner;
 use crate::stats::NodeStats;
 
 /// Holds recovered from the journal whose owner is not the shard their id names (the
@@ -51,6 +52,8 @@ pub struct ShardSettings {
     pub conns_per_ip: Option<Arc<ConnsPerIp>>,
     /// `--rate-per-ip`: requests a second per source address, for the node.
     pub rate_per_ip: Option<f64>,
+    /// `--http-secret`: the HTTP front sells only to signed links.
+    pub http_links: Option<LinkSigner>,
 }
 
 impl ShardSettings {
@@ -74,6 +77,7 @@ impl ShardSettings {
             timeouts: Timeouts::NONE,
             conns_per_ip: None,
             rate_per_ip: None,
+            http_links: None,
         }
     }
 }

@@ -13,6 +13,7 @@ use bytes::Buf;
 use super::Connection;
 use crate::shard::mailbox::ConnRef;
 use crate::shard::Dispatcher;
+use crate::signed_links::{parse_sig, LinkParts};
 
 /// Largest request head accepted; a longer one gets 431 and a close.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -23,11 +24,10 @@ const MAX_HEADERS: usize = 32;
 /// What the client asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
-    /// GET /buy/ticket; `None` means "default": the first event, a fresh anonymous user.
-    Buy {
-        event: Option<u32>,
-        user: Option<u64>,
-    },
+    /// GET /buy/ticket with what its query named: the event (`None`: the first), the
+    /// user (`None`: a fresh anonymous one, with `--http-anonymous`), and a signed
+    /// link's expiry and signature (`--http-secret`).
+    Buy(LinkParts),
     NotFound,
     MethodNotAllowed,
     BadQuery(&'static str),
@@ -122,25 +122,57 @@ fn route(path: &str) -> Target {
     if path != "/buy/ticket" {
         return Target::NotFound;
     }
-    let mut event = None;
-    let mut user = None;
+    let mut parts = LinkParts::default();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
             "event" => match value.parse() {
-                Ok(v) => event = Some(v),
+                Ok(v) => parts.event = Some(v),
                 Err(_) => return Target::BadQuery("event must be a number from 0 to 4294967295"),
             },
             "user" => match value.parse() {
-                Ok(v) => user = Some(v),
+                Ok(v) => parts.user = Some(v),
                 Err(_) => {
                     return Target::BadQuery("user must be a number from 0 to 18446744073709551615")
                 }
             },
+            "expires" => match value.parse() {
+                Ok(v) => parts.expires = Some(v),
+                Err(_) => return Target::BadQuery("expires must be a time in Unix seconds"),
+            },
+            "sig" => match parse_sig(value) {
+                Some(sig) => parts.sig = Some(sig),
+                None => return Target::BadQuery("sig must be 64 hex digits"),
+            },
             _ => {}
         }
     }
-    Target::Buy { event, user }
+    Target::Buy(parts)
+}
+
+/// Who buys what for a `GET /buy/ticket`: with `--http-secret`, the signed link's event
+/// and user (403 without a good, unexpired signature); otherwise the query's, a missing
+/// user being refused (400) unless `--http-anonymous`.
+fn buyer(
+    dispatcher: &Dispatcher,
+    parts: LinkParts,
+) -> Result<(Option<u32>, Option<u64>), (u16, &'static str)> {
+    if let Some(signer) = &dispatcher.settings.http_links {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        return signer
+            .verify(parts, now)
+            .map(|(event, user)| (Some(event), Some(user)))
+            .map_err(|refusal| (403, refusal.message()));
+    }
+    if parts.user.is_none() && !dispatcher.settings.http_anonymous {
+        return Err((
+            400,
+            "user= is required (anonymous buyers only with --http-anonymous)",
+        ));
+    }
+    Ok((parts.event, parts.user))
 }
 
 impl Connection {
@@ -181,20 +213,17 @@ impl Connection {
             self.input.advance(head.consumed.min(self.input.len()));
             let (keep_alive, http10) = (head.keep_alive, head.http10);
             match head.target {
-                Target::Buy { user: None, .. } if !dispatcher.settings.http_anonymous => {
-                    self.output.http_error(
-                        400,
-                        "user= is required (anonymous buyers only with --http-anonymous)",
-                        keep_alive,
-                        http10,
-                    )
-                }
-                Target::Buy { event, user } => {
-                    match dispatcher.http_buy(conn, event, user, &mut self.in_flight, now) {
-                        Some(response) => self.output.http_outcome(&response, keep_alive, http10),
-                        None => self.http_waiting = Some(head),
+                Target::Buy(parts) => match buyer(dispatcher, parts) {
+                    Err((code, why)) => self.output.http_error(code, why, keep_alive, http10),
+                    Ok((event, user)) => {
+                        match dispatcher.http_buy(conn, event, user, &mut self.in_flight, now) {
+                            Some(response) => {
+                                self.output.http_outcome(&response, keep_alive, http10)
+                            }
+                            None => self.http_waiting = Some(head),
+                        }
                     }
-                }
+                },
                 Target::NotFound => self.output.http_error(
                     404,
                     "not found: try GET /buy/ticket",
@@ -242,10 +271,11 @@ mod tests {
         let h = head("GET /buy/ticket?event=3&user=42 HTTP/1.1\r\n\r\n");
         assert_eq!(
             h.target,
-            Target::Buy {
+            Target::Buy(LinkParts {
                 event: Some(3),
-                user: Some(42)
-            }
+                user: Some(42),
+                ..LinkParts::default()
+            })
         );
         assert_eq!(
             h.consumed,
