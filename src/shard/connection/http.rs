@@ -150,13 +150,13 @@ fn route(path: &str) -> Target {
     Target::Buy(parts)
 }
 
+/// The event (`None`: the first) and user (`None`: a fresh anonymous one) of a buy.
+type Buyer = (Option<u32>, Option<u64>);
+
 /// Who buys what for a `GET /buy/ticket`: with `--http-secret`, the signed link's event
 /// and user (403 without a good, unexpired signature); otherwise the query's, a missing
 /// user being refused (400) unless `--http-anonymous`.
-fn buyer(
-    dispatcher: &Dispatcher,
-    parts: LinkParts,
-) -> Result<(Option<u32>, Option<u64>), (u16, &'static str)> {
+fn buyer(dispatcher: &Dispatcher, parts: LinkParts) -> Result<Buyer, (u16, &'static str)> {
     if let Some(signer) = &dispatcher.settings.http_links {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
