@@ -123,6 +123,11 @@ pub struct Cli {
     #[arg(long, value_name = "K")]
     pub source_addrs: Option<u32>,
 
+    /// Open every connection from this one source address (e.g. 127.0.0.3), so a
+    /// server's per-address limits see one client; overrides --source-addrs.
+    #[arg(long, value_name = "IP", conflicts_with = "source_addrs")]
+    pub source_ip: Option<std::net::IpAddr>,
+
     /// After the run, keep every connection open (idle) this long before closing, e.g.
     /// so the server's memory per idle connection can be measured.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]

@@ -48,6 +48,7 @@ fn main() -> ExitCode {
         source_addrs: cli
             .source_addrs
             .unwrap_or_else(|| cli.conns.div_ceil(connect::CONNS_PER_SOURCE) as u32),
+        source_ip: cli.source_ip,
         settings: Arc::new(settings(&cli, processes * threads)),
     };
     match cli.worker_range() {

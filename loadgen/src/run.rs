@@ -25,6 +25,8 @@ pub struct ProcessPlan {
     pub threads: usize,
     pub addrs: Vec<std::net::SocketAddr>,
     pub source_addrs: u32,
+    /// `--source-ip`: every connection from this address.
+    pub source_ip: Option<std::net::IpAddr>,
     pub settings: Arc<RunSettings>,
 }
 
@@ -54,7 +56,9 @@ impl LocalRun {
                     ConnTarget {
                         global,
                         addr,
-                        source: connect::source_for(addr, global, plan.source_addrs),
+                        source: plan
+                            .source_ip
+                            .or_else(|| connect::source_for(addr, global, plan.source_addrs)),
                     }
                 })
                 .collect();

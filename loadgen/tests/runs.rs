@@ -368,3 +368,59 @@ fn reconnect_survives_cut_connections_and_reports_what_was_lost() {
         "{stdout}"
     );
 }
+
+#[test]
+fn a_flood_from_one_address_is_overloaded_while_another_is_served() {
+    let mut config = Config::new(vec![EventSpec {
+        id: 1,
+        stock: 1_000_000_000,
+        per_user_limit: 1,
+    }]);
+    config.shards = 2;
+    config.rate_per_ip = Some(2_000.0);
+    let server = ticketd::start(config).expect("server starts");
+    let addr = server.local_addr().to_string();
+    let run = |source: &str, json: &PathBuf, load: &[&str]| {
+        Command::new(LOADGEN)
+            .args(["--addr", &addr, "--threads", "1", "--source-ip", source])
+            .args(["--op", "stock", "--no-stock-check", "--duration", "2s"])
+            .args(load)
+            .arg("--json")
+            .arg(json)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("loadgen starts")
+    };
+    let (flood_json, measure_json) = (json_path("flood.json"), json_path("measure.json"));
+    let flood = run("127.0.0.2", &flood_json, &["--conns", "8", "--depth", "32"]);
+    let measure = run(
+        "127.0.0.3",
+        &measure_json,
+        &["--conns", "4", "--rate", "400"],
+    );
+    let flood_out = flood.wait_with_output().expect("flood ends");
+    let measure_out = measure.wait_with_output().expect("measure ends");
+    let read = |path: &PathBuf| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(path).expect("report")).expect("json")
+    };
+    let (flood, measure) = (read(&flood_json), read(&measure_json));
+    let overloaded = flood["statuses"]["OVERLOADED"].as_u64().unwrap_or(0);
+    let ok = flood["statuses"]["OK"].as_u64().unwrap_or(0);
+    assert!(
+        overloaded > ok,
+        "the flood is held to its rate: {}",
+        String::from_utf8_lossy(&flood_out.stdout)
+    );
+    assert!(ok <= 2 * 2_000 + 2_000, "2 s at 2,000/s plus a burst: {ok}");
+    assert!(
+        !flood_out.status.success(),
+        "OVERLOADED is not a decision: the run fails"
+    );
+    assert_eq!(
+        measure["statuses"]["OK"],
+        measure["requests"],
+        "the other address is served in full: {}",
+        String::from_utf8_lossy(&measure_out.stdout)
+    );
+    assert!(measure_out.status.success());
+}
