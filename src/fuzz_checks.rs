@@ -116,6 +116,10 @@ pub fn check_binary_stream(data: &[u8]) {
                 closing = Some(owes_framing_error);
                 break;
             }
+            assert!(
+                !matches!(end, BinaryEnd::Throttled(_)),
+                "no rate limit here"
+            );
             // Input held back while the output was full is decided once it drains.
             let stalled = bytes.is_empty() && input.len() == kept_before;
             if input.is_empty() || stalled {

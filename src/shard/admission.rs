@@ -1,7 +1,9 @@
 //! Fair admission per source address (`--max-conns-per-ip`, `--rate-per-ip`, both off by
 //! default): one address cannot hold every connection or take every request, so a flood
 //! from one bot farm address leaves room for the others. Beyond either limit the answer
-//! is OVERLOADED (nothing done), as for `--max-conns`.
+//! is OVERLOADED (nothing done), as for `--max-conns`; and a connection over its rate is
+//! not read again until its next token, so a pipelining flood waits in its own kernel
+//! buffers instead of costing the shard a refusal per request.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -46,6 +48,10 @@ impl ConnsPerIp {
     }
 }
 
+/// Shortest pause of a connection over its rate: many connections of one address must
+/// not each wake for every single token.
+pub const MIN_THROTTLE: Duration = Duration::from_millis(10);
+
 /// Addresses a shard remembers buckets for; beyond it, full (idle) buckets are dropped
 /// first, so memory stays bounded whatever the number of addresses.
 const MAX_BUCKETS: usize = 65_536;
@@ -71,8 +77,9 @@ impl RatePerIp {
         }
     }
 
-    /// Whether a request from `ip` may go on at `now` (taking its token if so).
-    pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+    /// Whether a request from `ip` may go on at `now` (taking its token if so); if not,
+    /// how long until its next token.
+    pub fn allow(&mut self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
         if self.buckets.len() >= MAX_BUCKETS && !self.buckets.contains_key(&ip) {
             self.forget_idle(now);
         }
@@ -83,9 +90,9 @@ impl RatePerIp {
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
-            true
+            Ok(())
         } else {
-            false
+            Err(Duration::from_secs_f64((1.0 - *tokens) / rate).max(MIN_THROTTLE))
         }
     }
 
@@ -128,14 +135,19 @@ mod tests {
     fn a_bucket_allows_its_burst_then_its_rate() {
         let mut rate = RatePerIp::new(100.0, 2); // 50/s on this shard, bursts of 50
         let start = Instant::now();
-        let allowed = (0..80).filter(|_| rate.allow(ip(2), start)).count();
+        let allowed = (0..80).filter(|_| rate.allow(ip(2), start).is_ok()).count();
         assert_eq!(allowed, 50, "the burst");
+        let wait = rate.allow(ip(2), start).expect_err("empty");
         assert!(
-            rate.allow(ip(3), start),
+            wait > Duration::from_millis(19) && wait <= Duration::from_millis(20),
+            "{wait:?}"
+        );
+        assert!(
+            rate.allow(ip(3), start).is_ok(),
             "another address has its own bucket"
         );
         let later = start + Duration::from_millis(100);
-        let allowed = (0..80).filter(|_| rate.allow(ip(2), later)).count();
+        let allowed = (0..80).filter(|_| rate.allow(ip(2), later).is_ok()).count();
         assert_eq!(allowed, 5, "0.1 s at 50/s");
     }
 
@@ -144,7 +156,7 @@ mod tests {
         let mut rate = RatePerIp::new(10.0, 1);
         let now = Instant::now();
         for i in 0..(MAX_BUCKETS as u32 + 10) {
-            rate.allow(IpAddr::from(i.to_be_bytes()), now);
+            let _ = rate.allow(IpAddr::from(i.to_be_bytes()), now);
         }
         assert!(rate.buckets.len() <= MAX_BUCKETS);
     }

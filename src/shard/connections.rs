@@ -3,7 +3,8 @@
 //! pass, lingering after a framing error, and closing them. Each [`Connection`] does its
 //! own I/O; this keeps the lists of which to read, flush and close, and when.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,6 +85,8 @@ pub struct Connections {
     node_stats: Arc<NodeStats>,
     /// `--max-conns-per-ip`.
     conns_per_ip: Option<Arc<ConnsPerIp>>,
+    /// Connections paused by `--rate-per-ip`, by when they may be read again.
+    throttled: BinaryHeap<Reverse<(Instant, usize, u32)>>,
 }
 
 impl Connections {
@@ -129,6 +132,7 @@ impl Connections {
             timeouts,
             node_stats: Arc::clone(&settings.stats),
             conns_per_ip: settings.conns_per_ip.clone(),
+            throttled: BinaryHeap::new(),
         })
     }
 
@@ -163,6 +167,7 @@ impl Connections {
             self.accept_retry_at,
             self.trimmer.next_due(),
             self.sweep_at.filter(|_| !self.open.is_empty()),
+            self.throttled.peek().map(|Reverse((at, _, _))| *at),
         ]
         .into_iter()
         .flatten()
@@ -320,6 +325,10 @@ impl Connections {
                     self.read_queue.push(slot);
                 }
             }
+            ReadEnd::Throttled(until) => {
+                self.throttled
+                    .push(Reverse((until, slot, connection.generation())));
+            }
             ReadEnd::Idle => {}
         }
         self.mark_dirty(slot);
@@ -435,6 +444,24 @@ impl Connections {
                 Overdue::Write => {
                     self.node_stats.write_timeout(self.shard);
                     self.close(slot);
+                }
+            }
+        }
+    }
+
+    /// Queues for reading the connections whose rate pause is over.
+    pub fn resume_throttled(&mut self, now: Instant) {
+        while let Some(&Reverse((at, slot, generation))) = self.throttled.peek() {
+            if at > now {
+                break;
+            }
+            self.throttled.pop();
+            if let Some(connection) = self.open.get_mut(slot) {
+                if connection.generation() == generation {
+                    connection.end_throttle();
+                    if connection.mark_queued() {
+                        self.read_queue.push(slot);
+                    }
                 }
             }
         }

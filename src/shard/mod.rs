@@ -237,6 +237,7 @@ impl Shard {
                 }
             }
             self.handle_inbox(now);
+            self.connections.resume_throttled(now);
             self.connections.read_queued(&mut self.dispatcher, now);
             self.drive_remote(now);
             if let Decider::Embedded { ledger, .. } = &mut self.dispatcher.decider {

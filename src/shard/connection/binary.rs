@@ -30,6 +30,8 @@ pub enum BinaryEnd {
     Closing {
         owes_framing_error: bool,
     },
+    /// Over `--rate-per-ip`: read nothing more until then; what is left waits in input.
+    Throttled(Instant),
 }
 
 impl BinaryStream<'_> {
@@ -81,6 +83,9 @@ impl BinaryStream<'_> {
                 owes_framing_error: handled.framing_lost,
             };
         }
-        BinaryEnd::Open
+        match handled.throttle_until {
+            Some(until) => BinaryEnd::Throttled(until),
+            None => BinaryEnd::Open,
+        }
     }
 }

@@ -33,7 +33,7 @@ impl Connection {
         if !self.output.is_empty() {
             return passed(limits.write).then_some(Overdue::Write);
         }
-        if self.in_flight > 0 || self.http_waiting.is_some() {
+        if self.in_flight > 0 || self.http_waiting.is_some() || self.throttled_until.is_some() {
             return None;
         }
         if !self.input.is_empty() {

@@ -57,6 +57,8 @@ pub enum ReadEnd {
     BudgetSpent,
     /// The socket failed: close it.
     Broken,
+    /// Over `--rate-per-ip`: read it again at this time.
+    Throttled(Instant),
 }
 
 /// How a flush ended.
@@ -114,6 +116,8 @@ pub struct Connection {
     close_when_done: bool,
     /// When bytes last arrived or left: the clock of its time limits.
     last_activity: Instant,
+    /// Over `--rate-per-ip`: not read until then (its next token).
+    throttled_until: Option<Instant>,
 }
 
 impl Connection {
@@ -143,6 +147,7 @@ impl Connection {
             http_waiting: None,
             close_when_done: false,
             last_activity: now,
+            throttled_until: None,
         }
     }
 
@@ -165,6 +170,12 @@ impl Connection {
         self.output.len() >= OUTPUT_HIGH_WATER
             || self.in_flight >= MAX_IN_FLIGHT
             || self.input.len() >= INPUT_HIGH_WATER
+            || self.throttled_until.is_some()
+    }
+
+    /// Its rate pause is over: it may be read (and its waiting input decided) again.
+    pub fn end_throttle(&mut self) {
+        self.throttled_until = None;
     }
 
     /// Nothing is owed to the client.
@@ -216,6 +227,9 @@ impl Connection {
             self.serve(&[], dispatcher, conn, now);
         }
         loop {
+            if let Some(until) = self.throttled_until {
+                return ReadEnd::Throttled(until);
+            }
             if self.read_closed {
                 return ReadEnd::Idle;
             }
@@ -237,6 +251,9 @@ impl Connection {
                     budget = budget.saturating_sub(n);
                     if !self.discards_input() {
                         self.serve(&scratch[..n], dispatcher, conn, now);
+                    }
+                    if let Some(until) = self.throttled_until {
+                        return ReadEnd::Throttled(until);
                     }
                     if n < room && depth == ReadDepth::UntilShortRead {
                         return ReadEnd::Idle;
@@ -291,11 +308,13 @@ impl Connection {
             in_flight: &mut self.in_flight,
             access: &mut self.access,
         };
-        if let BinaryEnd::Closing { owes_framing_error } =
-            stream.serve(bytes, dispatcher, conn, now)
-        {
-            self.lingering = true;
-            self.owes_framing_error = owes_framing_error;
+        match stream.serve(bytes, dispatcher, conn, now) {
+            BinaryEnd::Closing { owes_framing_error } => {
+                self.lingering = true;
+                self.owes_framing_error = owes_framing_error;
+            }
+            BinaryEnd::Throttled(until) => self.throttled_until = Some(until),
+            BinaryEnd::Open => {}
         }
     }
 

@@ -105,6 +105,9 @@ pub struct Handled {
     /// An AUTH failed: the connection closes once its answers are out; nothing after the
     /// AUTH was read.
     pub closing: bool,
+    /// Over `--rate-per-ip`: one request was answered OVERLOADED; read nothing more from
+    /// the connection until then (what is left waits in its input).
+    pub throttle_until: Option<Instant>,
 }
 
 impl Dispatcher {
@@ -176,18 +179,25 @@ impl Dispatcher {
                                 consumed,
                                 framing_lost: false,
                                 closing: true,
+                                throttle_until: None,
                             };
                         }
                         access.authenticated = true;
                         output.frame(&Response::ok(Op::Auth, request.req_id, ResultBody::Empty));
                     } else if !access.authenticated {
                         output.refusal(op, request.req_id, Status::Unauthorized);
-                    } else if self
+                    } else if let Some(Err(wait)) = self
                         .rate_per_ip
                         .as_mut()
-                        .is_some_and(|rate| !rate.allow(access.source, now))
+                        .map(|rate| rate.allow(access.source, now))
                     {
                         output.refusal(op, request.req_id, Status::Overloaded);
+                        return Handled {
+                            consumed,
+                            framing_lost: false,
+                            closing: false,
+                            throttle_until: Some(now + wait),
+                        };
                     } else if let Some(response) = self.route(conn, request, in_flight, now) {
                         output.frame(&response);
                     }
@@ -220,6 +230,7 @@ impl Dispatcher {
                         consumed: input.len(),
                         framing_lost: true,
                         closing: false,
+                        throttle_until: None,
                     };
                 }
             }
@@ -228,6 +239,7 @@ impl Dispatcher {
             consumed,
             framing_lost: false,
             closing: false,
+            throttle_until: None,
         }
     }
 
