@@ -86,3 +86,44 @@ fn one_address_cannot_take_more_than_its_rate() {
         assert_eq!(other.buy(1, user, 1).status, Status::Ok);
     }
 }
+
+#[test]
+fn the_http_front_has_the_same_rate_per_address() {
+    let server = start_with(&[event(1, 1_000_000, 1)], |c| {
+        c.shards = 1;
+        c.http = Some("127.0.0.1:0".parse().unwrap());
+        c.rate_per_ip = Some(20.0);
+    });
+    let http = server.http_addr().expect("http");
+    // One keep-alive connection from 127.0.0.2 pipelines 60 GETs.
+    let mut flood = client_from([127, 0, 0, 2], http);
+    let mut wire = String::new();
+    for user in 0..60 {
+        wire.push_str(&format!(
+            "GET /buy/ticket?user={user} HTTP/1.1\r\nHost: t\r\n\r\n"
+        ));
+    }
+    flood.send_raw(wire.as_bytes());
+    let mut text = String::new();
+    let mut chunk = [0u8; 65536];
+    while text.matches("HTTP/1.1 ").count() < 60 {
+        let n = std::io::Read::read(&mut flood.stream(), &mut chunk).expect("answers");
+        assert!(n > 0, "closed early");
+        text.push_str(&String::from_utf8_lossy(&chunk[..n]));
+    }
+    let answers: Vec<String> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| text[at + 9..at + 12].to_owned())
+        .collect();
+    let ok = answers.iter().filter(|c| *c == "200").count();
+    let refused = answers.iter().filter(|c| *c == "503").count();
+    assert_eq!(ok + refused, 60);
+    assert!(ok >= 20 && refused >= 1, "{ok} sold, {refused} refused");
+    assert_eq!(answers[20], "503", "the burst, then the rate");
+    // Another address buys at once.
+    let mut other = client_from([127, 0, 0, 3], http);
+    other.send_raw(b"GET /buy/ticket?user=1000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let mut reply = String::new();
+    std::io::Read::read_to_string(&mut other.stream(), &mut reply).expect("answer");
+    assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+}

@@ -234,3 +234,35 @@ fn oversized_heads_get_431_and_smuggling_shapes_400_then_a_close() {
         "none was served"
     );
 }
+
+#[test]
+fn pipelined_requests_on_a_journaled_server_are_answered_without_waiting_for_a_timer() {
+    // Each answer waits for its journal record; the next request's record must then be
+    // written at once (it once waited for the next wake-up, about a second each).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::start_with(&[common::event(1, 1_000, 1)], |c| {
+        c.http = Some("127.0.0.1:0".parse().unwrap());
+        c.journal = Some(ticketd::config::JournalConfig::new(dir.path()));
+    });
+    let mut stream = std::net::TcpStream::connect(server.http_addr().expect("http")).unwrap();
+    let wire: String = (0..100)
+        .map(|u| format!("GET /buy/ticket?user={u} HTTP/1.1\r\nHost: t\r\n\r\n"))
+        .collect();
+    std::io::Write::write_all(&mut stream, wire.as_bytes()).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut got = String::new();
+    let mut chunk = [0u8; 65536];
+    let started = std::time::Instant::now();
+    while got.matches("HTTP/1.1 200 OK").count() < 100 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "100 answers take milliseconds; waiting for a timer each took ~20 s"
+        );
+        let n = std::io::Read::read(&mut stream, &mut chunk)
+            .expect("all 100 answered within 5 s (waiting for a timer each took ~20 s)");
+        assert!(n > 0, "closed early");
+        got.push_str(&String::from_utf8_lossy(&chunk[..n]));
+    }
+}

@@ -356,6 +356,11 @@ impl Connections {
         match self.open.get_mut(conn.slot) {
             Some(connection) if connection.generation() == conn.generation => {
                 connection.deliver(response, dispatcher, conn, now);
+                // The HTTP requests that waited for this answer may have met the rate.
+                if let Some(until) = connection.throttled_until() {
+                    self.throttled
+                        .push(Reverse((until, conn.slot, conn.generation)));
+                }
                 self.mark_dirty(conn.slot);
             }
             _ => self.stats.orphan_replies += 1,

@@ -272,7 +272,11 @@ impl Shard {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if self.connections.has_queued_reads() {
+        // Answers released at the end of the last pass can have decided more (the next
+        // request of an HTTP pipeline): their records must go to the journal now, not at
+        // the next wake-up.
+        if self.connections.has_queued_reads() || self.dispatcher.decider.has_unsubmitted_records()
+        {
             return Some(Duration::ZERO);
         }
         let deadlines = [

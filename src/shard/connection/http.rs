@@ -212,6 +212,16 @@ impl Connection {
             };
             self.input.advance(head.consumed.min(self.input.len()));
             let (keep_alive, http10) = (head.keep_alive, head.http10);
+            // Over --rate-per-ip: one 503, then nothing read until the next token.
+            if let Err(wait) = dispatcher.admit(self.access.source, now) {
+                self.output
+                    .http_error(503, "overloaded; retry later", keep_alive, http10);
+                if !keep_alive {
+                    self.close_when_done = true;
+                }
+                self.throttled_until = Some(now + wait);
+                return;
+            }
             match head.target {
                 Target::Buy(parts) => match buyer(dispatcher, parts) {
                     Err((code, why)) => self.output.http_error(code, why, keep_alive, http10),

@@ -173,6 +173,11 @@ impl Connection {
             || self.throttled_until.is_some()
     }
 
+    /// Until when it is paused for `--rate-per-ip`, if it is.
+    pub fn throttled_until(&self) -> Option<Instant> {
+        self.throttled_until
+    }
+
     /// Its rate pause is over: it may be read (and its waiting input decided) again.
     pub fn end_throttle(&mut self) {
         self.throttled_until = None;

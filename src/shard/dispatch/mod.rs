@@ -62,6 +62,17 @@ impl Decider {
         }
     }
 
+    /// Records were made that no journal job carries yet.
+    pub fn has_unsubmitted_records(&self) -> bool {
+        match self {
+            Decider::Embedded {
+                ledger,
+                commit: Some(_),
+            } => ledger.journal.is_pending(),
+            _ => false,
+        }
+    }
+
     /// When the decider next has timed work (hold expiry, Redis timeouts), if ever.
     pub fn next_deadline(&self) -> Option<Instant> {
         match self {
@@ -186,11 +197,7 @@ impl Dispatcher {
                         output.frame(&Response::ok(Op::Auth, request.req_id, ResultBody::Empty));
                     } else if !access.authenticated {
                         output.refusal(op, request.req_id, Status::Unauthorized);
-                    } else if let Some(Err(wait)) = self
-                        .rate_per_ip
-                        .as_mut()
-                        .map(|rate| rate.allow(access.source, now))
-                    {
+                    } else if let Err(wait) = self.admit(access.source, now) {
                         output.refusal(op, request.req_id, Status::Overloaded);
                         return Handled {
                             consumed,
@@ -240,6 +247,19 @@ impl Dispatcher {
             framing_lost: false,
             closing: false,
             throttle_until: None,
+        }
+    }
+
+    /// `--rate-per-ip`: whether a request from `source` may go on now; if not, how long
+    /// until its address has a token again.
+    pub fn admit(
+        &mut self,
+        source: std::net::IpAddr,
+        now: Instant,
+    ) -> Result<(), std::time::Duration> {
+        match self.rate_per_ip.as_mut() {
+            Some(rate) => rate.allow(source, now),
+            None => Ok(()),
         }
     }
 
