@@ -163,3 +163,43 @@ fn a_client_that_never_reads_is_dropped_after_the_write_timeout() {
     // The server's end is gone: reading drains what was sent, then ends.
     read_to_close(&mut stream, Duration::from_secs(10));
 }
+
+#[test]
+fn binary_slowloris_holding_every_slot_is_closed_so_buyers_get_in_again() {
+    let server = start_with(&[event(1, 100, 1)], |c| {
+        c.max_conns = 4;
+        c.timeouts = limits(300, 0, 0, 0);
+    });
+    let addr = server.local_addr();
+    // Four connections take every slot (each answered a PING first, so it holds one),
+    // then each sends half a frame and nothing more.
+    let mut slow: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut client = Client::connect(addr);
+            assert_eq!(client.call(ticketd_proto::Command::Ping).status, Status::Ok);
+            let mut s = client.stream().try_clone().expect("clone");
+            s.write_all(&[0, 0, 0, 23, 2, 0]).expect("write");
+            s
+        })
+        .collect();
+    // Every slot is held: a buyer is refused.
+    assert_eq!(
+        Client::connect(addr)
+            .call(ticketd_proto::Command::Ping)
+            .status,
+        Status::Overloaded
+    );
+    for s in &mut slow {
+        let got = read_to_close(s, Duration::from_secs(10));
+        assert_eq!(
+            got.get(4),
+            Some(&FRAMING_ERROR_OP),
+            "told, then closed: {got:?}"
+        );
+    }
+    drop(slow);
+    common::wait_until(|| {
+        let mut buyer = Client::connect(addr);
+        buyer.buy(1, 2, 1).status == Status::Ok
+    });
+}
