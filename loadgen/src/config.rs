@@ -138,6 +138,11 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub orders_file: Option<PathBuf>,
 
+    /// Present the token in FILE (its first line) with AUTH (protocol 1.1) first on
+    /// every connection, for a server started with `--auth-token-file`.
+    #[arg(long, value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
+
     /// When a connection breaks mid-run (a node died behind a balancer), open it again
     /// (retrying with backoff for up to 10 s) and go on; its requests in flight are
     /// counted lost, never hidden. Without it, a broken connection stays closed.

@@ -22,6 +22,8 @@ pub enum ControlError {
         event: u32,
         status: Status,
     },
+    #[error("{addr}: AUTH answered {status} (check --auth-token-file)")]
+    Auth { addr: SocketAddr, status: Status },
     #[error("{addr}: malformed STOCK answer: {error}")]
     Malformed {
         addr: SocketAddr,
@@ -35,13 +37,14 @@ pub fn orders(
     addr: SocketAddr,
     event: u32,
     users: &[u64],
+    token: Option<&[u8]>,
 ) -> Result<std::collections::HashMap<u64, Vec<u64>>, ControlError> {
     let commands: Vec<Command> = users
         .iter()
         .map(|&user| Command::Orders { event, user })
         .collect();
     let mut listed = std::collections::HashMap::new();
-    for (response, &user) in exchange(addr, &commands)?.into_iter().zip(users) {
+    for (response, &user) in exchange(addr, &commands, token)?.into_iter().zip(users) {
         match (response.status, response.result) {
             (Status::Ok, ResultBody::Orders(list)) => {
                 listed.insert(user, list.0.iter().map(|&(id, _)| id).collect());
@@ -58,15 +61,25 @@ pub fn orders(
     Ok(listed)
 }
 
-/// Sends `commands` pipelined on one blocking connection to `addr` and returns their
-/// answers in the same order.
-fn exchange(addr: SocketAddr, commands: &[Command]) -> Result<Vec<Response>, ControlError> {
+/// The `req_id` of the AUTH a control connection opens with (when the run has a token).
+const AUTH_REQ_ID: u64 = u64::MAX;
+
+/// Sends `commands` pipelined on one blocking connection to `addr` (after an AUTH with
+/// `token`, if any) and returns their answers in the same order.
+fn exchange(
+    addr: SocketAddr,
+    commands: &[Command],
+    token: Option<&[u8]>,
+) -> Result<Vec<Response>, ControlError> {
     let io_error = |source| ControlError::Io { addr, source };
     let mut stream = TcpStream::connect_timeout(&addr, CONTROL_TIMEOUT).map_err(io_error)?;
     stream
         .set_read_timeout(Some(CONTROL_TIMEOUT))
         .map_err(io_error)?;
     let mut out = BytesMut::new();
+    if let Some(token) = token {
+        ticketd_proto::encode_auth(AUTH_REQ_ID, token, &mut out);
+    }
     for (i, &command) in commands.iter().enumerate() {
         Request {
             req_id: i as u64,
@@ -85,6 +98,12 @@ fn exchange(addr: SocketAddr, commands: &[Command]) -> Result<Vec<Response>, Con
         match decode_response(&input, max_frame) {
             Ok((response, used)) => {
                 let _ = input.split_to(used);
+                if response.req_id == AUTH_REQ_ID && response.status != Status::Ok {
+                    return Err(ControlError::Auth {
+                        addr,
+                        status: response.status,
+                    });
+                }
                 let slot = usize::try_from(response.req_id)
                     .ok()
                     .and_then(|i| answers.get_mut(i));
@@ -107,7 +126,11 @@ fn exchange(addr: SocketAddr, commands: &[Command]) -> Result<Vec<Response>, Con
 }
 
 /// STOCK of `event` on each distinct server, summed (each is its own node).
-pub fn stock(addrs: &[SocketAddr], event: u32) -> Result<StockView, ControlError> {
+pub fn stock(
+    addrs: &[SocketAddr],
+    event: u32,
+    token: Option<&[u8]>,
+) -> Result<StockView, ControlError> {
     let mut distinct = addrs.to_vec();
     distinct.sort();
     distinct.dedup();
@@ -116,15 +139,19 @@ pub fn stock(addrs: &[SocketAddr], event: u32) -> Result<StockView, ControlError
         remaining: 0,
     };
     for addr in distinct {
-        let view = stock_one(addr, event)?;
+        let view = stock_one(addr, event, token)?;
         sum.total += view.total;
         sum.remaining += view.remaining;
     }
     Ok(sum)
 }
 
-fn stock_one(addr: SocketAddr, event: u32) -> Result<StockView, ControlError> {
-    let answer = exchange(addr, &[Command::Stock { event }])?.pop();
+fn stock_one(
+    addr: SocketAddr,
+    event: u32,
+    token: Option<&[u8]>,
+) -> Result<StockView, ControlError> {
+    let answer = exchange(addr, &[Command::Stock { event }], token)?.pop();
     match answer.map(|r| (r.status, r.result)) {
         Some((Status::Ok, ResultBody::Stock { total, remaining })) => {
             Ok(StockView { total, remaining })

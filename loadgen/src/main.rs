@@ -35,6 +35,10 @@ fn main() -> ExitCode {
         eprintln!("loadgen: {e}");
         return ExitCode::from(2);
     }
+    if cli.auth_token_file.is_some() && auth_token(&cli).is_none() {
+        eprintln!("loadgen: --auth-token-file holds no token (one per line; # comments)");
+        return ExitCode::from(2);
+    }
     let open_files = raise_open_file_limit();
     let threads = cli
         .threads
@@ -70,6 +74,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// The first line of `--auth-token-file`, trimmed (an unreadable file is reported and
+/// the run goes on without a token: the server then answers UNAUTHORIZED, which the
+/// checks report).
+fn auth_token(cli: &Cli) -> Option<Vec<u8>> {
+    let path = cli.auth_token_file.as_ref()?;
+    match std::fs::read(path) {
+        Ok(bytes) => bytes
+            .split(|&b| b == b'\n')
+            .map(|line| line.trim_ascii().to_vec())
+            .find(|line| !line.is_empty() && !line.starts_with(b"#")),
+        Err(e) => {
+            eprintln!("loadgen: cannot read {}: {e}", path.display());
+            None
+        }
+    }
+}
+
 fn settings(cli: &Cli, all_threads: usize) -> RunSettings {
     RunSettings {
         op: cli.op,
@@ -85,6 +106,7 @@ fn settings(cli: &Cli, all_threads: usize) -> RunSettings {
         max_tracked_orders: cli.max_tracked_orders,
         hold: cli.hold.unwrap_or(Duration::ZERO),
         reconnect: cli.reconnect,
+        auth_token: auth_token(cli),
     }
 }
 
@@ -105,7 +127,7 @@ fn coordinate(
     };
     let before = match stock_skipped {
         Some(_) => None,
-        None => match control::stock(stock_addrs(cli), cli.event) {
+        None => match control::stock(stock_addrs(cli), cli.event, auth_token(cli).as_deref()) {
             Ok(view) => Some(view),
             Err(e) => {
                 eprintln!("loadgen: cannot read STOCK before the run: {e}");
@@ -154,7 +176,7 @@ fn coordinate(
         }
     };
     let after = match before {
-        Some(_) => match control::stock(stock_addrs(cli), cli.event) {
+        Some(_) => match control::stock(stock_addrs(cli), cli.event, auth_token(cli).as_deref()) {
             Ok(view) => Some(view),
             Err(e) => {
                 eprintln!("loadgen: cannot read STOCK after the run: {e}");
@@ -172,7 +194,13 @@ fn coordinate(
             users.sort_unstable();
             users.dedup();
             users.truncate(ORDERS_SAMPLE);
-            control::orders(stock_addrs(cli)[0], cli.event, &users).map_err(|e| e.to_string())
+            control::orders(
+                stock_addrs(cli)[0],
+                cli.event,
+                &users,
+                auth_token(cli).as_deref(),
+            )
+            .map_err(|e| e.to_string())
         }
     };
     let server = ServerSide {

@@ -425,3 +425,42 @@ fn a_flood_from_one_address_is_overloaded_while_another_is_served() {
     );
     assert!(measure_out.status.success());
 }
+
+#[test]
+fn auth_token_file_opens_every_connection_with_auth() {
+    use std::io::Write;
+    let tokens_path = json_path("tokens.txt");
+    std::fs::File::create(&tokens_path)
+        .and_then(|mut f| f.write_all(b"# gateways\nload-token-1\n"))
+        .expect("token file");
+    let mut config = Config::new(vec![EventSpec {
+        id: 1,
+        stock: 100,
+        per_user_limit: 1,
+    }]);
+    config.shards = 2;
+    config.auth_tokens = Some(ticketd::auth::TokenSet::load(&tokens_path).expect("tokens"));
+    let server = ticketd::start(config).expect("server starts");
+    let args = ["--conns", "10", "--requests", "500", "--users", "500"];
+    let token_arg = tokens_path.display().to_string();
+    let json = json_path("auth.json");
+    let mut with_token = args.to_vec();
+    with_token.extend(["--auth-token-file", &token_arg]);
+    let (out, report) = run(&server, &with_token, &json);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(report["sold"], 100);
+    assert_eq!(report["statuses"]["SOLD_OUT"], 400);
+    // Without it every request is refused, and the run says so.
+    let (out, report) = run(&server, &args, &json_path("noauth.json"));
+    assert!(!out.status.success());
+    let said = format!(
+        "{}{}{report}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("UNAUTHORIZED"), "{said}");
+}

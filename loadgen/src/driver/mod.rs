@@ -52,6 +52,19 @@ pub struct RunSettings {
     pub hold: Duration,
     /// Open a connection that broke mid-run again (`--reconnect`).
     pub reconnect: bool,
+    /// `--auth-token-file`: sent with AUTH first on every connection.
+    pub auth_token: Option<Vec<u8>>,
+}
+
+/// The `req_id` of the AUTH each connection opens with; no request uses it (slot ids
+/// are below 2^32 in the low half).
+const AUTH_REQ_ID: u64 = u64::MAX;
+
+/// Queues the AUTH a connection must open with, if the run has a token.
+fn open_with_auth(conn: &mut Conn, settings: &RunSettings) {
+    if let Some(token) = &settings.auth_token {
+        ticketd_proto::encode_auth(AUTH_REQ_ID, token, &mut conn.out);
+    }
 }
 
 /// Live counters for progress reporting.
@@ -152,6 +165,9 @@ fn drive(
         retries: BinaryHeap::new(),
     };
     // Open loop: each connection's next intended send, earliest first.
+    for conn in conns.iter_mut() {
+        open_with_auth(conn, settings);
+    }
     let interval = settings
         .rate_per_conn
         .map(|r| Duration::from_secs_f64(1.0 / r));
@@ -229,6 +245,7 @@ fn drive(
             };
             if let Link::Connecting { .. } = conn.link {
                 if tally.reconnected(poll, conn, i, now, result) && sending {
+                    open_with_auth(conn, settings);
                     match interval {
                         None => fill_closed_loop(conn, settings, now, result, &mut tally),
                         Some(_) => schedule.push(Reverse((now, i))),
@@ -444,6 +461,16 @@ fn handle_response(
     now: Instant,
     result: &mut ThreadResult,
 ) {
+    if response.req_id == AUTH_REQ_ID {
+        // Refused: the server closes the connection, which then counts as broken.
+        if response.status != Status::Ok {
+            *result
+                .connect_errors
+                .entry(format!("AUTH refused: {}", response.status))
+                .or_default() += 1;
+        }
+        return;
+    }
     let slot = (response.req_id & 0xFFFF_FFFF) as usize;
     let pending = match conn.slots.get_mut(slot) {
         Some(entry) if entry.is_some_and(|p| p.req_id == response.req_id) => entry.take(),
