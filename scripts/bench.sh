@@ -20,6 +20,7 @@ HTTP_PORT=18080
 NGINX_PORT=18081
 REDIS_PORT=16379
 LEDGER_PORT=16380
+NOLOGIC_PORT=17990
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.txt
 
@@ -116,6 +117,19 @@ start_ticketd --listen 127.0.0.1:$PORT --event 1:10000
 on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 64 --depth 64 \
   --duration "$RUN" --json "$OUT/throughput-rejecting.json" | tee "$OUT/throughput-rejecting.txt"
 stop_pid "$TICKETD_PID"
+
+echo "== the ceiling: a no-logic server (a fixed answer per frame) under the same client"
+taskset -c "$SERVER_CORE" "$BIN/no-logic-server" 127.0.0.1:$NOLOGIC_PORT 2>/dev/null &
+NOLOGIC_PID=$!; PIDS+=("$NOLOGIC_PID")
+for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$NOLOGIC_PORT) 2>/dev/null && break; sleep 0.05; done
+on_load "$BIN/loadgen" --addr 127.0.0.1:$NOLOGIC_PORT --threads 1 --conns 64 --depth 64 \
+  --duration "$RUN" --no-stock-check --json "$OUT/no-logic-throughput.json" | grep -E "throughput" || true
+for rate in $RATES; do
+  on_load "$BIN/loadgen" --addr 127.0.0.1:$NOLOGIC_PORT --threads 1 --conns 1000 --rate "$rate" \
+    --duration "$SWEEP_RUN" --no-stock-check --json "$OUT/nologic-sweep-$rate.json" >/dev/null || true
+  echo "   no-logic rate $rate: p99 $(python3 -c "import json;print(json.load(open('$OUT/nologic-sweep-$rate.json'))['latency_us']['p99'])") µs"
+done
+stop_pid "$NOLOGIC_PID"
 
 echo "== latency: open loop over 1,000 connections"
 start_ticketd --listen 127.0.0.1:$PORT --event 1:$ENDLESS

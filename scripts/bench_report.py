@@ -92,6 +92,14 @@ for path in glob.glob(os.path.join(out, "sweep-*.json")):
     sweep.append((rate, r["latency_us"]["p99"], r["throughput_rps"]))
 sweep.sort()
 best_rate = max((rate for rate, p99, _ in sweep if p99 < 1000), default=None)
+nologic_thr = load("no-logic-throughput.json")
+nologic_sweep = []
+for path in glob.glob(os.path.join(out, "nologic-sweep-*.json")):
+    r = json.load(open(path))
+    rate = int(re.search(r"nologic-sweep-(\d+)", path).group(1))
+    nologic_sweep.append((rate, r["latency_us"]["p99"], r["throughput_rps"]))
+nologic_sweep.sort()
+nologic_best = max((rate for rate, p99, _ in nologic_sweep if p99 < 1000), default=None)
 
 runs = {"rush": rush, "rush_fsync_off": rush_off, "throughput_fsync_off": thr_off,
         "throughput": thr, "throughput_rejecting": thr_rej, "latency": lat,
@@ -147,6 +155,16 @@ if startup:
     rows.append((f"start-up with {fmt(startup['sales'])} recorded sales",
                  f"recovery {startup.get('recovery_ms')} ms, listening after {startup['start_to_listening_ms']} ms",
                  f"journal {fmt(startup.get('journal_bytes') or 0, 'B')}", "-", "well under 1 s"))
+if thr_rej and nologic_thr:
+    rows.append(("after sell-out vs a no-logic server (same client)",
+                 fmt(thr_rej["throughput_rps"], "/s"),
+                 f"no-logic server: {fmt(nologic_thr['throughput_rps'], '/s')}",
+                 ratio(thr_rej["throughput_rps"], nologic_thr["throughput_rps"]),
+                 ">= 0.60x the no-logic server"))
+if best_rate and nologic_best:
+    rows.append(("highest rate with p99 < 1 ms vs no-logic server", fmt(best_rate, "/s"),
+                 f"no-logic server: {fmt(nologic_best, '/s')}", ratio(best_rate, nologic_best),
+                 ">= 0.9x the no-logic server"))
 if thr_rej:
     rows.append(("throughput after sell-out: 64 x 64", fmt(thr_rej["throughput_rps"], "/s"),
                  f"redis INCR -P 64: {fmt(incr_p64, '/s')}", ratio(thr_rej["throughput_rps"], incr_p64),
@@ -238,6 +256,10 @@ results = {
     "scenarios": runs,
     "connections_rss": rss,
     "latency_sweep": [{"rate": r, "p99_us": p, "throughput_rps": t} for r, p, t in sweep],
+    "no_logic": {"throughput_rps": (nologic_thr or {}).get("throughput_rps"),
+                 "latency_sweep": [{"rate": r, "p99_us": p, "throughput_rps": t}
+                                   for r, p, t in nologic_sweep],
+                 "highest_rate_p99_under_1ms": nologic_best},
     "highest_rate_p99_under_1ms": best_rate,
     "http": {"ab_rps": ab, "ab_failed": ab_failed, "ab_nginx_ceiling_rps": ab_nginx, "wrk_rps": wrk},
     "cluster": {"ab_rps": c_ab, "ab_failed": c_ab_failed, "wrk_rps": c_wrk},
