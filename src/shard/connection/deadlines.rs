@@ -48,8 +48,8 @@ impl Connection {
 
     /// A half-sent request ran out of time: say so where the protocol has a way (the
     /// framing error for binary, 408 for HTTP), then close like a connection that lost
-    /// framing. Returns whether there is an answer to flush first.
-    pub fn time_out_header(&mut self) -> bool {
+    /// framing.
+    pub fn time_out_header(&mut self) {
         self.input.clear();
         self.lingering = true;
         match self.protocol {
@@ -61,6 +61,5 @@ impl Connection {
                 false,
             ),
         }
-        true
     }
 }

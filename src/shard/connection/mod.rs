@@ -331,6 +331,8 @@ impl Connection {
         conn: ConnRef,
         now: Instant,
     ) {
+        // An answer that waited long (Redis away, say) starts the write clock afresh.
+        self.touched(now);
         self.in_flight = self.in_flight.saturating_sub(1);
         match self.http_waiting.take() {
             Some(head) => {
