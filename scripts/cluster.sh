@@ -84,7 +84,13 @@ spawn() {
   fi
   echo $! > "$(pidfile "$name")"
 }
-alive() { local f; f=$(pidfile "$1"); [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
+# Running: the process exists and is not a zombie (a killed child whose parent exited
+# may wait a while to be reaped, and `kill -0` still finds it).
+alive() {
+  local f pid; f=$(pidfile "$1"); [ -f "$f" ] || return 1
+  pid=$(cat "$f")
+  kill -0 "$pid" 2>/dev/null && ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null
+}
 
 # --- bring up ----------------------------------------------------------------------
 choose_topology() {

@@ -261,15 +261,17 @@ fn a_frozen_node_holds_nothing_back_and_reconciles_when_it_wakes() {
 fn redis_killed_and_restarted_mid_rush_loses_no_acknowledged_sale() {
     let _one = serial();
     let cluster = Cluster::up(5, "1:10000", &[]);
+    // Demand three times the stock over 8 s: enough left after Redis is back (its
+    // restart takes a few seconds on a loaded machine) to sell out.
     let run = cluster.spawn_loadgen(
         "restart",
         &[
             "--conns",
             "200",
             "--rate",
-            "5000",
+            "4000",
             "--duration",
-            "4s",
+            "8s",
             "--users",
             "1000000",
         ],
