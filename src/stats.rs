@@ -23,7 +23,14 @@ struct ShardCounters {
     header_timeouts: AtomicU64,
     idle_closes: AtomicU64,
     write_timeouts: AtomicU64,
+    /// Loop passes by duration: bucket `i` counts passes of `2^i - 1` to `2^(i+1) - 2`
+    /// µs (a pass that stops the world shows here).
+    passes: [AtomicU64; PASS_BUCKETS],
+    longest_pass_us: AtomicU64,
 }
+
+/// Power-of-two buckets of pass durations in µs: the last holds everything from ~34 s.
+const PASS_BUCKETS: usize = 26;
 
 /// Picks one counter of a shard's.
 type Pick = fn(&ShardCounters) -> &AtomicU64;
@@ -82,6 +89,38 @@ impl NodeStats {
         add(&self.shard(shard).write_timeouts, 1);
     }
 
+    /// One loop pass of `shard` took `took`.
+    pub fn loop_pass(&self, shard: usize, took: std::time::Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let bucket = (64 - us.saturating_add(1).leading_zeros() as usize - 1).min(PASS_BUCKETS - 1);
+        let counters = self.shard(shard);
+        add(&counters.passes[bucket], 1);
+        counters.longest_pass_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// The upper bound, in µs, of the pass duration below which `fraction` of all
+    /// passes (every shard's) fell.
+    fn pass_quantile_us(&self, fraction: f64) -> u64 {
+        let counts: Vec<u64> = (0..PASS_BUCKETS)
+            .map(|b| {
+                self.shards
+                    .iter()
+                    .map(|s| s.passes[b].load(Ordering::Relaxed))
+                    .sum()
+            })
+            .collect();
+        let total: u64 = counts.iter().sum();
+        let wanted = (total as f64 * fraction).ceil() as u64;
+        let mut seen = 0;
+        for (bucket, count) in counts.iter().enumerate() {
+            seen += count;
+            if seen >= wanted && total > 0 {
+                return (1u64 << (bucket + 1)) - 2;
+            }
+        }
+        0
+    }
+
     /// The `/stats` body.
     pub fn render(&self, node_id: u16) -> String {
         let sum = |pick: fn(&ShardCounters) -> &AtomicU64| -> u64 {
@@ -104,6 +143,20 @@ impl NodeStats {
         for (name, pick) in rows {
             let _ = writeln!(text, "{name} {}", sum(pick));
         }
+        let longest = self
+            .shards
+            .iter()
+            .map(|s| s.longest_pass_us.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0);
+        for (name, fraction) in [("p50", 0.5), ("p99", 0.99), ("p999", 0.999)] {
+            let _ = writeln!(
+                text,
+                "ticketd_loop_pass_{name}_us_at_most {}",
+                self.pass_quantile_us(fraction)
+            );
+        }
+        let _ = writeln!(text, "ticketd_loop_pass_longest_us {longest}");
         text
     }
 }
@@ -120,11 +173,47 @@ mod tests {
         stats.redis_call(1);
         stats.gate_refill(0);
         stats.unavailable(1, 4);
-        assert_eq!(
-            stats.render(3),
-            "ticketd_node_id 3\nticketd_sold_tickets 3\nticketd_redis_calls 1\n\
-             ticketd_gate_refills 1\nticketd_unavailable_answers 4\nticketd_header_timeouts 0\n\
-             ticketd_idle_closes 0\nticketd_write_timeouts 0\n"
+        let text = stats.render(3);
+        assert!(
+            text.starts_with(
+                "ticketd_node_id 3\nticketd_sold_tickets 3\nticketd_redis_calls 1\n\
+                 ticketd_gate_refills 1\nticketd_unavailable_answers 4\nticketd_header_timeouts 0\n\
+                 ticketd_idle_closes 0\nticketd_write_timeouts 0\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("ticketd_loop_pass_longest_us 0\n"), "{text}");
+    }
+
+    #[test]
+    fn loop_passes_are_summed_into_bounded_quantiles() {
+        use std::time::Duration;
+        let stats = NodeStats::new(2);
+        for _ in 0..980 {
+            stats.loop_pass(0, Duration::from_micros(20));
+        }
+        for _ in 0..18 {
+            stats.loop_pass(1, Duration::from_micros(700));
+        }
+        stats.loop_pass(0, Duration::from_millis(7));
+        stats.loop_pass(1, Duration::from_micros(6_500));
+        let text = stats.render(1);
+        // 20 µs falls in the bucket 15..=30, 700 µs in 511..=1022, 7 ms in 4095..=8190.
+        assert!(
+            text.contains("ticketd_loop_pass_p50_us_at_most 30\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ticketd_loop_pass_p99_us_at_most 1022\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ticketd_loop_pass_p999_us_at_most 8190\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ticketd_loop_pass_longest_us 7000\n"),
+            "{text}"
         );
     }
 }

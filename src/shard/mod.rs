@@ -249,6 +249,9 @@ impl Shard {
             self.commit_pass(now);
             self.connections.flush_dirty(now);
             self.dispatcher.outbox.flush(&self.mailbox.peers);
+            self.settings
+                .stats
+                .loop_pass(self.settings.index, now.elapsed());
             if self.shutdown_step(now) {
                 break;
             }
