@@ -85,21 +85,21 @@ c_ab = grep_float("cluster-ab.txt", r"Requests per second:\s+([\d.]+)")
 c_ab_failed = grep_float("cluster-ab.txt", r"Failed requests:\s+(\d+)")
 c_wrk = grep_float("cluster-wrk.txt", r"Requests/sec:\s+([\d.]+)")
 
-sweep = []
-for path in glob.glob(os.path.join(out, "sweep-*.json")):
-    r = json.load(open(path))
-    rate = int(re.search(r"sweep-(\d+)", path).group(1))
-    sweep.append((rate, r["latency_us"]["p99"], r["throughput_rps"]))
-sweep.sort()
-best_rate = max((rate for rate, p99, _ in sweep if p99 < 1000), default=None)
+def load_sweep(prefix):
+    """The open-loop sweep saved as PREFIX-RATE.json: (rate, p99 µs, throughput), by rate,
+    and the highest rate whose p99 stayed under 1 ms."""
+    points = []
+    for path in glob.glob(os.path.join(out, f"{prefix}-*.json")):
+        r = json.load(open(path))
+        rate = int(re.search(rf"{prefix}-(\d+)\.json$", path).group(1))
+        points.append((rate, r["latency_us"]["p99"], r["throughput_rps"]))
+    points.sort()
+    return points, max((rate for rate, p99, _ in points if p99 < 1000), default=None)
+
+
+sweep, best_rate = load_sweep("sweep")
 nologic_thr = load("no-logic-throughput.json")
-nologic_sweep = []
-for path in glob.glob(os.path.join(out, "nologic-sweep-*.json")):
-    r = json.load(open(path))
-    rate = int(re.search(r"nologic-sweep-(\d+)", path).group(1))
-    nologic_sweep.append((rate, r["latency_us"]["p99"], r["throughput_rps"]))
-nologic_sweep.sort()
-nologic_best = max((rate for rate, p99, _ in nologic_sweep if p99 < 1000), default=None)
+nologic_sweep, nologic_best = load_sweep("nologic-sweep")
 
 runs = {"rush": rush, "rush_fsync_off": rush_off, "throughput_fsync_off": thr_off,
         "throughput": thr, "throughput_rejecting": thr_rej, "latency": lat,
