@@ -21,6 +21,7 @@ NGINX_PORT=18081
 REDIS_PORT=16379
 LEDGER_PORT=16380
 NOLOGIC_PORT=17990
+ADMIN_PORT=17991
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.txt
 
@@ -81,10 +82,12 @@ on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 1000 --depth 1
   --requests "$RUSH_REQUESTS" --users "$RUSH_REQUESTS" --json "$OUT/rush.json" | tee "$OUT/rush.txt"
 stop_pid "$TICKETD_PID"
 
-echo "== throughput: endless stock, 64 connections x depth 64, $RUN"
-start_ticketd --listen 127.0.0.1:$PORT --event 1:$ENDLESS
+echo "== throughput: endless stock, 64 connections x depth 64, $RUN (and its loop passes, from /stats)"
+start_ticketd --listen 127.0.0.1:$PORT --admin 127.0.0.1:$ADMIN_PORT --event 1:$ENDLESS
 on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 64 --depth 64 \
   --duration "$RUN" --json "$OUT/throughput.json" | tee "$OUT/throughput.txt"
+curl -s "http://127.0.0.1:$ADMIN_PORT/stats" > "$OUT/throughput-stats.txt" || true
+grep loop_pass "$OUT/throughput-stats.txt" || true
 stop_pid "$TICKETD_PID"
 
 echo "== durability: the rush and the all-selling throughput again with --fsync off"

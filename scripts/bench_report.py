@@ -80,6 +80,19 @@ ab = grep_float("ab.txt", r"Requests per second:\s+([\d.]+)")
 ab_failed = grep_float("ab.txt", r"Failed requests:\s+(\d+)")
 ab_nginx = grep_float("ab-nginx.txt", r"Requests per second:\s+([\d.]+)")
 wrk = grep_float("wrk.txt", r"Requests/sec:\s+([\d.]+)")
+def stats_value(name, key):
+    path = os.path.join(out, name)
+    if not os.path.exists(path):
+        return None
+    for line in open(path):
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == key:
+            return int(parts[1])
+    return None
+
+
+pass_p999 = stats_value("throughput-stats.txt", "ticketd_loop_pass_p999_us_at_most")
+pass_longest = stats_value("throughput-stats.txt", "ticketd_loop_pass_longest_us")
 c_rush = load("cluster-rush.json")
 c_ab = grep_float("cluster-ab.txt", r"Requests per second:\s+([\d.]+)")
 c_ab_failed = grep_float("cluster-ab.txt", r"Failed requests:\s+(\d+)")
@@ -155,6 +168,10 @@ if startup:
     rows.append((f"start-up with {fmt(startup['sales'])} recorded sales",
                  f"recovery {startup.get('recovery_ms')} ms, listening after {startup['start_to_listening_ms']} ms",
                  f"journal {fmt(startup.get('journal_bytes') or 0, 'B')}", "-", "well under 1 s"))
+if pass_longest is not None:
+    rows.append(("loop passes under the all-selling load",
+                 f"p99.9 <= {fmt(pass_p999)} us, longest {pass_longest / 1000:.1f} ms",
+                 "-", "-", "no pass longer than 5 ms"))
 if thr_rej and nologic_thr:
     rows.append(("after sell-out vs a no-logic server (same client)",
                  fmt(thr_rej["throughput_rps"], "/s"),
@@ -266,6 +283,7 @@ results = {
     "redis": {"incr_p1_rps": incr_p1, "incr_p64_rps": incr_p64, "evalsha_check_hincrby_rps": evalsha,
               "evalsha_check_hincrby_aof_always_rps": evalsha_aof},
     "startup": startup,
+    "loop_passes": {"p999_us_at_most": pass_p999, "longest_us": pass_longest},
     "quoted_references": {"go_prototype_ab_all_redis_rps": GO_PROTOTYPE_AB_ALL_REDIS,
                           "go_prototype_ab_published_rps": GO_PROTOTYPE_AB_PUBLISHED},
     "table": [dict(zip(headers, r)) for r in rows],

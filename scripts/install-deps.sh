@@ -13,7 +13,8 @@ for tool in "$@"; do
     redis) want redis-server redis-server; want redis-cli redis-tools ;;
     perf) want perf linux-perf ;;
     bench) want redis-server redis-server; want redis-benchmark redis-tools
-           want ab apache2-utils; want wrk wrk; want nginx nginx-light; want taskset util-linux ;;
+           want ab apache2-utils; want wrk wrk; want nginx nginx-light; want taskset util-linux
+           want curl curl ;;
     cluster) want redis-server redis-server; want redis-cli redis-tools; want nginx nginx
            want ip iproute2; want ab apache2-utils; want wrk wrk
            # Debian builds nginx's stream proxy as a module of its own.
