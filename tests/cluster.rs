@@ -233,19 +233,27 @@ fn a_frozen_node_holds_nothing_back_and_reconciles_when_it_wakes() {
     let mut sold = 0;
     let mut user = 1_000;
     let mut buyer = cluster.client_of(4);
-    wait_for(
-        "the others to sell all 100",
-        Duration::from_secs(20),
-        || {
-            user += 1;
-            match buyer.buy(1, user, 1).status {
-                Status::Ok => sold += 1,
-                Status::SoldOut => std::thread::sleep(Duration::from_millis(100)),
-                other => panic!("unexpected {other:?}"),
-            }
-            sold == 100
-        },
-    );
+    let started = Instant::now();
+    let mut answers: Vec<(Duration, Status)> = Vec::new();
+    while sold < 100 {
+        user += 1;
+        let status = buyer.buy(1, user, 1).status;
+        answers.push((started.elapsed(), status));
+        match status {
+            Status::Ok => sold += 1,
+            Status::SoldOut => std::thread::sleep(Duration::from_millis(100)),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the others sold only {sold} in 30 s; the ledger: sold {}, held {}; node 4: {}; \
+             the last answers: {:?}",
+            cluster.ledger_field("sold"),
+            cluster.ledger_field("held"),
+            cluster.node_get(4, "/stats").1,
+            &answers[answers.len().saturating_sub(12)..]
+        );
+    }
     assert_eq!(cluster.ledger_field("sold"), 100);
     assert_eq!(cluster.ledger_field("held"), 0);
     // Awake: the BUY it was holding is answered truthfully, its holds are gone.
