@@ -93,18 +93,26 @@ fn bad_arguments_exit_2_with_a_clear_message() {
             "--buffer must be between 0",
         ),
     ] {
-        let data = tempfile::tempdir().unwrap();
-        let out = Command::new(BIN)
-            .arg("--data-dir")
-            .arg(data.path())
-            .args(["--listen", "127.0.0.1:0"])
-            .args(&args)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend(&args);
+        refused_with_exit_2(&all, needle);
     }
+}
+
+/// Runs the binary with `args` (and a private data dir): it must exit 2 with `needle` in
+/// its message. Returns the message.
+fn refused_with_exit_2(args: &[&str], needle: &str) -> String {
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{args:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    stderr
 }
 
 /// Kills the child by PID if the test fails midway.
@@ -303,16 +311,7 @@ fn flags_that_cannot_work_are_refused_naming_the_flag() {
         ),
         (vec!["--event", "2:0"], "stock must be at least 1"),
     ] {
-        let data = tempfile::tempdir().unwrap();
-        let out = Command::new(BIN)
-            .arg("--data-dir")
-            .arg(data.path())
-            .args(&args)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        let stderr = refused_with_exit_2(&args, needle);
         // Ours end "see --help"; clap's own parse errors "try '--help'".
         assert!(
             stderr.trim_end().ends_with("--help") || stderr.trim_end().ends_with("'--help'."),
