@@ -355,9 +355,11 @@ impl Connections {
     ) {
         match self.open.get_mut(conn.slot) {
             Some(connection) if connection.generation() == conn.generation => {
+                let before = connection.throttled_until();
                 connection.deliver(response, dispatcher, conn, now);
                 // The HTTP requests that waited for this answer may have met the rate.
-                if let Some(until) = connection.throttled_until() {
+                let after = connection.throttled_until();
+                if let Some(until) = after.filter(|_| after != before) {
                     self.throttled
                         .push(Reverse((until, conn.slot, conn.generation)));
                 }
@@ -462,7 +464,12 @@ impl Connections {
             }
             self.throttled.pop();
             if let Some(connection) = self.open.get_mut(slot) {
-                if connection.generation() == generation {
+                // Only the entry of the pause in force ends it (an older entry of the
+                // same connection must not cut a later pause short).
+                let due = connection
+                    .throttled_until()
+                    .is_some_and(|until| until <= now);
+                if connection.generation() == generation && due {
                     connection.end_throttle();
                     if connection.mark_queued() {
                         self.read_queue.push(slot);
