@@ -12,6 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
+use ticketd_proto::{Command, Purchase, Request};
+
 fn main() -> io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let usage = || {
@@ -35,7 +38,7 @@ fn main() -> io::Result<()> {
             std::thread::spawn(move || -> io::Result<()> {
                 let mut stream = TcpStream::connect(addr)?;
                 stream.set_nodelay(true)?;
-                let mut batch = Vec::with_capacity(27 * depth as usize);
+                let mut batch = BytesMut::with_capacity(27 * depth as usize);
                 // Room for a whole batch of answers (an OK BUY is 22 bytes).
                 let mut reply = vec![0u8; 32 * depth as usize + 64];
                 let mut round = 0u64;
@@ -44,12 +47,15 @@ fn main() -> io::Result<()> {
                     for i in 0..depth {
                         // A new user for every request: connection, round, position.
                         let user = (c << 40) | (round << 16) | i;
-                        batch.extend_from_slice(&23u32.to_be_bytes());
-                        batch.push(0x02);
-                        batch.extend_from_slice(&i.to_be_bytes());
-                        batch.extend_from_slice(&event.to_be_bytes());
-                        batch.extend_from_slice(&user.to_be_bytes());
-                        batch.extend_from_slice(&1u16.to_be_bytes());
+                        Request {
+                            req_id: i,
+                            command: Command::Buy(Purchase {
+                                event,
+                                user,
+                                qty: 1,
+                            }),
+                        }
+                        .encode(&mut batch);
                     }
                     stream.write_all(&batch)?;
                     let (mut got, mut have) = (0u64, 0usize);
