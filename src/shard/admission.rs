@@ -52,6 +52,16 @@ impl ConnsPerIp {
 /// not each wake for every single token.
 pub const MIN_THROTTLE: Duration = Duration::from_millis(10);
 
+/// Longest pause: a rate so small that its next token is further off than this still
+/// lets the connection be looked at again.
+pub const MAX_THROTTLE: Duration = Duration::from_secs(60);
+
+/// `x` seconds, at most [`MAX_THROTTLE`] (a tiny `--rate-per-ip` gives waits no
+/// `Duration` holds: they must not panic).
+fn seconds(x: f64) -> Duration {
+    Duration::try_from_secs_f64(x).map_or(MAX_THROTTLE, |d| d.min(MAX_THROTTLE))
+}
+
 /// Addresses a shard remembers buckets for; beyond it, full (idle) buckets are dropped
 /// first, so memory stays bounded whatever the number of addresses.
 const MAX_BUCKETS: usize = 65_536;
@@ -92,14 +102,14 @@ impl RatePerIp {
             *tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - *tokens) / rate).max(MIN_THROTTLE))
+            Err(seconds((1.0 - *tokens) / rate).max(MIN_THROTTLE))
         }
     }
 
     /// Drops the buckets that would be full by now (their addresses were quiet long
     /// enough to have every token back): forgetting them changes nothing.
     fn forget_idle(&mut self, now: Instant) {
-        let refill = Duration::from_secs_f64(self.burst / self.rate);
+        let refill = seconds(self.burst / self.rate);
         self.buckets
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < refill);
         if self.buckets.len() >= MAX_BUCKETS {
@@ -149,6 +159,15 @@ mod tests {
         let later = start + Duration::from_millis(100);
         let allowed = (0..80).filter(|_| rate.allow(ip(2), later).is_ok()).count();
         assert_eq!(allowed, 5, "0.1 s at 50/s");
+    }
+
+    #[test]
+    fn a_tiny_rate_waits_at_most_the_longest_pause() {
+        let mut rate = RatePerIp::new(1e-300, 2);
+        let now = Instant::now();
+        assert!(rate.allow(ip(2), now).is_ok(), "the burst of one");
+        assert_eq!(rate.allow(ip(2), now), Err(MAX_THROTTLE));
+        rate.forget_idle(now);
     }
 
     #[test]
