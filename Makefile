@@ -33,7 +33,7 @@ fuzz-smoke:
 	./scripts/fuzz.sh 5
 
 deps:
-	./scripts/install-deps.sh redis cluster
+	./scripts/install-deps.sh redis cluster prometheus
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -5,6 +5,9 @@ set -euo pipefail
 
 need_apt=()
 want() { command -v "$1" >/dev/null 2>&1 || need_apt+=("$2"); }
+# Installed without its recommendations (exporters, a web console): tests run the
+# server binary on a private port; the packaged service is stopped if it started.
+need_prometheus=false
 
 want python3 python3   # tests/readme.rs runs the README's Python client
 
@@ -19,6 +22,7 @@ for tool in "$@"; do
            want ip iproute2; want ab apache2-utils; want wrk wrk
            # Debian builds nginx's stream proxy as a module of its own.
            [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || need_apt+=(libnginx-mod-stream) ;;
+    prometheus) command -v prometheus >/dev/null 2>&1 || need_prometheus=true ;;
     *) echo "install-deps: unknown tool $tool" >&2; exit 2 ;;
   esac
 done
@@ -44,4 +48,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}"
+fi
+
+if $need_prometheus; then
+  echo "install-deps: installing prometheus" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  [ ${#need_apt[@]} -gt 0 ] || apt-get update -qq
+  apt-get install -y -qq --no-install-recommends prometheus
+  # The package may start its own service on :9090; the tests start theirs.
+  if command -v service >/dev/null 2>&1; then service prometheus stop >/dev/null 2>&1 || true; fi
 fi

@@ -32,6 +32,7 @@ pub mod journal;
 pub mod ledger;
 pub mod limits;
 pub mod listener;
+pub mod metrics;
 pub mod placement;
 pub mod readiness;
 pub mod redis_ledger;

@@ -3,6 +3,7 @@
 //! connection up or down), never per request; the admin endpoint reads it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 #[derive(Debug)]
 pub struct Readiness {
@@ -12,6 +13,8 @@ pub struct Readiness {
     missing: Vec<Vec<AtomicBool>>,
     /// Ledger mode, per shard: its Redis connection is up (always true otherwise).
     redis_up: Vec<AtomicBool>,
+    /// The node-wide fail-stop flag a failed journal write raises.
+    journal_failed: Option<Arc<AtomicBool>>,
 }
 
 impl Readiness {
@@ -23,7 +26,15 @@ impl Readiness {
                 .collect(),
             events,
             redis_up: (0..shards).map(|_| AtomicBool::new(!ledger_mode)).collect(),
+            journal_failed: None,
         }
+    }
+
+    /// Not ready once `flag` is raised (a journal write or sync failed: nothing is sold
+    /// until a restart).
+    pub fn with_fail_stop(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.journal_failed = Some(flag);
+        self
     }
 
     /// Shard `shard` learned whether event `event` (catalog index) is in the ledger.
@@ -52,6 +63,15 @@ impl Readiness {
     /// empty when it can.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if self
+            .journal_failed
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Acquire))
+        {
+            problems.push(
+                "journal: a write or sync failed; nothing is sold until a restart".to_owned(),
+            );
+        }
         let down = self
             .redis_up
             .iter()

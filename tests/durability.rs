@@ -517,6 +517,8 @@ fn a_full_disk_answers_unavailable_and_stops_selling_without_losing_an_acknowled
         "1:100000",
         "--shards",
         "1",
+        "--admin",
+        "127.0.0.1:0",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -524,6 +526,8 @@ fn a_full_disk_answers_unavailable_and_stops_selling_without_losing_an_acknowled
     // Every journal file may grow to 4 KiB: about 90 sales after the snapshot.
     let server = TicketdProcess::try_spawn_wrapped(&["prlimit", "--fsize=4096", "--"], &args)
         .expect("ticketd starts under prlimit");
+    let admin = common::logged_addr(&server.log_text(), "admin");
+    assert_eq!(common::http_get(admin, "/readyz"), (200, "ready\n".into()));
     let mut c = Client::connect(server.addr);
     let mut acknowledged = HashSet::new();
     let mut first_refusal = None;
@@ -549,6 +553,19 @@ fn a_full_disk_answers_unavailable_and_stops_selling_without_losing_an_acknowled
         server.log_text().contains("journal write failed"),
         "{}",
         server.log_text()
+    );
+    // Operators see it: not ready, and the refusals counted by status.
+    let (code, why) = common::http_get(admin, "/readyz");
+    assert_eq!(code, 503, "{why}");
+    assert!(why.contains("journal"), "{why}");
+    let (_, metrics) = common::http_get(admin, "/metrics");
+    assert!(metrics.contains("\nticketd_ready 0\n"), "{metrics}");
+    let refused = 300 - first_refusal.unwrap() + 1;
+    assert!(
+        metrics.contains(&format!(
+            "ticketd_requests_total{{op=\"BUY\",status=\"UNAVAILABLE\"}} {refused}\n"
+        )),
+        "{refused} refusals in {metrics}"
     );
     server.kill9();
 

@@ -274,7 +274,7 @@ fn a_joining_node_keeps_the_sales_refuses_a_different_definition_and_never_creat
     // An event nobody created is not sold, and the node does not create it.
     let mut config = redis.node_config(4, 1, &[event(1, 10, 1), event(2, 50, 1)]);
     config.hold_ttl = ttl;
-    config.admin = Some("127.0.0.1:0".parse().unwrap());
+    config.admin = ticketd::config::AdminAddr::Given("127.0.0.1:0".parse().unwrap());
     let lonely = ticketd::start(config).expect("a node starts with a missing event");
     let admin = lonely.admin_addr().expect("admin endpoint");
     common::wait_until(|| common::http_get(admin, "/readyz").0 == 503);
@@ -296,6 +296,28 @@ fn a_joining_node_keeps_the_sales_refuses_a_different_definition_and_never_creat
         client.buy(1, 2, 1).status,
         Status::Ok,
         "event 1 still sells"
+    );
+    // Its Redis traffic, as an operator's Prometheus sees it.
+    let mut metrics = String::new();
+    common::wait_until(|| {
+        metrics = common::http_get(admin, "/metrics").1;
+        metrics.contains("\nticketd_event_sold_tickets{event=\"1\"} 1\n")
+    });
+    for needle in [
+        "\nticketd_node_info{node_id=\"4\",ledger=\"redis\"",
+        "\nticketd_ready 0\n",
+        "\nticketd_requests_total{op=\"BUY\",status=\"NOT_FOUND\"} 1\n",
+        "\nticketd_requests_total{op=\"BUY\",status=\"OK\"} 1\n",
+        "\nticketd_redis_call_duration_seconds_count ",
+        "\nticketd_redis_in_flight_calls 0\n",
+        "\nticketd_redis_reconnects_total 0\n",
+        "\nticketd_event_gate_tickets{event=\"1\"} ",
+    ] {
+        assert!(metrics.contains(needle), "{needle} in {metrics}");
+    }
+    assert!(
+        !metrics.contains("ticketd_event_remaining_tickets"),
+        "{metrics}"
     );
     let exists: bool = redis::cmd("EXISTS")
         .arg(ticketd::redis_ledger::EventKeys::new(2).meta())
@@ -505,7 +527,7 @@ fn stats_count_a_nodes_sales_redis_calls_and_refills() {
     redis.create_events(&events, Duration::from_secs(60));
     let mut config = redis.node_config(1, 4, &events);
     config.hold_ttl = Duration::from_secs(60);
-    config.admin = Some("127.0.0.1:0".parse().unwrap());
+    config.admin = ticketd::config::AdminAddr::Given("127.0.0.1:0".parse().unwrap());
     let node = ticketd::start(config).expect("node starts");
     let mut client = Client::connect(node.local_addr());
     // The gate holds a quarter (10): the other 30 are sold after refills from Redis.

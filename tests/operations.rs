@@ -237,12 +237,12 @@ fn orders_lists_a_users_orders_oldest_first_from_any_connection() {
 #[test]
 fn the_admin_endpoint_answers_health_and_readiness() {
     let server = start_with(&[event(1, 10, 1)], |c| {
-        c.admin = Some("127.0.0.1:0".parse().unwrap());
+        c.admin = ticketd::config::AdminAddr::Given("127.0.0.1:0".parse().unwrap());
     });
     let admin = server.admin_addr().expect("admin endpoint");
     assert_eq!(common::http_get(admin, "/healthz"), (200, "ok\n".into()));
     assert_eq!(common::http_get(admin, "/readyz"), (200, "ready\n".into()));
-    assert_eq!(common::http_get(admin, "/metrics").0, 404);
+    assert_eq!(common::http_get(admin, "/nope").0, 404);
     let mut client = Client::connect(server.local_addr());
     for user in 1..=3 {
         assert_eq!(client.buy(1, user, 1).status, Status::Ok);

@@ -137,7 +137,7 @@ fn idle_connections_close_after_their_limit_and_binary_ones_stay_by_default() {
 #[test]
 fn a_client_that_never_reads_is_dropped_after_the_write_timeout() {
     let server = start_with(&[event(1, 1_000_000, 1)], |c| {
-        c.admin = Some("127.0.0.1:0".parse().unwrap());
+        c.admin = ticketd::config::AdminAddr::Given("127.0.0.1:0".parse().unwrap());
         c.timeouts = limits(0, 0, 0, 500);
     });
     let mut stream = TcpStream::connect(server.local_addr()).expect("connect");

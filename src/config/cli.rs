@@ -73,11 +73,14 @@ pub struct Cli {
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_addr)]
     pub http: Option<SocketAddr>,
 
-    /// Serve `GET /healthz` and `GET /readyz` here (plain HTTP, one small thread):
-    /// readiness is 503 with the reasons while an event is missing from the Redis ledger
-    /// or a shard's Redis connection is down.
-    #[arg(long, value_name = "HOST:PORT", value_parser = parse_addr)]
-    pub admin: Option<SocketAddr>,
+    /// Serve `GET /metrics` (Prometheus), `GET /healthz`, `GET /readyz` and `GET /stats`
+    /// here (plain HTTP, one small thread off the shards); `off` for none. Readiness is
+    /// 503 with the reasons while the journal is failed, an event is missing from the
+    /// Redis ledger or a shard's Redis connection is down. The default port, if taken,
+    /// is skipped with a warning; an address given here must bind
+    /// [default: 127.0.0.1:9464].
+    #[arg(long, value_name = "HOST:PORT|off", value_parser = parse_admin)]
+    pub admin: Option<AdminFlag>,
 
     /// HTTP: a `GET /buy/ticket` without `user=` buys as a fresh anonymous user (how
     /// `ab` and `wrk` measure the prototypes). Off, such a request gets 400: with it, one
@@ -236,7 +239,11 @@ impl Cli {
             node_id: self.node_id,
             http: self.http,
             http_anonymous: self.http_anonymous,
-            admin: self.admin,
+            admin: match self.admin {
+                None => AdminAddr::Default(DEFAULT_ADMIN),
+                Some(AdminFlag::Off) => AdminAddr::Off,
+                Some(AdminFlag::At(addr)) => AdminAddr::Given(addr),
+            },
             redis: self.redis.map(|url| {
                 let defaults = RedisConfig::new(url.addr);
                 RedisConfig {
@@ -291,4 +298,18 @@ impl Cli {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// What `--admin` said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminFlag {
+    Off,
+    At(SocketAddr),
+}
+
+fn parse_admin(text: &str) -> Result<AdminFlag, String> {
+    if text == "off" {
+        return Ok(AdminFlag::Off);
+    }
+    parse_addr(text).map(AdminFlag::At)
 }

@@ -201,8 +201,8 @@ pub struct Config {
     pub node_id: u16,
     pub http: Option<SocketAddr>,
     pub http_anonymous: bool,
-    /// `--admin`: health and readiness endpoint.
-    pub admin: Option<SocketAddr>,
+    /// `--admin`: metrics, health and readiness endpoint.
+    pub admin: AdminAddr,
     /// `--share-port`: other processes may serve `listen`'s port too.
     pub share_port: bool,
     /// `--auth-token-file`: binary-protocol connections must AUTH with one of these.
@@ -305,7 +305,7 @@ impl Config {
             node_id: 0,
             http: None,
             http_anonymous: false,
-            admin: None,
+            admin: AdminAddr::Off,
             share_port: false,
             auth_tokens: None,
             http_links: None,
@@ -371,7 +371,7 @@ impl Config {
         let named = [
             ("listen", Some(self.listen)),
             ("http", self.http),
-            ("admin", self.admin),
+            ("admin", self.admin.addr()),
         ];
         for (i, &(a, first)) in named.iter().enumerate() {
             for &(b, second) in &named[i + 1..] {
@@ -510,5 +510,31 @@ mod tests {
         ));
         config.max_frame = 23;
         assert_eq!(config.validate(), Ok(()));
+    }
+}
+
+/// The admin endpoint's port when `--admin` is not given (Prometheus's range for
+/// exporters; 9464 is the one OpenTelemetry's Prometheus exporter uses).
+pub const DEFAULT_ADMIN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
+
+/// Where the admin endpoint listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAddr {
+    /// `--admin off` (and the default of [`Config::new`], for tests and embedding).
+    Off,
+    /// Not given: the default address, skipped with a warning if another process has it
+    /// (a second node on one machine still starts).
+    Default(SocketAddr),
+    /// Given: a start that cannot bind it fails.
+    Given(SocketAddr),
+}
+
+impl AdminAddr {
+    pub fn addr(self) -> Option<SocketAddr> {
+        match self {
+            AdminAddr::Off => None,
+            AdminAddr::Default(addr) | AdminAddr::Given(addr) => Some(addr),
+        }
     }
 }

@@ -21,11 +21,13 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_utils::CachePadded;
 use mio::Waker;
 
 use super::record::FileHeader;
 use super::store;
 use super::FsyncMode;
+use crate::stats::JournalCounters;
 
 /// With `--fsync batch`, the longest a write waits for its sync.
 pub const BATCH_SYNC_INTERVAL: Duration = Duration::from_millis(5);
@@ -75,6 +77,8 @@ pub struct WriterSetup {
     pub waker: Arc<Waker>,
     /// Raised by any writer of the node that fails.
     pub fail_stop: Arc<AtomicBool>,
+    /// Bytes written, write and sync times (only this writer writes them).
+    pub counters: Arc<CachePadded<JournalCounters>>,
 }
 
 /// The shard's end of its writer.
@@ -192,7 +196,11 @@ impl Writer {
         if self.pending.is_empty() {
             return Ok(());
         }
+        let started = Instant::now();
         self.setup.file.write_all(&self.pending)?;
+        self.setup
+            .counters
+            .wrote(self.pending.len(), started.elapsed());
         self.setup.len += self.pending.len() as u64;
         self.pending.clear();
         Ok(())
@@ -203,7 +211,10 @@ impl Writer {
         if self.setup.mode == FsyncMode::Off {
             return Ok(());
         }
-        self.setup.file.sync_data()
+        let started = Instant::now();
+        self.setup.file.sync_data()?;
+        self.setup.counters.synced(started.elapsed());
+        Ok(())
     }
 
     /// Starts the next segment with `snapshot` (made durable first, whatever the mode),
@@ -227,6 +238,10 @@ impl Writer {
         file.write_all(snapshot)?;
         file.sync_data()?;
         store::sync_dir(&self.setup.dir)?;
+        self.setup
+            .counters
+            .wrote(head.len() + snapshot.len(), Duration::ZERO);
+        self.setup.counters.rotated();
         self.setup.file = file;
         self.setup.header = header;
         self.setup.len = (head.len() + snapshot.len()) as u64;

@@ -87,7 +87,7 @@ pub(super) fn log_started(started: &Started<'_>) {
         max_conns = config.max_conns,
         "ticketd started: {mode}; binary protocol on {local_addr}{}{}; {shards} shard(s) on core(s) {}; {}; up to {} connections, frames up to {} bytes, holds last {}",
         http_addr.map_or_else(String::new, |a| format!(", HTTP on {a}")),
-        admin_addr.map_or_else(String::new, |a| format!(", health and readiness on {a}")),
+        admin_addr.map_or_else(String::new, |a| format!(", metrics and health on {a}")),
         cores.join(", "),
         if events.is_empty() { "no events yet".to_owned() } else { events.join(", ") },
         config.max_conns,

@@ -14,6 +14,7 @@ use crate::journal::{self, writer, EventDef, Recovered};
 use crate::routing::owner_of_user;
 use crate::shard::mailbox::Peer;
 use crate::shard::{HoldRoutes, ShardJournal};
+use crate::stats::NodeStats;
 
 use super::StartError;
 
@@ -26,6 +27,7 @@ pub(super) fn spawn_writers(
     peers: &[Peer],
     fail_stop: &Arc<AtomicBool>,
     clock: WallClock,
+    stats: &NodeStats,
 ) -> Result<(DataDir, Vec<Option<ShardJournal>>, HoldRoutes), StartError> {
     let routes = hold_routes(&opened.state, config.node_id, config.shards);
     let state = Arc::new(opened.state);
@@ -47,6 +49,7 @@ pub(super) fn spawn_writers(
             mode: journal_config.fsync,
             waker,
             fail_stop: Arc::clone(fail_stop),
+            counters: stats.journal(index),
         })
         .map_err(|source| StartError::Spawn {
             shard: index,

@@ -9,12 +9,14 @@ use std::thread::JoinHandle;
 
 use mio::{Poll, Waker};
 
-use crate::admin::Admin;
+use crate::admin::{Admin, AdminViews};
 use crate::catalog::Catalog;
 use crate::clock::WallClock;
+use crate::config::AdminAddr;
 use crate::config::{Config, RedisConfig};
 use crate::journal::{self, JournalError};
 use crate::listener;
+use crate::metrics::NodeMetrics;
 use crate::placement;
 use crate::readiness::Readiness;
 use crate::redis_ledger::flavor::Flavor;
@@ -151,30 +153,52 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         })?),
         _ => None,
     };
-    let stats = Arc::new(NodeStats::new(shards));
-    let readiness = Arc::new(Readiness::new(
-        catalog.iter().map(|e| e.id).collect(),
-        shards,
-        config.redis.is_some(),
-    ));
+    let stats = Arc::new(NodeStats::new(shards, catalog.len()));
+    let fail_stop = Arc::new(AtomicBool::new(false));
+    let readiness = Arc::new(
+        Readiness::new(
+            catalog.iter().map(|e| e.id).collect(),
+            shards,
+            config.redis.is_some(),
+        )
+        .with_fail_stop(Arc::clone(&fail_stop)),
+    );
     for (event, &missing) in missing.iter().enumerate() {
         for shard in 0..shards {
             readiness.set_missing(event, shard, missing);
         }
     }
-    let admin = match config.admin {
+    let admin = match config.admin.addr() {
         Some(addr) => {
-            let bound = std::net::TcpListener::bind(addr)
-                .and_then(|l| {
-                    Admin::start(
-                        l,
-                        Arc::clone(&readiness),
+            let started = std::net::TcpListener::bind(addr).and_then(|l| {
+                let views = AdminViews {
+                    readiness: Arc::clone(&readiness),
+                    stats: Arc::clone(&stats),
+                    metrics: NodeMetrics::new(
                         Arc::clone(&stats),
+                        Arc::clone(&catalog),
+                        Arc::clone(&readiness),
                         config.node_id,
-                    )
-                })
-                .map_err(|source| StartError::Listen { addr, source })?;
-            Some(bound)
+                        config.redis.is_some(),
+                    ),
+                    node_id: config.node_id,
+                };
+                Admin::start(l, views)
+            });
+            match (started, config.admin) {
+                (Ok(admin), _) => Some(admin),
+                // Not asked for by name: a second node on this machine still starts.
+                (Err(e), AdminAddr::Default(_)) => {
+                    tracing::warn!(
+                        %addr,
+                        error = %e,
+                        "admin endpoint (metrics, health) not started: its default address \
+                         is taken; give --admin HOST:PORT, or --admin off to silence this"
+                    );
+                    None
+                }
+                (Err(source), _) => return Err(StartError::Listen { addr, source }),
+            }
         }
         None => None,
     };
@@ -192,7 +216,6 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     }
     let peers: Arc<[Peer]> = peers.into();
     let shutdown = Arc::new(ShutdownSignal::default());
-    let fail_stop = Arc::new(AtomicBool::new(false));
     let (data_dir, mut shard_journals, hold_routes) = match opened {
         Some((opened, journal_config)) => {
             let (dir, journals, routes) = embedded::spawn_writers(
@@ -202,6 +225,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                 &peers,
                 &fail_stop,
                 clock,
+                &stats,
             )?;
             (Some(dir), journals, Arc::new(routes))
         }
@@ -238,7 +262,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                 remote: remote.clone(),
                 fail_stop: Arc::clone(&fail_stop),
                 hold_routes: Arc::clone(&hold_routes),
-                stats: Arc::clone(&stats),
+                counters: stats.shard(index),
                 auth: config.auth_tokens.clone(),
                 timeouts: config.timeouts,
                 conns_per_ip: conns_per_ip.clone(),

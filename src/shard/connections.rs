@@ -24,7 +24,7 @@ use super::settings::ShardSettings;
 use super::trim::Trimmer;
 use super::Dispatcher;
 use crate::limits::{Timeouts, MAX_SHEDDING_CONNECTIONS};
-use crate::stats::NodeStats;
+use crate::stats::{Refusal, ShardMeter, TimedOut};
 
 pub const LISTENER_TOKEN: Token = Token(1);
 pub const HTTP_LISTENER_TOKEN: Token = Token(2);
@@ -82,7 +82,7 @@ pub struct Connections {
     /// Time limits per connection state, and when connections are next looked over.
     timeouts: Timeouts,
     sweep_at: Option<Instant>,
-    node_stats: Arc<NodeStats>,
+    counters: ShardMeter,
     /// `--max-conns-per-ip`.
     conns_per_ip: Option<Arc<ConnsPerIp>>,
     /// Connections paused by `--rate-per-ip`, by when they may be read again.
@@ -130,7 +130,7 @@ impl Connections {
             tokens_required: settings.auth.is_some(),
             sweep_at: timeouts.sweep_every().map(|every| Instant::now() + every),
             timeouts,
-            node_stats: Arc::clone(&settings.stats),
+            counters: Arc::clone(&settings.counters),
             conns_per_ip: settings.conns_per_ip.clone(),
             throttled: BinaryHeap::new(),
         })
@@ -200,9 +200,11 @@ impl Connections {
                             "accepting connections again"
                         );
                     }
-                    let shedding = !self.take_places(peer.ip());
-                    if shedding {
+                    let refused = self.take_places(peer.ip()).err();
+                    let shedding = refused.is_some();
+                    if let Some(why) = refused {
                         self.stats.refused += 1;
+                        self.counters.refused(why);
                         if self.shedding >= MAX_SHEDDING_CONNECTIONS {
                             continue;
                         }
@@ -212,8 +214,14 @@ impl Connections {
                     self.next_generation = self.next_generation.wrapping_add(1);
                     let tokens = self.tokens_required && protocol == Protocol::Binary;
                     let access = Access::new(shedding, tokens, peer.ip());
-                    let mut connection =
-                        Connection::new(stream, self.next_generation, protocol, access, now);
+                    let mut connection = Connection::new(
+                        stream,
+                        self.next_generation,
+                        protocol,
+                        access,
+                        Arc::clone(&self.counters),
+                        now,
+                    );
                     let entry = self.open.vacant_entry();
                     let token = Token(entry.key() + FIRST_CONNECTION_TOKEN);
                     if let Err(e) = connection.register(&self.registry, token) {
@@ -233,7 +241,9 @@ impl Connections {
                         ));
                     } else {
                         self.stats.accepted += 1;
+                        self.counters.accepted();
                     }
+                    self.counters.opened();
                     entry.insert(connection);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -269,17 +279,18 @@ impl Connections {
     /// Takes a place for a connection from `ip` in the node's `--max-conns` and, with
     /// `--max-conns-per-ip`, in its address's share; `false` (holding neither) when
     /// either is full: the connection is then shed.
-    fn take_places(&self, ip: std::net::IpAddr) -> bool {
+    /// Takes a place in the node's and the address's budgets, or says which is full.
+    fn take_places(&self, ip: std::net::IpAddr) -> Result<(), Refusal> {
         if !self.budget.try_take() {
-            return false;
+            return Err(Refusal::MaxConns);
         }
         if let Some(per_ip) = &self.conns_per_ip {
             if !per_ip.try_take(ip) {
                 self.budget.give_back();
-                return false;
+                return Err(Refusal::PerIp);
             }
         }
-        true
+        Ok(())
     }
 
     fn give_places(&self, ip: std::net::IpAddr) {
@@ -433,7 +444,7 @@ impl Connections {
             tracing::debug!(shard = self.shard, slot, ?why, "connection timed out");
             match why {
                 Overdue::Header => {
-                    self.node_stats.header_timeout(self.shard);
+                    self.counters.timed_out(TimedOut::Header);
                     if let Some(connection) = self.open.get_mut(slot) {
                         connection.time_out_header();
                         self.lingering.push_back((
@@ -445,11 +456,11 @@ impl Connections {
                     self.mark_dirty(slot);
                 }
                 Overdue::Idle => {
-                    self.node_stats.idle_close(self.shard);
+                    self.counters.timed_out(TimedOut::Idle);
                     self.close(slot);
                 }
                 Overdue::Write => {
-                    self.node_stats.write_timeout(self.shard);
+                    self.counters.timed_out(TimedOut::Write);
                     self.close(slot);
                 }
             }
@@ -498,6 +509,7 @@ impl Connections {
 
     fn close(&mut self, slot: usize) {
         if let Some(mut connection) = self.open.try_remove(slot) {
+            self.counters.closed();
             tracing::debug!(
                 shard = self.shard,
                 slot,

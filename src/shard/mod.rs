@@ -249,9 +249,9 @@ impl Shard {
             self.commit_pass(now);
             self.connections.flush_dirty(now);
             self.dispatcher.outbox.flush(&self.mailbox.peers);
-            self.settings
-                .stats
-                .loop_pass(self.settings.index, now.elapsed());
+            let counters = &self.settings.counters;
+            counters.publish_tallies(self.dispatcher.decider.tallies());
+            counters.loop_pass(now.elapsed());
             if self.shutdown_step(now) {
                 break;
             }
@@ -264,7 +264,7 @@ impl Shard {
         } = self.connections.stats();
         ShardReport {
             index: self.settings.index,
-            tallies: self.dispatcher.decider.tallies(),
+            tallies: self.dispatcher.decider.tallies().to_vec(),
             stats: ShardStats {
                 accepted,
                 refused,
@@ -344,6 +344,7 @@ impl Shard {
         // Answers can queue new requests (HTTP pipelines): send those this pass too.
         if let Some(remote) = self.dispatcher.decider.remote_mut() {
             remote.flush();
+            remote.publish_state();
         }
         self.redis_answers = answers;
     }

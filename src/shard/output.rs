@@ -6,16 +6,29 @@ use ticketd_proto::{Response, ResultBody, Status};
 
 use crate::ids::IdText;
 use crate::limits::{OUTPUT_CAPACITY, OUTPUT_HIGH_WATER};
+use crate::stats::ShardMeter;
 
 /// Encoded answers not yet written to the client.
 #[derive(Debug, Default)]
 pub struct Output {
     bytes: BytesMut,
+    /// Where every answer is counted, by op and status (the shard's counters).
+    counters: ShardMeter,
 }
 
 impl Output {
+    /// An output whose answers are counted nowhere a server reads (benches, fuzzing).
     pub fn new() -> Self {
         Output::default()
+    }
+
+    /// An output counting its answers in `counters`, which only the calling shard's
+    /// thread writes.
+    pub fn counted(counters: ShardMeter) -> Self {
+        Output {
+            bytes: BytesMut::new(),
+            counters,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -75,6 +88,7 @@ impl Output {
 
     /// A binary answer frame.
     pub fn frame(&mut self, response: &Response) {
+        self.counters.answered(response.op, response.status);
         response.encode(&mut self.bytes);
     }
 
@@ -91,6 +105,7 @@ impl Output {
     /// The HTTP endpoint's answer to a BUY, in the prototypes' shape: code 1 on
     /// success, -1 when sold out, and further negative codes for the other statuses.
     pub fn http_outcome(&mut self, response: &Response, keep_alive: bool, http10: bool) {
+        self.counters.answered(response.op, response.status);
         let order;
         let (http, code, msg) = match response.status {
             Status::Ok => {
@@ -117,11 +132,13 @@ impl Output {
     /// HTTP answers that need no ticket logic: unknown path, wrong method, bad query,
     /// overload, and requests that could not be parsed.
     pub fn http_error(&mut self, http: u16, msg: &str, keep_alive: bool, http10: bool) {
-        let code = match http {
-            503 => -7,
-            403 => -8,
-            _ => -5,
+        let (code, status) = match http {
+            503 => (-7, Status::Overloaded),
+            403 => (-8, Status::Unauthorized),
+            404 => (-5, Status::NotFound),
+            _ => (-5, Status::BadRequest),
         };
+        self.counters.answered(0, status);
         self.http_json(http, code, msg, keep_alive, http10);
     }
 

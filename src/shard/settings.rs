@@ -11,11 +11,13 @@ use std::time::Duration;
 use super::admission::ConnsPerIp;
 use super::budget::ConnBudget;
 use super::remote::RemoteSettings;
+use crossbeam_utils::CachePadded;
+
 use crate::auth::TokenSet;
 use crate::limits::Timeouts;
 use crate::readiness::Readiness;
 use crate::signed_links::LinkSigner;
-use crate::stats::NodeStats;
+use crate::stats::{ShardCounters, ShardMeter};
 
 /// Holds recovered from the journal whose owner is not the shard their id names (the
 /// shard count changed across a restart): hold id -> owning shard. Read-only.
@@ -42,8 +44,9 @@ pub struct ShardSettings {
     pub fail_stop: Arc<AtomicBool>,
     /// Holds recovered onto a shard other than the one their id names.
     pub hold_routes: Arc<HoldRoutes>,
-    /// The node's counters, served on `/stats`.
-    pub stats: Arc<NodeStats>,
+    /// This shard's counters (the admin endpoint sums every shard's); only this
+    /// shard's thread writes them.
+    pub counters: ShardMeter,
     /// `--auth-token-file`: binary connections must AUTH first.
     pub auth: Option<TokenSet>,
     /// How long a connection may sit in each state.
@@ -72,7 +75,7 @@ impl ShardSettings {
             conns: Arc::new(ConnBudget::new(usize::MAX)),
             fail_stop: Arc::default(),
             hold_routes: Arc::default(),
-            stats: Arc::default(),
+            counters: Arc::new(CachePadded::new(ShardCounters::new(0))),
             auth: None,
             timeouts: Timeouts::NONE,
             conns_per_ip: None,

@@ -312,6 +312,10 @@ impl TicketdProcess {
             None => std::process::Command::new(bin),
         };
         command.args(["--listen", "127.0.0.1:0"]).args(args);
+        // Tests run side by side: none takes the admin endpoint's default port.
+        if !args.iter().any(|a| a == "--admin") {
+            command.args(["--admin", "off"]);
+        }
         if let Some(dir) = &data_dir {
             command.arg("--data-dir").arg(dir.path());
         }

@@ -27,6 +27,7 @@ use super::output::Output;
 use super::Dispatcher;
 use crate::limits::RELEASE_CAPACITY;
 use crate::limits::{INPUT_HIGH_WATER, MAX_IN_FLIGHT, MIN_READ, OUTPUT_HIGH_WATER};
+use crate::stats::ShardMeter;
 use http::Head;
 
 /// Which protocol a connection speaks: decided by the listener that accepted it.
@@ -126,6 +127,7 @@ impl Connection {
         generation: u32,
         protocol: Protocol,
         access: Access,
+        counters: ShardMeter,
         now: Instant,
     ) -> Self {
         Connection {
@@ -133,7 +135,7 @@ impl Connection {
             protocol,
             generation,
             input: BytesMut::new(),
-            output: Output::new(),
+            output: Output::counted(counters),
             in_flight: 0,
             wants_write: false,
             read_closed: false,

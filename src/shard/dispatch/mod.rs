@@ -82,10 +82,10 @@ impl Decider {
     }
 
     /// What this node sold, per event in catalog order.
-    pub fn tallies(&self) -> Vec<crate::ledger::EventTally> {
+    pub fn tallies(&self) -> &[crate::ledger::EventTally] {
         match self {
-            Decider::Embedded { ledger, .. } => ledger.tallies().to_vec(),
-            Decider::Redis(remote) => remote.tallies.clone(),
+            Decider::Embedded { ledger, .. } => ledger.tallies(),
+            Decider::Redis(remote) => &remote.tallies,
         }
     }
 }
@@ -364,7 +364,7 @@ impl Dispatcher {
             ledger.apply(op, req_id, now)
         };
         if let (LedgerOp::Buy { qty, .. }, Status::Ok) = (op, response.status) {
-            self.settings.stats.sold(self.settings.index, qty);
+            self.settings.counters.sold(qty);
         }
         let pending = ledger.journal.is_pending();
         match commit

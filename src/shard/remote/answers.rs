@@ -15,6 +15,8 @@ impl RemoteLedger {
         match completion {
             Completion::Reply { tag, value } => {
                 if let Some(call) = self.calls.remove(&tag) {
+                    self.stats
+                        .redis_answered(now.saturating_duration_since(call.started));
                     self.answer(catalog, call, &value, now, answers);
                 }
             }
@@ -32,11 +34,13 @@ impl RemoteLedger {
                     tracing::warn!("ledger code missing in Redis: reloading");
                     self.conn.send(&self.flavor.loader(), RELOAD_TAG, now);
                     let cmd = call.cmd.clone();
+                    self.stats.redis_retry();
                     self.conn.send(&cmd, tag, now);
                 } else if call.ever_sent {
                     // An earlier attempt was lost and may have been applied (this reply can
                     // be LOADING after a restart): only the same call id can tell. Retry.
                     let cmd = call.cmd.clone();
+                    self.stats.redis_retry();
                     self.conn.send(&cmd, tag, now);
                 } else if let Some(call) = self.calls.remove(&tag) {
                     tracing::error!(%error, "ledger call failed");
@@ -48,6 +52,7 @@ impl RemoteLedger {
                 if let Some(call) = self.calls.get_mut(&tag) {
                     call.ever_sent = true;
                     let cmd = call.cmd.clone();
+                    self.stats.redis_retry();
                     self.conn.send(&cmd, tag, now);
                 }
             }
@@ -57,6 +62,7 @@ impl RemoteLedger {
                 };
                 if call.ever_sent {
                     let cmd = call.cmd.clone();
+                    self.stats.redis_retry();
                     self.conn.send(&cmd, tag, now);
                 } else if let Some(call) = self.calls.remove(&tag) {
                     self.refuse_all(catalog, call, Status::Unavailable, answers);
@@ -92,7 +98,7 @@ impl RemoteLedger {
                             if let Some(event) = event {
                                 self.tallies[event].orders += 1;
                                 self.tallies[event].sold += u64::from(waiter.qty);
-                                self.stats.sold(self.shard, waiter.qty);
+                                self.stats.sold(waiter.qty);
                             }
                             Response::ok(waiter.op, waiter.req_id, ResultBody::Order { order_id })
                         }
@@ -262,7 +268,7 @@ impl RemoteLedger {
         if status == Status::Unavailable {
             let requests = (call.parked.len() + call.waiters.len()) as u64;
             self.unavailable += requests;
-            self.stats.unavailable(self.shard, requests);
+            self.stats.unavailable(requests);
         }
         for p in &call.parked {
             answers.push((p.conn, Response::error(p.op.code(), p.req_id, status)));

@@ -38,7 +38,7 @@ use crate::readiness::Readiness;
 use crate::redis_ledger::conn::{Completion, ConnSettings, RedisConn};
 use crate::redis_ledger::flavor::Flavor;
 use crate::redis_ledger::{self, CallIds, Decision, Step};
-use crate::stats::NodeStats;
+use crate::stats::ShardMeter;
 
 /// Tag of the FUNCTION LOAD sent after Redis reports the library missing.
 const RELOAD_TAG: u64 = u64::MAX;
@@ -97,6 +97,8 @@ struct Call {
     cmd: Cmd,
     /// It has been on the wire: its outcome may be unknown, so never answer UNAVAILABLE.
     ever_sent: bool,
+    /// When it was first sent (its latency runs to the answer, retries included).
+    started: Instant,
 }
 
 /// One shard's Redis ledger client.
@@ -118,8 +120,8 @@ pub struct RemoteLedger {
     gate: Gate,
     /// What `/readyz` reports: missing events, the connection up or down.
     readiness: Arc<Readiness>,
-    /// What `/stats` reports.
-    stats: Arc<NodeStats>,
+    /// This shard's counters.
+    stats: ShardMeter,
     /// The connection's state as last reported.
     reported_up: bool,
     /// When the connection was lost, and the UNAVAILABLE count then (for the log line
@@ -150,7 +152,7 @@ impl RemoteLedger {
         token: Token,
     ) -> Self {
         let (node_id, readiness) = (shard.node_id, Arc::clone(&shard.readiness));
-        let stats = Arc::clone(&shard.stats);
+        let stats = Arc::clone(&shard.counters);
         let shard = shard.index;
         let mut handshake = settings.login.commands();
         handshake.push(settings.flavor.loader());
@@ -305,6 +307,12 @@ impl RemoteLedger {
         });
     }
 
+    /// Publishes the calls in flight and connections made (once per pass, after its
+    /// calls were sent).
+    pub fn publish_state(&self) {
+        self.stats.redis_state(self.calls.len(), self.conn.connects);
+    }
+
     /// Tells `/readyz` when the Redis connection goes up or down.
     /// Logs it too: once when the connection is lost, once when it is back, with how
     /// many requests were answered UNAVAILABLE meanwhile.
@@ -396,13 +404,14 @@ impl RemoteLedger {
             waiters = waiters.len() + parked.len(),
             "redis call"
         );
-        self.stats.redis_call(self.shard);
+        self.stats.redis_call(steps.len());
         if let CallKind::Refill { .. } = kind {
-            self.stats.gate_refill(self.shard);
+            self.stats.gate_refill();
         }
         self.next_tag += 1;
         let tag = self.next_tag;
-        self.conn.send(&cmd, tag, Instant::now());
+        let started = Instant::now();
+        self.conn.send(&cmd, tag, started);
         self.calls.insert(
             tag,
             Call {
@@ -412,6 +421,7 @@ impl RemoteLedger {
                 parked,
                 cmd,
                 ever_sent: false,
+                started,
             },
         );
     }
