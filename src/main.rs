@@ -6,11 +6,29 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing_subscriber::EnvFilter;
 
-use ticketd::config::{Cli, Tool};
+use ticketd::config::{effective, merge_config_file, Cli, Tool};
 use ticketd::tools;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let given: Vec<_> = std::env::args_os().collect();
+    let argv = match merge_config_file(given.clone()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("ticketd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let from_file = argv.len() != given.len();
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            if from_file && e.use_stderr() {
+                eprintln!("(the --config file's settings are read as the flags of the same names)");
+            }
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -27,6 +45,7 @@ fn main() -> ExitCode {
     ignore_sigxfsz();
 
     let open_files = raise_open_file_limit();
+    let (check_only, secrets) = (cli.check_config, cli.secret_paths());
     let config = match cli.into_config(open_files) {
         Ok(config) => config,
         Err(e) => {
@@ -34,6 +53,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if check_only {
+        print!("{}", effective(&secrets, &config));
+        return ExitCode::SUCCESS;
+    }
     let cores = ticketd::config::available_cores();
     if config.shards > cores {
         tracing::warn!(

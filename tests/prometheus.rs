@@ -111,7 +111,10 @@ impl Prometheus {
             if let Some(&(_, at)) = scraped.first().filter(|(_, at)| *at > unix) {
                 return at;
             }
-            assert!(Instant::now() < deadline, "no scrape after {unix}: {scraped:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no scrape after {unix}: {scraped:?}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }

@@ -28,6 +28,17 @@ pub struct Cli {
     #[command(subcommand)]
     pub tool: Option<Tool>,
 
+    /// Read settings from this TOML file: each key a flag's long name without `--`
+    /// (`listen = "0.0.0.0:7878"`, `event = ["1:10000"]`, `share-port = true`). Flags
+    /// given on the command line override the file's (a repeated flag, all its values).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Check the configuration (flags and --config file), print it as a --config file
+    /// with every default filled in, and exit: 0 if valid, 2 if not. Starts nothing.
+    #[arg(long)]
+    pub check_config: bool,
+
     /// Address to listen on (every shard binds it with SO_REUSEPORT).
     #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_LISTEN, value_parser = parse_addr)]
     pub listen: SocketAddr,
@@ -205,6 +216,14 @@ pub enum Tool {
 }
 
 impl Cli {
+    /// The secret files named, for `--check-config` to print.
+    pub fn secret_paths(&self) -> SecretPaths {
+        SecretPaths {
+            http_secret: self.http_secret.clone(),
+            auth_token_file: self.auth_token_file.clone(),
+        }
+    }
+
     /// Resolves defaults (`open_files` is the process's open-file limit) and validates.
     pub fn into_config(self, open_files: u64) -> Result<Config, ConfigError> {
         if self.redis.is_none() {

@@ -6,9 +6,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 mod cli;
+mod file;
 mod urls;
 
 pub use cli::{Cli, Tool};
+pub use file::{effective, merge_config_file, ConfigFileError, SecretPaths};
 pub use urls::{parse_addr, parse_redis_url, RedisLogin, RedisUrl};
 
 use crate::ids::{MAX_NODE_ID, MAX_SHARDS};
