@@ -4,7 +4,7 @@ LISTEN ?= 127.0.0.1:7878
 EVENT ?= 1:10000
 DATA_DIR ?= ./data
 
-.PHONY: run build release test deps lint fmt bench bench-micro perf clean cluster cluster-down cluster-rush cluster-report fuzz fuzz-smoke
+.PHONY: run build release install test deps lint fmt bench bench-micro perf clean cluster cluster-down cluster-rush cluster-report fuzz fuzz-smoke
 
 ## Build in release mode and serve the demo sale: event 1, 10,000 tickets, journaled in
 ## $(DATA_DIR) (a second `make run` resumes the same sale; `rm -rf data` starts afresh).
@@ -16,6 +16,14 @@ release:
 
 build:
 	$(CARGO) build --workspace
+
+## Install ticketd and loadgen in $(PREFIX)/bin, the systemd unit in
+## $(SYSCONFDIR)/systemd/system and a first $(SYSCONFDIR)/ticketd/ticketd.toml (kept if
+## present). DESTDIR stages it all elsewhere.
+PREFIX ?= /usr/local
+SYSCONFDIR ?= /etc
+install: release
+	./scripts/install.sh --prefix $(PREFIX) --sysconfdir $(SYSCONFDIR) $(if $(DESTDIR),--destdir $(DESTDIR))
 
 ## Install anything missing, then formatting, lints and every test.
 test: deps lint
@@ -33,7 +41,7 @@ fuzz-smoke:
 	./scripts/fuzz.sh 5
 
 deps:
-	./scripts/install-deps.sh redis cluster prometheus
+	./scripts/install-deps.sh redis cluster prometheus install
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -22,6 +22,7 @@ for tool in "$@"; do
            want ip iproute2; want ab apache2-utils; want wrk wrk
            # Debian builds nginx's stream proxy as a module of its own.
            [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || need_apt+=(libnginx-mod-stream) ;;
+    install) want systemd-analyze systemd ;;  # tests/install.rs checks the unit with it
     prometheus) command -v prometheus >/dev/null 2>&1 || need_prometheus=true ;;
     *) echo "install-deps: unknown tool $tool" >&2; exit 2 ;;
   esac
