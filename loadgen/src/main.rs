@@ -5,6 +5,7 @@ mod config;
 mod connect;
 mod control;
 mod driver;
+mod live;
 mod report;
 mod run;
 mod watchdog;
@@ -164,7 +165,10 @@ fn coordinate(
         bar.finish_and_clear();
         watch.running();
         local.start();
-        local.join()
+        let mut line = live::LiveLine::start();
+        let result = local.join_watching(|p| line.update(&p.statuses()));
+        line.finish();
+        result
     } else {
         match run_workers(cli, processes, &bar, &watch) {
             Ok(result) => result,
@@ -280,7 +284,10 @@ fn run_workers(
     bar.finish_and_clear();
     watch.running();
     workers.start()?;
-    workers.join()
+    let mut line = live::LiveLine::start();
+    let result = workers.join(|statuses| line.update(statuses));
+    line.finish();
+    result
 }
 
 /// What was read from the server around the run.

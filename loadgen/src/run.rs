@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::connect;
 use crate::driver::{run_thread, ConnTarget, Progress, RunSettings, StartGate};
+use crate::live::REDRAW_EVERY;
 use crate::report::{ThreadResult, WireResult};
 
 /// How often progress is reported while connecting.
@@ -98,6 +99,17 @@ impl LocalRun {
         self.gate.open();
     }
 
+    /// [`LocalRun::join`], calling `tick` with the live counters every
+    /// [`REDRAW_EVERY`] until the threads are done.
+    pub fn join_watching(self, mut tick: impl FnMut(&Progress)) -> ThreadResult {
+        while !self.handles.iter().all(|h| h.is_finished()) {
+            tick(&self.progress);
+            std::thread::sleep(REDRAW_EVERY);
+        }
+        tick(&self.progress);
+        self.join()
+    }
+
     pub fn join(self) -> ThreadResult {
         let mut total = ThreadResult::new();
         for handle in self.handles {
@@ -118,8 +130,15 @@ impl LocalRun {
 /// Lines a worker writes on its stdout, one JSON object each.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum WorkerMessage {
-    Progress { established: u64, failed: u64 },
+    Progress {
+        established: u64,
+        failed: u64,
+    },
     Ready,
+    /// While running: answers so far, by status code.
+    Live {
+        statuses: Vec<u64>,
+    },
     Result(Box<WireResult>),
 }
 
@@ -152,7 +171,18 @@ pub fn worker_main(plan: &ProcessPlan) -> Result<(), String> {
         .read_line(&mut go)
         .map_err(|e| format!("no start signal: {e}"))?;
     run.start();
-    let result = run.join();
+    let mut failure = None;
+    let result = run.join_watching(|p| {
+        let message = WorkerMessage::Live {
+            statuses: p.statuses().to_vec(),
+        };
+        if let Err(e) = say(&message) {
+            failure.get_or_insert(e);
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
     let wire = WireResult::from_result(&result).map_err(|e| e.to_string())?;
     say(&WorkerMessage::Result(Box::new(wire)))
 }
@@ -242,13 +272,25 @@ impl WorkerSet {
         Ok(())
     }
 
-    /// Collects and merges every worker's result.
-    pub fn join(mut self) -> Result<ThreadResult, String> {
+    /// Collects and merges every worker's result, calling `tick` with the answers so far
+    /// by status code (summed over the workers) as they report them.
+    pub fn join(mut self, mut tick: impl FnMut(&[u64])) -> Result<ThreadResult, String> {
         let n = self.children.len();
         let mut total = ThreadResult::new();
         let mut reported = vec![false; n];
+        let mut live: Vec<Vec<u64>> = vec![Vec::new(); n];
         while !reported.iter().all(|r| *r) {
             match self.messages.recv() {
+                Ok((i, Some(WorkerMessage::Live { statuses }))) => {
+                    live[i] = statuses;
+                    let mut sum = vec![0u64; live.iter().map(Vec::len).max().unwrap_or(0)];
+                    for worker in &live {
+                        for (s, n) in sum.iter_mut().zip(worker) {
+                            *s += n;
+                        }
+                    }
+                    tick(&sum);
+                }
                 Ok((i, Some(WorkerMessage::Result(wire)))) => {
                     total.merge(wire.into_result().map_err(|e| e.to_string())?);
                     reported[i] = true;

@@ -464,3 +464,48 @@ fn auth_token_file_opens_every_connection_with_auth() {
     );
     assert!(said.contains("UNAUTHORIZED"), "{said}");
 }
+
+/// Runs `command` (a shell line) on a pseudo-terminal (`script`), returning all it drew.
+fn on_a_terminal(command: &str) -> String {
+    let out = Command::new("script")
+        .args(["-qec", command, "/dev/null"])
+        .output()
+        .expect("script (util-linux) runs");
+    let drawn = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{command}: {drawn}");
+    drawn
+}
+
+#[test]
+fn a_live_line_is_drawn_on_a_terminal_and_nowhere_else() {
+    let server = server(1_000_000, 1);
+    let addr = server.local_addr();
+    // One process, then three worker processes (a 300-file limit), on a terminal: the
+    // line shows the answers and their statuses while the run goes.
+    for (limits, conns, seed) in [("", 10, 11), ("ulimit -n 300 && ", 450, 12)] {
+        let drawn = on_a_terminal(&format!(
+            "{limits}{LOADGEN} --addr {addr} --threads 1 --conns {conns} --rate 4000 --duration 1500ms --no-stock-check --seed {seed}"
+        ));
+        assert!(drawn.contains("answered "), "{conns} conns: {drawn}");
+        assert!(drawn.contains("/s  OK "), "{conns} conns: {drawn}");
+    }
+    // Piped, as in CI: no line, only the report.
+    let out = Command::new(LOADGEN)
+        .args([
+            "--addr",
+            &addr.to_string(),
+            "--threads",
+            "1",
+            "--conns",
+            "10",
+        ])
+        .args(["--rate", "4000", "--duration", "1s", "--no-stock-check"])
+        .args(["--seed", "13"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let everything = [out.stdout, out.stderr].concat();
+    let text = String::from_utf8_lossy(&everything);
+    assert!(!text.contains("/s  "), "{text}");
+    assert!(!text.contains('\r'), "{text}");
+}

@@ -73,6 +73,34 @@ pub struct Progress {
     pub established: AtomicU64,
     pub failed: AtomicU64,
     pub threads_ready: AtomicU64,
+    /// Answers so far by status code, added to by each thread every [`LIVE_EVERY`].
+    pub statuses: [AtomicU64; Status::ALL.len()],
+}
+
+/// How often a load thread adds its answers to the live counters (a few shared adds a
+/// second, never one per answer).
+const LIVE_EVERY: Duration = Duration::from_millis(100);
+
+impl Progress {
+    /// Answers so far by status code.
+    pub fn statuses(&self) -> [u64; Status::ALL.len()] {
+        std::array::from_fn(|i| self.statuses[i].load(Ordering::Relaxed))
+    }
+
+    /// Adds what `result` answered since `published` (and notes it there).
+    fn publish(&self, result: &ThreadResult, published: &mut [u64; Status::ALL.len()]) {
+        for ((total, seen), live) in result
+            .statuses
+            .iter()
+            .zip(published.iter_mut())
+            .zip(&self.statuses)
+        {
+            if *total > *seen {
+                live.fetch_add(*total - *seen, Ordering::Relaxed);
+                *seen = *total;
+            }
+        }
+    }
 }
 
 /// Holds every thread after its connect phase until the run starts, so all start
@@ -134,7 +162,14 @@ pub fn run_thread(
     result.established = conns.len() as u64;
     progress.threads_ready.fetch_add(1, Ordering::AcqRel);
     let start = gate.wait();
-    drive(&mut poll, &mut conns, &settings, &mut result, start);
+    drive(
+        &mut poll,
+        &mut conns,
+        &settings,
+        &mut result,
+        start,
+        &progress,
+    );
     if !settings.hold.is_zero() {
         std::thread::sleep(settings.hold);
     }
@@ -147,7 +182,10 @@ fn drive(
     settings: &RunSettings,
     result: &mut ThreadResult,
     start: Instant,
+    progress: &Progress,
 ) {
+    let mut published = [0; Status::ALL.len()];
+    let mut publish_at = start + LIVE_EVERY;
     let mut events = Events::with_capacity(1024);
     let mut scratch = vec![0u8; READ_CHUNK];
     let deadline = match settings.stop {
@@ -285,7 +323,12 @@ fn drive(
             }
             tally.bury_if_dead(conn, i, now, result);
         }
+        if now >= publish_at {
+            progress.publish(result, &mut published);
+            publish_at = now + LIVE_EVERY;
+        }
     }
+    progress.publish(result, &mut published);
     result.elapsed = start.elapsed();
     for conn in conns.iter().filter(|c| !c.buried) {
         result.lost += u64::from(conn.in_flight());
