@@ -312,9 +312,24 @@ fn a_joining_node_keeps_the_sales_refuses_a_different_definition_and_never_creat
         "\nticketd_redis_in_flight_calls 0\n",
         "\nticketd_redis_reconnects_total 0\n",
         "\nticketd_event_gate_tickets{event=\"1\"} ",
+        "\nticketd_ledger_up 1\n",
     ] {
         assert!(metrics.contains(needle), "{needle} in {metrics}");
     }
+    // The global figures, read from Redis at scrape time: what STOCK says, and nothing
+    // for the event Redis lacks.
+    let (total, remaining) = client.stock(1);
+    let (_, metrics) = common::http_get(admin, "/metrics");
+    for needle in [
+        format!("\nticketd_ledger_total_tickets{{event=\"1\"}} {total}\n"),
+        format!("\nticketd_ledger_remaining_tickets{{event=\"1\"}} {remaining}\n"),
+    ] {
+        assert!(metrics.contains(&needle), "{needle} in {metrics}");
+    }
+    assert!(
+        !metrics.contains("ticketd_ledger_total_tickets{event=\"2\"}"),
+        "{metrics}"
+    );
     assert!(
         !metrics.contains("ticketd_event_remaining_tickets"),
         "{metrics}"
@@ -548,4 +563,36 @@ fn stats_count_a_nodes_sales_redis_calls_and_refills() {
     assert!(value("ticketd_gate_refills") >= 1, "{stats}");
     assert!(value("ticketd_redis_calls") >= 40 / 10, "{stats}");
     assert_eq!(value("ticketd_unavailable_answers"), 0);
+}
+
+#[test]
+fn metrics_say_when_redis_cannot_be_read_and_come_back_with_it() {
+    let redis = RedisServer::start();
+    redis.create_events(&[event(1, 10, 1)], Duration::from_secs(15 * 60));
+    let mut config = redis.node_config(5, 1, &[event(1, 10, 1)]);
+    config.admin = ticketd::config::AdminAddr::Given("127.0.0.1:0".parse().unwrap());
+    let node = ticketd::start(config).expect("node starts");
+    let admin = node.admin_addr().expect("admin endpoint");
+    common::wait_until(|| {
+        common::http_get(admin, "/metrics")
+            .1
+            .contains("\nticketd_ledger_remaining_tickets{event=\"1\"} 10\n")
+    });
+    // Redis frozen: the scrape still answers (its Redis read gives up), saying so.
+    redis.freeze(true);
+    let (code, metrics) = common::http_get(admin, "/metrics");
+    redis.freeze(false);
+    assert_eq!(code, 200);
+    assert!(metrics.contains("\nticketd_ledger_up 0\n"), "{metrics}");
+    assert!(
+        !metrics.contains("ticketd_ledger_remaining_tickets{"),
+        "{metrics}"
+    );
+    assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+    // And the next scrape reads it again, on a fresh connection.
+    common::wait_until(|| {
+        common::http_get(admin, "/metrics")
+            .1
+            .contains("\nticketd_ledger_up 1\n")
+    });
 }

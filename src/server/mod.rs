@@ -16,7 +16,7 @@ use crate::config::AdminAddr;
 use crate::config::{Config, RedisConfig};
 use crate::journal::{self, JournalError};
 use crate::listener;
-use crate::metrics::NodeMetrics;
+use crate::metrics::{LedgerProbe, NodeMetrics};
 use crate::placement;
 use crate::readiness::Readiness;
 use crate::redis_ledger::flavor::Flavor;
@@ -179,7 +179,9 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                         Arc::clone(&catalog),
                         Arc::clone(&readiness),
                         config.node_id,
-                        config.redis.is_some(),
+                        remote
+                            .as_ref()
+                            .map(|r| LedgerProbe::new(r.addr, r.login.clone(), r.flavor.clone())),
                     ),
                     node_id: config.node_id,
                 };

@@ -326,35 +326,49 @@ fn draw_passes(path: &Path, buckets: &[(u64, u64)], note: &str) -> Result<(), Fa
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0..shown.len(), (0.5..most).log_scale())?;
+        .build_cartesian_2d((0..shown.len()).into_segmented(), (0.5..most).log_scale())?;
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(shown.len() + 1)
-        .x_label_formatter(&|i| {
-            shown
-                .get(*i)
-                .map(|b| {
-                    if b.0 == u64::MAX || b.0 > 1 << 40 {
-                        "more".to_owned()
-                    } else if b.0 >= 1000 {
-                        format!("≤{}ms", b.0 / 1000)
-                    } else {
-                        format!("≤{}µs", b.0)
-                    }
-                })
-                .unwrap_or_default()
+        .x_labels(shown.len())
+        .x_label_formatter(&|segment| match segment {
+            SegmentValue::CenterOf(i) => {
+                shown.get(*i).map_or_else(String::new, |b| bound_text(b.0))
+            }
+            _ => String::new(),
         })
-        .x_desc("pass duration (power-of-two buckets)")
+        .x_label_style(("sans-serif", 11))
+        .x_desc("pass duration: at most (power-of-two buckets)")
         .y_desc("passes (log scale)")
         .draw()?;
     chart.draw_series(shown.iter().enumerate().filter(|(_, b)| b.1 > 0).map(
         |(i, &(_, count))| {
-            Rectangle::new([(i, 0.5), (i + 1, count as f64)], BLUE.mix(0.7).filled())
+            let mut bar = Rectangle::new(
+                [
+                    (SegmentValue::Exact(i), 0.5),
+                    (SegmentValue::Exact(i + 1), count as f64),
+                ],
+                BLUE.mix(0.7).filled(),
+            );
+            bar.set_margin(0, 0, 2, 2);
+            bar
         },
     ))?;
     root.present()?;
     Ok(())
+}
+
+/// A bucket's upper bound in µs, short: `8µs`, `512µs`, `16ms`, `1.0s`, `more`.
+fn bound_text(us: u64) -> String {
+    if us > 1 << 40 {
+        "more".to_owned()
+    } else if us >= 1_000_000 {
+        format!("{:.1}s", us as f64 / 1e6)
+    } else if us >= 1000 {
+        format!("{}ms", us / 1000)
+    } else {
+        format!("{us}µs")
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! Names follow Prometheus's conventions: counters end in `_total`, durations are
 //! histograms in `_seconds`, sizes in `_bytes`. docs/OPERATIONS.md lists every metric.
 
+mod ledger;
+
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -15,6 +17,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use ticketd_proto::{Op, Status};
+
+pub use ledger::{LedgerFigures, LedgerProbe};
 
 use crate::catalog::Catalog;
 use crate::readiness::Readiness;
@@ -36,8 +40,9 @@ struct Sources {
     catalog: Arc<Catalog>,
     readiness: Arc<Readiness>,
     node_id: u16,
-    /// `--redis`: the catalog's stock is this node's gate, not what remains for sale.
-    ledger_mode: bool,
+    /// `--redis`: the catalog's stock is this node's gate, not what remains for sale;
+    /// what remains is read from Redis at scrape time.
+    ledger: Option<LedgerProbe>,
 }
 
 impl NodeMetrics {
@@ -46,7 +51,7 @@ impl NodeMetrics {
         catalog: Arc<Catalog>,
         readiness: Arc<Readiness>,
         node_id: u16,
-        ledger_mode: bool,
+        ledger: Option<LedgerProbe>,
     ) -> Self {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Sources {
@@ -54,7 +59,7 @@ impl NodeMetrics {
             catalog,
             readiness,
             node_id,
-            ledger_mode,
+            ledger,
         }));
         NodeMetrics { registry }
     }
@@ -186,7 +191,7 @@ impl Collector for Sources {
         connections(&mut f, &t);
         self.events(&mut f, &t);
         loop_passes(&mut f, &t);
-        if self.ledger_mode {
+        if self.ledger.is_some() {
             redis(&mut f, &t);
         } else {
             journal(&mut f, &t);
@@ -197,7 +202,7 @@ impl Collector for Sources {
 
 impl Sources {
     fn node(&self, f: &mut Family<'_, '_>) {
-        let mode = if self.ledger_mode {
+        let mode = if self.ledger.is_some() {
             "redis"
         } else {
             "embedded"
@@ -235,11 +240,12 @@ impl Sources {
                     .collect()
             };
         let tally = |i: usize| t.events.get(i).copied().unwrap_or_default();
-        if self.ledger_mode {
+        if let Some(probe) = &self.ledger {
+            self.ledger_figures(f, probe);
             f.gauge(
                 "ticketd_event_gate_tickets",
-                "Tickets of this node's share it may still send to Redis without asking \
-                 (ledger mode: what remains for sale is Redis's to say).",
+                "Ledger mode: tickets of this node's share it may still send to Redis \
+                 without asking (what remains for sale is ticketd_ledger_remaining_tickets).",
                 None,
                 &event_rows(&|_, e| e.stock.remaining()),
             );
@@ -274,6 +280,53 @@ impl Sources {
             "Orders made (ledger mode: by this node).",
             None,
             &event_rows(&|i, _| to_i64(tally(i).2)),
+        );
+    }
+}
+
+impl Sources {
+    /// Ledger mode: every event's global figures, as Redis has them now.
+    fn ledger_figures(&self, f: &mut Family<'_, '_>, probe: &LedgerProbe) {
+        let ids: Vec<u32> = self.catalog.iter().map(|e| e.id).collect();
+        let read = probe.read(&ids);
+        if let Err(e) = &read {
+            tracing::warn!(error = %e, "metrics: could not read the events from Redis");
+        }
+        f.gauge(
+            "ticketd_ledger_up",
+            "1 when this scrape could read the events from the Redis ledger.",
+            None,
+            &[(Vec::new(), i64::from(read.is_ok()))],
+        );
+        let Ok(figures) = read else {
+            return;
+        };
+        let rows = |pick: fn(&LedgerFigures) -> i64| -> Vec<(Labels, i64)> {
+            ids.iter()
+                .zip(&figures)
+                .filter_map(|(id, f)| {
+                    f.as_ref()
+                        .map(|f| (vec![("event", id.to_string())], pick(f)))
+                })
+                .collect()
+        };
+        f.gauge(
+            "ticketd_ledger_total_tickets",
+            "Ledger mode: the event's total, from Redis at scrape time.",
+            None,
+            &rows(|f| f.total),
+        );
+        f.gauge(
+            "ticketd_ledger_remaining_tickets",
+            "Ledger mode: tickets still for sale over every node, from Redis at scrape time.",
+            None,
+            &rows(|f| f.remaining),
+        );
+        f.gauge(
+            "ticketd_ledger_held_tickets",
+            "Ledger mode: tickets in live holds over every node, from Redis at scrape time.",
+            None,
+            &rows(|f| f.held),
         );
     }
 }
