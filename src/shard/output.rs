@@ -6,7 +6,7 @@ use ticketd_proto::{Response, ResultBody, Status};
 
 use crate::ids::IdText;
 use crate::limits::{OUTPUT_CAPACITY, OUTPUT_HIGH_WATER};
-use crate::stats::ShardMeter;
+use crate::stats::{AnswerKind, ShardMeter};
 
 /// Encoded answers not yet written to the client.
 #[derive(Debug, Default)]
@@ -14,6 +14,10 @@ pub struct Output {
     bytes: BytesMut,
     /// Where every answer is counted, by op and status (the shard's counters).
     counters: ShardMeter,
+    /// Answers of one kind not yet added to `counters`: a pipelined batch is mostly
+    /// alike (BUY answered SOLD_OUT, again and again), so it costs one count per run
+    /// and per write, not one per answer. Added before its bytes are written.
+    untallied: Option<(AnswerKind, u64)>,
 }
 
 impl Output {
@@ -28,6 +32,28 @@ impl Output {
         Output {
             bytes: BytesMut::new(),
             counters,
+            untallied: None,
+        }
+    }
+
+    /// Counts one answer (the run of alike ones grows, or the last run is added).
+    fn tally(&mut self, op: u8, status: Status) {
+        let kind = AnswerKind::of(op, status);
+        match &mut self.untallied {
+            Some((run, n)) if *run == kind => *n += 1,
+            other => {
+                if let Some((run, n)) = other.replace((kind, 1)) {
+                    self.counters.answered_many(run, n);
+                }
+            }
+        }
+    }
+
+    /// Adds the counted answers to the shard's counters; before their bytes leave, so a
+    /// client never sees an answer a scrape does not.
+    fn settle_tally(&mut self) {
+        if let Some((run, n)) = self.untallied.take() {
+            self.counters.answered_many(run, n);
         }
     }
 
@@ -45,8 +71,9 @@ impl Output {
         self.bytes.len() >= OUTPUT_HIGH_WATER
     }
 
-    /// What is still to be written.
-    pub fn pending(&self) -> &[u8] {
+    /// What is still to be written (its answers are counted by now).
+    pub fn pending(&mut self) -> &[u8] {
+        self.settle_tally();
         &self.bytes
     }
 
@@ -88,7 +115,7 @@ impl Output {
 
     /// A binary answer frame.
     pub fn frame(&mut self, response: &Response) {
-        self.counters.answered(response.op, response.status);
+        self.tally(response.op, response.status);
         response.encode(&mut self.bytes);
     }
 
@@ -105,7 +132,7 @@ impl Output {
     /// The HTTP endpoint's answer to a BUY, in the prototypes' shape: code 1 on
     /// success, -1 when sold out, and further negative codes for the other statuses.
     pub fn http_outcome(&mut self, response: &Response, keep_alive: bool, http10: bool) {
-        self.counters.answered(response.op, response.status);
+        self.tally(response.op, response.status);
         let order;
         let (http, code, msg) = match response.status {
             Status::Ok => {
@@ -138,7 +165,7 @@ impl Output {
             404 => (-5, Status::NotFound),
             _ => (-5, Status::BadRequest),
         };
-        self.counters.answered(0, status);
+        self.tally(0, status);
         self.http_json(http, code, msg, keep_alive, http10);
     }
 
@@ -168,6 +195,12 @@ impl Output {
         self.bytes.reserve(head.len() + body.len());
         self.bytes.put_slice(head.as_bytes());
         self.bytes.put_slice(body.as_bytes());
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        self.settle_tally();
     }
 }
 

@@ -44,6 +44,19 @@ pub const OP_SLOTS: usize = Op::ALL.len() + 1;
 /// The label of slot 0.
 pub const UNPARSED_OP: &str = "UNPARSED";
 
+const STATUSES: u8 = Status::ALL.len() as u8;
+
+/// An answer's op slot and status in one byte, for tallying runs of alike answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnswerKind(u8);
+
+impl AnswerKind {
+    pub fn of(op: u8, status: Status) -> AnswerKind {
+        let slot = Op::from_code(op & !ticketd_proto::RESPONSE_BIT).map_or(0, Op::code);
+        AnswerKind(slot * STATUSES + status.code())
+    }
+}
+
 /// Why a connection was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -79,8 +92,9 @@ pub struct EventCounters {
 pub struct ShardCounters {
     /// Answers sent, by op slot and status code.
     requests: [[AtomicU64; Status::ALL.len()]; OP_SLOTS],
-    /// Answers sent since the loop pass began (the pass's batch size).
-    answers_this_pass: AtomicU64,
+    /// Answers sent before this loop pass began (a pass's batch is the difference; kept
+    /// per pass so an answer costs one count, not two).
+    answered_before_pass: AtomicU64,
     /// Tickets in orders this shard created (BUY, CONFIRM; in ledger mode decided by
     /// Redis).
     sold: AtomicU64,
@@ -128,7 +142,7 @@ impl ShardCounters {
     pub fn new(events: usize) -> Self {
         ShardCounters {
             requests: Default::default(),
-            answers_this_pass: AtomicU64::default(),
+            answered_before_pass: AtomicU64::default(),
             sold: AtomicU64::default(),
             unavailable: AtomicU64::default(),
             opened: AtomicU64::default(),
@@ -156,10 +170,23 @@ impl ShardCounters {
     /// An answer with `status` to a request with op byte `op` (0 when unparsed; a
     /// response op byte counts as its request's).
     pub fn answered(&self, op: u8, status: Status) {
-        let slot =
-            Op::from_code(op & !ticketd_proto::RESPONSE_BIT).map_or(0, |op| usize::from(op.code()));
-        bump(&self.requests[slot][usize::from(status.code())], 1);
-        bump(&self.answers_this_pass, 1);
+        self.answered_many(AnswerKind::of(op, status), 1);
+    }
+
+    /// `n` answers of one kind.
+    pub fn answered_many(&self, kind: AnswerKind, n: u64) {
+        let (slot, status) = (
+            usize::from(kind.0 / STATUSES),
+            usize::from(kind.0 % STATUSES),
+        );
+        if let Some(counter) = self.requests.get(slot).and_then(|row| row.get(status)) {
+            bump(counter, n);
+        }
+    }
+
+    /// Every answer this shard has sent.
+    fn answered_total(&self) -> u64 {
+        self.requests.iter().flatten().map(read).sum()
     }
 
     pub fn sold(&self, qty: u16) {
@@ -204,10 +231,11 @@ impl ShardCounters {
         if us > read(&self.longest_pass_us) {
             set(&self.longest_pass_us, us);
         }
-        let answers = read(&self.answers_this_pass);
+        let total = self.answered_total();
+        let answers = total.wrapping_sub(read(&self.answered_before_pass));
         if answers > 0 {
             self.pass_answers.record(answers);
-            set(&self.answers_this_pass, 0);
+            set(&self.answered_before_pass, total);
         }
     }
 
