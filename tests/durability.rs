@@ -93,6 +93,30 @@ fn append(path: &Path, bytes: &[u8]) {
     file.write_all(bytes).unwrap();
 }
 
+/// The sales in the snapshot a segment starts with.
+fn snapshot_sales(segment: &Path) -> u64 {
+    let bytes = std::fs::read(segment).unwrap();
+    let mut at = HEADER_LEN;
+    let mut sales = 0;
+    while at + 8 <= bytes.len() {
+        let len = usize::from(u16::from_be_bytes([bytes[at], bytes[at + 1]]));
+        let Some(body) = bytes.get(at + 8..at + 8 + len) else {
+            break;
+        };
+        match Record::decode_body(body) {
+            Ok(Record::Sale(_)) => sales += 1,
+            Ok(Record::SnapshotEnd { records }) => {
+                assert!(records >= sales, "{records} records, {sales} sales");
+                return sales;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("{}: {e:?} at {at}", segment.display()),
+        }
+        at += 8 + len;
+    }
+    panic!("{}: no complete snapshot", segment.display());
+}
+
 fn stop(server: TicketdProcess) -> String {
     let (status, summary) = server.terminate();
     assert!(status.success(), "{summary}");
@@ -792,6 +816,53 @@ fn ended_holds_answer_retries_across_rotations_restarts_and_shard_counts() {
         }
         stop(server);
     }
+    let (clean, report) = audit(dir.path());
+    assert!(clean, "{report}");
+}
+
+#[test]
+fn snapshots_of_orders_over_many_chunks_rotate_off_the_loop_and_recover_after_a_crash() {
+    // 50,000 orders span four of the order log's chunks (16,384 each). With a 64 KiB
+    // segment limit, segments rotate when they hold twice their snapshot: at about
+    // 1,500, 6,000, 19,000 and 44,000 orders, each snapshot's orders encoded by the
+    // writer thread from the shared chunks.
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--event",
+        "1:100000",
+        "--shards",
+        "1",
+        "--segment-bytes",
+        "65536",
+        "--fsync",
+        "off",
+    ];
+    let server = start(dir.path(), &args);
+    let mut c = Client::connect(server.addr);
+    let mut acknowledged = HashSet::new();
+    for user in 1..=50_000u64 {
+        let response = c.buy(1, user, 1);
+        assert_eq!(response.status, Status::Ok, "user {user}");
+        acknowledged.insert(order_id(&response));
+    }
+    let (_, mine) = (c.stock(1), c.orders(1, 39_999));
+    server.kill9();
+    let files = segments(dir.path());
+    assert!(files.len() <= 2, "old segments are retired: {files:?}");
+    let biggest = files.iter().map(|f| snapshot_sales(f)).max().unwrap_or(0);
+    assert!(
+        biggest > 2 * 16_384,
+        "a snapshot of more than two chunks of orders was written: {biggest}"
+    );
+
+    let server = start(dir.path(), &["--event", "1:100000", "--shards", "1"]);
+    let mut c = Client::connect(server.addr);
+    assert_eq!(c.stock(1), (100_000, 50_000));
+    assert_eq!(c.orders(1, 39_999), mine, "ORDERS after recovery");
+    assert_eq!(c.buy(1, 50_000, 1).status, Status::LimitReached);
+    stop(server);
+    let recovered: HashSet<u64> = orders_in(dir.path()).into_keys().collect();
+    assert_eq!(recovered, acknowledged);
     let (clean, report) = audit(dir.path());
     assert!(clean, "{report}");
 }

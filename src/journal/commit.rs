@@ -16,7 +16,8 @@ use bytes::{Bytes, BytesMut};
 use crossbeam_channel::Sender;
 
 use super::record::Record;
-use super::writer::{Job, Progress, WriterHandle};
+use super::snapshot::SnapshotJob;
+use super::writer::{Job, Progress, Work, WriterHandle};
 
 /// A segment is not rotated before it holds this much beyond its snapshot.
 pub const DEFAULT_ROTATE_MIN_BYTES: u64 = 64 << 20;
@@ -121,7 +122,7 @@ impl<T> Commit<T> {
     /// Hands this pass's records to the writer as the next job.
     pub fn submit(&mut self, records: Bytes) {
         self.since_snapshot += records.len() as u64;
-        self.send(records, false);
+        self.send(Work::Append(records));
     }
 
     /// The segment has outgrown the live state enough to start a new one.
@@ -131,18 +132,17 @@ impl<T> Commit<T> {
 
     /// Starts a new segment with `snapshot` (the shard's live state after every job so
     /// far) and retires the old one.
-    pub fn rotate(&mut self, snapshot: Bytes) {
+    pub fn rotate(&mut self, snapshot: SnapshotJob) {
         self.since_snapshot = 0;
-        self.snapshot_len = snapshot.len() as u64;
-        self.send(snapshot, true);
+        self.snapshot_len = snapshot.len();
+        self.send(Work::Rotate(Box::new(snapshot)));
     }
 
-    fn send(&mut self, bytes: Bytes, rotate: bool) {
+    fn send(&mut self, work: Work) {
         self.submitted += 1;
         let job = Job {
             seq: self.submitted,
-            bytes,
-            rotate,
+            work,
         };
         // A writer that is gone has failed, and says so in its progress.
         if let Some(jobs) = &self.jobs {

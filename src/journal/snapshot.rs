@@ -3,12 +3,13 @@
 //! newest complete snapshot, so disk use and start-up time follow live state, not
 //! history.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::record::Record;
 use super::recovery::{EventDef, HoldRec, OrderRec, Recovered};
 use crate::ids::field_of;
 use crate::ledger::ended::EndedRun;
+use crate::ledger::SharedOrders;
 use crate::routing::owner_of_user;
 
 /// Builds one snapshot: [`SnapshotBuilder::begin`], the state, then
@@ -24,6 +25,14 @@ impl SnapshotBuilder {
         let mut out = BytesMut::new();
         Record::SnapshotBegin { unix_ms }.encode(&mut out);
         SnapshotBuilder { out, records: 0 }
+    }
+
+    /// The records after a snapshot's orders ([`SnapshotJob::new`]): no begin record.
+    pub fn continuing() -> Self {
+        SnapshotBuilder {
+            out: BytesMut::new(),
+            records: 0,
+        }
     }
 
     fn push(&mut self, record: Record) {
@@ -90,6 +99,81 @@ impl SnapshotBuilder {
         .encode(&mut self.out);
         self.out
     }
+}
+
+/// A snapshot whose orders are encoded by the thread that writes it (the journal
+/// writer), not by the shard: the shard hands over its orders by reference
+/// ([`SharedOrders`]) and the few other records already encoded.
+#[derive(Debug)]
+pub struct SnapshotJob {
+    /// `SnapshotBegin` and the events.
+    head: Bytes,
+    orders: SharedOrders,
+    /// Holds, ended holds, id marks, and `SnapshotEnd` (which counts every record).
+    rest: Bytes,
+}
+
+/// Orders encoded per write while a snapshot is written (~200 KiB).
+const ORDERS_PER_WRITE: usize = 4096;
+
+impl SnapshotJob {
+    /// `head` (begun, with the events), then `orders`, then `rest` (a builder from
+    /// [`SnapshotBuilder::continuing`]), closed with the count of all of them.
+    pub fn new(head: SnapshotBuilder, orders: SharedOrders, mut rest: SnapshotBuilder) -> Self {
+        rest.records += head.records + orders.len() as u64;
+        SnapshotJob {
+            head: head.out.freeze(),
+            orders,
+            rest: rest.finish().freeze(),
+        }
+    }
+
+    /// Its length once written, in bytes.
+    pub fn len(&self) -> u64 {
+        (self.head.len() + self.rest.len()) as u64 + self.orders.len() as u64 * sale_record_len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes it, encoding the orders a slice at a time.
+    pub fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        out.write_all(&self.head)?;
+        let mut buf = BytesMut::with_capacity(ORDERS_PER_WRITE * sale_record_len() as usize);
+        for slice in self.orders.slices() {
+            for batch in slice.chunks(ORDERS_PER_WRITE) {
+                for order in batch {
+                    Record::Sale(OrderRec::from(*order)).encode(&mut buf);
+                }
+                out.write_all(&buf)?;
+                buf.clear();
+            }
+        }
+        out.write_all(&self.rest)
+    }
+
+    /// The whole snapshot as bytes (tests, and small snapshots).
+    pub fn to_bytes(&self) -> BytesMut {
+        let mut out = Vec::with_capacity(usize::try_from(self.len()).unwrap_or(0));
+        // Writing into a Vec cannot fail.
+        let _ = self.write_to(&mut out);
+        BytesMut::from(out.as_slice())
+    }
+}
+
+/// The encoded length of every `Sale` record (its fields are fixed-size).
+fn sale_record_len() -> u64 {
+    let mut one = BytesMut::new();
+    Record::Sale(OrderRec {
+        order_id: 0,
+        event_id: 0,
+        user: 0,
+        qty: 0,
+        unix_ms: 0,
+    })
+    .encode(&mut one);
+    one.len() as u64
 }
 
 /// The snapshot that starts stream `stream` of `streams` in a new generation: every

@@ -25,6 +25,7 @@ use crossbeam_utils::CachePadded;
 use mio::Waker;
 
 use super::record::FileHeader;
+use super::snapshot::SnapshotJob;
 use super::store;
 use super::FsyncMode;
 use crate::stats::JournalCounters;
@@ -39,10 +40,16 @@ const MAX_JOBS_PER_WRITE: usize = 4096;
 pub struct Job {
     /// Increasing per shard, from 1.
     pub seq: u64,
-    pub bytes: Bytes,
-    /// `bytes` is a snapshot of the shard's live state: start a new segment with it and
-    /// retire the old one.
-    pub rotate: bool,
+    pub work: Work,
+}
+
+#[derive(Debug)]
+pub enum Work {
+    /// Records to append to the segment.
+    Append(Bytes),
+    /// A snapshot of the shard's live state: start a new segment with it and retire the
+    /// old one. Its orders are encoded here, off the shard's loop.
+    Rotate(Box<SnapshotJob>),
 }
 
 /// What the writer has made durable, shared with its shard.
@@ -172,11 +179,12 @@ impl Writer {
     fn commit(&mut self, jobs: &[Job]) -> io::Result<()> {
         self.pending.clear();
         for job in jobs {
-            if job.rotate {
-                self.write_pending()?;
-                self.rotate(&job.bytes)?;
-            } else {
-                self.pending.extend_from_slice(&job.bytes);
+            match &job.work {
+                Work::Rotate(snapshot) => {
+                    self.write_pending()?;
+                    self.rotate(snapshot)?;
+                }
+                Work::Append(bytes) => self.pending.extend_from_slice(bytes),
             }
         }
         self.write_pending()?;
@@ -220,7 +228,8 @@ impl Writer {
     /// Starts the next segment with `snapshot` (made durable first, whatever the mode),
     /// then deletes the old one. A crash in between leaves both; recovery takes the
     /// newest segment whose snapshot is complete.
-    fn rotate(&mut self, snapshot: &[u8]) -> io::Result<()> {
+    fn rotate(&mut self, snapshot: &SnapshotJob) -> io::Result<()> {
+        let started = Instant::now();
         // Whatever the old segment holds must be on disk before it is retired.
         if self.setup.mode != FsyncMode::Off {
             self.setup.file.sync_data()?;
@@ -234,17 +243,22 @@ impl Writer {
         let mut file = store::create_segment_file(&path)?;
         let mut head = BytesMut::new();
         header.encode(&mut head);
-        file.write_all(&head)?;
-        file.write_all(snapshot)?;
+        let mut out = io::BufWriter::with_capacity(1 << 20, &mut file);
+        out.write_all(&head)?;
+        snapshot.write_to(&mut out)?;
+        out.flush()?;
+        drop(out);
         file.sync_data()?;
         store::sync_dir(&self.setup.dir)?;
-        self.setup
-            .counters
-            .wrote(head.len() + snapshot.len(), Duration::ZERO);
+        let len = head.len() as u64 + snapshot.len();
+        self.setup.counters.wrote(
+            usize::try_from(len).unwrap_or(usize::MAX),
+            started.elapsed(),
+        );
         self.setup.counters.rotated();
         self.setup.file = file;
         self.setup.header = header;
-        self.setup.len = (head.len() + snapshot.len()) as u64;
+        self.setup.len = len;
         std::fs::remove_file(&old_path)?;
         Ok(())
     }

@@ -9,9 +9,12 @@
 
 pub mod ended;
 pub mod live;
+mod order_log;
 mod persist;
 
-use std::collections::hash_map::Entry;
+pub use order_log::{OrderLog, SharedOrders};
+
+use griddle::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,11 +30,16 @@ use crate::journal::recovery::OrderRec;
 use ended::{Ended, EndedHolds};
 use live::{Hold, LiveHolds};
 
-/// Most entries a shard's user table or order list is sized for at start (about 16 MiB
-/// and 24 MiB).
+/// Most entries a shard's user table is sized for at start (about 16 MiB); past it the
+/// table grows a few entries per insert (griddle). The orders need no size: they grow a
+/// chunk at a time ([`OrderLog`]).
 pub const MAX_PRESIZED_ENTRIES: usize = 1 << 20;
 
 pub(crate) type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
+
+/// Each event's buyers: a table that moves its entries to a larger one a few at a time
+/// as it grows (griddle), so the loop never stops to rehash millions of buyers at once.
+type UserTable = griddle::HashMap<u64, UserTally, ahash::RandomState>;
 
 /// Work for the ledger that owns a user or a hold. `event` is a catalog index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +76,18 @@ impl LedgerOp {
             LedgerOp::Confirm { .. } => Op::Confirm,
             LedgerOp::Cancel { .. } => Op::Cancel,
             LedgerOp::Orders { .. } => Op::Orders,
+        }
+    }
+}
+
+impl From<Order> for OrderRec {
+    fn from(o: Order) -> Self {
+        OrderRec {
+            order_id: o.order_id,
+            event_id: o.event_id,
+            user: o.user,
+            qty: o.qty,
+            unix_ms: o.unix_ms,
         }
     }
 }
@@ -135,10 +155,10 @@ pub struct Ledger {
     ids: IdGenerator,
     /// Per event (catalog index), per user: 16-byte entries, since at a million sales a
     /// second this table's size is what the hot path pays for in cache misses.
-    users: Vec<FastMap<u64, UserTally>>,
+    users: Vec<UserTable>,
     live: LiveHolds,
     ended: EndedHolds,
-    orders: Vec<Order>,
+    orders: OrderLog,
     tallies: Vec<EventTally>,
     clock: WallClock,
     /// What this pass decided, for the journal (dropped when there is none).
@@ -169,13 +189,8 @@ impl Ledger {
         };
         let users = catalog
             .iter()
-            .map(|e| FastMap::with_capacity_and_hasher(share(e), Default::default()))
+            .map(|e| UserTable::with_capacity_and_hasher(share(e), Default::default()))
             .collect();
-        let orders_capacity = catalog
-            .iter()
-            .map(share)
-            .sum::<usize>()
-            .min(MAX_PRESIZED_ENTRIES);
         let ids = IdGenerator::new(node_id, shard);
         Ledger {
             shard,
@@ -185,7 +200,7 @@ impl Ledger {
             ended: EndedHolds::new(ids.prefix(), hold_ttl),
             ids,
             users,
-            orders: Vec::with_capacity(orders_capacity),
+            orders: OrderLog::new(),
             tallies,
             clock: WallClock::now(),
             journal: RecordBuf::new(false),
@@ -410,7 +425,7 @@ impl Ledger {
     }
 
     /// Every order this shard created.
-    pub fn orders(&self) -> &[Order] {
+    pub fn orders(&self) -> &OrderLog {
         &self.orders
     }
 

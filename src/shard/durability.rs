@@ -30,7 +30,7 @@ impl Shard {
             );
             commit.submit(records);
             if commit.wants_rotation() && !commit.failed() {
-                let snapshot = ledger.snapshot(now).freeze();
+                let snapshot = ledger.snapshot(now);
                 tracing::debug!(
                     shard = self.settings.index,
                     snapshot_bytes = snapshot.len(),
