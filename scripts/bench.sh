@@ -305,6 +305,11 @@ $RB -n "$((REDIS_N / 4))" -c 100 -P 1 EVALSHA "$SHA" 1 ticket:1 > "$OUT/redis-ev
 cat "$OUT"/redis-*.csv
 stop_pid "$REDIS_PID"
 
+echo "== memory: resident bytes per live hold and per sale (release build, one shard)"
+if [ "$QUICK" = 1 ]; then LIVE_ITEMS=200000; else LIVE_ITEMS=1000000; fi
+LIVE_ITEMS=$LIVE_ITEMS cargo test --release --quiet --test memory live -- --nocapture 2>&1 \
+  | grep "bytes each" | tee "$OUT/memory-items.txt" || true
+
 if [ "$QUICK" != 1 ]; then
   echo "== criterion micro-benchmarks"
   # Name the criterion benches: the libtest harnesses of other targets would reject

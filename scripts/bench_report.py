@@ -168,6 +168,25 @@ if startup:
     rows.append((f"start-up with {fmt(startup['sales'])} recorded sales",
                  f"recovery {startup.get('recovery_ms')} ms, listening after {startup['start_to_listening_ms']} ms",
                  f"journal {fmt(startup.get('journal_bytes') or 0, 'B')}", "-", "well under 1 s"))
+def memory_items():
+    """Bytes per live hold and per sale from tests/memory.rs's lines, if it ran."""
+    path = os.path.join(out, "memory-items.txt")
+    found = {}
+    if os.path.exists(path):
+        for line in open(path):
+            m = re.match(r"(\d+) (live hold|sale)s: (\d+) bytes each", line)
+            if m:
+                found[m.group(2)] = (int(m.group(1)), int(m.group(3)))
+    return found
+
+
+mem_items = memory_items()
+if mem_items:
+    hold_n, hold_b = mem_items.get("live hold", (0, None))
+    sale_n, sale_b = mem_items.get("sale", (0, None))
+    rows.append((f"memory: {fmt(hold_n)} live holds, {fmt(sale_n)} sales (RSS growth)",
+                 f"{hold_b} B per live hold, {sale_b} B per sale", "-", "-",
+                 "< 100 B per live hold"))
 if pass_longest is not None:
     rows.append(("loop passes under the all-selling load",
                  f"p99.9 <= {fmt(pass_p999)} us, longest {pass_longest / 1000:.1f} ms",
@@ -284,6 +303,7 @@ results = {
               "evalsha_check_hincrby_aof_always_rps": evalsha_aof},
     "startup": startup,
     "loop_passes": {"p999_us_at_most": pass_p999, "longest_us": pass_longest},
+    "memory_bytes_each": {k: {"items": n, "bytes": b} for k, (n, b) in mem_items.items()},
     "quoted_references": {"go_prototype_ab_all_redis_rps": GO_PROTOTYPE_AB_ALL_REDIS,
                           "go_prototype_ab_published_rps": GO_PROTOTYPE_AB_PUBLISHED},
     "table": [dict(zip(headers, r)) for r in rows],

@@ -206,3 +206,71 @@ fn connections_that_never_read_cost_their_documented_bound_and_give_it_back() {
         eprintln!("{name}: after close RSS {} KiB", rss(pid) / 1024);
     }
 }
+
+/// Resident bytes per item when `count` more are added by `add(from, count)`, after a
+/// warm-up of `count / 10` (so the baseline has its buffers and first table sizes).
+fn bytes_each(server: &TicketdProcess, count: u64, mut add: impl FnMut(u64, u64)) -> u64 {
+    add(0, count / 10);
+    let before = rss(server.child.id());
+    add(count / 10, count);
+    let after = rss(server.child.id());
+    after.saturating_sub(before) / count
+}
+
+/// RESERVEs (or BUYs) for users `from..from+count`, a thousand per write.
+fn purchases(client: &mut Client, reserve: bool, from: u64, count: u64) {
+    for start in (from..from + count).step_by(1_000) {
+        let commands: Vec<Command> = (start..(start + 1_000).min(from + count))
+            .map(|user| {
+                let purchase = Purchase {
+                    event: 1,
+                    user: 1 + user,
+                    qty: 1,
+                };
+                if reserve {
+                    Command::Reserve(purchase)
+                } else {
+                    Command::Buy(purchase)
+                }
+            })
+            .collect();
+        for answer in pipeline(client, &commands) {
+            assert_eq!(answer.status, Status::Ok, "{answer:?}");
+        }
+    }
+}
+
+/// What a live hold and a sale cost in memory: `LIVE_ITEMS` each (default 200,000; the
+/// bench's figure uses 1,000,000 on a release build:
+/// `LIVE_ITEMS=1000000 cargo test --release --test memory live -- --nocapture`).
+#[test]
+fn live_holds_and_sales_cost_their_documented_bytes_each() {
+    let count: u64 = std::env::var("LIVE_ITEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let stock = (count + count / 10 + 10).to_string();
+    for (reserve, bound) in [(true, HOLD_BYTES_BOUND), (false, SALE_BYTES_BOUND)] {
+        // One shard, so one table of each kind grows; holds live 15 minutes (default).
+        let server = TicketdProcess::spawn(&[
+            "--event".into(),
+            format!("1:{stock}"),
+            "--shards".into(),
+            "1".into(),
+            "--fsync".into(),
+            "off".into(),
+        ]);
+        let mut client = Client::connect(server.addr);
+        let each = bytes_each(&server, count, |from, n| {
+            purchases(&mut client, reserve, from, n)
+        });
+        let what = if reserve { "live hold" } else { "sale" };
+        eprintln!("{count} {what}s: {each} bytes each (bound {bound})");
+        assert!(each <= bound, "{each} bytes per {what}, bound {bound}");
+        server.kill9();
+    }
+}
+
+/// docs/ARCHITECTURE.md's figures: what one live hold and one sale may cost.
+const HOLD_BYTES_BOUND: u64 = 80;
+const SALE_BYTES_BOUND: u64 = 50;
