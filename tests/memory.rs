@@ -207,12 +207,11 @@ fn connections_that_never_read_cost_their_documented_bound_and_give_it_back() {
     }
 }
 
-/// Resident bytes per item when `count` more are added by `add(from, count)`, after a
-/// warm-up of `count / 10` (so the baseline has its buffers and first table sizes).
+/// Resident bytes per item when `count` are added by `add(from, count)` to a fresh
+/// server: everything they make the server touch, its presized user table included.
 fn bytes_each(server: &TicketdProcess, count: u64, mut add: impl FnMut(u64, u64)) -> u64 {
-    add(0, count / 10);
     let before = rss(server.child.id());
-    add(count / 10, count);
+    add(0, count);
     let after = rss(server.child.id());
     after.saturating_sub(before) / count
 }
@@ -271,6 +270,6 @@ fn live_holds_and_sales_cost_their_documented_bytes_each() {
     }
 }
 
-/// docs/ARCHITECTURE.md's figures: what one live hold and one sale may cost.
-const HOLD_BYTES_BOUND: u64 = 80;
-const SALE_BYTES_BOUND: u64 = 50;
+/// docs/ARCHITECTURE.md's figures (102 and 72 bytes at 1,000,000 in release), with room.
+const HOLD_BYTES_BOUND: u64 = 120;
+const SALE_BYTES_BOUND: u64 = 90;
