@@ -25,9 +25,9 @@ pub struct Hold {
 }
 
 /// A hold as the map keeps it: 24 bytes instead of [`Hold`]'s 40 (the deadline in ns
-/// after the map's epoch rather than an `Instant`, the event index in 32 bits), so a
-/// million live holds cost about 70 bytes each with the map's own overhead and the
-/// user's tally.
+/// after the map's epoch rather than an `Instant`, the event index in 32 bits): a
+/// million live holds cost about 100 bytes each with the B-tree's overhead and the
+/// buyer's tally (131 with `Hold`s; docs/BENCHMARKS.md).
 #[derive(Debug, Clone, Copy)]
 struct Stored {
     user: u64,
