@@ -270,6 +270,7 @@ fn live_holds_and_sales_cost_their_documented_bytes_each() {
     }
 }
 
-/// docs/ARCHITECTURE.md's figures (102 and 72 bytes at 1,000,000 in release), with room.
-const HOLD_BYTES_BOUND: u64 = 120;
-const SALE_BYTES_BOUND: u64 = 90;
+/// docs/ARCHITECTURE.md's figures are 61 and 72 bytes at 1,000,000 in release; a debug
+/// build at 200,000 reads about 72 and 83.
+const HOLD_BYTES_BOUND: u64 = 90;
+const SALE_BYTES_BOUND: u64 = 100;

@@ -9,9 +9,10 @@
 //! keep the deadlines they were given (perhaps under another TTL), so they wait in a
 //! queue of their own, sorted once at start and never added to.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::hold_pages::{HoldPages, PackedHold};
 use crate::ids::sequence_of;
 
 /// One live hold.
@@ -24,21 +25,13 @@ pub struct Hold {
     pub expires_at: Instant,
 }
 
-/// A hold as the map keeps it: 24 bytes instead of [`Hold`]'s 40 (the deadline in ns
-/// after the map's epoch rather than an `Instant`, the event index in 32 bits): a
-/// million live holds cost about 100 bytes each with the B-tree's overhead and the
-/// buyer's tally (131 with `Hold`s; docs/BENCHMARKS.md).
-#[derive(Debug, Clone, Copy)]
-struct Stored {
-    user: u64,
-    deadline_ns: u64,
-    event: u32,
-    qty: u16,
-}
-
 #[derive(Debug)]
 pub struct LiveHolds {
-    by_id: BTreeMap<u64, Stored>,
+    /// Each hold as 24 bytes (the deadline in ns after `epoch` rather than an `Instant`,
+    /// the event index in 32 bits), in pages of consecutive ids: a million live holds
+    /// cost about 61 bytes each with the buyer's tally (131 as `Hold`s in a B-tree;
+    /// docs/BENCHMARKS.md).
+    by_id: HoldPages,
     /// What stored deadlines count from.
     epoch: Instant,
     /// The ids this run issues: `first_new ..= last_new`, in deadline order.
@@ -53,7 +46,7 @@ impl LiveHolds {
     /// `last_seq`.
     pub fn new(prefix: u64, last_seq: u64) -> Self {
         LiveHolds {
-            by_id: BTreeMap::new(),
+            by_id: HoldPages::default(),
             epoch: Instant::now(),
             first_new: prefix | (last_seq + 1),
             last_new: prefix | sequence_of(u64::MAX),
@@ -61,22 +54,17 @@ impl LiveHolds {
         }
     }
 
-    fn store(&self, hold: Hold) -> Stored {
+    fn store(&self, hold: Hold) -> PackedHold {
         // Exact to the nanosecond (584 years of them fit). A deadline before the epoch (a
         // recovered hold already due) counts as the epoch: due at once.
         let after = hold.expires_at.saturating_duration_since(self.epoch);
         let deadline_ns = u64::try_from(after.as_nanos()).unwrap_or(u64::MAX);
-        Stored {
-            user: hold.user,
-            deadline_ns,
-            // The catalog's index: events are few (they are given as flags or created
-            // one by one), far below 2^32.
-            event: hold.event as u32,
-            qty: hold.qty,
-        }
+        // The catalog's index: events are few (given as flags or created one by one),
+        // far below 2^32.
+        PackedHold::new(hold.user, deadline_ns, hold.event as u32, hold.qty)
     }
 
-    fn load(&self, stored: Stored) -> Hold {
+    fn load(&self, stored: PackedHold) -> Hold {
         Hold {
             event: stored.event as usize,
             user: stored.user,
@@ -103,11 +91,11 @@ impl LiveHolds {
     }
 
     pub fn get(&self, hold_id: u64) -> Option<Hold> {
-        self.by_id.get(&hold_id).map(|&s| self.load(s))
+        self.by_id.get(hold_id).map(|s| self.load(s))
     }
 
     pub fn remove(&mut self, hold_id: u64) -> Option<Hold> {
-        let hold = self.by_id.remove(&hold_id).map(|s| self.load(s));
+        let hold = self.by_id.remove(hold_id).map(|s| self.load(s));
         self.drop_ended_restored();
         hold
     }
@@ -115,7 +103,7 @@ impl LiveHolds {
     /// Keeps the front of `restored` a live hold, so its deadline is the next one.
     fn drop_ended_restored(&mut self) {
         while let Some(&(_, id)) = self.restored.front() {
-            if self.by_id.contains_key(&id) {
+            if self.by_id.contains(id) {
                 break;
             }
             self.restored.pop_front();
@@ -131,7 +119,7 @@ impl LiveHolds {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (u64, Hold)> + '_ {
-        self.by_id.iter().map(|(&id, &s)| (id, self.load(s)))
+        self.by_id.iter().map(|(id, s)| (id, self.load(s)))
     }
 
     /// Removes and returns a hold whose deadline is at or before `now`, if any.
@@ -139,16 +127,16 @@ impl LiveHolds {
         if let Some(&(deadline, hold_id)) = self.restored.front() {
             if deadline <= now {
                 self.restored.pop_front();
-                let hold = self.by_id.remove(&hold_id).map(|s| self.load(s));
+                let hold = self.by_id.remove(hold_id).map(|s| self.load(s));
                 self.drop_ended_restored();
                 return hold.map(|hold| (hold_id, hold));
             }
         }
-        let (&hold_id, &stored) = self.by_id.range(self.first_new..=self.last_new).next()?;
+        let (hold_id, stored) = self.by_id.first_in(self.first_new, self.last_new)?;
         if self.load(stored).expires_at > now {
             return None;
         }
-        self.by_id.remove(&hold_id).map(|s| (hold_id, self.load(s)))
+        self.by_id.remove(hold_id).map(|s| (hold_id, self.load(s)))
     }
 
     /// The earliest deadline of a live hold, if any.
@@ -156,9 +144,8 @@ impl LiveHolds {
         let restored = self.restored.front().map(|&(at, _)| at);
         let new = self
             .by_id
-            .range(self.first_new..=self.last_new)
-            .next()
-            .map(|(_, &s)| self.load(s).expires_at);
+            .first_in(self.first_new, self.last_new)
+            .map(|(_, s)| self.load(s).expires_at);
         match (restored, new) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

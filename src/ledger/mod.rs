@@ -8,6 +8,7 @@
 //! slices.
 
 pub mod ended;
+mod hold_pages;
 pub mod live;
 mod order_log;
 mod persist;
