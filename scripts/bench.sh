@@ -179,6 +179,8 @@ taskset -c "$SERVER_CORE" redis-server --port $LEDGER_PORT --bind 127.0.0.1 --di
 LEDGER_PID=$!; PIDS+=("$LEDGER_PID")
 for _ in $(seq 1 100); do redis-cli -p $LEDGER_PORT ping >/dev/null 2>&1 && break; sleep 0.05; done
 fcalls() { redis-cli -p $LEDGER_PORT INFO commandstats | awk -F'[=,]' '/^cmdstat_fcall:/ {print $2}' | tr -d '\r'; }
+# Microseconds Redis spent inside FCALLs (its commandstats' usec), for µs per sale.
+fcall_usec() { redis-cli -p $LEDGER_PORT INFO commandstats | awk -F'[=,]' '/^cmdstat_fcall:/ {print $4}' | tr -d '\r'; }
 LEDGER="--redis redis://127.0.0.1:$LEDGER_PORT --nodes 2"
 # Nodes never create events: each scenario creates (or starts over) its event first.
 create_event() { "$BIN/ticketd" create-events --redis redis://127.0.0.1:$LEDGER_PORT --reset --event "$1" >/dev/null; }
@@ -202,10 +204,11 @@ create_event 1:$ENDLESS
 start_ticketd --listen 127.0.0.1:$PORT --node-id 1 --event 1:$ENDLESS $LEDGER
 NODE1=$TICKETD_PID
 before=$(fcalls); before=${before:-0}
+usec_before=$(fcall_usec); usec_before=${usec_before:-0}
 on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --shared-ledger --threads 1 --conns 64 --depth 64 \
   --duration "$RUN" --json "$OUT/ledger-throughput.json" | tee "$OUT/ledger-throughput.txt"
-after=$(fcalls)
-echo "{\"fcalls\": $((after - before))}" > "$OUT/ledger-throughput-calls.json"
+after=$(fcalls); usec_after=$(fcall_usec)
+echo "{\"fcalls\": $((after - before)), \"usec\": $((usec_after - usec_before))}" > "$OUT/ledger-throughput-calls.json"
 stop_pid "$NODE1"
 
 echo "-- ledger connections: $CONNS held by $SERVERS ledger-mode ticketd processes, one event"

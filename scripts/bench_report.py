@@ -241,6 +241,10 @@ if l_thr:
                  f"{fmt(l_thr['sold'] / max(l_thr['elapsed_s'], 1e-9), '/s')} ({per_sale})",
                  f"redis EVALSHA check+HINCRBY: {fmt(evalsha, '/s')}",
                  ratio(l_thr['sold'] / max(l_thr['elapsed_s'], 1e-9), evalsha), ">= 3x EVALSHA (330 k/s)"))
+    usec = (l_thr_calls or {}).get("usec")
+    if usec is not None and l_thr["sold"]:
+        rows.append(("ledger: Redis time per confirmed sale (commandstats usec / sales)",
+                     f"{usec / l_thr['sold']:.2f} us", "-", "-", "a third of 4.6 us (<= 1.5 us)"))
 if l_conns:
     rows.append((f"ledger connections: {fmt(l_conns['conns_requested'])} over ledger-mode processes",
                  f"{l_conns['conns']} held, sold {l_conns['sold']} of {(l_conns.get('stock_before') or {}).get('remaining', '?')}",

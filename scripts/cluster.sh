@@ -289,8 +289,11 @@ cmd_report() {
   local event=${EVENT%%:*} n
   local rcli=(in_ns "$PREFIX-redis" redis-cli -h "$(redis_ip)" -p "$REDIS_PORT")
   local sold
+  # Each entry is one ledger call: its node, then its orders "order_id:user:qty,…".
   sold=$("${rcli[@]}" --raw XRANGE "{ev:$event}:orders" - + | awk '
-    prev == "node" { n[$0]++ } { prev = $0 }
+    prev == "node" { node = $0 }
+    prev == "orders" { k = split($0, made, ","); for (i = 1; i <= k; i++) { split(made[i], f, ":"); n[node] += f[3] } }
+    { prev = $0 }
     END { for (k in n) print k, n[k] }')
   local total=0 tw; tw=$(total_weight)
   while read -r node count; do [ -n "$node" ] && total=$((total + count)); done <<< "$sold"

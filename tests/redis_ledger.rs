@@ -60,11 +60,18 @@ fn stock(c: &mut Connection, event: u32) -> (i64, i64) {
     (v[0], v[1])
 }
 
+/// Orders in the event's outbox stream (each entry carries one call's orders).
 fn outbox_len(c: &mut Connection, event: u32) -> usize {
-    redis::cmd("XLEN")
+    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
         .arg(EventKeys::new(event).orders())
+        .arg("-")
+        .arg("+")
         .query(c)
-        .unwrap()
+        .unwrap();
+    entries
+        .iter()
+        .map(|(_, fields)| redis_ledger::outbox_orders(fields).unwrap().len())
+        .sum()
 }
 
 fn buy(user: u64, order_id: u64) -> Step {

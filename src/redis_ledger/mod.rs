@@ -214,6 +214,36 @@ pub fn stock(event: u32) -> Cmd {
     cmd
 }
 
+/// One order in an outbox entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxOrder {
+    pub order_id: u64,
+    pub user: u64,
+    pub qty: u16,
+}
+
+/// The orders of one entry of an event's outbox stream (`{ev:ID}:orders`), given the
+/// entry's field-value list: its `orders` field, `order_id:user:qty` joined by commas
+/// (one entry per ledger call; docs/DEPLOYMENT.md). `None` when it is not in that form.
+pub fn outbox_orders(fields: &[String]) -> Option<Vec<OutboxOrder>> {
+    let orders = fields
+        .chunks(2)
+        .find(|kv| kv.first().map(String::as_str) == Some("orders"))?
+        .get(1)?;
+    orders
+        .split(',')
+        .map(|one| {
+            let mut parts = one.split(':');
+            let order = OutboxOrder {
+                order_id: parts.next()?.parse().ok()?,
+                user: parts.next()?.parse().ok()?,
+                qty: parts.next()?.parse().ok()?,
+            };
+            parts.next().is_none().then_some(order)
+        })
+        .collect()
+}
+
 /// ORDERS from the ledger: `user`'s orders of `event`.
 pub fn orders(event: u32, user: u64) -> Cmd {
     let keys = EventKeys::new(event);
@@ -376,6 +406,35 @@ mod tests {
         assert_eq!(keys.meta(), "{ev:7}:meta");
         assert!(keys.state().iter().all(|k| k.starts_with("{ev:7}:")));
         assert_eq!(keys.call("9"), "{ev:7}:call:9");
+    }
+
+    #[test]
+    fn outbox_entries_carry_a_calls_orders_and_anything_else_is_refused() {
+        let fields = |orders: &str| -> Vec<String> {
+            ["node", "3", "call", "c1", "orders", orders]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        };
+        assert_eq!(
+            outbox_orders(&fields("7:42:1,9:43:2")),
+            Some(vec![
+                OutboxOrder {
+                    order_id: 7,
+                    user: 42,
+                    qty: 1
+                },
+                OutboxOrder {
+                    order_id: 9,
+                    user: 43,
+                    qty: 2
+                },
+            ])
+        );
+        for bad in ["7:42", "7:42:1:5", "x:1:1", ""] {
+            assert_eq!(outbox_orders(&fields(bad)), None, "{bad:?}");
+        }
+        assert_eq!(outbox_orders(&["order_id".into(), "7".into()]), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 --   {ev:ID}:holds      hash   hold_id -> "user qty expires_ms state order_id"
 --   {ev:ID}:deadlines  zset   hold_id scored by expires_ms (live holds)
 --   {ev:ID}:forget     zset   hold_id scored by when its record may go
---   {ev:ID}:orders     stream the outbox: one entry per order
+--   {ev:ID}:orders     stream the outbox: one entry per call, its orders "order_id:user:qty,…"
 --   {ev:ID}:user-orders hash  user -> "order_id:qty,order_id:qty" (for ORDERS)
 --   {ev:ID}:call:<id>  string a call's results, kept for replay (exactly once)
 --
@@ -68,9 +68,10 @@ local function sweep(k, m, now)
   end
 end
 
-local function order(k, id, user, qty, node, call)
-  redis.call('XADD', k.orders, '*', 'order_id', id, 'user', user, 'qty', qty,
-             'node', node, 'call', call)
+-- Records an order: in the user's list at once, and in `made` (the call's orders of
+-- this event) for the one outbox entry the call writes at its end (`publish`).
+local function order(k, id, user, qty, made)
+  made[#made + 1] = id .. ':' .. user .. ':' .. qty
   -- A user has at most the per-user limit of orders: the list stays short. Most have
   -- one (limit 1), and HSETNX records it in one command.
   local entry = id .. ':' .. qty
@@ -79,18 +80,40 @@ local function order(k, id, user, qty, node, call)
   end
 end
 
--- Room and stock for qty more tickets for user: nil, or the refusal.
-local function refuse(k, m, user, qty)
-  local has = tonumber(redis.call('HGET', k.users, user) or '0')
-  if has + qty > m.limit then return 'LIMIT_REACHED' end
-  if m.sold + m.held + qty > m.total then return 'SOLD_OUT' end
-  return nil
+-- One outbox entry for a call's orders of an event (one XADD per call, not per sale):
+-- fields node, call, and orders = "order_id:user:qty,...".
+local function publish(k, made, node, call)
+  if #made > 0 then
+    redis.call('XADD', k.orders, '*', 'node', node, 'call', call, 'orders', table.concat(made, ','))
+  end
+end
+
+-- Takes room for qty more tickets for user and checks the stock: nil when both allow
+-- it (the user's count already raised), or the refusal (the count as it was). One
+-- HINCRBY for a sale, where a read and then a write took two; the limit is still
+-- judged before the stock.
+local function take(k, m, user, qty)
+  local has = redis.call('HINCRBY', k.users, user, qty)
+  local no
+  if has > m.limit then
+    no = 'LIMIT_REACHED'
+  elseif m.sold + m.held + qty > m.total then
+    no = 'SOLD_OUT'
+  else
+    return nil
+  end
+  if has == qty then
+    redis.call('HDEL', k.users, user)
+  else
+    redis.call('HINCRBY', k.users, user, -qty)
+  end
+  return no
 end
 
 -- CONFIRM (kind C, order_id used if it becomes an order) or CANCEL (kind X) of a hold
 -- of event `event`. A CANCEL answers the event and the tickets it put back on sale (0 on
 -- a repeat), so the node that settled it can let its gate sell them at once.
-local function settle(k, m, event, kind, hold_id, order_id, node, call, now)
+local function settle(k, m, event, kind, hold_id, order_id, made, now)
   local h = parse_hold(redis.call('HGET', k.holds, hold_id))
   if h and h.state == 'A' and h.expires <= now then
     release(k, m, hold_id, h, 'E', now)
@@ -106,7 +129,7 @@ local function settle(k, m, event, kind, hold_id, order_id, node, call, now)
     redis.call('HSET', k.holds, hold_id, format_hold(h))
     redis.call('ZREM', k.deadlines, hold_id)
     redis.call('ZADD', k.forget, now + m.ttl, hold_id)
-    order(k, order_id, h.user, h.qty, node, call)
+    order(k, order_id, h.user, h.qty, made)
     return { 'OK', order_id, '0' }
   end
   if h.state == 'X' then return { 'OK', event, '0' } end
@@ -163,19 +186,19 @@ redis.register_function('ticketd_decide', function(keys, args)
   end
   local now = now_ms()
   sweep(k, m, now)
+  local made = {}
   for i = 1, n do
     local base = 4 + (i - 1) * 4
     local kind, user, qty, id = args[base + 1], args[base + 2], tonumber(args[base + 3]), args[base + 4]
     local r
     if kind == 'B' or kind == 'R' then
-      local no = refuse(k, m, user, qty)
+      local no = take(k, m, user, qty)
       if no then
         r = { no, '0', '0' }
       else
-        redis.call('HINCRBY', k.users, user, qty)
         if kind == 'B' then
           m.sold = m.sold + qty
-          order(k, id, user, qty, node, call)
+          order(k, id, user, qty, made)
           r = { 'OK', id, '0' }
         else
           m.held = m.held + qty
@@ -188,10 +211,11 @@ redis.register_function('ticketd_decide', function(keys, args)
         end
       end
     else
-      r = settle(k, m, event, kind, user, id, node, call, now)
+      r = settle(k, m, event, kind, user, id, made, now)
     end
     results[i] = r
   end
+  publish(k, made, node, call)
   redis.call('HSET', k.meta, 'sold', m.sold, 'held', m.held)
   redis.call('SET', k.call, cjson.encode(results), 'PX', replay_ttl)
   return results
@@ -239,18 +263,19 @@ redis.register_function('ticketd_settle', function(keys, args)
         local k = { meta = tag .. ':meta', users = tag .. ':users', holds = tag .. ':holds',
                     deadlines = tag .. ':deadlines', forget = tag .. ':forget',
                     orders = tag .. ':orders', uorders = tag .. ':user-orders' }
-        state = { k = k, m = meta(k.meta) }
+        state = { k = k, m = meta(k.meta), made = {} }
         touched[event] = state
       end
       if not state.m then
         results[i] = { 'NOT_FOUND', '0', '0' }
       else
-        results[i] = settle(state.k, state.m, event, kind, hold_id, order_id, node, call, now)
+        results[i] = settle(state.k, state.m, event, kind, hold_id, order_id, state.made, now)
       end
     end
   end
   for _, state in pairs(touched) do
     if state.m then
+      publish(state.k, state.made, node, call)
       redis.call('HSET', state.k.meta, 'sold', state.m.sold, 'held', state.m.held)
     end
   end

@@ -292,22 +292,21 @@ fn audit_redis_into(
                 .query(&mut c)?;
             let Some((last, _)) = page.last() else { break };
             start = format!("({last}");
-            for (_, fields) in &page {
-                let field = |name: &str| {
-                    fields
-                        .chunks(2)
-                        .find(|kv| kv.first().map(String::as_str) == Some(name))
-                        .and_then(|kv| kv.get(1).cloned())
+            for (entry, fields) in &page {
+                let Some(made) = crate::redis_ledger::outbox_orders(fields) else {
+                    report.violations.push(format!(
+                        "event {id}: order stream entry {entry} is not in the form node, call, orders"
+                    ));
+                    continue;
                 };
-                orders += 1;
-                streamed += field("qty")
-                    .and_then(|q| q.parse::<i64>().ok())
-                    .unwrap_or(0);
-                if let Some(order_id) = field("order_id") {
-                    if !order_ids.insert(order_id.clone()) {
-                        report
-                            .violations
-                            .push(format!("order id {order_id} is in the order stream twice"));
+                for order in made {
+                    orders += 1;
+                    streamed += i64::from(order.qty);
+                    if !order_ids.insert(order.order_id.to_string()) {
+                        report.violations.push(format!(
+                            "order id {} is in the order stream twice",
+                            order.order_id
+                        ));
                     }
                 }
             }

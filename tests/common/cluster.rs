@@ -144,33 +144,35 @@ impl Cluster {
         (serde_json::from_str(&json).expect("a JSON report"), orders)
     }
 
-    /// The ledger's orders stream: order id -> the node that sold it.
+    /// The ledger's orders stream: order id -> the node that sold it (each entry is one
+    /// ledger call: its node, then its orders `order_id:user:qty,…`).
     pub fn stream_orders(&self) -> HashMap<u64, u16> {
         let key = format!("{{ev:{}}}:orders", self.event);
         let raw = self.sh(&["redis", "--raw", "XRANGE", &key, "-", "+"]);
         let mut orders = HashMap::new();
-        let (mut id, mut node, mut last) = (None, None, "");
+        let (mut node, mut last) = (None, "");
         for line in raw.lines() {
             match last {
-                "order_id" => id = line.parse().ok(),
                 "node" => node = line.parse().ok(),
+                "orders" => {
+                    for made in line.split(',') {
+                        if let (Some(id), Some(n)) =
+                            (made.split(':').next().and_then(|i| i.parse().ok()), node)
+                        {
+                            orders.insert(id, n);
+                        }
+                    }
+                }
                 _ => {}
-            }
-            if let (Some(i), Some(n)) = (id, node) {
-                orders.insert(i, n);
-                (id, node) = (None, None);
             }
             last = line;
         }
         orders
     }
 
+    /// Tickets sold so far, as the ledger counts them.
     pub fn stream_len(&self) -> u64 {
-        let key = format!("{{ev:{}}}:orders", self.event);
-        self.sh(&["redis", "XLEN", &key])
-            .trim()
-            .parse()
-            .unwrap_or(0)
+        u64::try_from(self.ledger_field("sold")).unwrap_or(0)
     }
 
     /// A field of the event's record in the ledger (total, sold, held, …).

@@ -132,8 +132,9 @@ impl RedisServer {
             .query(&mut self.client())
             .unwrap();
         entries
-            .into_iter()
-            .map(|(_, fields)| fields[1].parse().unwrap())
+            .iter()
+            .flat_map(|(_, fields)| ticketd::redis_ledger::outbox_orders(fields).unwrap())
+            .map(|order| order.order_id)
             .collect()
     }
 
