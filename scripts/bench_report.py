@@ -100,14 +100,20 @@ c_wrk = grep_float("cluster-wrk.txt", r"Requests/sec:\s+([\d.]+)")
 
 def load_sweep(prefix):
     """The open-loop sweep saved as PREFIX-RATE.json: (rate, p99 µs, throughput), by rate,
-    and the highest rate whose p99 stayed under 1 ms."""
+    and the highest rate up to which every point's p99 stayed under 1 ms (a passing
+    point above a failing one is the sweep's noise, not headroom)."""
     points = []
     for path in glob.glob(os.path.join(out, f"{prefix}-*.json")):
         r = json.load(open(path))
         rate = int(re.search(rf"{prefix}-(\d+)\.json$", path).group(1))
         points.append((rate, r["latency_us"]["p99"], r["throughput_rps"]))
     points.sort()
-    return points, max((rate for rate, p99, _ in points if p99 < 1000), default=None)
+    best = None
+    for rate, p99, _ in points:
+        if p99 >= 1000:
+            break
+        best = rate
+    return points, best
 
 
 sweep, best_rate = load_sweep("sweep")
