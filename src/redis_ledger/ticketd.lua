@@ -70,11 +70,11 @@ end
 
 -- Records an order: in the user's list at once, and in `made` (the call's orders of
 -- this event) for the one outbox entry the call writes at its end (`publish`).
-local function order(k, id, user, qty, made)
-  made[#made + 1] = id .. ':' .. user .. ':' .. qty
+local function order(k, id, user, qty_text, made)
+  made[#made + 1] = id .. ':' .. user .. ':' .. qty_text
   -- A user has at most the per-user limit of orders: the list stays short. Most have
   -- one (limit 1), and HSETNX records it in one command.
-  local entry = id .. ':' .. qty
+  local entry = id .. ':' .. qty_text
   if redis.call('HSETNX', k.uorders, user, entry) == 0 then
     redis.call('HSET', k.uorders, user, redis.call('HGET', k.uorders, user) .. ',' .. entry)
   end
@@ -91,9 +91,10 @@ end
 -- Takes room for qty more tickets for user and checks the stock: nil when both allow
 -- it (the user's count already raised), or the refusal (the count as it was). One
 -- HINCRBY for a sale, where a read and then a write took two; the limit is still
--- judged before the stock.
-local function take(k, m, user, qty)
-  local has = redis.call('HINCRBY', k.users, user, qty)
+-- judged before the stock. `qty_text` is qty as the call sent it: a Lua number handed to
+-- redis.call or joined to a string is formatted with sprintf, a cost per sale.
+local function take(k, m, user, qty, qty_text)
+  local has = redis.call('HINCRBY', k.users, user, qty_text)
   local no
   if has > m.limit then
     no = 'LIMIT_REACHED'
@@ -129,7 +130,7 @@ local function settle(k, m, event, kind, hold_id, order_id, made, now)
     redis.call('HSET', k.holds, hold_id, format_hold(h))
     redis.call('ZREM', k.deadlines, hold_id)
     redis.call('ZADD', k.forget, now + m.ttl, hold_id)
-    order(k, order_id, h.user, h.qty, made)
+    order(k, order_id, h.user, tostring(h.qty), made)
     return { 'OK', order_id, '0' }
   end
   if h.state == 'X' then return { 'OK', event, '0' } end
@@ -189,16 +190,17 @@ redis.register_function('ticketd_decide', function(keys, args)
   local made = {}
   for i = 1, n do
     local base = 4 + (i - 1) * 4
-    local kind, user, qty, id = args[base + 1], args[base + 2], tonumber(args[base + 3]), args[base + 4]
+    local kind, user, qty_text, id = args[base + 1], args[base + 2], args[base + 3], args[base + 4]
+    local qty = tonumber(qty_text)
     local r
     if kind == 'B' or kind == 'R' then
-      local no = take(k, m, user, qty)
+      local no = take(k, m, user, qty, qty_text)
       if no then
         r = { no, '0', '0' }
       else
         if kind == 'B' then
           m.sold = m.sold + qty
-          order(k, id, user, qty, made)
+          order(k, id, user, qty_text, made)
           r = { 'OK', id, '0' }
         else
           m.held = m.held + qty
