@@ -99,15 +99,23 @@ c_ab_failed = grep_float("cluster-ab.txt", r"Failed requests:\s+(\d+)")
 c_wrk = grep_float("cluster-wrk.txt", r"Requests/sec:\s+([\d.]+)")
 
 def load_sweep(prefix):
-    """The open-loop sweep saved as PREFIX-RATE.json: (rate, p99 µs, throughput), by rate,
-    and the highest rate up to which every point's p99 stayed under 1 ms (a passing
+    """The open-loop sweep saved as PREFIX-RATE-rROUND.json (or PREFIX-RATE.json): (rate,
+    median p99 µs, its run's throughput), by rate, and the highest rate up to which every
+    point's p99 stayed under 1 ms (a passing
     point above a failing one is the sweep's noise, not headroom)."""
-    points = []
+    runs = {}
     for path in glob.glob(os.path.join(out, f"{prefix}-*.json")):
+        m = re.search(rf"/{prefix}-(\d+)(?:-r\d+)?\.json$", path)
+        if not m:
+            continue
         r = json.load(open(path))
-        rate = int(re.search(rf"{prefix}-(\d+)\.json$", path).group(1))
-        points.append((rate, r["latency_us"]["p99"], r["throughput_rps"]))
-    points.sort()
+        runs.setdefault(int(m.group(1)), []).append((r["latency_us"]["p99"], r["throughput_rps"]))
+    # Each rate's median run by p99 (the sweep repeats every rate, SWEEP_ROUNDS times).
+    points = []
+    for rate, results in sorted(runs.items()):
+        results.sort()
+        p99, thr = results[len(results) // 2]
+        points.append((rate, p99, thr))
     best = None
     for rate, p99, _ in points:
         if p99 >= 1000:
