@@ -26,7 +26,9 @@
 # Settings (environment): CLUSTER_DIR (default target/cluster), CLUSTER_TOPOLOGY
 # (auto | netns | loopback), CLUSTER_EVENT (default 1:10000), CLUSTER_WEIGHTS
 # (default "1 2 3 4"), CLUSTER_BUFFER (tickets beyond each node's share, default 50),
-# CLUSTER_HOLD_TTL (default 15m), CLUSTER_PREFIX (names of namespaces and links,
+# CLUSTER_HOLD_TTL (default 15m), CLUSTER_REDIS_TIMEOUT (each node's --redis-timeout,
+# default 2s: Redis here syncs every write, and a sync can stall past the 500 ms
+# default while the disk is busy), CLUSTER_PREFIX (names of namespaces and links,
 # default tkc), CLUSTER_SUBNET (first three octets in netns mode, default 10.77.0),
 # CLUSTER_LOOPBACK (first three octets in loopback mode, default 127.0.0).
 set -euo pipefail
@@ -37,6 +39,7 @@ EVENT=${CLUSTER_EVENT:-1:10000}
 WEIGHTS=(${CLUSTER_WEIGHTS:-1 2 3 4})
 BUFFER=${CLUSTER_BUFFER:-50}
 HOLD_TTL=${CLUSTER_HOLD_TTL:-15m}
+REDIS_TIMEOUT=${CLUSTER_REDIS_TIMEOUT:-2s}
 PREFIX=${CLUSTER_PREFIX:-tkc}
 SUBNET=${CLUSTER_SUBNET:-10.77.0}
 LOOPBACK=${CLUSTER_LOOPBACK:-127.0.0}
@@ -160,7 +163,7 @@ start_node() {
     "$TICKETD" --listen "$ip:$BINARY_PORT" --http "$ip:$HTTP_PORT" \
     --admin "$ip:$ADMIN_PORT" --redis "redis://$(redis_ip):$REDIS_PORT" \
     --node-id "$n" --weight "$weight" --total-weight "$(total_weight)" --buffer "$BUFFER" \
-    --event "$EVENT" --hold-ttl "$HOLD_TTL" --shards 1 --http-anonymous
+    --event "$EVENT" --hold-ttl "$HOLD_TTL" --redis-timeout "$REDIS_TIMEOUT" --shards 1 --http-anonymous
 }
 
 write_nginx_conf() {
