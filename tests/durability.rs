@@ -265,7 +265,13 @@ fn crash_loop_loses_no_acknowledged_sale_and_never_oversells_or_reuses_an_id() {
     let args = ["--event", "1:3000:2", "--shards", "2", "--hold-ttl", "10m"];
     let mut confirmed_across_crash = 0;
     for cycle in 0..CYCLES {
-        let server = start(dir.path(), &args);
+        // Every other run rotates segments every 64 KiB, so crashes also come while
+        // a new segment is being built beside the one in use.
+        let mut cycle_args = args.to_vec();
+        if cycle % 2 == 1 {
+            cycle_args.extend(["--segment-bytes", "65536"]);
+        }
+        let server = start(dir.path(), &cycle_args);
         // A hold acknowledged before an earlier crash can be confirmed after it.
         let earlier: Vec<u64> = acks.lock().unwrap().held.keys().copied().take(3).collect();
         let mut client = Client::connect(server.addr);

@@ -116,6 +116,15 @@ pub struct SnapshotJob {
 /// Orders encoded per write while a snapshot is written (~200 KiB).
 const ORDERS_PER_WRITE: usize = 4096;
 
+/// How far [`SnapshotJob::write_some`] got.
+#[derive(Debug, Default)]
+pub struct SnapshotCursor {
+    head_done: bool,
+    /// Orders written so far.
+    orders: usize,
+    done: bool,
+}
+
 impl SnapshotJob {
     /// `head` (begun, with the events), then `orders`, then `rest` (a builder from
     /// [`SnapshotBuilder::continuing`]), closed with the count of all of them.
@@ -137,20 +146,44 @@ impl SnapshotJob {
         self.len() == 0
     }
 
-    /// Writes it, encoding the orders a slice at a time.
-    pub fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
-        out.write_all(&self.head)?;
-        let mut buf = BytesMut::with_capacity(ORDERS_PER_WRITE * sale_record_len() as usize);
-        for slice in self.orders.slices() {
-            for batch in slice.chunks(ORDERS_PER_WRITE) {
-                for order in batch {
-                    Record::Sale(OrderRec::from(*order)).encode(&mut buf);
-                }
-                out.write_all(&buf)?;
-                buf.clear();
-            }
+    /// Writes the next piece (the head, or up to [`ORDERS_PER_WRITE`] orders encoded
+    /// into `buf`, or the rest): a writer with other work between pieces never waits
+    /// for a whole snapshot. True once the end is written.
+    pub fn write_some(
+        &self,
+        cursor: &mut SnapshotCursor,
+        buf: &mut BytesMut,
+        out: &mut impl std::io::Write,
+    ) -> std::io::Result<bool> {
+        if cursor.done {
+            return Ok(true);
         }
-        out.write_all(&self.rest)
+        if !cursor.head_done {
+            out.write_all(&self.head)?;
+            cursor.head_done = true;
+            return Ok(false);
+        }
+        let run = self.orders.run_from(cursor.orders, ORDERS_PER_WRITE);
+        if run.is_empty() {
+            out.write_all(&self.rest)?;
+            cursor.done = true;
+            return Ok(true);
+        }
+        buf.clear();
+        for order in run {
+            Record::Sale(OrderRec::from(*order)).encode(buf);
+        }
+        out.write_all(buf)?;
+        cursor.orders += run.len();
+        Ok(false)
+    }
+
+    /// Writes it whole.
+    pub fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let mut cursor = SnapshotCursor::default();
+        let mut buf = BytesMut::with_capacity(ORDERS_PER_WRITE * sale_record_len() as usize);
+        while !self.write_some(&mut cursor, &mut buf, out)? {}
+        Ok(())
     }
 
     /// The whole snapshot as bytes (tests, and small snapshots).

@@ -5,6 +5,7 @@
 //! DIR/LOCK                          held (flock) by the one ticketd using DIR
 //! DIR/MANIFEST                      "ticketd-manifest v1 generation=G streams=M node=N crc32c=…"
 //! DIR/g0000000003-s001-0000000007.tjl   generation 3, stream (shard) 1, segment 7
+//! DIR/g0000000003-s001-0000000008.tjl.partial   segment 8 being built (a rotation)
 //! ```
 //! A generation is one run's set of streams, one per shard. Every start writes the next
 //! generation (a snapshot of the recovered state for each new shard, so the shard count
@@ -22,6 +23,7 @@ use super::JournalError;
 const MANIFEST: &str = "MANIFEST";
 const LOCK: &str = "LOCK";
 const SEGMENT_SUFFIX: &str = ".tjl";
+const PARTIAL_SUFFIX: &str = ".partial";
 
 /// What MANIFEST says: the generation in force, its stream count, and whose it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +76,33 @@ pub fn segment_path(dir: &Path, header: &FileHeader) -> PathBuf {
         "g{:010}-s{:03}-{:010}{SEGMENT_SUFFIX}",
         header.generation, header.stream, header.segment
     ))
+}
+
+/// Where a segment is built before it takes over (see [`super::rotation`]): a name
+/// that recovery and the feed never read.
+pub fn partial_path(segment: &Path) -> PathBuf {
+    let mut name = segment.as_os_str().to_owned();
+    name.push(PARTIAL_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// Deletes segments left half-built by a crash during a rotation: they hold nothing
+/// that is not also in the segment they were to replace.
+pub fn remove_partials(dir: &Path) -> Result<(), JournalError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| JournalError::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| JournalError::io(dir, e))?;
+        let is_partial = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.ends_with(PARTIAL_SUFFIX));
+        if is_partial {
+            let path = entry.path();
+            tracing::info!(file = %path.display(), "removing a segment a crash left half-built");
+            std::fs::remove_file(&path).map_err(|e| JournalError::io(&path, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// A segment file found in a data directory.
@@ -198,6 +227,9 @@ mod tests {
         assert_eq!(parse_segment_name(name), Some((3, 2, 4)));
         assert_eq!(parse_segment_name("g1-s1.tjl"), None);
         assert_eq!(parse_segment_name("MANIFEST"), None);
+        let partial = partial_path(&path);
+        let partial_name = partial.file_name().unwrap().to_str().unwrap();
+        assert_eq!(parse_segment_name(partial_name), None, "never read as a segment");
     }
 
     #[test]

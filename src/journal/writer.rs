@@ -7,6 +7,9 @@
 //! the answers that waited for it. While a sync runs, the shard keeps deciding and its
 //! next jobs queue up, so a slower disk makes batches bigger, not the server slower.
 //!
+//! A rotation (a new segment starting with a snapshot) is built a piece at a time when
+//! no job is waiting ([`super::rotation`]), so jobs after it are not held up by it.
+//!
 //! A failed write or sync stops the writer for good: the file is cut back to the last
 //! length known to be complete, nothing after it is ever reported durable, and the
 //! node-wide fail-stop flag is raised so no shard sells again until a restart.
@@ -19,12 +22,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use crossbeam_utils::CachePadded;
 use mio::Waker;
 
 use super::record::FileHeader;
+use super::rotation::{Rotation, TakeOverError, Turn};
 use super::snapshot::SnapshotJob;
 use super::store;
 use super::FsyncMode;
@@ -47,8 +51,9 @@ pub struct Job {
 pub enum Work {
     /// Records to append to the segment.
     Append(Bytes),
-    /// A snapshot of the shard's live state: start a new segment with it and retire the
-    /// old one. Its orders are encoded here, off the shard's loop.
+    /// A snapshot of the shard's live state after every earlier job: start a new
+    /// segment with it and retire the old one. Its orders are encoded here, off the
+    /// shard's loop, between later jobs. Nothing waits for it: it records nothing new.
     Rotate(Box<SnapshotJob>),
 }
 
@@ -105,6 +110,7 @@ pub fn spawn(setup: WriterSetup) -> io::Result<WriterHandle> {
         setup,
         pending: Vec::new(),
         sync_due: None,
+        rotation: None,
     };
     let thread = std::thread::Builder::new()
         .name(format!("ticketd-journal-{}", writer.setup.header.stream))
@@ -123,11 +129,43 @@ struct Writer {
     pending: Vec<u8>,
     /// `--fsync batch`: writes not yet synced must be by then.
     sync_due: Option<Instant>,
+    /// The next segment, while it is being built.
+    rotation: Option<Rotation>,
 }
 
 impl Writer {
     fn run(mut self, inbox: Receiver<Job>) {
         loop {
+            if self.rotation.is_some() {
+                // The jobs waiting, then one piece of the rotation: a busy shard whose
+                // next job is always ready must not starve the rotation, and a piece
+                // (~200 KiB, or 1 MiB copied) delays the next commit only a little.
+                match inbox.try_recv() {
+                    Ok(job) => {
+                        if !self.take_jobs(job, &inbox) {
+                            break;
+                        }
+                    }
+                    Err(TryRecvError::Empty) => {
+                        if self.sync_due.is_some_and(|due| Instant::now() >= due) {
+                            if let Err(e) = self.sync_now() {
+                                self.fail(&e, self.setup.len);
+                                break;
+                            }
+                        }
+                    }
+                    Err(TryRecvError::Disconnected) => {
+                        if let Some(rotation) = self.rotation.take() {
+                            rotation.abandon();
+                        }
+                        continue;
+                    }
+                }
+                if !self.rotation_turn() {
+                    break;
+                }
+                continue;
+            }
             let first = match self.sync_due {
                 Some(due) => match inbox.recv_deadline(due) {
                     Ok(job) => Some(job),
@@ -143,30 +181,19 @@ impl Writer {
                 None => inbox.recv().ok(),
             };
             let Some(first) = first else {
-                // The shard is done: make everything it wrote durable before going.
+                // The shard is done: make everything it wrote durable before going. A
+                // rotation still being built is not worth finishing: the old segment
+                // holds everything, and the next start writes a new generation anyway.
+                if let Some(rotation) = self.rotation.take() {
+                    rotation.abandon();
+                }
                 if let Err(e) = self.sync_now() {
                     self.fail(&e, self.setup.len);
                 }
                 return;
             };
-            let mut jobs = vec![first];
-            while jobs.len() < MAX_JOBS_PER_WRITE {
-                match inbox.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
-            let good_len = self.setup.len;
-            match self.commit(&jobs) {
-                Ok(()) => {
-                    let last = jobs.last().map_or(0, |j| j.seq);
-                    self.progress.durable.store(last, Ordering::Release);
-                    let _ = self.setup.waker.wake();
-                }
-                Err(e) => {
-                    self.fail(&e, good_len);
-                    break;
-                }
+            if !self.take_jobs(first, &inbox) {
+                break;
             }
         }
         // Failed: jobs still arriving are never written; the shard answers them
@@ -174,17 +201,41 @@ impl Writer {
         for _ in inbox {}
     }
 
+    /// Commits `first` and every job waiting behind it; false once the writer failed.
+    fn take_jobs(&mut self, first: Job, inbox: &Receiver<Job>) -> bool {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_JOBS_PER_WRITE {
+            match inbox.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let good_len = self.setup.len;
+        let last = jobs.last().map_or(0, |j| j.seq);
+        match self.commit(jobs) {
+            Ok(()) => {
+                self.progress.durable.store(last, Ordering::Release);
+                let _ = self.setup.waker.wake();
+                true
+            }
+            Err(e) => {
+                self.fail(&e, good_len);
+                false
+            }
+        }
+    }
+
     /// Writes the jobs (one write for each run of plain batches), rotating where asked,
     /// then syncs as the mode says.
-    fn commit(&mut self, jobs: &[Job]) -> io::Result<()> {
+    fn commit(&mut self, jobs: Vec<Job>) -> io::Result<()> {
         self.pending.clear();
         for job in jobs {
-            match &job.work {
+            match job.work {
                 Work::Rotate(snapshot) => {
                     self.write_pending()?;
-                    self.rotate(snapshot)?;
+                    self.begin_rotation(snapshot)?;
                 }
-                Work::Append(bytes) => self.pending.extend_from_slice(bytes),
+                Work::Append(bytes) => self.pending.extend_from_slice(&bytes),
             }
         }
         self.write_pending()?;
@@ -225,45 +276,96 @@ impl Writer {
         Ok(())
     }
 
-    /// Starts the next segment with `snapshot` (made durable first, whatever the mode),
-    /// then deletes the old one. A crash in between leaves both; recovery takes the
-    /// newest segment whose snapshot is complete.
-    fn rotate(&mut self, snapshot: &SnapshotJob) -> io::Result<()> {
-        let started = Instant::now();
-        // Whatever the old segment holds must be on disk before it is retired.
-        if self.setup.mode != FsyncMode::Off {
-            self.setup.file.sync_data()?;
+    /// Starts building the next segment with `snapshot`, the state after everything
+    /// written so far. One still being built is finished first (a shard asks again only
+    /// after many more megabytes, so this is rare).
+    fn begin_rotation(&mut self, snapshot: Box<SnapshotJob>) -> io::Result<()> {
+        while self.rotation.is_some() {
+            if !self.rotation_turn() {
+                return Err(io::Error::other("the journal writer failed during a rotation"));
+            }
         }
-        let old_path = store::segment_path(&self.setup.dir, &self.setup.header);
-        let header = FileHeader {
-            segment: self.setup.header.segment + 1,
-            ..self.setup.header
-        };
-        let path = store::segment_path(&self.setup.dir, &header);
-        let mut file = store::create_segment_file(&path)?;
-        let mut head = BytesMut::new();
-        header.encode(&mut head);
-        let mut out = io::BufWriter::with_capacity(1 << 20, &mut file);
-        out.write_all(&head)?;
-        snapshot.write_to(&mut out)?;
-        out.flush()?;
-        drop(out);
-        file.sync_data()?;
-        store::sync_dir(&self.setup.dir)?;
-        let len = head.len() as u64 + snapshot.len();
-        self.setup.counters.wrote(
-            usize::try_from(len).unwrap_or(usize::MAX),
-            started.elapsed(),
-        );
-        self.setup.counters.rotated();
-        self.setup.file = file;
-        self.setup.header = header;
-        self.setup.len = len;
-        std::fs::remove_file(&old_path)?;
+        match Rotation::begin(
+            &self.setup.dir,
+            &self.setup.header,
+            self.setup.len,
+            snapshot,
+        ) {
+            Ok(rotation) => self.rotation = Some(rotation),
+            Err(e) => tracing::warn!(
+                stream = self.setup.header.stream,
+                error = %e,
+                "could not start a new journal segment; the current one stays in use"
+            ),
+        }
         Ok(())
     }
 
+    /// One piece of the rotation in progress, and the switch once it has caught up.
+    /// False if the writer failed (the switch could not be made durable).
+    fn rotation_turn(&mut self) -> bool {
+        let Some(rotation) = self.rotation.as_mut() else {
+            return true;
+        };
+        let started = Instant::now();
+        let turn = rotation.turn(self.setup.len);
+        let caught = match turn {
+            Ok((written, turn)) => {
+                self.setup.counters.wrote(written, started.elapsed());
+                turn == Turn::Caught
+            }
+            Err(e) => {
+                self.give_up_rotation(&e);
+                return true;
+            }
+        };
+        if !caught {
+            return true;
+        }
+        let Some(rotation) = self.rotation.take() else {
+            return true;
+        };
+        let old_path = store::segment_path(&self.setup.dir, &self.setup.header);
+        match rotation.take_over(&self.setup.dir) {
+            Ok((file, header, len)) => {
+                self.setup.counters.rotated();
+                self.setup.file = file;
+                self.setup.header = header;
+                self.setup.len = len;
+                if let Err(e) = std::fs::remove_file(&old_path) {
+                    // Harmless for recovery (it reads the newest complete segment); the
+                    // file is only disk space until the next start's new generation.
+                    tracing::warn!(file = %old_path.display(), error = %e, "could not delete a retired journal segment");
+                }
+                true
+            }
+            Err(TakeOverError::NotTaken(e)) => {
+                tracing::warn!(stream = self.setup.header.stream, error = %e, "could not finish a new journal segment; the current one stays in use");
+                true
+            }
+            Err(TakeOverError::Unknown(e)) => {
+                // Which segment a restart reads is unknown, so neither may take more.
+                self.fail(&e, self.setup.len);
+                false
+            }
+        }
+    }
+
+    fn give_up_rotation(&mut self, error: &io::Error) {
+        tracing::warn!(
+            stream = self.setup.header.stream,
+            error = %error,
+            "could not build a new journal segment; the current one stays in use"
+        );
+        if let Some(rotation) = self.rotation.take() {
+            rotation.abandon();
+        }
+    }
+
     fn fail(&mut self, error: &io::Error, good_len: u64) {
+        if let Some(rotation) = self.rotation.take() {
+            rotation.abandon();
+        }
         tracing::error!(
             stream = self.setup.header.stream,
             error = %error,
@@ -284,11 +386,4 @@ impl Writer {
         self.setup.fail_stop.store(true, Ordering::Release);
         let _ = self.setup.waker.wake();
     }
-}
-
-/// The writer's bytes for a new segment file's header.
-pub fn header_bytes(header: &FileHeader) -> BytesMut {
-    let mut out = BytesMut::new();
-    header.encode(&mut out);
-    out
 }

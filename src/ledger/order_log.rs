@@ -91,12 +91,16 @@ impl SharedOrders {
         self.len() == 0
     }
 
-    /// Oldest first, a slice at a time.
-    pub fn slices(&self) -> impl Iterator<Item = &[Order]> {
-        self.frozen
-            .iter()
-            .map(|chunk| chunk.as_slice())
-            .chain(std::iter::once(self.tail.as_slice()))
+    /// Up to `max` orders from the `from`th on (0 first), all from one chunk: empty
+    /// only past the last order.
+    pub fn run_from(&self, from: usize, max: usize) -> &[Order] {
+        let (chunk, within) = (from / CHUNK, from % CHUNK);
+        let run = match self.frozen.get(chunk) {
+            Some(full) => full.get(within..).unwrap_or(&[]),
+            None if chunk == self.frozen.len() => self.tail.get(within..).unwrap_or(&[]),
+            None => &[],
+        };
+        &run[..run.len().min(max)]
     }
 }
 
@@ -131,11 +135,17 @@ mod tests {
         let shared = log.share();
         log.push(order(n));
         assert_eq!(shared.len(), n, "a share does not see later orders");
-        let ids: Vec<u64> = shared
-            .slices()
-            .flat_map(|s| s.iter().map(|o| o.order_id))
-            .collect();
+        let mut ids = Vec::new();
+        loop {
+            let run = shared.run_from(ids.len(), 1000);
+            if run.is_empty() {
+                break;
+            }
+            assert!(run.len() <= 1000);
+            ids.extend(run.iter().map(|o| o.order_id));
+        }
         assert_eq!(ids, (0..n as u64).collect::<Vec<_>>());
+        assert!(shared.run_from(n + CHUNK, 10).is_empty());
         assert!(log.iter().map(|o| o.order_id).eq(0..=n as u64));
     }
 }
