@@ -25,6 +25,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use bytes::BytesMut;
 
@@ -64,6 +65,7 @@ pub struct Rotation {
     buf: BytesMut,
     copy_buf: Vec<u8>,
     copy_per_turn: usize,
+    begun: Instant,
 }
 
 impl Rotation {
@@ -106,6 +108,7 @@ impl Rotation {
             buf: BytesMut::new(),
             copy_buf: Vec::new(),
             copy_per_turn: COPY_PER_TURN,
+            begun: Instant::now(),
         })
     }
 
@@ -132,6 +135,7 @@ impl Rotation {
             self.copied += want as u64;
             self.len += want as u64;
         }
+        start_writeback(&self.file, before, self.len - before);
         let written = usize::try_from(self.len - before).unwrap_or(usize::MAX);
         let caught = self.snapshot_done && self.copied >= old_len;
         Ok((written, if caught { Turn::Caught } else { Turn::More }))
@@ -145,9 +149,18 @@ impl Rotation {
     /// ([`TakeOverError::NotTaken`]); after it, nobody can say which one a restart
     /// would read ([`TakeOverError::Unknown`]).
     pub fn take_over(self, dir: &Path) -> Result<(File, FileHeader, u64), TakeOverError> {
+        let syncing = Instant::now();
         self.file.sync_data().map_err(TakeOverError::NotTaken)?;
         std::fs::rename(&self.partial, &self.path).map_err(TakeOverError::NotTaken)?;
         store::sync_dir(dir).map_err(TakeOverError::Unknown)?;
+        tracing::info!(
+            stream = self.header.stream,
+            segment = self.header.segment,
+            bytes = self.len,
+            built_ms = self.begun.elapsed().as_millis() as u64,
+            final_sync_ms = syncing.elapsed().as_millis() as u64,
+            "new journal segment in use"
+        );
         Ok((self.file, self.header, self.len))
     }
 
@@ -164,6 +177,28 @@ pub enum TakeOverError {
     NotTaken(io::Error),
     Unknown(io::Error),
 }
+
+/// Starts writing a piece to the disk without waiting for it, so the sync before the
+/// take-over finds little left to write: that sync holds up the writer's jobs, and a
+/// snapshot of hundreds of megabytes left all dirty took ~90 ms to sync here.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        return;
+    };
+    // SAFETY: sync_file_range only reads the descriptor, which `file` keeps open for the
+    // call; it touches no memory of ours. Failure only means the final sync does the work.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 /// Counts the bytes a snapshot piece writes.
 struct CountingWriter<'a> {
@@ -312,7 +347,11 @@ mod tests {
         let old = store::segment_path(dir.path(), &header);
         let (mut file, new_header, mut len) = rotation.take_over(dir.path()).unwrap();
         assert_eq!(new_header.segment, header.segment + 1);
-        crash_here(dir.path(), &sales.written, "renamed, old segment not deleted");
+        crash_here(
+            dir.path(),
+            &sales.written,
+            "renamed, old segment not deleted",
+        );
         std::fs::remove_file(old).unwrap();
         sales.append(&mut file, &mut len, 500);
         crash_here(dir.path(), &sales.written, "after the switch");

@@ -229,7 +229,11 @@ mod tests {
         assert_eq!(parse_segment_name("MANIFEST"), None);
         let partial = partial_path(&path);
         let partial_name = partial.file_name().unwrap().to_str().unwrap();
-        assert_eq!(parse_segment_name(partial_name), None, "never read as a segment");
+        assert_eq!(
+            parse_segment_name(partial_name),
+            None,
+            "never read as a segment"
+        );
     }
 
     #[test]

@@ -282,7 +282,9 @@ impl Writer {
     fn begin_rotation(&mut self, snapshot: Box<SnapshotJob>) -> io::Result<()> {
         while self.rotation.is_some() {
             if !self.rotation_turn() {
-                return Err(io::Error::other("the journal writer failed during a rotation"));
+                return Err(io::Error::other(
+                    "the journal writer failed during a rotation",
+                ));
             }
         }
         match Rotation::begin(
