@@ -241,12 +241,16 @@ impl Writer {
         self.write_pending()?;
         match self.setup.mode {
             FsyncMode::Always => self.sync_now(),
-            FsyncMode::Batch => {
-                if self.sync_due.is_none() {
+            FsyncMode::Batch => match self.sync_due {
+                // Under steady load a job is always waiting, so the wait for one never
+                // times out: the sync that is due happens here.
+                Some(due) if Instant::now() >= due => self.sync_now(),
+                Some(_) => Ok(()),
+                None => {
                     self.sync_due = Some(Instant::now() + BATCH_SYNC_INTERVAL);
+                    Ok(())
                 }
-                Ok(())
-            }
+            },
             FsyncMode::Off => Ok(()),
         }
     }
