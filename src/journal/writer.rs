@@ -393,3 +393,66 @@ impl Writer {
         let _ = self.setup.waker.wake();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_mode_syncs_within_its_interval_even_when_a_job_is_always_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = FileHeader {
+            node: 1,
+            stream: 0,
+            generation: 1,
+            segment: 0,
+        };
+        let file = store::create_segment_file(&store::segment_path(dir.path(), &header)).unwrap();
+        let poll = mio::Poll::new().unwrap();
+        let counters = Arc::new(CachePadded::new(JournalCounters::default()));
+        let progress = Arc::new(Progress::default());
+        let writer = Writer {
+            setup: WriterSetup {
+                dir: dir.path().to_path_buf(),
+                file,
+                header,
+                len: 0,
+                mode: FsyncMode::Batch,
+                waker: Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap()),
+                fail_stop: Arc::new(AtomicBool::new(false)),
+                counters: Arc::clone(&counters),
+            },
+            progress: Arc::clone(&progress),
+            pending: Vec::new(),
+            sync_due: None,
+            rotation: None,
+        };
+        // A queue that is never empty until its end (a shard deciding faster than the
+        // disk): 40 writes of 4 MiB, together far longer than the 5 ms interval.
+        let (jobs, inbox) = crossbeam_channel::unbounded();
+        let record = Bytes::from(vec![7u8; 1024]);
+        let count = 40 * MAX_JOBS_PER_WRITE as u64;
+        for seq in 1..=count {
+            let work = Work::Append(record.clone());
+            jobs.send(Job { seq, work }).unwrap();
+        }
+        let thread = std::thread::spawn(move || writer.run(inbox));
+        let started = Instant::now();
+        while progress.durable() < count {
+            std::hint::spin_loop();
+        }
+        let busy = started.elapsed();
+        let syncs_while_busy = counters.syncs();
+        drop(jobs);
+        thread.join().unwrap();
+        // About one per 5 ms of `busy`; a writer that syncs only when idle makes none.
+        assert!(
+            busy >= Duration::from_millis(20),
+            "too fast to tell: {busy:?}"
+        );
+        assert!(
+            syncs_while_busy >= 3,
+            "{syncs_while_busy} syncs in {busy:?} of jobs always waiting"
+        );
+    }
+}

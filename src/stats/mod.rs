@@ -302,6 +302,11 @@ impl JournalCounters {
     pub fn rotated(&self) {
         bump(&self.rotations, 1);
     }
+
+    /// `fdatasync`s so far.
+    pub fn syncs(&self) -> u64 {
+        self.sync_us.snapshot().count()
+    }
 }
 
 /// A shard's counters, as the shard and its connections hold them.
