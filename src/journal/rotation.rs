@@ -5,8 +5,8 @@
 //! millions of orders that snapshot is hundreds of megabytes; if the writer wrote it in
 //! one go, every answer of every job after N would wait for it. So the writer builds the
 //! new segment under a name recovery and the feed never read (`….tjl.partial`), one
-//! piece per turn when no job is waiting, while the jobs after N still go to the old
-//! segment and are made durable there as usual:
+//! piece after each batch of jobs, while the jobs after N still go to the old segment
+//! and are made durable there as usual:
 //!
 //! 1. the header and the snapshot, a piece at a time;
 //! 2. then the bytes the old segment took after N, copied over the same way (read back
@@ -51,7 +51,6 @@ pub enum Turn {
 pub struct Rotation {
     snapshot: Box<SnapshotJob>,
     cursor: SnapshotCursor,
-    snapshot_done: bool,
     header: FileHeader,
     path: PathBuf,
     partial: PathBuf,
@@ -97,7 +96,6 @@ impl Rotation {
         Ok(Rotation {
             snapshot,
             cursor: SnapshotCursor::default(),
-            snapshot_done: false,
             header,
             path,
             partial,
@@ -116,15 +114,11 @@ impl Rotation {
     /// bytes long) took after it. Returns the bytes written with what is left.
     pub fn turn(&mut self, old_len: u64) -> io::Result<(usize, Turn)> {
         let before = self.len;
-        if !self.snapshot_done {
-            let mut counted = CountingWriter {
-                inner: &mut self.file,
-                written: 0,
-            };
-            self.snapshot_done =
+        if !self.cursor.is_done() {
+            let wrote =
                 self.snapshot
-                    .write_some(&mut self.cursor, &mut self.buf, &mut counted)?;
-            self.len += counted.written;
+                    .write_some(&mut self.cursor, &mut self.buf, &mut self.file)?;
+            self.len += wrote as u64;
         } else if self.copied < old_len {
             let want = usize::try_from(old_len - self.copied)
                 .unwrap_or(self.copy_per_turn)
@@ -137,7 +131,7 @@ impl Rotation {
         }
         start_writeback(&self.file, before, self.len - before);
         let written = usize::try_from(self.len - before).unwrap_or(usize::MAX);
-        let caught = self.snapshot_done && self.copied >= old_len;
+        let caught = self.cursor.is_done() && self.copied >= old_len;
         Ok((written, if caught { Turn::Caught } else { Turn::More }))
     }
 
@@ -200,24 +194,6 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
-/// Counts the bytes a snapshot piece writes.
-struct CountingWriter<'a> {
-    inner: &'a mut File,
-    written: u64,
-}
-
-impl Write for CountingWriter<'_> {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(bytes)?;
-        self.written += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -236,6 +212,31 @@ mod tests {
         total: 1_000_000,
         per_user_limit: 1,
     };
+
+    fn options(now_unix_ms: u64) -> OpenOptions<'static> {
+        OpenOptions {
+            node: NODE,
+            shards: 1,
+            events: &[EVENT],
+            raise_totals: false,
+            now_unix_ms,
+            hold_ttl_ms: 60_000,
+        }
+    }
+
+    /// A data dir just opened: its one stream's segment (file, header, length), and no
+    /// sales yet.
+    fn opened() -> (tempfile::TempDir, File, FileHeader, u64, Sales) {
+        let dir = tempfile::tempdir().unwrap();
+        let opened = open(dir.path(), &options(1)).unwrap();
+        let stream = opened.streams.into_iter().next().unwrap();
+        let sales = Sales {
+            ids: IdGenerator::new(NODE, 0),
+            log: OrderLog::new(),
+            written: BTreeSet::new(),
+        };
+        (dir, stream.file, stream.header, stream.len, sales)
+    }
 
     /// What a shard's jobs would append: `n` sales of new users.
     struct Sales {
@@ -283,15 +284,7 @@ mod tests {
             written.len(),
             found.len()
         );
-        let options = OpenOptions {
-            node: NODE,
-            shards: 1,
-            events: &[EVENT],
-            raise_totals: false,
-            now_unix_ms: 10,
-            hold_ttl_ms: 60_000,
-        };
-        drop(open(copy.path(), &options).unwrap());
+        drop(open(copy.path(), &options(10)).unwrap());
         let partials = std::fs::read_dir(copy.path())
             .unwrap()
             .filter(|e| {
@@ -304,23 +297,7 @@ mod tests {
 
     #[test]
     fn a_crash_at_any_moment_of_a_rotation_recovers_every_record_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let options = OpenOptions {
-            node: NODE,
-            shards: 1,
-            events: &[EVENT],
-            raise_totals: false,
-            now_unix_ms: 1,
-            hold_ttl_ms: 60_000,
-        };
-        let opened = open(dir.path(), &options).unwrap();
-        let stream = opened.streams.into_iter().next().unwrap();
-        let (mut file, header, mut len) = (stream.file, stream.header, stream.len);
-        let mut sales = Sales {
-            ids: IdGenerator::new(NODE, 0),
-            log: OrderLog::new(),
-            written: BTreeSet::new(),
-        };
+        let (dir, mut file, header, mut len, mut sales) = opened();
         // More than one of the order log's chunks, so the snapshot takes many pieces.
         sales.append(&mut file, &mut len, 20_000);
         let mut head = SnapshotBuilder::begin(1);
@@ -360,23 +337,7 @@ mod tests {
 
     #[test]
     fn an_abandoned_rotation_leaves_the_old_segment_in_force() {
-        let dir = tempfile::tempdir().unwrap();
-        let options = OpenOptions {
-            node: NODE,
-            shards: 1,
-            events: &[EVENT],
-            raise_totals: false,
-            now_unix_ms: 1,
-            hold_ttl_ms: 60_000,
-        };
-        let opened = open(dir.path(), &options).unwrap();
-        let stream = opened.streams.into_iter().next().unwrap();
-        let (mut file, header, mut len) = (stream.file, stream.header, stream.len);
-        let mut sales = Sales {
-            ids: IdGenerator::new(NODE, 0),
-            log: OrderLog::new(),
-            written: BTreeSet::new(),
-        };
+        let (dir, mut file, header, mut len, mut sales) = opened();
         sales.append(&mut file, &mut len, 100);
         let snapshot = SnapshotJob::new(
             SnapshotBuilder::begin(1),

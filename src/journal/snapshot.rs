@@ -125,6 +125,13 @@ pub struct SnapshotCursor {
     done: bool,
 }
 
+impl SnapshotCursor {
+    /// The snapshot's end is written.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
 impl SnapshotJob {
     /// `head` (begun, with the events), then `orders`, then `rest` (a builder from
     /// [`SnapshotBuilder::continuing`]), closed with the count of all of them.
@@ -147,27 +154,27 @@ impl SnapshotJob {
     }
 
     /// Writes the next piece (the head, or up to [`ORDERS_PER_WRITE`] orders encoded
-    /// into `buf`, or the rest): a writer with other work between pieces never waits
-    /// for a whole snapshot. True once the end is written.
+    /// into `buf`, or the rest) and returns its length: a writer with other work between
+    /// pieces never waits for a whole snapshot. Nothing once `cursor` is done.
     pub fn write_some(
         &self,
         cursor: &mut SnapshotCursor,
         buf: &mut BytesMut,
         out: &mut impl std::io::Write,
-    ) -> std::io::Result<bool> {
+    ) -> std::io::Result<usize> {
         if cursor.done {
-            return Ok(true);
+            return Ok(0);
         }
         if !cursor.head_done {
             out.write_all(&self.head)?;
             cursor.head_done = true;
-            return Ok(false);
+            return Ok(self.head.len());
         }
         let run = self.orders.run_from(cursor.orders, ORDERS_PER_WRITE);
         if run.is_empty() {
             out.write_all(&self.rest)?;
             cursor.done = true;
-            return Ok(true);
+            return Ok(self.rest.len());
         }
         buf.clear();
         for order in run {
@@ -175,14 +182,16 @@ impl SnapshotJob {
         }
         out.write_all(buf)?;
         cursor.orders += run.len();
-        Ok(false)
+        Ok(buf.len())
     }
 
     /// Writes it whole.
     pub fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
         let mut cursor = SnapshotCursor::default();
         let mut buf = BytesMut::with_capacity(ORDERS_PER_WRITE * sale_record_len() as usize);
-        while !self.write_some(&mut cursor, &mut buf, out)? {}
+        while !cursor.is_done() {
+            self.write_some(&mut cursor, &mut buf, out)?;
+        }
         Ok(())
     }
 

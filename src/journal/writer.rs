@@ -7,8 +7,9 @@
 //! the answers that waited for it. While a sync runs, the shard keeps deciding and its
 //! next jobs queue up, so a slower disk makes batches bigger, not the server slower.
 //!
-//! A rotation (a new segment starting with a snapshot) is built a piece at a time when
-//! no job is waiting ([`super::rotation`]), so jobs after it are not held up by it.
+//! A rotation (a new segment starting with a snapshot) is built a piece at a time, one
+//! piece after each batch of jobs ([`super::rotation`]), so jobs after it are not held
+//! up by it.
 //!
 //! A failed write or sync stops the writer for good: the file is cut back to the last
 //! length known to be complete, nothing after it is ever reported durable, and the
@@ -233,7 +234,7 @@ impl Writer {
             match job.work {
                 Work::Rotate(snapshot) => {
                     self.write_pending()?;
-                    self.begin_rotation(snapshot)?;
+                    self.begin_rotation(snapshot);
                 }
                 Work::Append(bytes) => self.pending.extend_from_slice(&bytes),
             }
@@ -281,15 +282,12 @@ impl Writer {
     }
 
     /// Starts building the next segment with `snapshot`, the state after everything
-    /// written so far. One still being built is finished first (a shard asks again only
-    /// after many more megabytes, so this is rare).
-    fn begin_rotation(&mut self, snapshot: Box<SnapshotJob>) -> io::Result<()> {
-        while self.rotation.is_some() {
-            if !self.rotation_turn() {
-                return Err(io::Error::other(
-                    "the journal writer failed during a rotation",
-                ));
-            }
+    /// written so far. One still being built is dropped: the new snapshot supersedes it,
+    /// and finishing it here would switch files in the middle of a commit, whose failure
+    /// must cut back the file it started on.
+    fn begin_rotation(&mut self, snapshot: Box<SnapshotJob>) {
+        if let Some(superseded) = self.rotation.take() {
+            superseded.abandon();
         }
         match Rotation::begin(
             &self.setup.dir,
@@ -304,7 +302,6 @@ impl Writer {
                 "could not start a new journal segment; the current one stays in use"
             ),
         }
-        Ok(())
     }
 
     /// One piece of the rotation in progress, and the switch once it has caught up.
