@@ -10,10 +10,13 @@
 
 pub mod conn;
 pub mod flavor;
+mod reply;
 pub mod setup;
 
-use redis::{Cmd, Value};
+use redis::Cmd;
 use ticketd_proto::Status;
+
+pub use reply::{parse_buyer, parse_decisions, parse_orders, ReplyError};
 
 /// The Function library, loaded with `FUNCTION LOAD REPLACE`.
 pub const FUNCTION_LIBRARY: &str = include_str!("ticketd.lua");
@@ -68,13 +71,21 @@ impl EventKeys {
         format!("{}:orders", self.tag)
     }
 
-    /// Each user's orders, for ORDERS.
+    /// Each buyer's held tickets and orders (see [`parse_buyer`]).
+    pub fn buyers(&self) -> String {
+        format!("{}:buyers", self.tag)
+    }
+
+    /// Each user's orders as versions before 0.2 recorded them (read, and moved into
+    /// `buyers` as each user is next touched).
     pub fn user_orders(&self) -> String {
         format!("{}:user-orders", self.tag)
     }
 
-    /// Every key holding the event's state (not the per-call replay keys, which expire).
-    pub fn state(&self) -> [String; 7] {
+    /// Every key holding the event's state (not the per-call replay keys, which expire),
+    /// in the order the Lua's `keys_of` names them. `users` and `user-orders` are the
+    /// layout before 0.2 (see `ticketd.lua`).
+    pub fn state(&self) -> [String; 8] {
         [
             "meta",
             "users",
@@ -83,6 +94,7 @@ impl EventKeys {
             "forget",
             "orders",
             "user-orders",
+            "buyers",
         ]
         .map(|k| format!("{}:{k}", self.tag))
     }
@@ -115,15 +127,6 @@ pub enum Decision {
     Refused(Status),
 }
 
-/// A reply the ledger should never give.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ReplyError {
-    #[error("expected {expected} results, got {got}")]
-    Count { expected: usize, got: usize },
-    #[error("malformed result {index}: {value}")]
-    Malformed { index: usize, value: String },
-}
-
 /// `FUNCTION LOAD REPLACE`: idempotent, so it is safe on every (re)connect.
 pub fn load_functions() -> Cmd {
     let mut cmd = redis::cmd("FUNCTION");
@@ -152,8 +155,9 @@ pub fn define_event(event: u32, def: &setup::Definition, update: bool) -> Cmd {
 pub fn decide(event: u32, call_id: &str, node: u16, replay_ttl_ms: u64, steps: &[Step]) -> Cmd {
     let keys = EventKeys::new(event);
     let mut cmd = redis::cmd("FCALL");
-    cmd.arg("ticketd_decide").arg(8);
-    for key in keys.state() {
+    let state = keys.state();
+    cmd.arg("ticketd_decide").arg(state.len() + 1);
+    for key in state {
         cmd.arg(key);
     }
     cmd.arg(keys.call(call_id))
@@ -207,8 +211,8 @@ pub fn settle(call_id: &str, node: u16, replay_ttl_ms: u64, steps: &[Step]) -> C
 pub fn stock(event: u32) -> Cmd {
     let keys = EventKeys::new(event).state();
     let mut cmd = redis::cmd("FCALL");
-    cmd.arg("ticketd_stock").arg(5);
-    for key in &keys[..5] {
+    cmd.arg("ticketd_stock").arg(keys.len());
+    for key in &keys {
         cmd.arg(key);
     }
     cmd
@@ -249,124 +253,17 @@ pub fn orders(event: u32, user: u64) -> Cmd {
     let keys = EventKeys::new(event);
     let mut cmd = redis::cmd("FCALL");
     cmd.arg("ticketd_orders")
-        .arg(2)
+        .arg(3)
         .arg(keys.meta())
+        .arg(keys.buyers())
         .arg(keys.user_orders())
         .arg(user);
     cmd
 }
 
-/// Decodes the reply to [`orders`]: `None` when the event does not exist.
-pub fn parse_orders(reply: &Value) -> Result<Option<Vec<(u64, u16)>>, ReplyError> {
-    let malformed = || ReplyError::Malformed {
-        index: 0,
-        value: format!("{reply:?}"),
-    };
-    let Value::Array(fields) = reply else {
-        return Err(malformed());
-    };
-    match fields.first() {
-        Some(Value::Int(0)) => return Ok(None),
-        Some(Value::Int(1)) => {}
-        _ => return Err(malformed()),
-    }
-    let text = match fields.get(1) {
-        Some(Value::BulkString(bytes)) => {
-            String::from_utf8(bytes.clone()).map_err(|_| malformed())?
-        }
-        Some(Value::SimpleString(s)) => s.clone(),
-        _ => return Err(malformed()),
-    };
-    text.split(',')
-        .filter(|entry| !entry.is_empty())
-        .map(|entry| {
-            let (id, qty) = entry.split_once(':').ok_or_else(malformed)?;
-            Ok((
-                id.parse().map_err(|_| malformed())?,
-                qty.parse().map_err(|_| malformed())?,
-            ))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
-}
-
-/// Decodes the reply to [`decide`] for `steps`.
-pub fn parse_decisions(reply: &Value, steps: &[Step]) -> Result<Vec<Decision>, ReplyError> {
-    let Value::Array(results) = reply else {
-        return Err(ReplyError::Count {
-            expected: steps.len(),
-            got: 0,
-        });
-    };
-    if results.len() != steps.len() {
-        return Err(ReplyError::Count {
-            expected: steps.len(),
-            got: results.len(),
-        });
-    }
-    results
-        .iter()
-        .zip(steps)
-        .enumerate()
-        .map(|(index, (result, step))| parse_one(index, result, step))
-        .collect()
-}
-
-fn parse_one(index: usize, result: &Value, step: &Step) -> Result<Decision, ReplyError> {
-    let malformed = || ReplyError::Malformed {
-        index,
-        value: format!("{result:?}"),
-    };
-    let Value::Array(fields) = result else {
-        return Err(malformed());
-    };
-    let text = |i: usize| -> Option<String> {
-        match fields.get(i)? {
-            Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-            Value::SimpleString(s) => Some(s.clone()),
-            Value::Int(n) => Some(n.to_string()),
-            _ => None,
-        }
-    };
-    let status = text(0).ok_or_else(malformed)?;
-    let number = |i: usize| {
-        text(i)
-            .and_then(|t| t.parse::<u64>().ok())
-            .ok_or_else(malformed)
-    };
-    let refused = match status.as_str() {
-        "OK" => None,
-        "SOLD_OUT" => Some(Status::SoldOut),
-        "LIMIT_REACHED" => Some(Status::LimitReached),
-        "NOT_FOUND" => Some(Status::NotFound),
-        "EXPIRED" => Some(Status::Expired),
-        _ => return Err(malformed()),
-    };
-    if let Some(status) = refused {
-        return Ok(Decision::Refused(status));
-    }
-    Ok(match step {
-        Step::Buy { .. } | Step::Confirm { .. } => Decision::Ordered {
-            order_id: number(1)?,
-        },
-        Step::Reserve { .. } => Decision::Held {
-            hold_id: number(1)?,
-            expires_unix_ms: number(2)?,
-        },
-        Step::Cancel { .. } => Decision::Cancelled {
-            event_id: u32::try_from(number(1)?).map_err(|_| malformed())?,
-            qty: u16::try_from(number(2)?).map_err(|_| malformed())?,
-        },
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
 
     /// The key layout is written once here; the Lua names the same keys in the same
     /// order (its `keys_of`, and the tag-built table of `ticketd_settle`).
@@ -452,51 +349,5 @@ mod tests {
         for needle in ["ticketd_decide", "{ev:5}:call:6", "\r\nB\r\n", "\r\nX\r\n"] {
             assert!(packed.contains(needle), "{needle} in {packed}");
         }
-    }
-
-    #[test]
-    fn replies_decode_per_step_and_bad_ones_are_errors() {
-        let steps = [
-            Step::Buy {
-                user: 1,
-                qty: 1,
-                order_id: 10,
-            },
-            Step::Reserve {
-                user: 2,
-                qty: 1,
-                hold_id: 11,
-            },
-            Step::Buy {
-                user: 3,
-                qty: 1,
-                order_id: 12,
-            },
-        ];
-        let reply = Value::Array(vec![
-            Value::Array(vec![bulk("OK"), bulk("10"), bulk("0")]),
-            Value::Array(vec![bulk("OK"), bulk("11"), bulk("1767225600000")]),
-            Value::Array(vec![bulk("SOLD_OUT"), bulk("0"), bulk("0")]),
-        ]);
-        assert_eq!(
-            parse_decisions(&reply, &steps).unwrap(),
-            vec![
-                Decision::Ordered { order_id: 10 },
-                Decision::Held {
-                    hold_id: 11,
-                    expires_unix_ms: 1_767_225_600_000
-                },
-                Decision::Refused(Status::SoldOut),
-            ]
-        );
-        assert!(matches!(
-            parse_decisions(&reply, &steps[..2]),
-            Err(ReplyError::Count { .. })
-        ));
-        let garbage = Value::Array(vec![Value::Array(vec![bulk("MAYBE")])]);
-        assert!(matches!(
-            parse_decisions(&garbage, &steps[..1]),
-            Err(ReplyError::Malformed { .. })
-        ));
     }
 }

@@ -5,13 +5,21 @@
 --
 -- Keys of event ID:
 --   {ev:ID}:meta       hash   total, sold, held, limit, hold_ttl_ms
---   {ev:ID}:users      hash   user -> tickets bought or held
+--   {ev:ID}:buyers     hash   user -> their tickets and orders (see "Buyers" below)
 --   {ev:ID}:holds      hash   hold_id -> "user qty expires_ms state order_id"
 --   {ev:ID}:deadlines  zset   hold_id scored by expires_ms (live holds)
 --   {ev:ID}:forget     zset   hold_id scored by when its record may go
 --   {ev:ID}:orders     stream the outbox: one entry per call, its orders "order_id:user:qty,…"
---   {ev:ID}:user-orders hash  user -> "order_id:qty,order_id:qty" (for ORDERS)
+--   {ev:ID}:users, {ev:ID}:user-orders   hashes of ledgers written before 0.2: user ->
+--                      tickets bought or held, and user -> "order_id:qty,…". Read, and
+--                      moved into buyers as each user is next touched; never written.
 --   {ev:ID}:call:<id>  string a call's results, kept for replay (exactly once)
+--
+-- Answers of ticketd_decide and ticketd_settle: one string, a letter per step (O ok,
+-- S sold out, L limit reached, N not found, E expired), then, space-separated, what the
+-- OK steps that carry more than the caller sent tell: a RESERVE its expiry (Unix ms), a
+-- CONFIRM its order id, a CANCEL "event:tickets released". A BUY's OK says all: its
+-- order id is the one the caller sent.
 --
 -- Time is Redis's own clock (TIME), so every node agrees when a hold expires.
 
@@ -19,6 +27,9 @@
 -- (Outside every event's hash slot: on a Redis Cluster, hold ids would have to carry
 -- their event instead.)
 local HOLD_INDEX = 'ticketd:hold-events'
+
+-- How many users one HMGET/HSET/HDEL names: Lua's unpack() has to fit them on its stack.
+local CHUNK = 1000
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -43,11 +54,138 @@ local function format_hold(h)
   return h.user .. ' ' .. h.qty .. ' ' .. h.expires .. ' ' .. h.state .. ' ' .. h.order
 end
 
+-- Buyers. A user's entry in {ev:ID}:buyers is "[held|]order,order,…": the tickets their
+-- live holds keep (left out when none), then their orders, each "order_id" (one ticket)
+-- or "order_id:qty". What they have — bought plus held — is what the per-user limit
+-- judges. A first sale of one ticket writes the order id the caller sent as it is: a Lua
+-- string made per sale (a join, or a number formatted with sprintf) costs about as much
+-- as a hash lookup, so the selling path makes none.
+--
+-- The call's view of the entries: read once (a whole batch's buyers with one HMGET,
+-- others as they come), changed in Lua, written back once at the end of the call
+-- (`save`). Per user: held, bought (numbers), list (orders, or false).
+local function buyers(k)
+  return { k = k, held = {}, bought = {}, list = {}, changed = {}, legacy = nil }
+end
+
+local function bought_in(list)
+  local n = 0
+  for order in string.gmatch(list, '[^,]+') do
+    n = n + (tonumber(string.match(order, ':(%d+)$')) or 1)
+  end
+  return n
+end
+
+local function remember(b, user, entry)
+  if not entry then
+    b.held[user], b.bought[user], b.list[user] = 0, 0, false
+    return
+  end
+  local held, list = string.match(entry, '^(%d+)|(.*)$')
+  if held then held = tonumber(held) else held, list = 0, entry end
+  if list == '' then list = false end
+  b.held[user], b.bought[user], b.list[user] = held, list and bought_in(list) or 0, list
+end
+
+local function changed(b, user)
+  if not b.changed[user] then
+    b.changed[user] = true
+    b.changed[#b.changed + 1] = user
+  end
+end
+
+-- Users of an event a version before 0.2 sold: their count (bought + held) in users and
+-- their orders in user-orders. Such a user's entry is made from both, and the old
+-- fields go when it is saved.
+local function from_legacy(b, users)
+  if b.legacy == nil then b.legacy = redis.call('EXISTS', b.k.users) == 1 end
+  if not b.legacy or #users == 0 then return end
+  local counts = redis.call('HMGET', b.k.users, unpack(users))
+  local lists = redis.call('HMGET', b.k.uorders, unpack(users))
+  for i, user in ipairs(users) do
+    if counts[i] then
+      local list = lists[i] or false
+      if list == '' then list = false end
+      local bought = list and bought_in(list) or 0
+      b.held[user], b.bought[user], b.list[user] = tonumber(counts[i]) - bought, bought, list
+      changed(b, user)
+    end
+  end
+end
+
+-- Reads the entries of `users` (distinct, none read yet), CHUNK at a time.
+local function load(b, users)
+  for first = 1, #users, CHUNK do
+    local last = math.min(first + CHUNK - 1, #users)
+    local entries = redis.call('HMGET', b.k.buyers, unpack(users, first, last))
+    local missing = {}
+    for i = first, last do
+      local entry = entries[i - first + 1]
+      remember(b, users[i], entry)
+      if not entry then missing[#missing + 1] = users[i] end
+    end
+    from_legacy(b, missing)
+  end
+end
+
+-- What the user has (bought + held), reading their entry if the call has not yet.
+local function has(b, user)
+  if b.held[user] == nil then load(b, { user }) end
+  return b.held[user] + b.bought[user]
+end
+
+local function hold_more(b, user, qty)
+  has(b, user)
+  b.held[user] = b.held[user] + qty
+  changed(b, user)
+end
+
+-- Adds an order of qty tickets (qty_text: qty as text) to the user's entry.
+local function add_order(b, user, id, qty, qty_text)
+  has(b, user)
+  local order = id
+  if qty_text ~= '1' then order = id .. ':' .. qty_text end
+  local list = b.list[user]
+  if list then list = list .. ',' .. order else list = order end
+  b.list[user], b.bought[user] = list, b.bought[user] + qty
+  changed(b, user)
+end
+
+-- Writes the changed entries back: HSET of those with tickets or orders, HDEL of the
+-- rest, and HDEL of the old-layout fields of users moved from there.
+local function save(b)
+  local set, gone = {}, {}
+  for _, user in ipairs(b.changed) do
+    local held, list = b.held[user], b.list[user]
+    if held > 0 then
+      set[#set + 1] = user
+      set[#set + 1] = held .. '|' .. (list or '')
+    elseif list then
+      set[#set + 1] = user
+      set[#set + 1] = list
+    else
+      gone[#gone + 1] = user
+    end
+  end
+  for first = 1, #set, 2 * CHUNK do
+    redis.call('HSET', b.k.buyers, unpack(set, first, math.min(first + 2 * CHUNK - 1, #set)))
+  end
+  for first = 1, #gone, CHUNK do
+    redis.call('HDEL', b.k.buyers, unpack(gone, first, math.min(first + CHUNK - 1, #gone)))
+  end
+  if b.legacy then
+    for first = 1, #b.changed, CHUNK do
+      local part = { unpack(b.changed, first, math.min(first + CHUNK - 1, #b.changed)) }
+      redis.call('HDEL', b.k.users, unpack(part))
+      redis.call('HDEL', b.k.uorders, unpack(part))
+    end
+  end
+end
+
 -- Ends a live hold without a sale: tickets and the user's room go back.
 local function release(k, m, id, h, state, now)
   m.held = m.held - h.qty
-  local left = redis.call('HINCRBY', k.users, h.user, -h.qty)
-  if left <= 0 then redis.call('HDEL', k.users, h.user) end
+  hold_more(k.view, h.user, -h.qty)
   h.state = state
   redis.call('HSET', k.holds, id, format_hold(h))
   redis.call('ZREM', k.deadlines, id)
@@ -68,80 +206,93 @@ local function sweep(k, m, now)
   end
 end
 
--- Records an order: in the user's list at once, and in `made` (the call's orders of
--- this event) for the one outbox entry the call writes at its end (`publish`).
-local function order(k, id, user, qty_text, made)
-  made[#made + 1] = id .. ':' .. user .. ':' .. qty_text
-  -- A user has at most the per-user limit of orders: the list stays short. Most have
-  -- one (limit 1), and HSETNX records it in one command.
-  local entry = id .. ':' .. qty_text
-  if redis.call('HSETNX', k.uorders, user, entry) == 0 then
-    redis.call('HSET', k.uorders, user, redis.call('HGET', k.uorders, user) .. ',' .. entry)
-  end
+-- The call's orders of an event, for its one outbox entry (`publish`): pieces of
+-- "order_id:user:qty,…", joined once at the end, so no string is made per sale.
+local function order(k, id, user, qty, qty_text, made)
+  local n = #made
+  if n > 0 then made[n + 1] = ','; n = n + 1 end
+  made[n + 1], made[n + 2], made[n + 3], made[n + 4], made[n + 5] = id, ':', user, ':', qty_text
+  add_order(k.view, user, id, qty, qty_text)
 end
 
 -- One outbox entry for a call's orders of an event (one XADD per call, not per sale):
 -- fields node, call, and orders = "order_id:user:qty,...".
 local function publish(k, made, node, call)
   if #made > 0 then
-    redis.call('XADD', k.orders, '*', 'node', node, 'call', call, 'orders', table.concat(made, ','))
+    redis.call('XADD', k.orders, '*', 'node', node, 'call', call, 'orders', table.concat(made))
   end
 end
 
+-- A call's answers (see the top of this file): codes[i] a letter per step, extras what
+-- OK steps carry.
+local function answers()
+  return { codes = {}, extras = {} }
+end
+
+local function answer(a, code, extra)
+  a.codes[#a.codes + 1] = code
+  if extra then a.extras[#a.extras + 1] = extra end
+end
+
+local function reply(a)
+  local text = table.concat(a.codes)
+  if #a.extras > 0 then text = text .. ' ' .. table.concat(a.extras, ' ') end
+  return text
+end
+
 -- Takes room for qty more tickets for user and checks the stock: nil when both allow
--- it (the user's count already raised), or the refusal (the count as it was). One
--- HINCRBY for a sale, where a read and then a write took two; the limit is still
--- judged before the stock. `qty_text` is qty as the call sent it: a Lua number handed to
--- redis.call or joined to a string is formatted with sprintf, a cost per sale.
-local function take(k, m, user, qty, qty_text)
-  local has = redis.call('HINCRBY', k.users, user, qty_text)
-  local no
-  if has > m.limit then
-    no = 'LIMIT_REACHED'
-  elseif m.sold + m.held + qty > m.total then
-    no = 'SOLD_OUT'
-  else
-    return nil
-  end
-  if has == qty then
-    redis.call('HDEL', k.users, user)
-  else
-    redis.call('HINCRBY', k.users, user, -qty)
-  end
-  return no
+-- it, or the refusal's code. The limit is judged before the stock.
+local function refusal(k, m, user, qty)
+  if has(k.view, user) + qty > m.limit then return 'L' end
+  if m.sold + m.held + qty > m.total then return 'S' end
+  return nil
 end
 
 -- CONFIRM (kind C, order_id used if it becomes an order) or CANCEL (kind X) of a hold
 -- of event `event`. A CANCEL answers the event and the tickets it put back on sale (0 on
 -- a repeat), so the node that settled it can let its gate sell them at once.
-local function settle(k, m, event, kind, hold_id, order_id, made, now)
+local function settle(k, m, event, kind, hold_id, order_id, made, now, a)
   local h = parse_hold(redis.call('HGET', k.holds, hold_id))
   if h and h.state == 'A' and h.expires <= now then
     release(k, m, hold_id, h, 'E', now)
   end
-  if not h then return { 'NOT_FOUND', '0', '0' } end
-  if h.state == 'E' then return { 'EXPIRED', '0', '0' } end
+  if not h then return answer(a, 'N') end
+  if h.state == 'E' then return answer(a, 'E') end
   if kind == 'C' then
-    if h.state == 'C' then return { 'OK', h.order, '0' } end
-    if h.state == 'X' then return { 'NOT_FOUND', '0', '0' } end
+    if h.state == 'C' then return answer(a, 'O', h.order) end
+    if h.state == 'X' then return answer(a, 'N') end
     m.held = m.held - h.qty
     m.sold = m.sold + h.qty
     h.state, h.order = 'C', order_id
     redis.call('HSET', k.holds, hold_id, format_hold(h))
     redis.call('ZREM', k.deadlines, hold_id)
     redis.call('ZADD', k.forget, now + m.ttl, hold_id)
-    order(k, order_id, h.user, tostring(h.qty), made)
-    return { 'OK', order_id, '0' }
+    hold_more(k.view, h.user, -h.qty)
+    order(k, order_id, h.user, h.qty, tostring(h.qty), made)
+    return answer(a, 'O', order_id)
   end
-  if h.state == 'X' then return { 'OK', event, '0' } end
-  if h.state == 'C' then return { 'NOT_FOUND', '0', '0' } end
+  if h.state == 'X' then return answer(a, 'O', event .. ':0') end
+  if h.state == 'C' then return answer(a, 'N') end
   release(k, m, hold_id, h, 'X', now)
-  return { 'OK', event, tostring(h.qty) }
+  return answer(a, 'O', event .. ':' .. h.qty)
+end
+
+-- The keys of an event, from its tag "{ev:ID}".
+local function event_keys(tag)
+  local k = { meta = tag .. ':meta', users = tag .. ':users', holds = tag .. ':holds',
+              deadlines = tag .. ':deadlines', forget = tag .. ':forget',
+              orders = tag .. ':orders', uorders = tag .. ':user-orders',
+              buyers = tag .. ':buyers' }
+  k.view = buyers(k)
+  return k
 end
 
 local function keys_of(keys)
-  return { meta = keys[1], users = keys[2], holds = keys[3], deadlines = keys[4],
-           forget = keys[5], orders = keys[6], uorders = keys[7], call = keys[8] }
+  local k = { meta = keys[1], users = keys[2], holds = keys[3], deadlines = keys[4],
+              forget = keys[5], orders = keys[6], uorders = keys[7], buyers = keys[8],
+              call = keys[9] }
+  k.view = buyers(k)
+  return k
 end
 
 -- ticketd_define(meta) total limit hold_ttl_ms mode -> {'OK'} or {'ERR', why}
@@ -166,121 +317,143 @@ redis.register_function('ticketd_define', function(keys, args)
   return { 'OK' }
 end)
 
--- ticketd_decide(meta users holds deadlines forget orders user-orders call)
+-- ticketd_decide(meta users holds deadlines forget orders user-orders buyers call)
 --   call_id node replay_ttl_ms n  then n × (kind user qty id)
 --   kind: B buy, R reserve, C confirm (user/qty ignored, id = order id to use),
 --         X cancel (id ignored). For R, id is the hold id; for B the order id; for C
 --         and X the hold is named by `user` (the hold id).
--- -> n × {status, a, b}: OK with (order_id) / (hold_id, expires_ms), or a refusal.
--- A call id seen before returns the first attempt's results and changes nothing.
+-- -> the answers, as the top of this file says.
+-- A call id seen before returns the first attempt's answers and changes nothing.
 redis.register_function('ticketd_decide', function(keys, args)
   local k = keys_of(keys)
   local replay = redis.call('GET', k.call)
-  if replay then return cjson.decode(replay) end
+  if replay then return replay end
   local m = meta(k.meta)
   local call, node, replay_ttl, n = args[1], args[2], tonumber(args[3]), tonumber(args[4])
   local event = string.match(k.meta, '^{ev:(%d+)}')
-  local results = {}
+  local a = answers()
   if not m then
-    for i = 1, n do results[i] = { 'NOT_FOUND', '0', '0' } end
-    return results
+    for _ = 1, n do answer(a, 'N') end
+    return reply(a)
   end
   local now = now_ms()
   sweep(k, m, now)
+  -- Every buyer's entry with one HMGET, before any decision reads one.
+  local b, unread = k.view, {}
+  for i = 1, n do
+    local base = 4 + (i - 1) * 4
+    local kind, user = args[base + 1], args[base + 2]
+    if (kind == 'B' or kind == 'R') and b.held[user] == nil and not unread[user] then
+      unread[user] = true
+      unread[#unread + 1] = user
+    end
+  end
+  load(b, unread)
   local made = {}
+  local expires = now + m.ttl
+  local expires_text = tostring(expires)
   for i = 1, n do
     local base = 4 + (i - 1) * 4
     local kind, user, qty_text, id = args[base + 1], args[base + 2], args[base + 3], args[base + 4]
-    local qty = tonumber(qty_text)
-    local r
     if kind == 'B' or kind == 'R' then
-      local no = take(k, m, user, qty, qty_text)
+      local qty = tonumber(qty_text)
+      local no = refusal(k, m, user, qty)
       if no then
-        r = { no, '0', '0' }
+        answer(a, no)
+      elseif kind == 'B' then
+        m.sold = m.sold + qty
+        order(k, id, user, qty, qty_text, made)
+        answer(a, 'O')
       else
-        if kind == 'B' then
-          m.sold = m.sold + qty
-          order(k, id, user, qty_text, made)
-          r = { 'OK', id, '0' }
-        else
-          m.held = m.held + qty
-          local expires = now + m.ttl
-          redis.call('HSET', k.holds, id, format_hold({ user = user, qty = qty,
-                     expires = expires, state = 'A', order = '0' }))
-          redis.call('ZADD', k.deadlines, expires, id)
-          redis.call('HSET', HOLD_INDEX, id, event)
-          r = { 'OK', id, tostring(expires) }
-        end
+        m.held = m.held + qty
+        hold_more(b, user, qty)
+        redis.call('HSET', k.holds, id, format_hold({ user = user, qty = qty,
+                   expires = expires, state = 'A', order = '0' }))
+        redis.call('ZADD', k.deadlines, expires, id)
+        redis.call('HSET', HOLD_INDEX, id, event)
+        answer(a, 'O', expires_text)
       end
     else
-      r = settle(k, m, event, kind, user, id, made, now)
+      settle(k, m, event, kind, user, id, made, now, a)
     end
-    results[i] = r
   end
+  save(b)
   publish(k, made, node, call)
   redis.call('HSET', k.meta, 'sold', m.sold, 'held', m.held)
-  redis.call('SET', k.call, cjson.encode(results), 'PX', replay_ttl)
-  return results
+  local text = reply(a)
+  redis.call('SET', k.call, text, 'PX', replay_ttl)
+  return text
 end)
 
--- ticketd_orders(meta user-orders) user -> {1, "id:qty,…"} ({1, ""} for none), or {0}
--- when the event does not exist: ORDERS, read from the global ledger.
+-- ticketd_orders(meta buyers user-orders) user -> {1, "order,…"} ({1, ""} for none;
+-- each order "order_id" or "order_id:qty"), or {0} when the event does not exist:
+-- ORDERS, read from the global ledger (a list an earlier version kept in user-orders
+-- first).
 redis.register_function('ticketd_orders', function(keys, args)
   if redis.call('EXISTS', keys[1]) == 0 then return { 0 } end
-  return { 1, redis.call('HGET', keys[2], args[1]) or '' }
+  local lists = {}
+  local before = redis.call('HGET', keys[3], args[1])
+  if before and before ~= '' then lists[#lists + 1] = before end
+  local entry = redis.call('HGET', keys[2], args[1])
+  if entry then
+    local list = string.match(entry, '^%d+|(.*)$') or entry
+    if list ~= '' then lists[#lists + 1] = list end
+  end
+  return { 1, table.concat(lists, ',') }
 end)
 
--- ticketd_stock(meta users holds deadlines forget) -> {total, remaining, held}, after
--- expiring due holds; {-1, -1, -1} when the event does not exist. Nothing remaining and
--- nothing held means sold out for good: only holds ever give tickets back.
+-- ticketd_stock(meta users holds deadlines forget orders user-orders buyers) ->
+-- {total, remaining, held}, after expiring due holds; {-1, -1, -1} when the event does
+-- not exist. Nothing remaining and nothing held means sold out for good: only holds ever
+-- give tickets back.
 redis.register_function('ticketd_stock', function(keys, args)
   local k = keys_of(keys)
   local m = meta(k.meta)
   if not m then return { -1, -1, -1 } end
   sweep(k, m, now_ms())
+  save(k.view)
   redis.call('HSET', k.meta, 'held', m.held)
   return { m.total, m.total - m.sold - m.held, m.held }
 end)
 
 -- ticketd_settle(call) call_id node replay_ttl_ms n  then n × (kind hold_id order_id)
 --   kind: C confirm, X cancel. Each hold's event is found in the hold index, so the
---   caller needs to know only the hold id. Replies like ticketd_decide; replays alike.
+--   caller needs to know only the hold id. Answers like ticketd_decide; replays alike.
 redis.register_function('ticketd_settle', function(keys, args)
   local replay = redis.call('GET', keys[1])
-  if replay then return cjson.decode(replay) end
+  if replay then return replay end
   local call, node, replay_ttl, n = args[1], args[2], tonumber(args[3]), tonumber(args[4])
   local now = now_ms()
   local touched = {}
-  local results = {}
+  local a = answers()
   for i = 1, n do
     local base = 4 + (i - 1) * 3
     local kind, hold_id, order_id = args[base + 1], args[base + 2], args[base + 3]
     local event = redis.call('HGET', HOLD_INDEX, hold_id)
     if not event then
-      results[i] = { 'NOT_FOUND', '0', '0' }
+      answer(a, 'N')
     else
       local state = touched[event]
       if not state then
-        local tag = '{ev:' .. event .. '}'
-        local k = { meta = tag .. ':meta', users = tag .. ':users', holds = tag .. ':holds',
-                    deadlines = tag .. ':deadlines', forget = tag .. ':forget',
-                    orders = tag .. ':orders', uorders = tag .. ':user-orders' }
+        local k = event_keys('{ev:' .. event .. '}')
         state = { k = k, m = meta(k.meta), made = {} }
         touched[event] = state
       end
       if not state.m then
-        results[i] = { 'NOT_FOUND', '0', '0' }
+        answer(a, 'N')
       else
-        results[i] = settle(state.k, state.m, event, kind, hold_id, order_id, state.made, now)
+        settle(state.k, state.m, event, kind, hold_id, order_id, state.made, now, a)
       end
     end
   end
   for _, state in pairs(touched) do
     if state.m then
+      save(state.k.view)
       publish(state.k, state.made, node, call)
       redis.call('HSET', state.k.meta, 'sold', state.m.sold, 'held', state.m.held)
     end
   end
-  redis.call('SET', keys[1], cjson.encode(results), 'PX', replay_ttl)
-  return results
+  local text = reply(a)
+  redis.call('SET', keys[1], text, 'PX', replay_ttl)
+  return text
 end)

@@ -251,7 +251,7 @@ fn audit_redis_into(
     let mut order_ids = HashSet::new();
     for id in ids {
         let keys = EventKeys::new(id);
-        let [meta, users, holds, ..] = keys.state();
+        let [meta, users, holds, _, _, _, _, buyers] = keys.state();
         let (total, sold, held, limit): (Option<i64>, Option<i64>, Option<i64>, Option<i64>) =
             redis::cmd("HMGET")
                 .arg(&meta)
@@ -263,12 +263,31 @@ fn audit_redis_into(
             ));
             continue;
         };
-        let per_user: HashMap<u64, i64> = redis::cmd("HGETALL")
+        // What each user has, bought plus held: from their entry in buyers, or for users
+        // an earlier version sold and nothing has touched since, its count in users.
+        let mut per_user: HashMap<u64, i64> = HashMap::new();
+        for (user, entry) in redis::cmd("HGETALL")
+            .arg(&buyers)
+            .query::<HashMap<String, String>>(&mut c)?
+        {
+            match (user.parse(), crate::redis_ledger::parse_buyer(&entry)) {
+                (Ok(user), Some((held, orders))) => {
+                    let bought: i64 = orders.iter().map(|&(_, qty)| i64::from(qty)).sum();
+                    *per_user.entry(user).or_default() += held + bought;
+                }
+                _ => report.violations.push(format!(
+                    "event {id}: buyer entry {user:?} = {entry:?} is not in the form [held|]order,…"
+                )),
+            }
+        }
+        for (user, count) in redis::cmd("HGETALL")
             .arg(&users)
             .query::<HashMap<String, i64>>(&mut c)?
-            .into_iter()
-            .filter_map(|(u, n)| Some((u.parse().ok()?, n)))
-            .collect();
+        {
+            if let Ok(user) = user.parse::<u64>() {
+                *per_user.entry(user).or_default() += count;
+            }
+        }
         let live_held: i64 = redis::cmd("HVALS")
             .arg(&holds)
             .query::<Vec<String>>(&mut c)?
