@@ -65,7 +65,8 @@ end
 -- others as they come), changed in Lua, written back once at the end of the call
 -- (`save`). Per user: held, bought (numbers), list (orders, or false).
 local function buyers(k)
-  return { k = k, held = {}, bought = {}, list = {}, changed = {}, legacy = nil }
+  return { k = k, held = {}, bought = {}, list = {}, dirty = {}, changed = {}, n = 0,
+           legacy = nil }
 end
 
 local function bought_in(list)
@@ -87,10 +88,12 @@ local function remember(b, user, entry)
   b.held[user], b.bought[user], b.list[user] = held, list and bought_in(list) or 0, list
 end
 
+-- Marks the user's entry to be written back (b.changed[1..b.n], each once).
 local function changed(b, user)
-  if not b.changed[user] then
-    b.changed[user] = true
-    b.changed[#b.changed + 1] = user
+  if not b.dirty[user] then
+    b.dirty[user] = true
+    b.n = b.n + 1
+    b.changed[b.n] = user
   end
 end
 
@@ -98,8 +101,7 @@ end
 -- their orders in user-orders. Such a user's entry is made from both, and the old
 -- fields go when it is saved.
 local function from_legacy(b, users)
-  if b.legacy == nil then b.legacy = redis.call('EXISTS', b.k.users) == 1 end
-  if not b.legacy or #users == 0 then return end
+  if #users == 0 then return end
   local counts = redis.call('HMGET', b.k.users, unpack(users))
   local lists = redis.call('HMGET', b.k.uorders, unpack(users))
   for i, user in ipairs(users) do
@@ -113,18 +115,24 @@ local function from_legacy(b, users)
   end
 end
 
--- Reads the entries of `users` (distinct, none read yet), CHUNK at a time.
+-- Reads the entries of `users` (none read yet), CHUNK at a time.
 local function load(b, users)
+  if b.legacy == nil then b.legacy = redis.call('EXISTS', b.k.users) == 1 end
+  local held_of, bought_of, list_of = b.held, b.bought, b.list
   for first = 1, #users, CHUNK do
     local last = math.min(first + CHUNK - 1, #users)
     local entries = redis.call('HMGET', b.k.buyers, unpack(users, first, last))
     local missing = {}
     for i = first, last do
-      local entry = entries[i - first + 1]
-      remember(b, users[i], entry)
-      if not entry then missing[#missing + 1] = users[i] end
+      local user, entry = users[i], entries[i - first + 1]
+      if entry then
+        remember(b, user, entry)
+      else
+        held_of[user], bought_of[user], list_of[user] = 0, 0, false
+        if b.legacy then missing[#missing + 1] = user end
+      end
     end
-    from_legacy(b, missing)
+    if b.legacy then from_legacy(b, missing) end
   end
 end
 
@@ -154,30 +162,31 @@ end
 -- Writes the changed entries back: HSET of those with tickets or orders, HDEL of the
 -- rest, and HDEL of the old-layout fields of users moved from there.
 local function save(b)
-  local set, gone = {}, {}
-  for _, user in ipairs(b.changed) do
-    local held, list = b.held[user], b.list[user]
+  local set, ns, gone, ng = {}, 0, {}, 0
+  local held_of, list_of, changed_users = b.held, b.list, b.changed
+  for i = 1, b.n do
+    local user = changed_users[i]
+    local held, list = held_of[user], list_of[user]
     if held > 0 then
-      set[#set + 1] = user
-      set[#set + 1] = held .. '|' .. (list or '')
+      set[ns + 1], set[ns + 2], ns = user, held .. '|' .. (list or ''), ns + 2
     elseif list then
-      set[#set + 1] = user
-      set[#set + 1] = list
+      set[ns + 1], set[ns + 2], ns = user, list, ns + 2
     else
-      gone[#gone + 1] = user
+      ng = ng + 1
+      gone[ng] = user
     end
   end
-  for first = 1, #set, 2 * CHUNK do
-    redis.call('HSET', b.k.buyers, unpack(set, first, math.min(first + 2 * CHUNK - 1, #set)))
+  for first = 1, ns, 2 * CHUNK do
+    redis.call('HSET', b.k.buyers, unpack(set, first, math.min(first + 2 * CHUNK - 1, ns)))
   end
-  for first = 1, #gone, CHUNK do
-    redis.call('HDEL', b.k.buyers, unpack(gone, first, math.min(first + CHUNK - 1, #gone)))
+  for first = 1, ng, CHUNK do
+    redis.call('HDEL', b.k.buyers, unpack(gone, first, math.min(first + CHUNK - 1, ng)))
   end
   if b.legacy then
-    for first = 1, #b.changed, CHUNK do
-      local part = { unpack(b.changed, first, math.min(first + CHUNK - 1, #b.changed)) }
-      redis.call('HDEL', b.k.users, unpack(part))
-      redis.call('HDEL', b.k.uorders, unpack(part))
+    for first = 1, b.n, CHUNK do
+      local last = math.min(first + CHUNK - 1, b.n)
+      redis.call('HDEL', b.k.users, unpack(changed_users, first, last))
+      redis.call('HDEL', b.k.uorders, unpack(changed_users, first, last))
     end
   end
 end
@@ -209,34 +218,45 @@ end
 -- The call's orders of an event, for its one outbox entry (`publish`): pieces of
 -- "order_id:user:qty,…", joined once at the end, so no string is made per sale.
 local function order(k, id, user, qty, qty_text, made)
-  local n = #made
-  if n > 0 then made[n + 1] = ','; n = n + 1 end
-  made[n + 1], made[n + 2], made[n + 3], made[n + 4], made[n + 5] = id, ':', user, ':', qty_text
+  local n = made.n
+  made[n + 1], made[n + 2], made[n + 3], made[n + 4], made[n + 5], made[n + 6] =
+    id, ':', user, ':', qty_text, ','
+  made.n = n + 6
   add_order(k.view, user, id, qty, qty_text)
 end
 
 -- One outbox entry for a call's orders of an event (one XADD per call, not per sale):
 -- fields node, call, and orders = "order_id:user:qty,...".
 local function publish(k, made, node, call)
-  if #made > 0 then
-    redis.call('XADD', k.orders, '*', 'node', node, 'call', call, 'orders', table.concat(made))
+  if made.n > 0 then
+    -- Without the last piece, the comma after the last order.
+    local orders = table.concat(made, '', 1, made.n - 1)
+    redis.call('XADD', k.orders, '*', 'node', node, 'call', call, 'orders', orders)
   end
+end
+
+local function outbox()
+  return { n = 0 }
 end
 
 -- A call's answers (see the top of this file): codes[i] a letter per step, extras what
 -- OK steps carry.
 local function answers()
-  return { codes = {}, extras = {} }
+  return { codes = {}, n = 0, extras = {}, ne = 0 }
 end
 
 local function answer(a, code, extra)
-  a.codes[#a.codes + 1] = code
-  if extra then a.extras[#a.extras + 1] = extra end
+  a.n = a.n + 1
+  a.codes[a.n] = code
+  if extra then
+    a.ne = a.ne + 1
+    a.extras[a.ne] = extra
+  end
 end
 
 local function reply(a)
-  local text = table.concat(a.codes)
-  if #a.extras > 0 then text = text .. ' ' .. table.concat(a.extras, ' ') end
+  local text = table.concat(a.codes, '', 1, a.n)
+  if a.ne > 0 then text = text .. ' ' .. table.concat(a.extras, ' ', 1, a.ne) end
   return text
 end
 
@@ -338,32 +358,60 @@ redis.register_function('ticketd_decide', function(keys, args)
   end
   local now = now_ms()
   sweep(k, m, now)
-  -- Every buyer's entry with one HMGET, before any decision reads one.
-  local b, unread = k.view, {}
+  -- Every buyer's entry with one HMGET, before any decision reads one. (A user twice in
+  -- the batch is read twice: the same entry, before anything changed it.)
+  local b, unread, nu = k.view, {}, 0
+  local held_of, bought_of, list_of, dirty, changed_users = b.held, b.bought, b.list, b.dirty, b.changed
   for i = 1, n do
     local base = 4 + (i - 1) * 4
     local kind, user = args[base + 1], args[base + 2]
-    if (kind == 'B' or kind == 'R') and b.held[user] == nil and not unread[user] then
-      unread[user] = true
-      unread[#unread + 1] = user
+    if (kind == 'B' or kind == 'R') and held_of[user] == nil then
+      nu = nu + 1
+      unread[nu] = user
     end
   end
   load(b, unread)
-  local made = {}
+  local made = outbox()
   local expires = now + m.ttl
   local expires_text = tostring(expires)
+  local codes = a.codes
   for i = 1, n do
     local base = 4 + (i - 1) * 4
     local kind, user, qty_text, id = args[base + 1], args[base + 2], args[base + 3], args[base + 4]
-    if kind == 'B' or kind == 'R' then
+    if kind == 'B' then
+      -- The selling path, written out: no call, and no string made for a one-ticket sale.
+      local qty = 1
+      if qty_text ~= '1' then qty = tonumber(qty_text) end
+      if held_of[user] == nil then load(b, { user }) end
+      local code = 'O'
+      if held_of[user] + bought_of[user] + qty > m.limit then
+        code = 'L'
+      elseif m.sold + m.held + qty > m.total then
+        code = 'S'
+      else
+        m.sold = m.sold + qty
+        local mn = made.n
+        made[mn + 1], made[mn + 2], made[mn + 3], made[mn + 4], made[mn + 5], made[mn + 6] =
+          id, ':', user, ':', qty_text, ','
+        made.n = mn + 6
+        local entry = id
+        if qty ~= 1 then entry = id .. ':' .. qty_text end
+        local list = list_of[user]
+        if list then list_of[user] = list .. ',' .. entry else list_of[user] = entry end
+        bought_of[user] = bought_of[user] + qty
+        if not dirty[user] then
+          dirty[user] = true
+          b.n = b.n + 1
+          changed_users[b.n] = user
+        end
+      end
+      a.n = a.n + 1
+      codes[a.n] = code
+    elseif kind == 'R' then
       local qty = tonumber(qty_text)
       local no = refusal(k, m, user, qty)
       if no then
         answer(a, no)
-      elseif kind == 'B' then
-        m.sold = m.sold + qty
-        order(k, id, user, qty, qty_text, made)
-        answer(a, 'O')
       else
         m.held = m.held + qty
         hold_more(b, user, qty)
@@ -436,7 +484,7 @@ redis.register_function('ticketd_settle', function(keys, args)
       local state = touched[event]
       if not state then
         local k = event_keys('{ev:' .. event .. '}')
-        state = { k = k, m = meta(k.meta), made = {} }
+        state = { k = k, m = meta(k.meta), made = outbox() }
         touched[event] = state
       end
       if not state.m then
