@@ -463,3 +463,122 @@ fn holds_are_settled_by_hold_id_alone_across_events() {
         "a cancelled hold cannot be confirmed"
     );
 }
+
+fn orders_of(c: &mut Connection, event: u32, user: u64) -> Vec<(u64, u16)> {
+    let reply: Value = redis_ledger::orders(event, user).query(c).unwrap();
+    redis_ledger::parse_orders(&reply).unwrap().unwrap()
+}
+
+fn buyer_entry(c: &mut Connection, event: u32, user: u64) -> Option<String> {
+    redis::cmd("HGET")
+        .arg(EventKeys::new(event).buyers())
+        .arg(user)
+        .query(c)
+        .unwrap()
+}
+
+#[test]
+fn a_buyers_entry_keeps_held_tickets_then_orders_and_goes_when_empty() {
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    init(&mut c, 1, 10, 3, 60_000);
+    let reserve = |user, qty, hold_id| Step::Reserve { user, qty, hold_id };
+    decide(
+        &mut c,
+        1,
+        1,
+        &[buy(7, 100), reserve(7, 2, 500), reserve(8, 1, 501)],
+    );
+    assert_eq!(buyer_entry(&mut c, 1, 7).as_deref(), Some("2|100"));
+    assert_eq!(buyer_entry(&mut c, 1, 8).as_deref(), Some("1|"));
+    // Bought 1 + held 2 is user 7's limit of 3.
+    assert_eq!(
+        decide(&mut c, 1, 2, &[buy(7, 101)]),
+        vec![Decision::Refused(Status::LimitReached)]
+    );
+    let settled = decide(
+        &mut c,
+        1,
+        3,
+        &[
+            Step::Confirm {
+                hold_id: 500,
+                order_id: 600,
+            },
+            Step::Cancel { hold_id: 501 },
+        ],
+    );
+    assert_eq!(
+        settled,
+        vec![
+            Decision::Ordered { order_id: 600 },
+            Decision::Cancelled {
+                event_id: 1,
+                qty: 1
+            }
+        ]
+    );
+    assert_eq!(buyer_entry(&mut c, 1, 7).as_deref(), Some("100,600:2"));
+    assert_eq!(
+        buyer_entry(&mut c, 1, 8),
+        None,
+        "nothing held, nothing bought"
+    );
+    assert_eq!(orders_of(&mut c, 1, 7), vec![(100, 1), (600, 2)]);
+    assert_eq!(meta(&mut c, 1), vec![10, 3, 0]);
+}
+
+/// Before 0.2 the ledger kept each user's count in `{ev:ID}:users` and their orders in
+/// `{ev:ID}:user-orders`. An event sold then goes on with its limits and orders, and each
+/// user touched moves into `{ev:ID}:buyers`.
+#[test]
+fn an_event_sold_by_an_earlier_version_keeps_its_limits_and_orders() {
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    init(&mut c, 1, 10, 2, 60_000);
+    let [meta_key, users, .., user_orders, _] = EventKeys::new(1).state();
+    let _: () = redis::cmd("HSET")
+        .arg(&meta_key)
+        .arg("sold")
+        .arg(3)
+        .query(&mut c)
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(&users)
+        .arg(&["5", "1", "6", "2", "9", "1"][..])
+        .query(&mut c)
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(&user_orders)
+        .arg(&["5", "100:1", "6", "101:2", "9", "102:1"][..])
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(
+        decide(
+            &mut c,
+            1,
+            1,
+            &[buy(5, 200), buy(6, 201), buy(5, 202), buy(7, 203)]
+        ),
+        vec![
+            Decision::Ordered { order_id: 200 },
+            Decision::Refused(Status::LimitReached),
+            Decision::Refused(Status::LimitReached),
+            Decision::Ordered { order_id: 203 },
+        ]
+    );
+    assert_eq!(orders_of(&mut c, 1, 5), vec![(100, 1), (200, 1)]);
+    assert_eq!(orders_of(&mut c, 1, 6), vec![(101, 2)]);
+    assert_eq!(
+        orders_of(&mut c, 1, 9),
+        vec![(102, 1)],
+        "untouched, still read"
+    );
+    assert_eq!(buyer_entry(&mut c, 1, 5).as_deref(), Some("100:1,200"));
+    assert_eq!(buyer_entry(&mut c, 1, 6).as_deref(), Some("101:2"));
+    let left: Vec<String> = redis::cmd("HKEYS").arg(&users).query(&mut c).unwrap();
+    assert_eq!(left, vec!["9".to_owned()], "moved users leave the old hash");
+    let left: Vec<String> = redis::cmd("HKEYS").arg(&user_orders).query(&mut c).unwrap();
+    assert_eq!(left, vec!["9".to_owned()]);
+    assert_eq!(meta(&mut c, 1), vec![10, 5, 0]);
+}

@@ -207,7 +207,10 @@ mod tests {
             ("OO x", "an expiry that is no number"),
             ("OX 5", "an unknown letter"),
         ] {
-            assert!(parse_decisions(&bulk(bad), &steps).is_err(), "{why}: {bad:?}");
+            assert!(
+                parse_decisions(&bulk(bad), &steps).is_err(),
+                "{why}: {bad:?}"
+            );
         }
         assert!(parse_decisions(&Value::Array(vec![]), &steps).is_err());
         assert!(parse_decisions(&Value::Int(1), &steps).is_err());

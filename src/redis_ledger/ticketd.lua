@@ -61,40 +61,36 @@ end
 -- string made per sale (a join, or a number formatted with sprintf) costs about as much
 -- as a hash lookup, so the selling path makes none.
 --
--- The call's view of the entries: read once (a whole batch's buyers with one HMGET,
--- others as they come), changed in Lua, written back once at the end of the call
--- (`save`). Per user: held, bought (numbers), list (orders, or false).
+-- The call's view of the entries (`b.entry[user]`: the entry, or false for none), read
+-- once — a whole batch's buyers with one HMGET, others as they come — and changed as
+-- strings: a new buyer's first one-ticket sale only stores the order id. At the end of
+-- the call `save` writes back, with one HSET, each entry that is no longer the one read
+-- (Lua strings are interned: comparing two is one pointer comparison).
 local function buyers(k)
-  return { k = k, held = {}, bought = {}, list = {}, dirty = {}, changed = {}, n = 0,
-           legacy = nil }
+  return { k = k, entry = {}, read = {}, was = {}, n = 0, moved = {}, legacy = nil }
 end
 
-local function bought_in(list)
-  local n = 0
-  for order in string.gmatch(list, '[^,]+') do
-    n = n + (tonumber(string.match(order, ':(%d+)$')) or 1)
-  end
-  return n
-end
-
-local function remember(b, user, entry)
-  if not entry then
-    b.held[user], b.bought[user], b.list[user] = 0, 0, false
-    return
-  end
+local function split(entry)
+  if not entry then return 0, '' end
   local held, list = string.match(entry, '^(%d+)|(.*)$')
-  if held then held = tonumber(held) else held, list = 0, entry end
-  if list == '' then list = false end
-  b.held[user], b.bought[user], b.list[user] = held, list and bought_in(list) or 0, list
+  if held then return tonumber(held), list end
+  return 0, entry
 end
 
--- Marks the user's entry to be written back (b.changed[1..b.n], each once).
-local function changed(b, user)
-  if not b.dirty[user] then
-    b.dirty[user] = true
-    b.n = b.n + 1
-    b.changed[b.n] = user
+local function join(held, list)
+  if held > 0 then return held .. '|' .. list end
+  if list == '' then return false end
+  return list
+end
+
+-- What an entry has: tickets held plus tickets of its orders.
+local function has_in(entry)
+  if not entry then return 0 end
+  local held, list = split(entry)
+  for order in string.gmatch(list, '[^,]+') do
+    held = held + (tonumber(string.match(order, ':(%d+)$')) or 1)
   end
+  return held
 end
 
 -- Users of an event a version before 0.2 sold: their count (bought + held) in users and
@@ -106,11 +102,9 @@ local function from_legacy(b, users)
   local lists = redis.call('HMGET', b.k.uorders, unpack(users))
   for i, user in ipairs(users) do
     if counts[i] then
-      local list = lists[i] or false
-      if list == '' then list = false end
-      local bought = list and bought_in(list) or 0
-      b.held[user], b.bought[user], b.list[user] = tonumber(counts[i]) - bought, bought, list
-      changed(b, user)
+      local list = lists[i] or ''
+      b.entry[user] = join(tonumber(counts[i]) - has_in(list ~= '' and list), list)
+      b.moved[#b.moved + 1] = user
     end
   end
 end
@@ -118,62 +112,69 @@ end
 -- Reads the entries of `users` (none read yet), CHUNK at a time.
 local function load(b, users)
   if b.legacy == nil then b.legacy = redis.call('EXISTS', b.k.users) == 1 end
-  local held_of, bought_of, list_of = b.held, b.bought, b.list
+  local entry_of, read, was = b.entry, b.read, b.was
   for first = 1, #users, CHUNK do
     local last = math.min(first + CHUNK - 1, #users)
     local entries = redis.call('HMGET', b.k.buyers, unpack(users, first, last))
     local missing = {}
+    local n = b.n
     for i = first, last do
       local user, entry = users[i], entries[i - first + 1]
-      if entry then
-        remember(b, user, entry)
-      else
-        held_of[user], bought_of[user], list_of[user] = 0, 0, false
-        if b.legacy then missing[#missing + 1] = user end
-      end
+      entry_of[user] = entry
+      n = n + 1
+      read[n], was[n] = user, entry
+      if not entry and b.legacy then missing[#missing + 1] = user end
     end
+    b.n = n
     if b.legacy then from_legacy(b, missing) end
   end
 end
 
--- What the user has (bought + held), reading their entry if the call has not yet.
+-- The user's entry, read if the call has not yet.
+local function entry_of(b, user)
+  local entry = b.entry[user]
+  if entry == nil then
+    load(b, { user })
+    entry = b.entry[user]
+  end
+  return entry
+end
+
+-- What the user has (bought + held).
 local function has(b, user)
-  if b.held[user] == nil then load(b, { user }) end
-  return b.held[user] + b.bought[user]
+  return has_in(entry_of(b, user))
 end
 
 local function hold_more(b, user, qty)
-  has(b, user)
-  b.held[user] = b.held[user] + qty
-  changed(b, user)
+  local held, list = split(entry_of(b, user))
+  b.entry[user] = join(held + qty, list)
 end
 
--- Adds an order of qty tickets (qty_text: qty as text) to the user's entry.
-local function add_order(b, user, id, qty, qty_text)
-  has(b, user)
+-- Adds an order (qty_text: its tickets as text) to the user's entry.
+local function add_order(b, user, id, qty_text)
   local order = id
   if qty_text ~= '1' then order = id .. ':' .. qty_text end
-  local list = b.list[user]
-  if list then list = list .. ',' .. order else list = order end
-  b.list[user], b.bought[user] = list, b.bought[user] + qty
-  changed(b, user)
+  local held, list = split(entry_of(b, user))
+  if list ~= '' then list = list .. ',' .. order else list = order end
+  b.entry[user] = join(held, list)
 end
 
--- Writes the changed entries back: HSET of those with tickets or orders, HDEL of the
--- rest, and HDEL of the old-layout fields of users moved from there.
+-- Writes back the entries that changed: HSET of those left, HDEL of those gone, and
+-- HDEL of the old-layout fields of users moved from there. (A user read twice is
+-- compared twice, with the same result.)
 local function save(b)
   local set, ns, gone, ng = {}, 0, {}, 0
-  local held_of, list_of, changed_users = b.held, b.list, b.changed
+  local entry_of, read, was = b.entry, b.read, b.was
   for i = 1, b.n do
-    local user = changed_users[i]
-    local held, list = held_of[user], list_of[user]
-    if held > 0 then
-      set[ns + 1], set[ns + 2], ns = user, held .. '|' .. (list or ''), ns + 2
-    elseif list then
-      set[ns + 1], set[ns + 2], ns = user, list, ns + 2
-    else
-      ng = ng + 1
-      gone[ng] = user
+    local user = read[i]
+    local entry = entry_of[user]
+    if entry ~= was[i] then
+      if entry then
+        set[ns + 1], set[ns + 2], ns = user, entry, ns + 2
+      else
+        ng = ng + 1
+        gone[ng] = user
+      end
     end
   end
   for first = 1, ns, 2 * CHUNK do
@@ -182,12 +183,10 @@ local function save(b)
   for first = 1, ng, CHUNK do
     redis.call('HDEL', b.k.buyers, unpack(gone, first, math.min(first + CHUNK - 1, ng)))
   end
-  if b.legacy then
-    for first = 1, b.n, CHUNK do
-      local last = math.min(first + CHUNK - 1, b.n)
-      redis.call('HDEL', b.k.users, unpack(changed_users, first, last))
-      redis.call('HDEL', b.k.uorders, unpack(changed_users, first, last))
-    end
+  for first = 1, #b.moved, CHUNK do
+    local last = math.min(first + CHUNK - 1, #b.moved)
+    redis.call('HDEL', b.k.users, unpack(b.moved, first, last))
+    redis.call('HDEL', b.k.uorders, unpack(b.moved, first, last))
   end
 end
 
@@ -217,12 +216,12 @@ end
 
 -- The call's orders of an event, for its one outbox entry (`publish`): pieces of
 -- "order_id:user:qty,…", joined once at the end, so no string is made per sale.
-local function order(k, id, user, qty, qty_text, made)
+local function order(k, id, user, qty_text, made)
   local n = made.n
   made[n + 1], made[n + 2], made[n + 3], made[n + 4], made[n + 5], made[n + 6] =
     id, ':', user, ':', qty_text, ','
   made.n = n + 6
-  add_order(k.view, user, id, qty, qty_text)
+  add_order(k.view, user, id, qty_text)
 end
 
 -- One outbox entry for a call's orders of an event (one XADD per call, not per sale):
@@ -288,7 +287,7 @@ local function settle(k, m, event, kind, hold_id, order_id, made, now, a)
     redis.call('ZREM', k.deadlines, hold_id)
     redis.call('ZADD', k.forget, now + m.ttl, hold_id)
     hold_more(k.view, h.user, -h.qty)
-    order(k, order_id, h.user, h.qty, tostring(h.qty), made)
+    order(k, order_id, h.user, tostring(h.qty), made)
     return answer(a, 'O', order_id)
   end
   if h.state == 'X' then return answer(a, 'O', event .. ':0') end
@@ -361,11 +360,11 @@ redis.register_function('ticketd_decide', function(keys, args)
   -- Every buyer's entry with one HMGET, before any decision reads one. (A user twice in
   -- the batch is read twice: the same entry, before anything changed it.)
   local b, unread, nu = k.view, {}, 0
-  local held_of, bought_of, list_of, dirty, changed_users = b.held, b.bought, b.list, b.dirty, b.changed
+  local entries = b.entry
   for i = 1, n do
     local base = 4 + (i - 1) * 4
     local kind, user = args[base + 1], args[base + 2]
-    if (kind == 'B' or kind == 'R') and held_of[user] == nil then
+    if (kind == 'B' or kind == 'R') and entries[user] == nil then
       nu = nu + 1
       unread[nu] = user
     end
@@ -374,19 +373,21 @@ redis.register_function('ticketd_decide', function(keys, args)
   local made = outbox()
   local expires = now + m.ttl
   local expires_text = tostring(expires)
-  local codes = a.codes
+  local codes, limit, total = a.codes, m.limit, m.total
   for i = 1, n do
     local base = 4 + (i - 1) * 4
     local kind, user, qty_text, id = args[base + 1], args[base + 2], args[base + 3], args[base + 4]
     if kind == 'B' then
-      -- The selling path, written out: no call, and no string made for a one-ticket sale.
+      -- The selling path, written out: no call, and for a new buyer's one-ticket sale
+      -- no string made.
       local qty = 1
       if qty_text ~= '1' then qty = tonumber(qty_text) end
-      if held_of[user] == nil then load(b, { user }) end
+      local entry = entries[user]
+      if entry == nil then entry = entry_of(b, user) end
       local code = 'O'
-      if held_of[user] + bought_of[user] + qty > m.limit then
+      if (entry and has_in(entry) or 0) + qty > limit then
         code = 'L'
-      elseif m.sold + m.held + qty > m.total then
+      elseif m.sold + m.held + qty > total then
         code = 'S'
       else
         m.sold = m.sold + qty
@@ -394,16 +395,7 @@ redis.register_function('ticketd_decide', function(keys, args)
         made[mn + 1], made[mn + 2], made[mn + 3], made[mn + 4], made[mn + 5], made[mn + 6] =
           id, ':', user, ':', qty_text, ','
         made.n = mn + 6
-        local entry = id
-        if qty ~= 1 then entry = id .. ':' .. qty_text end
-        local list = list_of[user]
-        if list then list_of[user] = list .. ',' .. entry else list_of[user] = entry end
-        bought_of[user] = bought_of[user] + qty
-        if not dirty[user] then
-          dirty[user] = true
-          b.n = b.n + 1
-          changed_users[b.n] = user
-        end
+        if not entry and qty == 1 then entries[user] = id else add_order(b, user, id, qty_text) end
       end
       a.n = a.n + 1
       codes[a.n] = code
