@@ -528,7 +528,7 @@ fn a_buyers_entry_keeps_held_tickets_then_orders_and_goes_when_empty() {
     assert_eq!(meta(&mut c, 1), vec![10, 3, 0]);
 }
 
-/// Before 0.2 the ledger kept each user's count in `{ev:ID}:users` and their orders in
+/// Before the buyers hash the ledger kept each user's count in `{ev:ID}:users` and their orders in
 /// `{ev:ID}:user-orders`. An event sold then goes on with its limits and orders, and each
 /// user touched moves into `{ev:ID}:buyers`.
 #[test]

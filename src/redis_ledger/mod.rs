@@ -76,7 +76,7 @@ impl EventKeys {
         format!("{}:buyers", self.tag)
     }
 
-    /// Each user's orders as versions before 0.2 recorded them (read, and moved into
+    /// Each user's orders as the layout before the buyers hash recorded them (read, and moved into
     /// `buyers` as each user is next touched).
     pub fn user_orders(&self) -> String {
         format!("{}:user-orders", self.tag)
@@ -84,7 +84,7 @@ impl EventKeys {
 
     /// Every key holding the event's state (not the per-call replay keys, which expire),
     /// in the order the Lua's `keys_of` names them. `users` and `user-orders` are the
-    /// layout before 0.2 (see `ticketd.lua`).
+    /// layout before the buyers hash (see `ticketd.lua`).
     pub fn state(&self) -> [String; 8] {
         [
             "meta",

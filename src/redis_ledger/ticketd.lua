@@ -10,9 +10,9 @@
 --   {ev:ID}:deadlines  zset   hold_id scored by expires_ms (live holds)
 --   {ev:ID}:forget     zset   hold_id scored by when its record may go
 --   {ev:ID}:orders     stream the outbox: one entry per call, its orders "order_id:user:qty,…"
---   {ev:ID}:users, {ev:ID}:user-orders   hashes of ledgers written before 0.2: user ->
+--   {ev:ID}:users, {ev:ID}:user-orders   hashes of the layout before buyers: user ->
 --                      tickets bought or held, and user -> "order_id:qty,…". Read, and
---                      moved into buyers as each user is next touched; never written.
+--                      moved into buyers as each user is next touched; never added to.
 --   {ev:ID}:call:<id>  string a call's results, kept for replay (exactly once)
 --
 -- Answers of ticketd_decide and ticketd_settle: one string, a letter per step (O ok,
@@ -93,7 +93,7 @@ local function has_in(entry)
   return held
 end
 
--- Users of an event a version before 0.2 sold: their count (bought + held) in users and
+-- Users of an event sold under the layout before buyers: their count (bought + held) in users and
 -- their orders in user-orders. Such a user's entry is made from both, and the old
 -- fields go when it is saved.
 local function from_legacy(b, users)
