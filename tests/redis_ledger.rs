@@ -582,3 +582,79 @@ fn an_event_sold_by_an_earlier_version_keeps_its_limits_and_orders() {
     assert_eq!(left, vec!["9".to_owned()]);
     assert_eq!(meta(&mut c, 1), vec![10, 5, 0]);
 }
+
+/// The library of the layout before the buyers hash, as that version loaded it.
+const LIBRARY_BEFORE_BUYERS: &str = include_str!("fixtures/ticketd-library-before-buyers.lua");
+
+/// A node and a library of different versions refuse each other's calls before changing
+/// anything (so the node's UNAVAILABLE is true), in both directions.
+#[test]
+fn a_node_and_a_library_of_different_versions_refuse_each_other_unchanged() {
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    init(&mut c, 1, 10, 1, 60_000);
+    let keys = EventKeys::new(1);
+    // A node of the earlier version against this library: its decide sent 8 keys.
+    let [meta_key, users, holds, deadlines, forget, orders, user_orders, _] = keys.state();
+    let earlier: redis::RedisResult<Value> = redis::cmd("FCALL")
+        .arg("ticketd_decide")
+        .arg(8)
+        .arg(
+            &[
+                &meta_key,
+                &users,
+                &holds,
+                &deadlines,
+                &forget,
+                &orders,
+                &user_orders,
+                "{ev:1}:call:old-1",
+            ][..],
+        )
+        .arg(&["old-1", "1", "60000", "1", "B", "5", "1", "100"][..])
+        .query(&mut c);
+    let refused = earlier.expect_err("an earlier node's call is refused");
+    assert!(
+        refused.to_string().contains("another ticketd version"),
+        "{refused}"
+    );
+    let earlier_settle: redis::RedisResult<Value> = redis::cmd("FCALL")
+        .arg("ticketd_settle")
+        .arg(1)
+        .arg("ticketd:call:old-2")
+        .arg(&["old-2", "1", "60000", "1", "X", "500", "0"][..])
+        .query(&mut c);
+    assert!(earlier_settle.is_err());
+
+    // This version's node against the earlier library, which another node reloaded.
+    let _: () = redis_ledger::mark_layout().query(&mut c).unwrap();
+    let _: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(LIBRARY_BEFORE_BUYERS)
+        .query(&mut c)
+        .unwrap();
+    let decided: redis::RedisResult<Value> =
+        redis_ledger::decide(1, "new-1", 1, 60_000, &[buy(6, 101)]).query(&mut c);
+    assert!(
+        decided
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("WRONGTYPE")),
+        "{decided:?}"
+    );
+    let settled: redis::RedisResult<Value> =
+        redis_ledger::settle("new-2", 1, 60_000, &[Step::Cancel { hold_id: 500 }]).query(&mut c);
+    assert!(
+        settled
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("WRONGTYPE")),
+        "{settled:?}"
+    );
+    assert_eq!(meta(&mut c, 1), vec![10, 0, 0], "nothing sold");
+    assert_eq!(outbox_len(&mut c, 1), 0);
+    let layout: String = redis::cmd("TYPE")
+        .arg(redis_ledger::LAYOUT_KEY)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(layout, "hash", "the guard is not overwritten");
+}

@@ -21,6 +21,11 @@ pub use reply::{parse_buyer, parse_decisions, parse_orders, ReplyError};
 /// The Function library, loaded with `FUNCTION LOAD REPLACE`.
 pub const FUNCTION_LIBRARY: &str = include_str!("ticketd.lua");
 
+/// A hash every node's handshake makes ([`mark_layout`]): `ticketd_settle` names it
+/// first, where an earlier library reads its replay key, so that library fails with
+/// WRONGTYPE before changing anything (see "Versions" in `ticketd.lua`).
+pub const LAYOUT_KEY: &str = "ticketd:layout";
+
 /// How long Redis remembers a call's results for replay after a lost connection.
 pub const DEFAULT_REPLAY_TTL_MS: u64 = 10 * 60 * 1000;
 
@@ -134,6 +139,32 @@ pub fn load_functions() -> Cmd {
     cmd
 }
 
+/// Marks the ledger as written in the buyers layout (idempotent; every (re)connect).
+pub fn mark_layout() -> Cmd {
+    let mut cmd = redis::cmd("HSET");
+    cmd.arg(LAYOUT_KEY).arg("buyers").arg(1);
+    cmd
+}
+
+/// The keys `ticketd_decide` (with the call key after them) and `ticketd_stock` get: the
+/// event's state, the meta key again in the eighth place as a guard against a library of
+/// an earlier version (its replay key), and the buyers last.
+fn call_keys(keys: &EventKeys) -> [String; 9] {
+    let [meta, users, holds, deadlines, forget, orders, user_orders, buyers] = keys.state();
+    let guard = meta.clone();
+    [
+        meta,
+        users,
+        holds,
+        deadlines,
+        forget,
+        orders,
+        user_orders,
+        guard,
+        buyers,
+    ]
+}
+
 /// Defines an event: creates it if absent, or with `update` sets its total, limit and
 /// hold TTL keeping its sales (refused if the total would fall below sold + held).
 /// Replies `[OK]` or `[ERR, why]`. Only `ticketd create-events` sends it: a node never
@@ -155,7 +186,7 @@ pub fn define_event(event: u32, def: &setup::Definition, update: bool) -> Cmd {
 pub fn decide(event: u32, call_id: &str, node: u16, replay_ttl_ms: u64, steps: &[Step]) -> Cmd {
     let keys = EventKeys::new(event);
     let mut cmd = redis::cmd("FCALL");
-    let state = keys.state();
+    let state = call_keys(&keys);
     cmd.arg("ticketd_decide").arg(state.len() + 1);
     for key in state {
         cmd.arg(key);
@@ -186,7 +217,8 @@ pub fn decide(event: u32, call_id: &str, node: u16, replay_ttl_ms: u64, steps: &
 pub fn settle(call_id: &str, node: u16, replay_ttl_ms: u64, steps: &[Step]) -> Cmd {
     let mut cmd = redis::cmd("FCALL");
     cmd.arg("ticketd_settle")
-        .arg(1)
+        .arg(2)
+        .arg(LAYOUT_KEY)
         .arg(format!("ticketd:call:{call_id}"))
         .arg(call_id)
         .arg(node)
@@ -209,7 +241,7 @@ pub fn settle(call_id: &str, node: u16, replay_ttl_ms: u64, steps: &[Step]) -> C
 /// STOCK from the ledger (expiring due holds first); replies `[total, remaining, held]`
 /// (`[-1, -1, -1]` for an event the ledger lacks).
 pub fn stock(event: u32) -> Cmd {
-    let keys = EventKeys::new(event).state();
+    let keys = call_keys(&EventKeys::new(event));
     let mut cmd = redis::cmd("FCALL");
     cmd.arg("ticketd_stock").arg(keys.len());
     for key in &keys {
@@ -275,26 +307,27 @@ mod tests {
             .nth(1)
             .and_then(|rest| rest.split("end").next())
             .expect("keys_of in the Lua");
-        let suffixes: Vec<String> = EventKeys::new(1)
-            .state()
-            .iter()
-            .map(|k| k.trim_start_matches("{ev:1}:").to_owned())
-            .collect();
-        let lua_name = |suffix: &str| match suffix {
-            "user-orders" => "uorders".to_owned(),
-            other => other.to_owned(),
+        let sent = call_keys(&EventKeys::new(1));
+        let lua_name = |i: usize, suffix: &str| match (i, suffix) {
+            (7, "meta") => "guard".to_owned(),
+            (_, "user-orders") => "uorders".to_owned(),
+            (_, other) => other.to_owned(),
         };
-        for (i, suffix) in suffixes.iter().enumerate() {
-            let entry = format!("{} = keys[{}]", lua_name(suffix), i + 1);
+        for (i, key) in sent.iter().enumerate() {
+            let suffix = key.trim_start_matches("{ev:1}:");
+            let entry = format!("{} = keys[{}]", lua_name(i, suffix), i + 1);
             assert!(
                 keys_of.contains(&entry),
                 "keys_of lacks `{entry}`: {keys_of}"
             );
-            let settle = format!("tag .. ':{suffix}'");
+        }
+        // ticketd_settle builds the same keys from an event's tag.
+        for key in EventKeys::new(1).state() {
+            let settle = format!("tag .. ':{}'", key.trim_start_matches("{ev:1}:"));
             assert!(lua.contains(&settle), "ticketd_settle lacks {settle}");
         }
-        // The call key follows the state keys, as `decide` sends them.
-        assert!(keys_of.contains(&format!("call = keys[{}]", suffixes.len() + 1)));
+        // The call key follows the others, as `decide` sends them.
+        assert!(keys_of.contains(&format!("call = keys[{}]", sent.len() + 1)));
     }
 
     #[test]

@@ -22,6 +22,14 @@
 -- order id is the one the caller sent.
 --
 -- Time is Redis's own clock (TIME), so every node agrees when a hold expires.
+--
+-- Versions. These answers and the buyers hash came with a new set of keys per call, and
+-- each function checks it gets its count: a node of an earlier version (which sends
+-- fewer) is refused before anything changes. The other way round, an earlier library
+-- reads its replay key where this one's callers put a hash — the event's meta for
+-- ticketd_decide, ticketd:layout (made by every node's handshake) for ticketd_settle —
+-- so its first GET fails with WRONGTYPE, again before anything changes. Either way the
+-- call fails and its requests answer UNAVAILABLE, which is true; no answer is misread.
 
 -- hold_id -> event id, so CONFIRM/CANCEL can arrive at any node with only the hold id.
 -- (Outside every event's hash slot: on a Redis Cluster, hold ids would have to carry
@@ -66,6 +74,13 @@ end
 -- strings: a new buyer's first one-ticket sale only stores the order id. At the end of
 -- the call `save` writes back, with one HSET, each entry that is no longer the one read
 -- (Lua strings are interned: comparing two is one pointer comparison).
+-- Refuses a call with another number of keys than this library's callers send.
+local function version_error(keys, wanted)
+  if #keys == wanted then return nil end
+  return redis.error_reply('ticketd: this ledger library wants ' .. wanted .. ' keys, got ' ..
+    #keys .. ': a node of another ticketd version? Run one version on every node')
+end
+
 local function buyers(k)
   return { k = k, entry = {}, read = {}, was = {}, n = 0, moved = {}, legacy = nil }
 end
@@ -306,10 +321,12 @@ local function event_keys(tag)
   return k
 end
 
+-- The keys of an event as ticketd_decide (and, without guard and call, ticketd_stock)
+-- gets them; guard is the meta key again (see "Versions" above).
 local function keys_of(keys)
   local k = { meta = keys[1], users = keys[2], holds = keys[3], deadlines = keys[4],
-              forget = keys[5], orders = keys[6], uorders = keys[7], buyers = keys[8],
-              call = keys[9] }
+              forget = keys[5], orders = keys[6], uorders = keys[7], guard = keys[8],
+              buyers = keys[9], call = keys[10] }
   k.view = buyers(k)
   return k
 end
@@ -336,7 +353,7 @@ redis.register_function('ticketd_define', function(keys, args)
   return { 'OK' }
 end)
 
--- ticketd_decide(meta users holds deadlines forget orders user-orders buyers call)
+-- ticketd_decide(meta users holds deadlines forget orders user-orders meta buyers call)
 --   call_id node replay_ttl_ms n  then n × (kind user qty id)
 --   kind: B buy, R reserve, C confirm (user/qty ignored, id = order id to use),
 --         X cancel (id ignored). For R, id is the hold id; for B the order id; for C
@@ -344,6 +361,8 @@ end)
 -- -> the answers, as the top of this file says.
 -- A call id seen before returns the first attempt's answers and changes nothing.
 redis.register_function('ticketd_decide', function(keys, args)
+  local wrong = version_error(keys, 10)
+  if wrong then return wrong end
   local k = keys_of(keys)
   local replay = redis.call('GET', k.call)
   if replay then return replay end
@@ -430,6 +449,8 @@ end)
 -- ORDERS, read from the global ledger (a list an earlier version kept in user-orders
 -- first).
 redis.register_function('ticketd_orders', function(keys, args)
+  local wrong = version_error(keys, 3)
+  if wrong then return wrong end
   if redis.call('EXISTS', keys[1]) == 0 then return { 0 } end
   local lists = {}
   local before = redis.call('HGET', keys[3], args[1])
@@ -442,11 +463,13 @@ redis.register_function('ticketd_orders', function(keys, args)
   return { 1, table.concat(lists, ',') }
 end)
 
--- ticketd_stock(meta users holds deadlines forget orders user-orders buyers) ->
+-- ticketd_stock(meta users holds deadlines forget orders user-orders meta buyers) ->
 -- {total, remaining, held}, after expiring due holds; {-1, -1, -1} when the event does
 -- not exist. Nothing remaining and nothing held means sold out for good: only holds ever
 -- give tickets back.
 redis.register_function('ticketd_stock', function(keys, args)
+  local wrong = version_error(keys, 9)
+  if wrong then return wrong end
   local k = keys_of(keys)
   local m = meta(k.meta)
   if not m then return { -1, -1, -1 } end
@@ -456,11 +479,13 @@ redis.register_function('ticketd_stock', function(keys, args)
   return { m.total, m.total - m.sold - m.held, m.held }
 end)
 
--- ticketd_settle(call) call_id node replay_ttl_ms n  then n × (kind hold_id order_id)
+-- ticketd_settle(ticketd:layout call) call_id node replay_ttl_ms n  then n × (kind hold_id order_id)
 --   kind: C confirm, X cancel. Each hold's event is found in the hold index, so the
 --   caller needs to know only the hold id. Answers like ticketd_decide; replays alike.
 redis.register_function('ticketd_settle', function(keys, args)
-  local replay = redis.call('GET', keys[1])
+  local wrong = version_error(keys, 2)
+  if wrong then return wrong end
+  local replay = redis.call('GET', keys[2])
   if replay then return replay end
   local call, node, replay_ttl, n = args[1], args[2], tonumber(args[3]), tonumber(args[4])
   local now = now_ms()
@@ -494,6 +519,6 @@ redis.register_function('ticketd_settle', function(keys, args)
     end
   end
   local text = reply(a)
-  redis.call('SET', keys[1], text, 'PX', replay_ttl)
+  redis.call('SET', keys[2], text, 'PX', replay_ttl)
   return text
 end)

@@ -156,6 +156,7 @@ impl RemoteLedger {
         let shard = shard.index;
         let mut handshake = settings.login.commands();
         handshake.push(settings.flavor.loader());
+        handshake.push(redis_ledger::mark_layout());
         let events = catalog.len();
         RemoteLedger {
             shard,
