@@ -34,6 +34,7 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod placement;
+pub mod prefault;
 pub mod readiness;
 pub mod redis_ledger;
 pub mod routing;

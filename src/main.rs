@@ -9,6 +9,11 @@ use tracing_subscriber::EnvFilter;
 use ticketd::config::{effective, merge_config_file, Cli, Tool};
 use ticketd::tools;
 
+/// The tables a shard makes as it starts are faulted in then, not by the sale (see
+/// `ticketd::prefault`).
+#[global_allocator]
+static ALLOCATOR: ticketd::prefault::PrefaultingAlloc = ticketd::prefault::PrefaultingAlloc;
+
 fn main() -> ExitCode {
     let given: Vec<_> = std::env::args_os().collect();
     let argv = match merge_config_file(given.clone()) {

@@ -289,7 +289,16 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                 if !placement::pin_current_thread(core) {
                     tracing::warn!(shard = index, "could not pin to a core; running unpinned");
                 }
-                match Shard::new(parts) {
+                // Its presized tables are faulted in now, before the sale.
+                let (shard, populated) = crate::prefault::populating(|| Shard::new(parts));
+                if populated > 0 {
+                    tracing::debug!(
+                        shard = index,
+                        mib = populated >> 20,
+                        "tables faulted in before the sale"
+                    );
+                }
+                match shard {
                     Ok(shard) => shard.run(),
                     Err(e) => panic!("shard {index} could not start: {e}"),
                 }

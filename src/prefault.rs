@@ -1,0 +1,160 @@
+//! The large blocks a shard allocates while it starts — its events' presized user
+//! tables — are faulted in then, before the sale, not by the sales that first write to
+//! them.
+//!
+//! A buyer's entry lands on a random slot of its event's user table, so while the
+//! table's pages are fresh nearly every sale touches a page for the first time and the
+//! kernel's fault (about 2 µs: zero a page, map it) is paid inside a loop pass —
+//! thousands in one pass (docs/BENCHMARKS.md, "what the long loop passes are").
+//! [`PrefaultingAlloc`] is the system allocator that, on a thread inside [`populating`],
+//! asks the kernel to map every page of each block of [`LARGE`] bytes or more at once
+//! (`madvise(MADV_POPULATE_WRITE)`, Linux 5.14+; elsewhere the pages are left to fault as
+//! before). Outside [`populating`] it is the system allocator and nothing more: a table
+//! that grows in the middle of a sale is not populated in one go on the loop (that
+//! would be the stop-the-world pass this avoids), and a background thread doing it on
+//! the same core made the loop's passes longer, not shorter (tried; BENCHMARKS.md).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Blocks at least this large are populated: tables, not buffers or order chunks.
+pub const LARGE: usize = 4 << 20;
+
+thread_local! {
+    static POPULATING: Cell<bool> = const { Cell::new(false) };
+    /// Bytes this thread populated, for [`populating`]'s count.
+    static POPULATED: Cell<usize> = const { Cell::new(0) };
+}
+/// Cleared when the kernel turns out not to know MADV_POPULATE_WRITE.
+static SUPPORTED: AtomicBool = AtomicBool::new(true);
+
+/// The system allocator, populating large blocks made inside [`populating`].
+pub struct PrefaultingAlloc;
+
+// SAFETY: every call is passed to `System` unchanged; the only addition is a `madvise`
+// on the pages of a block just returned, which maps them and changes no contents.
+unsafe impl GlobalAlloc for PrefaultingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc` is passed on as it is.
+        let block = unsafe { System.alloc(layout) };
+        populate_if_asked(block, layout.size());
+        block
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as for `alloc`.
+        let block = unsafe { System.alloc_zeroed(layout) };
+        populate_if_asked(block, layout.size());
+        block
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as for `alloc`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: as for `alloc`.
+        let block = unsafe { System.realloc(ptr, layout, new_size) };
+        populate_if_asked(block, new_size);
+        block
+    }
+}
+
+/// Runs `f` with the large blocks this thread allocates meanwhile populated (when the
+/// process's global allocator is [`PrefaultingAlloc`]; otherwise it only runs `f`), and
+/// says how many bytes were.
+pub fn populating<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let before = POPULATING.with(|p| p.replace(true));
+    let counted = POPULATED.with(Cell::get);
+    let out = f();
+    POPULATING.with(|p| p.set(before));
+    (out, POPULATED.with(Cell::get) - counted)
+}
+
+fn populate_if_asked(block: *mut u8, len: usize) {
+    if len < LARGE || block.is_null() || !SUPPORTED.load(Ordering::Relaxed) {
+        return;
+    }
+    // `try_with`: during the thread's own teardown there is nothing to ask.
+    if POPULATING.try_with(Cell::get) != Ok(true) {
+        return;
+    }
+    let page = 4096;
+    let start = (block as usize).next_multiple_of(page);
+    let end = (block as usize + len) / page * page;
+    if end <= start {
+        return;
+    }
+    // SAFETY: the range lies inside the block the allocator just returned to us;
+    // MADV_POPULATE_WRITE maps its missing pages and changes no memory's contents.
+    let done = unsafe {
+        libc::madvise(
+            start as *mut libc::c_void,
+            end - start,
+            libc::MADV_POPULATE_WRITE,
+        )
+    };
+    if done == 0 {
+        let _ = POPULATED.try_with(|n| n.set(n.get() + (end - start)));
+    } else {
+        // EINVAL: an older kernel. Anything else (ENOMEM under memory pressure): the
+        // pages fault in as they are first written, as without this module.
+        SUPPORTED.store(false, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How many of the pages wholly inside `[block, block + len)` are resident.
+    fn resident_pages(block: *mut u8, len: usize) -> usize {
+        let page = 4096;
+        let start = (block as usize).next_multiple_of(page);
+        let end = (block as usize + len) / page * page;
+        let mut flags = vec![0u8; (end - start) / page];
+        // SAFETY: the range is inside a live allocation; mincore writes one byte per
+        // page into `flags`, which has room for each.
+        let done =
+            unsafe { libc::mincore(start as *mut libc::c_void, end - start, flags.as_mut_ptr()) };
+        assert_eq!(done, 0, "mincore: {}", std::io::Error::last_os_error());
+        flags.iter().filter(|&&f| f & 1 == 1).count()
+    }
+
+    #[test]
+    fn a_large_block_made_while_populating_is_resident_at_once_and_others_are_not() {
+        let alloc = PrefaultingAlloc;
+        let layout = Layout::from_size_align(64 << 20, 4096).unwrap();
+        // SAFETY: a plain allocation, freed below with the same layout.
+        let lazy = unsafe { alloc.alloc(layout) };
+        // SAFETY: as above.
+        let (eager, populated) = populating(|| unsafe { alloc.alloc(layout) });
+        assert!(!lazy.is_null() && !eager.is_null());
+        let pages = layout.size() / 4096;
+        let lazy_resident = resident_pages(lazy, layout.size());
+        let eager_resident = resident_pages(eager, layout.size());
+        // SAFETY: both came from `alloc` with `layout`.
+        unsafe {
+            alloc.dealloc(lazy, layout);
+            alloc.dealloc(eager, layout);
+        }
+        if !SUPPORTED.load(Ordering::Relaxed) {
+            eprintln!("this kernel cannot populate: nothing to check");
+            return;
+        }
+        assert!(
+            populated >= layout.size() - 4096,
+            "counted {populated} bytes"
+        );
+        assert!(
+            eager_resident >= pages - 1,
+            "populated block: {eager_resident} of {pages} pages resident"
+        );
+        assert!(
+            lazy_resident < pages / 64,
+            "untouched block: {lazy_resident} of {pages} pages resident"
+        );
+    }
+}
