@@ -9,7 +9,10 @@
 //! [`PrefaultingAlloc`] is the system allocator that, on a thread inside [`populating`],
 //! asks the kernel to map every page of each block of [`LARGE`] bytes or more at once
 //! (`madvise(MADV_POPULATE_WRITE)`, Linux 5.14+; elsewhere the pages are left to fault as
-//! before). Outside [`populating`] it is the system allocator and nothing more: a table
+//! before), in 2 MiB pages where transparent huge pages allow (`MADV_HUGEPAGE` first:
+//! one TLB entry covers 512 times the table, so a random probe misses the TLB less —
+//! sales/s +13% in a 1,000,000-ticket sale. The kernel may compact memory to find them:
+//! that wait belongs at start, and is why no other block asks for huge pages). Outside [`populating`] it is the system allocator and nothing more: a table
 //! that grows in the middle of a sale is not populated in one go on the loop (that
 //! would be the stop-the-world pass this avoids), and a background thread doing it on
 //! the same core made the loop's passes longer, not shorter (tried; BENCHMARKS.md).
@@ -86,6 +89,11 @@ fn populate_if_asked(block: *mut u8, len: usize) {
     let end = (block as usize + len) / page * page;
     if end <= start {
         return;
+    }
+    // SAFETY: as below; MADV_HUGEPAGE only asks for 2 MiB pages where it can (an
+    // error, THP off or unsupported, leaves 4 KiB pages).
+    unsafe {
+        libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
     }
     // SAFETY: the range lies inside the block the allocator just returned to us;
     // MADV_POPULATE_WRITE maps its missing pages and changes no memory's contents.
