@@ -321,8 +321,8 @@ local function event_keys(tag)
   return k
 end
 
--- The keys of an event as ticketd_decide (and, without guard and call, ticketd_stock)
--- gets them; guard is the meta key again (see "Versions" above).
+-- The keys of an event as ticketd_decide gets them (ticketd_stock: the same without the
+-- call key); guard is the meta key again (see "Versions" above).
 local function keys_of(keys)
   local k = { meta = keys[1], users = keys[2], holds = keys[3], deadlines = keys[4],
               forget = keys[5], orders = keys[6], uorders = keys[7], guard = keys[8],
