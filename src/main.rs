@@ -9,10 +9,10 @@ use tracing_subscriber::EnvFilter;
 use ticketd::config::{effective, merge_config_file, Cli, Tool};
 use ticketd::tools;
 
-/// The tables a shard makes as it starts are faulted in then, not by the sale (see
-/// `ticketd::prefault`).
+/// The system's allocator, with the large blocks (the user tables) faulted in when a
+/// shard makes them at start and given back a step per loop pass (`ticketd::memory`).
 #[global_allocator]
-static ALLOCATOR: ticketd::prefault::PrefaultingAlloc = ticketd::prefault::PrefaultingAlloc;
+static ALLOCATOR: ticketd::memory::LargeBlockAlloc = ticketd::memory::LargeBlockAlloc;
 
 fn main() -> ExitCode {
     let given: Vec<_> = std::env::args_os().collect();

@@ -275,7 +275,7 @@ fn live_holds_and_sales_cost_their_documented_bytes_each() {
 const HOLD_BYTES_BOUND: u64 = 90;
 const SALE_BYTES_BOUND: u64 = 100;
 
-/// A sale's user table is faulted in while its shard starts (`ticketd::prefault`), not
+/// A sale's user table is faulted in while its shard starts (`ticketd::memory::prefault`), not
 /// by the first buyers who land on each of its pages: it is resident before the first
 /// request. (800,000 tickets on one shard: a table for ~1,000,000 buyers, 2^21 slots of
 /// 17 bytes, ~36 MB; without the prefault the process holds ~7 MB here.)

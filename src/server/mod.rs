@@ -290,7 +290,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                     tracing::warn!(shard = index, "could not pin to a core; running unpinned");
                 }
                 // Its presized tables are faulted in now, before the sale.
-                let (shard, populated) = crate::prefault::populating(|| Shard::new(parts));
+                let (shard, populated) = crate::memory::prefault::populating(|| Shard::new(parts));
                 if populated > 0 {
                     tracing::debug!(
                         shard = index,

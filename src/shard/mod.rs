@@ -206,6 +206,8 @@ impl Shard {
     /// If `epoll_wait` itself fails: the shard cannot go on, and the process-wide panic
     /// hook takes the whole server down rather than leave it half alive.
     pub fn run(mut self) -> ShardReport {
+        // A freed table's pages go back a step per pass, not in one long munmap.
+        crate::memory::release::defer_large_frees();
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         loop {
             let timeout = self.poll_timeout(Instant::now());
@@ -247,6 +249,7 @@ impl Shard {
             self.connections.enforce_timeouts(now);
             self.connections.retry_accept(now);
             self.commit_pass(now);
+            crate::memory::release::release_some(crate::memory::release::STEP);
             self.connections.flush_dirty(now);
             self.dispatcher.outbox.flush(&self.mailbox.peers);
             let counters = &self.settings.counters;

@@ -6,23 +6,22 @@
 //! table's pages are fresh nearly every sale touches a page for the first time and the
 //! kernel's fault (about 2 µs: zero a page, map it) is paid inside a loop pass —
 //! thousands in one pass (docs/BENCHMARKS.md, "what the long loop passes are").
-//! [`PrefaultingAlloc`] is the system allocator that, on a thread inside [`populating`],
-//! asks the kernel to map every page of each block of [`LARGE`] bytes or more at once
+//! [`super::LargeBlockAlloc`], on a thread inside [`populating`], asks the kernel to map
+//! every page of each block of [`LARGE`] bytes or more at once
 //! (`madvise(MADV_POPULATE_WRITE)`, Linux 5.14+; elsewhere the pages are left to fault as
-//! before), in 2 MiB pages where transparent huge pages allow (`MADV_HUGEPAGE` first:
-//! one TLB entry covers 512 times the table, so a random probe misses the TLB less —
-//! sales/s +13% in a 1,000,000-ticket sale. The kernel may compact memory to find them:
-//! that wait belongs at start, and is why no other block asks for huge pages). Outside [`populating`] it is the system allocator and nothing more: a table
-//! that grows in the middle of a sale is not populated in one go on the loop (that
-//! would be the stop-the-world pass this avoids), and a background thread doing it on
-//! the same core made the loop's passes longer, not shorter (tried; BENCHMARKS.md).
+//! before), in 2 MiB pages where transparent huge pages allow (`MADV_HUGEPAGE` first: one
+//! TLB entry covers 512 times as much of the table, so a random probe misses the TLB
+//! less — sales/s +13% in a 1,000,000-ticket sale; the kernel may compact memory to find
+//! them, a wait that belongs at start, which is why no other block asks for them).
+//! Outside [`populating`] nothing is populated: a table that grows in the middle of a
+//! sale is not populated in one go on the loop (that would be the stop-the-world pass
+//! this avoids), and a background thread doing it on the same core made the loop's
+//! passes longer, not shorter (tried; BENCHMARKS.md).
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Blocks at least this large are populated: tables, not buffers or order chunks.
-pub const LARGE: usize = 4 << 20;
+use super::LARGE;
 
 thread_local! {
     static POPULATING: Cell<bool> = const { Cell::new(false) };
@@ -32,42 +31,9 @@ thread_local! {
 /// Cleared when the kernel turns out not to know MADV_POPULATE_WRITE.
 static SUPPORTED: AtomicBool = AtomicBool::new(true);
 
-/// The system allocator, populating large blocks made inside [`populating`].
-pub struct PrefaultingAlloc;
-
-// SAFETY: every call is passed to `System` unchanged; the only addition is a `madvise`
-// on the pages of a block just returned, which maps them and changes no contents.
-unsafe impl GlobalAlloc for PrefaultingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract for `alloc` is passed on as it is.
-        let block = unsafe { System.alloc(layout) };
-        populate_if_asked(block, layout.size());
-        block
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as for `alloc`.
-        let block = unsafe { System.alloc_zeroed(layout) };
-        populate_if_asked(block, layout.size());
-        block
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as for `alloc`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: as for `alloc`.
-        let block = unsafe { System.realloc(ptr, layout, new_size) };
-        populate_if_asked(block, new_size);
-        block
-    }
-}
-
 /// Runs `f` with the large blocks this thread allocates meanwhile populated (when the
-/// process's global allocator is [`PrefaultingAlloc`]; otherwise it only runs `f`), and
-/// says how many bytes were.
+/// process's global allocator is [`super::LargeBlockAlloc`]; otherwise it only runs
+/// `f`), and says how many bytes were.
 pub fn populating<T>(f: impl FnOnce() -> T) -> (T, usize) {
     let before = POPULATING.with(|p| p.replace(true));
     let counted = POPULATED.with(Cell::get);
@@ -76,7 +42,7 @@ pub fn populating<T>(f: impl FnOnce() -> T) -> (T, usize) {
     (out, POPULATED.with(Cell::get) - counted)
 }
 
-fn populate_if_asked(block: *mut u8, len: usize) {
+pub(super) fn populate_if_asked(block: *mut u8, len: usize) {
     if len < LARGE || block.is_null() || !SUPPORTED.load(Ordering::Relaxed) {
         return;
     }
@@ -115,6 +81,9 @@ fn populate_if_asked(block: *mut u8, len: usize) {
 
 #[cfg(test)]
 mod tests {
+    use std::alloc::{GlobalAlloc, Layout};
+
+    use super::super::LargeBlockAlloc;
     use super::*;
 
     /// How many of the pages wholly inside `[block, block + len)` are resident.
@@ -133,7 +102,7 @@ mod tests {
 
     #[test]
     fn a_large_block_made_while_populating_is_resident_at_once_and_others_are_not() {
-        let alloc = PrefaultingAlloc;
+        let alloc = LargeBlockAlloc;
         let layout = Layout::from_size_align(64 << 20, 4096).unwrap();
         // SAFETY: a plain allocation, freed below with the same layout.
         let lazy = unsafe { alloc.alloc(layout) };
