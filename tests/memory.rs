@@ -207,13 +207,33 @@ fn connections_that_never_read_cost_their_documented_bound_and_give_it_back() {
     }
 }
 
-/// Resident bytes per item when `count` are added by `add(from, count)` to a fresh
-/// server: everything they make the server touch, its presized user table included.
-fn bytes_each(server: &TicketdProcess, count: u64, mut add: impl FnMut(u64, u64)) -> u64 {
-    let before = rss(server.child.id());
+/// Resident bytes per item once `count` are added by `add(from, count)` to a fresh
+/// server: everything they make the server hold, its user table presized for the stock
+/// included — against `reference`, the resident size of the same server started with a
+/// ten-ticket event. (Not the growth from before the first item: the presized table is
+/// faulted in while the shard starts, so it may or may not be resident by then.)
+fn bytes_each(
+    server: &TicketdProcess,
+    reference: u64,
+    count: u64,
+    mut add: impl FnMut(u64, u64),
+) -> u64 {
     add(0, count);
     let after = rss(server.child.id());
-    after.saturating_sub(before) / count
+    after.saturating_sub(reference) / count
+}
+
+/// The resident size of a server started with `args` and a ten-ticket event 1, once it
+/// has answered a BUY.
+fn reference_rss(args: &[String]) -> u64 {
+    let mut all = vec!["--event".to_owned(), "1:10".to_owned()];
+    all.extend_from_slice(args);
+    let server = TicketdProcess::spawn(&all);
+    let mut client = Client::connect(server.addr);
+    assert_eq!(client.buy(1, 1, 1).status, Status::Ok);
+    let resident = rss(server.child.id());
+    server.kill9();
+    resident
 }
 
 /// RESERVEs (or BUYs) for users `from..from+count`, a thousand per write.
@@ -251,16 +271,15 @@ fn live_holds_and_sales_cost_their_documented_bytes_each() {
     let stock = (count + count / 10 + 10).to_string();
     for (reserve, bound) in [(true, HOLD_BYTES_BOUND), (false, SALE_BYTES_BOUND)] {
         // One shard, so one table of each kind grows; holds live 15 minutes (default).
-        let server = TicketdProcess::spawn(&[
-            "--event".into(),
-            format!("1:{stock}"),
-            "--shards".into(),
-            "1".into(),
-            "--fsync".into(),
-            "off".into(),
-        ]);
+        let flags: Vec<String> = ["--shards", "1", "--fsync", "off"]
+            .map(String::from)
+            .to_vec();
+        let reference = reference_rss(&flags);
+        let mut args = vec!["--event".to_owned(), format!("1:{stock}")];
+        args.extend(flags);
+        let server = TicketdProcess::spawn(&args);
         let mut client = Client::connect(server.addr);
-        let each = bytes_each(&server, count, |from, n| {
+        let each = bytes_each(&server, reference, count, |from, n| {
             purchases(&mut client, reserve, from, n)
         });
         let what = if reserve { "live hold" } else { "sale" };
