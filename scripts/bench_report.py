@@ -201,7 +201,7 @@ mem_items = memory_items()
 if mem_items:
     hold_n, hold_b = mem_items.get("live hold", (0, None))
     sale_n, sale_b = mem_items.get("sale", (0, None))
-    rows.append((f"memory: {fmt(hold_n)} live holds, {fmt(sale_n)} sales (RSS growth)",
+    rows.append((f"memory: {fmt(hold_n)} live holds, {fmt(sale_n)} sales (RSS over a 10-ticket server)",
                  f"{hold_b} B per live hold, {sale_b} B per sale", "-", "-",
                  "< 100 B per live hold"))
 if pass_longest is not None:
