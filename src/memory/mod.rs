@@ -14,9 +14,21 @@ pub mod prefault;
 pub mod release;
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::ops::Range;
 
 /// Blocks at least this large are handled here: tables, not buffers or order chunks.
 pub const LARGE: usize = 4 << 20;
+/// The page size `madvise` works in (x86-64 and most others).
+const PAGE: usize = 4096;
+
+/// The addresses of the whole pages inside the block `[addr, addr + len)` (empty when
+/// there are none). Only these are ever advised: the allocator's header just before a
+/// block and its neighbour's just after it share their partial pages with it.
+fn whole_pages(addr: usize, len: usize) -> Range<usize> {
+    let start = addr.next_multiple_of(PAGE);
+    let end = (addr + len) / PAGE * PAGE;
+    start..end.max(start)
+}
 
 /// The global allocator of the `ticketd` binary (see the module's text).
 pub struct LargeBlockAlloc;
@@ -53,4 +65,22 @@ unsafe impl GlobalAlloc for LargeBlockAlloc {
         prefault::populate_if_asked(block, new_size);
         block
     }
+}
+
+/// How many of the whole pages inside `[addr, addr + len)` are resident (`mincore`).
+#[cfg(test)]
+fn resident_pages(addr: usize, len: usize) -> usize {
+    let pages = whole_pages(addr, len);
+    let mut flags = vec![0u8; pages.len() / PAGE];
+    // SAFETY: the range lies in a live mapping (the callers' blocks are not yet given
+    // back); mincore writes one byte per page into `flags`, which has room for each.
+    let done = unsafe {
+        libc::mincore(
+            pages.start as *mut libc::c_void,
+            pages.len(),
+            flags.as_mut_ptr(),
+        )
+    };
+    assert_eq!(done, 0, "mincore: {}", std::io::Error::last_os_error());
+    flags.iter().filter(|&&f| f & 1 == 1).count()
 }

@@ -21,7 +21,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::LARGE;
+use super::{whole_pages, LARGE};
 
 thread_local! {
     static POPULATING: Cell<bool> = const { Cell::new(false) };
@@ -50,12 +50,11 @@ pub(super) fn populate_if_asked(block: *mut u8, len: usize) {
     if POPULATING.try_with(Cell::get) != Ok(true) {
         return;
     }
-    let page = 4096;
-    let start = (block as usize).next_multiple_of(page);
-    let end = (block as usize + len) / page * page;
-    if end <= start {
+    let pages = whole_pages(block as usize, len);
+    if pages.is_empty() {
         return;
     }
+    let (start, end) = (pages.start, pages.end);
     // SAFETY: as below; MADV_HUGEPAGE only asks for 2 MiB pages where it can (an
     // error, THP off or unsupported, leaves 4 KiB pages).
     unsafe {
@@ -83,22 +82,8 @@ pub(super) fn populate_if_asked(block: *mut u8, len: usize) {
 mod tests {
     use std::alloc::{GlobalAlloc, Layout};
 
-    use super::super::LargeBlockAlloc;
+    use super::super::{resident_pages, LargeBlockAlloc};
     use super::*;
-
-    /// How many of the pages wholly inside `[block, block + len)` are resident.
-    fn resident_pages(block: *mut u8, len: usize) -> usize {
-        let page = 4096;
-        let start = (block as usize).next_multiple_of(page);
-        let end = (block as usize + len) / page * page;
-        let mut flags = vec![0u8; (end - start) / page];
-        // SAFETY: the range is inside a live allocation; mincore writes one byte per
-        // page into `flags`, which has room for each.
-        let done =
-            unsafe { libc::mincore(start as *mut libc::c_void, end - start, flags.as_mut_ptr()) };
-        assert_eq!(done, 0, "mincore: {}", std::io::Error::last_os_error());
-        flags.iter().filter(|&&f| f & 1 == 1).count()
-    }
 
     #[test]
     fn a_large_block_made_while_populating_is_resident_at_once_and_others_are_not() {
@@ -110,8 +95,8 @@ mod tests {
         let (eager, populated) = populating(|| unsafe { alloc.alloc(layout) });
         assert!(!lazy.is_null() && !eager.is_null());
         let pages = layout.size() / 4096;
-        let lazy_resident = resident_pages(lazy, layout.size());
-        let eager_resident = resident_pages(eager, layout.size());
+        let lazy_resident = resident_pages(lazy as usize, layout.size());
+        let eager_resident = resident_pages(eager as usize, layout.size());
         // SAFETY: both came from `alloc` with `layout`.
         unsafe {
             alloc.dealloc(lazy, layout);

@@ -15,11 +15,12 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+use super::{whole_pages, PAGE};
+
 /// Bytes given back per loop pass: well under a millisecond of page freeing.
 pub const STEP: usize = 4 << 20;
 /// Freed blocks that may wait at once on one thread.
 const WAITING: usize = 8;
-const PAGE: usize = 4096;
 
 #[derive(Clone, Copy)]
 struct Freed {
@@ -88,10 +89,12 @@ pub fn release_some(budget: usize) {
     let Some(block) = freed.iter_mut().find(|f| f.addr != 0) else {
         return;
     };
-    // Whole pages strictly inside the block: the allocator's own header (just before
-    // it) and its neighbour's (just after it) keep their pages.
-    let start = block.addr.next_multiple_of(PAGE);
-    let end = (block.addr + block.size) / PAGE * PAGE;
+    // Only whole pages inside the block: the allocator's own header (just before it)
+    // and its neighbour's (just after it) keep theirs.
+    let (start, end) = {
+        let pages = whole_pages(block.addr, block.size);
+        (pages.start, pages.end)
+    };
     let from = start + block.dropped;
     if from < end {
         let step = budget.max(PAGE).min(end - from) / PAGE * PAGE;
@@ -115,20 +118,8 @@ pub fn release_some(budget: usize) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::LargeBlockAlloc;
+    use super::super::{resident_pages, LargeBlockAlloc};
     use super::*;
-
-    fn resident_pages(block: usize, len: usize) -> usize {
-        let start = block.next_multiple_of(PAGE);
-        let end = (block + len) / PAGE * PAGE;
-        let mut flags = vec![0u8; (end - start) / PAGE];
-        // SAFETY: the range is mapped (the block is not yet given back); mincore writes
-        // one byte per page into `flags`.
-        let done =
-            unsafe { libc::mincore(start as *mut libc::c_void, end - start, flags.as_mut_ptr()) };
-        assert_eq!(done, 0, "mincore: {}", std::io::Error::last_os_error());
-        flags.iter().filter(|&&f| f & 1 == 1).count()
-    }
 
     #[test]
     fn a_freed_large_block_goes_back_a_step_at_a_time_and_small_ones_at_once() {
