@@ -436,6 +436,12 @@ mod tests {
         let thread = std::thread::spawn(move || writer.run(inbox));
         let started = Instant::now();
         while progress.durable() < count {
+            // A writer that died or stalled fails the test instead of hanging it.
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the writer made {} of {count} jobs durable in 60 s",
+                progress.durable()
+            );
             std::hint::spin_loop();
         }
         let busy = started.elapsed();
