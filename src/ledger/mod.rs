@@ -12,10 +12,10 @@ mod hold_pages;
 pub mod live;
 mod order_log;
 mod persist;
+mod user_table;
 
 pub use order_log::{OrderLog, SharedOrders};
 
-use griddle::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,16 +31,14 @@ use crate::journal::recovery::OrderRec;
 use ended::{Ended, EndedHolds};
 use live::{Hold, LiveHolds};
 
-/// Most entries a shard's user table is sized for at start (about 16 MiB); past it the
-/// table grows a few entries per insert (griddle). The orders need no size: they grow a
+/// Most entries a shard's user table is sized for at start (2^21 slots, 32 MiB); past it
+/// the table grows a few entries per insert ([`user_table`]). The orders need no size: they grow a
 /// chunk at a time ([`OrderLog`]).
 pub const MAX_PRESIZED_ENTRIES: usize = 1 << 20;
 
 pub(crate) type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
 
-/// Each event's buyers: a table that moves its entries to a larger one a few at a time
-/// as it grows (griddle), so the loop never stops to rehash millions of buyers at once.
-type UserTable = griddle::HashMap<u64, UserTally, ahash::RandomState>;
+use user_table::UserTable;
 
 /// Work for the ledger that owns a user or a hold. `event` is a catalog index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +117,7 @@ enum Acquired {
 /// million sales a second this table's size is what the hot path pays in cache misses.
 /// Counts fit in `u16` because they never pass the per-user limit.
 #[derive(Debug, Default, Clone, Copy)]
+#[repr(C)]
 struct UserTally {
     bought: u16,
     held: u16,
@@ -190,7 +189,7 @@ impl Ledger {
         };
         let users = catalog
             .iter()
-            .map(|e| UserTable::with_capacity_and_hasher(share(e), Default::default()))
+            .map(|e| UserTable::with_capacity(share(e)))
             .collect();
         let ids = IdGenerator::new(node_id, shard);
         Ledger {
@@ -297,25 +296,24 @@ impl Ledger {
         let listing = self.catalog.get(event);
         let limit = u32::from(listing.per_user_limit);
         let qty32 = u32::from(qty);
-        let tally = match self.users[event].entry(user) {
-            Entry::Occupied(entry) => {
-                let tally = entry.into_mut();
-                if u32::from(tally.bought) + u32::from(tally.held) + qty32 > limit {
-                    return Err(Status::LimitReached);
-                }
-                if !listing.stock.take(self.shard, i64::from(qty)) {
-                    return Err(Status::SoldOut);
-                }
+        let take = |held_and_bought: u32| {
+            if held_and_bought + qty32 > limit {
+                Err(Status::LimitReached)
+            } else if !listing.stock.take(self.shard, i64::from(qty)) {
+                Err(Status::SoldOut)
+            } else {
+                Ok(())
+            }
+        };
+        let users = &mut self.users[event];
+        let tally = match users.get_mut(user) {
+            Some(tally) => {
+                take(u32::from(tally.bought) + u32::from(tally.held))?;
                 tally
             }
-            Entry::Vacant(entry) => {
-                if qty32 > limit {
-                    return Err(Status::LimitReached);
-                }
-                if !listing.stock.take(self.shard, i64::from(qty)) {
-                    return Err(Status::SoldOut);
-                }
-                entry.insert(UserTally::default())
+            None => {
+                take(0)?;
+                users.insert_new(user, UserTally::default())
             }
         };
         // Within the limit (a u16), so no overflow.
@@ -334,7 +332,7 @@ impl Ledger {
     /// `user`'s orders of `event`, oldest first.
     fn orders_of(&self, event: usize, user: u64) -> ResultBody {
         let mut list = Vec::new();
-        let mut next = self.users[event].get(&user).map_or(0, |t| t.last_order);
+        let mut next = self.users[event].get(user).map_or(0, |t| t.last_order);
         while let Some(order) = usize::try_from(next)
             .ok()
             .and_then(|n| n.checked_sub(1))
@@ -361,7 +359,7 @@ impl Ledger {
         } = hold;
         let order_id = self.ids.next_id();
         let link = self.next_order_link();
-        let tally = self.users[event].entry(user).or_default();
+        let tally = self.users[event].get_or_insert(user);
         tally.held = tally.held.saturating_sub(qty);
         tally.bought = tally.bought.saturating_add(qty);
         let prev = chain_order(tally, link);
@@ -458,13 +456,38 @@ impl Ledger {
             self.give_back(event, i64::from(qty));
         }
         self.tallies[event].held -= u64::from(qty);
-        if let Some(tally) = self.users[event].get_mut(&user) {
+        if let Some(tally) = self.users[event].get_mut(user) {
             tally.held = tally.held.saturating_sub(qty);
             if tally.held == 0 && tally.bought == 0 {
-                self.users[event].remove(&user);
+                self.users[event].remove(user);
             }
         }
         self.ended.record(hold_id, end, now);
+    }
+
+    /// Starts fetching `user`'s entry of `event` into the cache: the caller is about to
+    /// decide a request of theirs, after a few others (see [`user_table`]).
+    pub fn prefetch_user(&self, event: usize, user: u64) {
+        if let Some(table) = self.users.get(event) {
+            table.prefetch(user);
+        }
+    }
+
+    /// Between loop passes: faults in up to `budget` bytes of the user tables made ahead
+    /// of their growth, so the sales that fill them do not stop for page faults.
+    pub fn tend_tables(&mut self, budget: usize) {
+        let mut left = budget;
+        for table in &mut self.users {
+            left -= table.tend(left);
+            if left == 0 {
+                break;
+            }
+        }
+    }
+
+    /// Bytes of user-table slots this shard holds, every event's.
+    pub fn user_table_bytes(&self) -> usize {
+        self.users.iter().map(UserTable::bytes).sum()
     }
 
     /// Puts `qty` tickets of `event` back on sale, on this shard's slice.

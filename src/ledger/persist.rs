@@ -50,7 +50,7 @@ impl Ledger {
                 continue;
             };
             let link = ledger.next_order_link();
-            let tally = ledger.users[event].entry(order.user).or_default();
+            let tally = ledger.users[event].get_or_insert(order.user);
             tally.bought = tally.bought.saturating_add(order.qty);
             let prev = chain_order(tally, link);
             let placed = (event, order.user, order.qty, prev);
@@ -70,7 +70,7 @@ impl Ledger {
                     let Some(event) = ledger.catalog.index_of(hold.event_id) else {
                         continue;
                     };
-                    let tally = ledger.users[event].entry(hold.user).or_default();
+                    let tally = ledger.users[event].get_or_insert(hold.user);
                     tally.held = tally.held.saturating_add(hold.qty);
                     ledger.tallies[event].held += u64::from(hold.qty);
                     let hold_view = Hold {

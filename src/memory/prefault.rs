@@ -78,6 +78,28 @@ pub(super) fn populate_if_asked(block: *mut u8, len: usize) {
     }
 }
 
+/// Faults in the whole pages of `[addr, addr + len)`, a part of a live block the caller
+/// owns, in 4 KiB pages (no huge pages: asking for them mid-sale let compaction stop the
+/// loop). For a table made ahead of its use, a step per loop pass. Returns whether the
+/// kernel did it (false on kernels without MADV_POPULATE_WRITE: the pages then fault in
+/// as they are first written).
+pub fn populate_range(addr: usize, len: usize) -> bool {
+    let pages = whole_pages(addr, len);
+    if pages.is_empty() || !SUPPORTED.load(Ordering::Relaxed) {
+        return false;
+    }
+    // SAFETY: the caller owns the block these whole pages lie in; MADV_POPULATE_WRITE
+    // maps missing pages and changes no memory's contents.
+    let done = unsafe {
+        libc::madvise(
+            pages.start as *mut libc::c_void,
+            pages.len(),
+            libc::MADV_POPULATE_WRITE,
+        )
+    };
+    done == 0
+}
+
 #[cfg(test)]
 mod tests {
     use std::alloc::{GlobalAlloc, Layout};

@@ -250,6 +250,9 @@ impl Shard {
             self.connections.retry_accept(now);
             self.commit_pass(now);
             crate::memory::release::release_some(crate::memory::release::STEP);
+            if let Decider::Embedded { ledger, .. } = &mut self.dispatcher.decider {
+                ledger.tend_tables(crate::memory::release::STEP);
+            }
             self.connections.flush_dirty(now);
             self.dispatcher.outbox.flush(&self.mailbox.peers);
             let counters = &self.settings.counters;

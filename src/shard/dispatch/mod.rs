@@ -10,6 +10,8 @@ use ticketd_proto::{
     Status,
 };
 
+mod lookahead;
+
 use super::access::Access;
 use super::admission::RatePerIp;
 use super::mailbox::{ConnRef, Message, Outbox};
@@ -22,6 +24,7 @@ use crate::journal::Commit;
 use crate::ledger::{Ledger, LedgerOp};
 use crate::limits::MAX_IN_FLIGHT;
 use crate::routing::owner_of_user;
+use lookahead::Lookahead;
 
 /// What a shard holds back until the journal has made its records durable.
 #[derive(Debug)]
@@ -167,6 +170,8 @@ impl Dispatcher {
         access: &mut Access,
     ) -> Handled {
         let mut consumed = 0;
+        let mut lookahead = Lookahead::default();
+        let reads_ahead = matches!(self.decider, Decider::Embedded { .. });
         loop {
             // A client that does not read its answers gets no more decided than one
             // output buffer's worth: the rest waits in its input, unread input waits in
@@ -174,10 +179,14 @@ impl Dispatcher {
             if output.is_full() || *in_flight >= MAX_IN_FLIGHT {
                 break;
             }
+            if reads_ahead {
+                lookahead.fill(input, self.settings.max_frame, |r| self.prefetch(r));
+            }
             let rest = input.get(consumed..).unwrap_or_default();
             match decode_request(rest, self.settings.max_frame) {
                 Ok((request, used)) => {
                     consumed += used;
+                    lookahead.consumed_one();
                     let op = request.command.op().code();
                     if access.shed {
                         output.refusal(op, request.req_id, Status::Overloaded);
@@ -247,6 +256,22 @@ impl Dispatcher {
             framing_lost: false,
             closing: false,
             throttle_until: None,
+        }
+    }
+
+    /// Starts fetching the user-table entry a purchase this shard owns will need.
+    fn prefetch(&self, request: &Request) {
+        let (Command::Buy(purchase) | Command::Reserve(purchase)) = request.command else {
+            return;
+        };
+        let Decider::Embedded { ledger, .. } = &self.decider else {
+            return;
+        };
+        if owner_of_user(purchase.user, self.settings.shards) != self.settings.index {
+            return;
+        }
+        if let Some(event) = self.catalog.index_of(purchase.event) {
+            ledger.prefetch_user(event, purchase.user);
         }
     }
 
