@@ -251,7 +251,7 @@ impl Shard {
             self.commit_pass(now);
             crate::memory::release::release_some(crate::memory::release::STEP);
             if let Decider::Embedded { ledger, .. } = &mut self.dispatcher.decider {
-                ledger.tend_tables(crate::memory::release::STEP);
+                ledger.tend_tables(crate::ledger::TEND_PER_PASS);
             }
             self.connections.flush_dirty(now);
             self.dispatcher.outbox.flush(&self.mailbox.peers);
