@@ -77,6 +77,7 @@ else
   SALE_TICKETS=1000000
 fi
 ENDLESS=1000000000000
+BATCH_THREADS=1
 
 echo "== pinning: servers on core $SERVER_CORE, load generators on core $LOAD_CORE (taskset)"
 
@@ -115,6 +116,17 @@ start_ticketd --listen 127.0.0.1:$PORT --event 1:$ENDLESS --fsync off
 on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 64 --depth 64 \
   --duration "$RUN" --json "$OUT/throughput-fsync-off.json" | tee "$OUT/throughput-fsync-off.txt"
 stop_pid "$TICKETD_PID"
+
+# Issue #10 asks for the all-selling figure from a client other than loadgen too:
+# batch-client has no event loop and no histograms (blocking sockets: a batch of 64
+# BUYs written on each connection, then each one's 64 answers read), so where it agrees
+# with loadgen the figure is the server's. One thread, like loadgen's --threads 1.
+echo "== every request sells, by a second client (batch-client, 64 x 64), --fsync always and off"
+for mode in always off; do
+  start_ticketd --listen 127.0.0.1:$PORT --event 1:$ENDLESS --fsync "$mode"
+  on_load "$BIN/batch-client" 127.0.0.1:$PORT 64 64 "${RUN%s}" 1 "$BATCH_THREADS" | tee "$OUT/batch-client-fsync-$mode.txt"
+  stop_pid "$TICKETD_PID"
+done
 
 echo "== start-up: recovering $STARTUP_SALES recorded sales"
 STARTUP_DIR=$(mktemp -d -p "$TMP" startup.XXXXXX)
