@@ -53,7 +53,11 @@ impl Conn {
             let user = (self.index << 40) | (round << 16) | i;
             Request {
                 req_id: i,
-                command: Command::Buy(Purchase { event, user, qty: 1 }),
+                command: Command::Buy(Purchase {
+                    event,
+                    user,
+                    qty: 1,
+                }),
             }
             .encode(&mut self.batch);
         }
@@ -123,8 +127,11 @@ fn main() -> io::Result<()> {
     let start = Instant::now();
     let workers: Vec<_> = (0..threads.min(conns))
         .map(|t| {
-            let (stop, answered, not_ok) =
-                (Arc::clone(&stop), Arc::clone(&answered), Arc::clone(&not_ok));
+            let (stop, answered, not_ok) = (
+                Arc::clone(&stop),
+                Arc::clone(&answered),
+                Arc::clone(&not_ok),
+            );
             let mine: Vec<u64> = (0..conns).filter(|c| c % threads == t).collect();
             std::thread::spawn(move || -> io::Result<()> {
                 let mut conns = mine
