@@ -22,6 +22,7 @@ pub mod commit;
 pub mod feed;
 pub mod record;
 pub mod recovery;
+mod retired;
 mod rotation;
 pub mod snapshot;
 pub mod store;
@@ -154,7 +155,7 @@ pub fn open(path: &Path, options: &OpenOptions<'_>) -> Result<Opened, JournalErr
     let events = reconcile_events(path, &state.events, options)?;
 
     let generation = state.manifest.map_or(1, |m| m.generation + 1);
-    store::remove_partials(path)?;
+    store::remove_leftovers(path)?;
     // Leftovers of a start that crashed before switching MANIFEST hold nothing anyone
     // was told; clear them so the new generation's names are free.
     for old in store::list_segments(path)? {

@@ -6,6 +6,7 @@
 //! DIR/MANIFEST                      "ticketd-manifest v1 generation=G streams=M node=N crc32c=…"
 //! DIR/g0000000003-s001-0000000007.tjl   generation 3, stream (shard) 1, segment 7
 //! DIR/g0000000003-s001-0000000008.tjl.partial   segment 8 being built (a rotation)
+//! DIR/g0000000003-s001-0000000006.tjl.retired   segment 6, replaced, being deleted
 //! ```
 //! A generation is one run's set of streams, one per shard. Every start writes the next
 //! generation (a snapshot of the recovered state for each new shard, so the shard count
@@ -24,6 +25,7 @@ const MANIFEST: &str = "MANIFEST";
 const LOCK: &str = "LOCK";
 const SEGMENT_SUFFIX: &str = ".tjl";
 const PARTIAL_SUFFIX: &str = ".partial";
+const RETIRED_SUFFIX: &str = ".retired";
 
 /// What MANIFEST says: the generation in force, its stream count, and whose it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,21 +88,32 @@ pub fn partial_path(segment: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Deletes segments left half-built by a crash during a rotation: they hold nothing
-/// that is not also in the segment they were to replace.
-pub fn remove_partials(dir: &Path) -> Result<(), JournalError> {
+/// Where a segment a rotation replaced waits to be deleted (see [`super::retired`]): a
+/// name that recovery and the feed never read either.
+pub fn retired_path(segment: &Path) -> PathBuf {
+    let mut name = segment.as_os_str().to_owned();
+    name.push(RETIRED_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// Deletes segments a crash left half-built during a rotation, or half-deleted after
+/// one: they hold nothing that is not also in the newest segment of their stream.
+pub fn remove_leftovers(dir: &Path) -> Result<(), JournalError> {
     let entries = std::fs::read_dir(dir).map_err(|e| JournalError::io(dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| JournalError::io(dir, e))?;
-        let is_partial = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|name| name.ends_with(PARTIAL_SUFFIX));
-        if is_partial {
-            let path = entry.path();
-            tracing::info!(file = %path.display(), "removing a segment a crash left half-built");
-            std::fs::remove_file(&path).map_err(|e| JournalError::io(&path, e))?;
-        }
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let what = if name.ends_with(PARTIAL_SUFFIX) {
+            "removing a segment a crash left half-built"
+        } else if name.ends_with(RETIRED_SUFFIX) {
+            "removing a replaced segment a crash left half-deleted"
+        } else {
+            continue;
+        };
+        let path = entry.path();
+        tracing::info!(file = %path.display(), "{what}");
+        std::fs::remove_file(&path).map_err(|e| JournalError::io(&path, e))?;
     }
     Ok(())
 }
@@ -234,6 +247,9 @@ mod tests {
             None,
             "never read as a segment"
         );
+        let retired = retired_path(&path);
+        let retired_name = retired.file_name().unwrap().to_str().unwrap();
+        assert_eq!(parse_segment_name(retired_name), None, "never read either");
     }
 
     #[test]

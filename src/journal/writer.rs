@@ -9,7 +9,8 @@
 //!
 //! A rotation (a new segment starting with a snapshot) is built a piece at a time, one
 //! piece after each batch of jobs ([`super::rotation`]), so jobs after it are not held
-//! up by it.
+//! up by it; the segment it replaces is deleted the same way, a step after each batch
+//! ([`super::retired`]).
 //!
 //! A failed write or sync stops the writer for good: the file is cut back to the last
 //! length known to be complete, nothing after it is ever reported durable, and the
@@ -29,6 +30,7 @@ use crossbeam_utils::CachePadded;
 use mio::Waker;
 
 use super::record::FileHeader;
+use super::retired::Retired;
 use super::rotation::{Rotation, TakeOverError, Turn};
 use super::snapshot::SnapshotJob;
 use super::store;
@@ -112,6 +114,7 @@ pub fn spawn(setup: WriterSetup) -> io::Result<WriterHandle> {
         pending: Vec::new(),
         sync_due: None,
         rotation: None,
+        retired: None,
     };
     let thread = std::thread::Builder::new()
         .name(format!("ticketd-journal-{}", writer.setup.header.stream))
@@ -132,15 +135,18 @@ struct Writer {
     sync_due: Option<Instant>,
     /// The next segment, while it is being built.
     rotation: Option<Rotation>,
+    /// The segment the last rotation replaced, while it is being deleted.
+    retired: Option<Retired>,
 }
 
 impl Writer {
     fn run(mut self, inbox: Receiver<Job>) {
         loop {
-            if self.rotation.is_some() {
-                // The jobs waiting, then one piece of the rotation: a busy shard whose
-                // next job is always ready must not starve the rotation, and a piece
-                // (~200 KiB, or 1 MiB copied) delays the next commit only a little.
+            if self.rotation.is_some() || self.retired.is_some() {
+                // The jobs waiting, then one piece of the rotation and one step of the
+                // deletion: a busy shard whose next job is always ready must not starve
+                // them, and a piece (~200 KiB, or 1 MiB copied) or a step (~1 ms)
+                // delays the next commit only a little.
                 match inbox.try_recv() {
                     Ok(job) => {
                         if !self.take_jobs(job, &inbox) {
@@ -159,12 +165,16 @@ impl Writer {
                         if let Some(rotation) = self.rotation.take() {
                             rotation.abandon();
                         }
+                        if let Some(retired) = self.retired.take() {
+                            retired.finish();
+                        }
                         continue;
                     }
                 }
                 if !self.rotation_turn() {
                     break;
                 }
+                self.retire_step();
                 continue;
             }
             let first = match self.sync_due {
@@ -187,6 +197,9 @@ impl Writer {
                 // holds everything, and the next start writes a new generation anyway.
                 if let Some(rotation) = self.rotation.take() {
                     rotation.abandon();
+                }
+                if let Some(retired) = self.retired.take() {
+                    retired.finish();
                 }
                 if let Err(e) = self.sync_now() {
                     self.fail(&e, self.setup.len);
@@ -281,6 +294,43 @@ impl Writer {
         Ok(())
     }
 
+    /// Hands the replaced segment to [`Retired`], to be deleted a step per batch. A
+    /// segment left behind is harmless for recovery (it reads the newest complete
+    /// segment): only disk space until the next start.
+    fn retire(&mut self, file: File, path: &std::path::Path) {
+        if let Some(earlier) = self.retired.take() {
+            // Rotations are seconds apart and a deletion takes tens of steps, so this
+            // is rare: the rest of the earlier one goes at once.
+            earlier.finish();
+        }
+        match Retired::retire(file, path) {
+            Ok(retired) => self.retired = Some(retired),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "could not move a replaced journal segment aside; deleting it at once");
+                if let Err(e) = std::fs::remove_file(path) {
+                    tracing::warn!(file = %path.display(), error = %e, "could not delete a replaced journal segment");
+                }
+            }
+        }
+    }
+
+    /// One step of deleting the replaced segment, if there is one.
+    fn retire_step(&mut self) {
+        let Some(retired) = self.retired.as_mut() else {
+            return;
+        };
+        match retired.shrink_some() {
+            Ok(true) => {}
+            Ok(false) => self.retired = None,
+            Err(e) => {
+                tracing::warn!(file = %retired.path().display(), error = %e, "could not shrink a replaced journal segment; deleting it at once");
+                if let Some(retired) = self.retired.take() {
+                    retired.finish();
+                }
+            }
+        }
+    }
+
     /// Starts building the next segment with `snapshot`, the state after everything
     /// written so far. One still being built is dropped: the new snapshot supersedes it,
     /// and finishing it here would switch files in the middle of a commit, whose failure
@@ -332,14 +382,10 @@ impl Writer {
         match rotation.take_over(&self.setup.dir) {
             Ok((file, header, len)) => {
                 self.setup.counters.rotated();
-                self.setup.file = file;
+                let old_file = std::mem::replace(&mut self.setup.file, file);
                 self.setup.header = header;
                 self.setup.len = len;
-                if let Err(e) = std::fs::remove_file(&old_path) {
-                    // Harmless for recovery (it reads the newest complete segment); the
-                    // file is only disk space until the next start's new generation.
-                    tracing::warn!(file = %old_path.display(), error = %e, "could not delete a retired journal segment");
-                }
+                self.retire(old_file, &old_path);
                 true
             }
             Err(TakeOverError::NotTaken(e)) => {
@@ -423,6 +469,7 @@ mod tests {
             pending: Vec::new(),
             sync_due: None,
             rotation: None,
+            retired: None,
         };
         // A queue that is never empty until its end (a shard deciding faster than the
         // disk): 40 writes of 4 MiB, together far longer than the 5 ms interval.
