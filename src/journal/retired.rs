@@ -36,9 +36,11 @@ impl Retired {
     /// Moves the segment at `segment` (whose writable handle is `file`) to its retired
     /// name, from where [`Retired::shrink_some`] deletes it.
     pub fn retire(file: File, segment: &Path) -> io::Result<Retired> {
+        // Its length first: once renamed, a failure here would leave the caller
+        // deleting a name that is gone.
+        let len = file.metadata()?.len();
         let path = store::retired_path(segment);
         std::fs::rename(segment, &path)?;
-        let len = file.metadata()?.len();
         Ok(Retired { file, path, len })
     }
 
