@@ -18,7 +18,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -297,7 +297,7 @@ impl Writer {
     /// Hands the replaced segment to [`Retired`], to be deleted a step per batch. A
     /// segment left behind is harmless for recovery (it reads the newest complete
     /// segment): only disk space until the next start.
-    fn retire(&mut self, file: File, path: &std::path::Path) {
+    fn retire(&mut self, file: File, path: &Path) {
         if let Some(earlier) = self.retired.take() {
             // Rotations are seconds apart and a deletion takes tens of steps, so this
             // is rare: the rest of the earlier one goes at once.
