@@ -30,6 +30,8 @@ pub struct Retired {
     path: PathBuf,
     /// Bytes still in it.
     len: u64,
+    /// Bytes cut per step: [`STEP`] (smaller in tests, for many steps).
+    pub(super) step: u64,
 }
 
 impl Retired {
@@ -41,7 +43,12 @@ impl Retired {
         let len = file.metadata()?.len();
         let path = store::retired_path(segment);
         std::fs::rename(segment, &path)?;
-        Ok(Retired { file, path, len })
+        Ok(Retired {
+            file,
+            path,
+            len,
+            step: STEP,
+        })
     }
 
     /// Cuts one step off the end, or unlinks the file once nothing is left. Returns
@@ -51,7 +58,7 @@ impl Retired {
             std::fs::remove_file(&self.path)?;
             return Ok(false);
         }
-        self.len = self.len.saturating_sub(STEP);
+        self.len = self.len.saturating_sub(self.step);
         self.file.set_len(self.len)?;
         Ok(true)
     }

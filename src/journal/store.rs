@@ -83,16 +83,19 @@ pub fn segment_path(dir: &Path, header: &FileHeader) -> PathBuf {
 /// Where a segment is built before it takes over (see [`super::rotation`]): a name
 /// that recovery and the feed never read.
 pub fn partial_path(segment: &Path) -> PathBuf {
-    let mut name = segment.as_os_str().to_owned();
-    name.push(PARTIAL_SUFFIX);
-    PathBuf::from(name)
+    with_suffix(segment, PARTIAL_SUFFIX)
 }
 
 /// Where a segment a rotation replaced waits to be deleted (see [`super::retired`]): a
 /// name that recovery and the feed never read either.
 pub fn retired_path(segment: &Path) -> PathBuf {
+    with_suffix(segment, RETIRED_SUFFIX)
+}
+
+/// `segment`'s name with `suffix` after it: no longer a name `parse_segment_name` takes.
+fn with_suffix(segment: &Path, suffix: &str) -> PathBuf {
     let mut name = segment.as_os_str().to_owned();
-    name.push(RETIRED_SUFFIX);
+    name.push(suffix);
     PathBuf::from(name)
 }
 

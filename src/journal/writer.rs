@@ -162,12 +162,7 @@ impl Writer {
                         }
                     }
                     Err(TryRecvError::Disconnected) => {
-                        if let Some(rotation) = self.rotation.take() {
-                            rotation.abandon();
-                        }
-                        if let Some(retired) = self.retired.take() {
-                            retired.finish();
-                        }
+                        self.drop_background_work();
                         continue;
                     }
                 }
@@ -192,15 +187,8 @@ impl Writer {
                 None => inbox.recv().ok(),
             };
             let Some(first) = first else {
-                // The shard is done: make everything it wrote durable before going. A
-                // rotation still being built is not worth finishing: the old segment
-                // holds everything, and the next start writes a new generation anyway.
-                if let Some(rotation) = self.rotation.take() {
-                    rotation.abandon();
-                }
-                if let Some(retired) = self.retired.take() {
-                    retired.finish();
-                }
+                // The shard is done: make everything it wrote durable before going.
+                self.drop_background_work();
                 if let Err(e) = self.sync_now() {
                     self.fail(&e, self.setup.len);
                 }
@@ -292,6 +280,18 @@ impl Writer {
         self.setup.file.sync_data()?;
         self.setup.counters.synced(started.elapsed());
         Ok(())
+    }
+
+    /// The shard is gone: a rotation still being built is not worth finishing (the old
+    /// segment holds everything, and the next start writes a new generation anyway),
+    /// and what is left of a replaced segment goes at once.
+    fn drop_background_work(&mut self) {
+        if let Some(rotation) = self.rotation.take() {
+            rotation.abandon();
+        }
+        if let Some(retired) = self.retired.take() {
+            retired.finish();
+        }
     }
 
     /// Hands the replaced segment to [`Retired`], to be deleted a step per batch. A
