@@ -202,6 +202,7 @@ mod tests {
     use crate::ids::IdGenerator;
     use crate::journal::record::Record;
     use crate::journal::recovery::{recover, OrderRec};
+    use crate::journal::retired::Retired;
     use crate::journal::snapshot::SnapshotBuilder;
     use crate::journal::{open, EventDef, OpenOptions};
     use crate::ledger::{Order, OrderLog};
@@ -285,14 +286,18 @@ mod tests {
             found.len()
         );
         drop(open(copy.path(), &options(10)).unwrap());
-        let partials = std::fs::read_dir(copy.path())
+        let leftovers = std::fs::read_dir(copy.path())
             .unwrap()
             .filter(|e| {
                 let name = e.as_ref().unwrap().file_name();
-                name.to_string_lossy().ends_with(".partial")
+                let name = name.to_string_lossy();
+                name.ends_with(".partial") || name.ends_with(".retired")
             })
             .count();
-        assert_eq!(partials, 0, "{moment}: a start keeps a half-built segment");
+        assert_eq!(
+            leftovers, 0,
+            "{moment}: a start keeps a half-built or half-deleted segment"
+        );
     }
 
     #[test]
@@ -322,17 +327,50 @@ mod tests {
         assert!(turns > 10, "a rotation of pieces: {turns} turns");
         crash_here(dir.path(), &sales.written, "caught up");
         let old = store::segment_path(dir.path(), &header);
-        let (mut file, new_header, mut len) = rotation.take_over(dir.path()).unwrap();
+        let (mut new_file, new_header, mut len) = rotation.take_over(dir.path()).unwrap();
         assert_eq!(new_header.segment, header.segment + 1);
         crash_here(
             dir.path(),
             &sales.written,
             "renamed, old segment not deleted",
         );
-        std::fs::remove_file(old).unwrap();
-        sales.append(&mut file, &mut len, 500);
+        // The old segment is retired as the writer does it: renamed aside, then cut a
+        // step at a time. Its rename is not synced, so a crash may find it cut short
+        // under its own name: recovery must still read the new segment, whole.
+        let mut retired = Retired::retire(file, &old).unwrap();
+        retired.step = 64 << 10;
+        let mut steps = 0;
+        loop {
+            sales.append(&mut new_file, &mut len, 40);
+            let moment = format!("retire step {steps}");
+            crash_here(dir.path(), &sales.written, &moment);
+            if retired.path().exists() {
+                let lost = tempfile::tempdir().unwrap();
+                for entry in std::fs::read_dir(dir.path()).unwrap() {
+                    let entry = entry.unwrap();
+                    let to = if entry.path() == retired.path() {
+                        lost.path().join(old.file_name().unwrap())
+                    } else {
+                        lost.path().join(entry.file_name())
+                    };
+                    std::fs::copy(entry.path(), to).unwrap();
+                }
+                crash_here(
+                    lost.path(),
+                    &sales.written,
+                    &format!("{moment}, its rename lost"),
+                );
+            }
+            steps += 1;
+            if !retired.shrink_some().unwrap() {
+                break;
+            }
+        }
+        assert!(steps > 5, "a deletion of steps: {steps}");
+        assert!(!retired.path().exists() && !old.exists());
+        sales.append(&mut new_file, &mut len, 500);
         crash_here(dir.path(), &sales.written, "after the switch");
-        assert_eq!(len, file.metadata().unwrap().len());
+        assert_eq!(len, new_file.metadata().unwrap().len());
     }
 
     #[test]
