@@ -76,13 +76,15 @@ impl Conn {
             let mut at = 0;
             while let Some(prefix) = self.reply.get(at..at + 4) {
                 let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+                if len < STATUS_AT + 1 - 4 {
+                    // Shorter than op, request id and status: not an answer.
+                    return Err(io::ErrorKind::InvalidData.into());
+                }
                 if self.have < at + 4 + len {
                     break;
                 }
-                match self.reply.get(at + STATUS_AT) {
-                    Some(0) => {}
-                    Some(_) => not_ok += 1,
-                    None => return Err(io::ErrorKind::InvalidData.into()),
+                if self.reply[at + STATUS_AT] != 0 {
+                    not_ok += 1;
                 }
                 got += 1;
                 at += 4 + len;
