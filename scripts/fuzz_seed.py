@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Seeds fuzz/corpus/ from docs/PROTOCOL.md's hex vectors and a few HTTP requests.
+"""Seeds fuzz/corpus/ from docs/PROTOCOL.md's hex vectors, a few HTTP requests and a few
+journal record bodies (docs/DURABILITY.md's kinds 4, 7 and 13).
 
 Run from the repository root; it rewrites only the seed files (seed-*), so what the
 fuzzers added to the corpus stays.
 """
 import os
 import re
+import struct
 
 doc = open("docs/PROTOCOL.md").read()
 vectors = [bytes.fromhex(m.replace(" ", "")) for m in re.findall(r"^    ((?:[0-9A-F]{2} )*[0-9A-F]{2})$", doc, re.M)]
@@ -34,4 +36,39 @@ http = [
 ]
 for i, h in enumerate(http):
     write("http_parser", f"request-{i}", h)
-print(f"{len(vectors)} protocol vectors, {len(http)} HTTP requests")
+
+
+def varint(n):
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def zigzag(step):
+    """A difference of two u64s, wrapped to i64, zigzag-encoded."""
+    step &= (1 << 64) - 1
+    signed = step - (1 << 64) if step >= 1 << 63 else step
+    return ((signed << 1) ^ (signed >> 63)) & ((1 << 64) - 1)
+
+
+# Journal record bodies (what follows a frame whose checksum matched): a run of three
+# orders (kind 13), a Sale (kind 4), a Cancelled (kind 7).
+shard_ids = 3 << 44
+orders = [
+    (shard_ids + 1, 1, 1_000_001, 1, 1_765_000_000_000),
+    (shard_ids + 2, 1, 1_007_920, 1, 1_765_000_000_000),
+    (shard_ids + 3, 2, 42, 4, 1_765_000_000_003),
+]
+run = bytearray([13]) + struct.pack(">H", len(orders))
+before = (0, 0, 0)
+for order_id, event, user, qty, ms in orders:
+    run += varint(user) + varint(zigzag(order_id - before[0])) + varint(zigzag(event - before[1]))
+    run += varint(qty) + varint(zigzag(ms - before[2]))
+    before = (order_id, event, ms)
+write("journal_record", "run-of-three", bytes(run))
+write("journal_record", "sale", bytes([4]) + struct.pack(">QIQHQ", shard_ids + 9, 1, 77, 2, 1_765_000_000_000))
+write("journal_record", "cancelled", bytes([7]) + struct.pack(">QQ", shard_ids + 10, 1_765_000_000_001))
+print(f"{len(vectors)} protocol vectors, {len(http)} HTTP requests, 3 journal records")

@@ -15,17 +15,19 @@ use std::thread::JoinHandle;
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::Sender;
 
-use super::record::Record;
+use super::record::{Record, RunEncoder};
 use super::snapshot::SnapshotJob;
 use super::writer::{Job, Progress, Work, WriterHandle};
 
 /// A segment is not rotated before it holds this much beyond its snapshot.
 pub const DEFAULT_ROTATE_MIN_BYTES: u64 = 64 << 20;
 
-/// Records decided in this pass, not yet handed to the writer.
+/// Records decided in this pass, not yet handed to the writer. Consecutive sales share
+/// one record ([`RunEncoder`]): a pass of a rush is mostly sales.
 #[derive(Debug, Default)]
 pub struct RecordBuf {
     buf: BytesMut,
+    sales: RunEncoder,
     enabled: bool,
 }
 
@@ -34,6 +36,7 @@ impl RecordBuf {
     pub fn new(enabled: bool) -> Self {
         RecordBuf {
             buf: BytesMut::new(),
+            sales: RunEncoder::default(),
             enabled,
         }
     }
@@ -43,8 +46,16 @@ impl RecordBuf {
     }
 
     pub fn push(&mut self, record: Record) {
-        if self.enabled {
-            record.encode(&mut self.buf);
+        if !self.enabled {
+            return;
+        }
+        match record {
+            Record::Sale(order) => self.sales.push(&mut self.buf, &order),
+            other => {
+                // Anything else ends the run, so the journal keeps the order decided.
+                self.sales.close(&mut self.buf);
+                other.encode(&mut self.buf);
+            }
         }
     }
 
@@ -55,6 +66,7 @@ impl RecordBuf {
 
     /// Everything pushed since the last take.
     pub fn take(&mut self) -> Bytes {
+        self.sales.close(&mut self.buf);
         self.buf.split().freeze()
     }
 }
@@ -179,5 +191,54 @@ impl<T> Commit<T> {
             let _ = thread.join();
         }
         self.release(each);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::record::{read_frame, Frame, OrderRec};
+    use super::*;
+
+    fn sale(order_id: u64) -> Record {
+        Record::Sale(OrderRec {
+            order_id,
+            event_id: 1,
+            user: 100 + order_id,
+            qty: 1,
+            unix_ms: 1_765_000_000_000,
+        })
+    }
+
+    #[test]
+    fn sales_share_records_and_the_journal_keeps_the_order_decided() {
+        let cancel = Record::Cancelled {
+            hold_id: 9,
+            unix_ms: 1_765_000_000_001,
+        };
+        let pushed = vec![sale(1), sale(2), sale(3), cancel, sale(4)];
+        let mut buf = RecordBuf::new(true);
+        for record in &pushed {
+            buf.push(*record);
+        }
+        let first = buf.take();
+        buf.push(sale(5));
+        let second = buf.take();
+        let mut frames = 0;
+        let mut read = Vec::new();
+        for bytes in [&first, &second] {
+            let mut rest = &bytes[..];
+            while let Frame::Record { body, len } = read_frame(rest) {
+                read.extend(Record::decode(body).unwrap());
+                rest = &rest[len..];
+                frames += 1;
+            }
+            assert!(rest.is_empty());
+        }
+        let mut expected = pushed;
+        expected.push(sale(5));
+        assert_eq!(read, expected);
+        // Three sales, the cancel, the sale after it; then a take's own run.
+        assert_eq!(frames, 4);
+        assert!(!RecordBuf::new(false).is_pending());
     }
 }

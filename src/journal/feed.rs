@@ -124,12 +124,14 @@ impl Feed {
         loop {
             match read_frame(&bytes[used..]) {
                 Frame::Record { body, len } => {
-                    let record = Record::decode_body(body).map_err(|e| JournalError::Corrupt {
+                    let records = Record::decode(body).map_err(|e| JournalError::Corrupt {
                         path: path.clone(),
                         offset: start + used as u64,
                         why: e.to_string(),
                     })?;
-                    self.apply(record, emit);
+                    for record in records {
+                        self.apply(record, emit);
+                    }
                     used += len;
                 }
                 // Still being written (or nothing new): read it next time.

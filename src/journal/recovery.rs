@@ -143,9 +143,12 @@ pub(super) fn snapshot_state(bytes: &[u8]) -> SnapshotState {
     loop {
         match read_frame(&bytes[offset..]) {
             Frame::Record { body, len } => {
-                match Record::decode_body(body) {
-                    Ok(Record::SnapshotEnd { .. }) => return SnapshotState::Complete,
-                    Ok(_) => {}
+                match Record::decode(body) {
+                    Ok(mut records) => {
+                        if records.any(|r| matches!(r, Record::SnapshotEnd { .. })) {
+                            return SnapshotState::Complete;
+                        }
+                    }
                     Err(e) => {
                         return SnapshotState::Corrupt {
                             offset: offset as u64,
@@ -188,19 +191,21 @@ fn replay_segment(
     loop {
         match read_frame(&bytes[offset..]) {
             Frame::Record { body, len } => {
-                let record = Record::decode_body(body).map_err(|e| JournalError::Corrupt {
+                let records = Record::decode(body).map_err(|e| JournalError::Corrupt {
                     path: path.to_path_buf(),
                     offset: offset as u64,
                     why: e.to_string(),
                 })?;
-                state
-                    .apply(record, manifest.node)
-                    .map_err(|why| JournalError::Inconsistent {
-                        path: path.to_path_buf(),
-                        offset: offset as u64,
-                        why,
+                for record in records {
+                    state.apply(record, manifest.node).map_err(|why| {
+                        JournalError::Inconsistent {
+                            path: path.to_path_buf(),
+                            offset: offset as u64,
+                            why,
+                        }
                     })?;
-                state.records += 1;
+                    state.records += 1;
+                }
                 offset += len;
             }
             Frame::End => return Ok(()),

@@ -5,7 +5,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::record::Record;
+use super::record::{Record, RunEncoder};
 use super::recovery::{EventDef, HoldRec, OrderRec, Recovered};
 use crate::ids::field_of;
 use crate::ledger::ended::EndedRun;
@@ -18,13 +18,19 @@ use crate::routing::owner_of_user;
 pub struct SnapshotBuilder {
     out: BytesMut,
     records: u64,
+    /// Orders in a row share records.
+    orders: RunEncoder,
 }
 
 impl SnapshotBuilder {
     pub fn begin(unix_ms: u64) -> Self {
         let mut out = BytesMut::new();
         Record::SnapshotBegin { unix_ms }.encode(&mut out);
-        SnapshotBuilder { out, records: 0 }
+        SnapshotBuilder {
+            out,
+            records: 0,
+            orders: RunEncoder::default(),
+        }
     }
 
     /// The records after a snapshot's orders ([`SnapshotJob::new`]): no begin record.
@@ -32,10 +38,12 @@ impl SnapshotBuilder {
         SnapshotBuilder {
             out: BytesMut::new(),
             records: 0,
+            orders: RunEncoder::default(),
         }
     }
 
     fn push(&mut self, record: Record) {
+        self.orders.close(&mut self.out);
         record.encode(&mut self.out);
         self.records += 1;
     }
@@ -49,7 +57,8 @@ impl SnapshotBuilder {
     }
 
     pub fn order(&mut self, o: OrderRec) {
-        self.push(Record::Sale(o));
+        self.orders.push(&mut self.out, &o);
+        self.records += 1;
     }
 
     pub fn hold(&mut self, h: HoldRec) {
@@ -93,6 +102,7 @@ impl SnapshotBuilder {
     }
 
     pub fn finish(mut self) -> BytesMut {
+        self.orders.close(&mut self.out);
         Record::SnapshotEnd {
             records: self.records,
         }
@@ -113,8 +123,12 @@ pub struct SnapshotJob {
     rest: Bytes,
 }
 
-/// Orders encoded per write while a snapshot is written (~200 KiB).
+/// Orders encoded per write while a snapshot is written (~50 KiB as runs of orders in a
+/// rush, at most ~180 KiB).
 const ORDERS_PER_WRITE: usize = 4096;
+/// What an order typically takes in a run (a rush's: new users with ids below 2^35,
+/// consecutive order ids, one event): the estimate [`SnapshotJob::len`] uses.
+const TYPICAL_ORDER_BYTES: u64 = 13;
 
 /// How far [`SnapshotJob::write_some`] got.
 #[derive(Debug, Default)]
@@ -144,9 +158,11 @@ impl SnapshotJob {
         }
     }
 
-    /// Its length once written, in bytes.
+    /// About its length once written, in bytes: the orders' share is estimated (their
+    /// runs' varints depend on the values), so the shard need not encode them to decide
+    /// when the next rotation is due.
     pub fn len(&self) -> u64 {
-        (self.head.len() + self.rest.len()) as u64 + self.orders.len() as u64 * sale_record_len()
+        (self.head.len() + self.rest.len()) as u64 + self.orders.len() as u64 * TYPICAL_ORDER_BYTES
     }
 
     pub fn is_empty(&self) -> bool {
@@ -177,9 +193,11 @@ impl SnapshotJob {
             return Ok(self.rest.len());
         }
         buf.clear();
+        let mut encoder = RunEncoder::default();
         for order in run {
-            Record::Sale(OrderRec::from(*order)).encode(buf);
+            encoder.push(buf, &OrderRec::from(*order));
         }
+        encoder.close(buf);
         out.write_all(buf)?;
         cursor.orders += run.len();
         Ok(buf.len())
@@ -188,7 +206,7 @@ impl SnapshotJob {
     /// Writes it whole.
     pub fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
         let mut cursor = SnapshotCursor::default();
-        let mut buf = BytesMut::with_capacity(ORDERS_PER_WRITE * sale_record_len() as usize);
+        let mut buf = BytesMut::new();
         while !cursor.is_done() {
             self.write_some(&mut cursor, &mut buf, out)?;
         }
@@ -202,20 +220,6 @@ impl SnapshotJob {
         let _ = self.write_to(&mut out);
         BytesMut::from(out.as_slice())
     }
-}
-
-/// The encoded length of every `Sale` record (its fields are fixed-size).
-fn sale_record_len() -> u64 {
-    let mut one = BytesMut::new();
-    Record::Sale(OrderRec {
-        order_id: 0,
-        event_id: 0,
-        user: 0,
-        qty: 0,
-        unix_ms: 0,
-    })
-    .encode(&mut one);
-    one.len() as u64
 }
 
 /// The snapshot that starts stream `stream` of `streams` in a new generation: every

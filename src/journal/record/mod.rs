@@ -13,7 +13,9 @@
 use bytes::{Buf, BufMut, BytesMut};
 
 mod header;
+mod orders;
 pub use header::{FileHeader, HeaderError, HEADER_LEN, MAGIC, MIN_VERSION, VERSION};
+pub use orders::{OrderRun, RunEncoder};
 
 /// Size of a record's frame before its body.
 pub const RECORD_HEADER_LEN: usize = 8;
@@ -112,6 +114,8 @@ mod kind {
     pub const ID_MARK: u8 = 10;
     pub const HOLDS_ENDED: u8 = 11;
     pub const HOLD_CONFIRMED: u8 = 12;
+    /// A run of orders, each read as a [`super::Record::Sale`] ([`super::orders`]).
+    pub const ORDERS: u8 = 13;
 }
 
 mod end_code {
@@ -134,17 +138,22 @@ impl Record {
     pub fn encode(&self, out: &mut BytesMut) {
         let frame_start = out.len();
         out.put_bytes(0, RECORD_HEADER_LEN);
-        let body_start = out.len();
         self.encode_body(out);
-        let len = out.len() - body_start;
-        // Bodies are a few dozen bytes by construction.
-        debug_assert!(len <= usize::from(u16::MAX));
-        let len16 = len as u16;
-        let crc = crc32c::crc32c(&out[body_start..]);
-        let header = &mut out[frame_start..body_start];
-        header[0..2].copy_from_slice(&len16.to_be_bytes());
-        header[2..4].copy_from_slice(&(!len16).to_be_bytes());
-        header[4..8].copy_from_slice(&crc.to_be_bytes());
+        frame(out, frame_start);
+    }
+
+    /// Decodes a body whose checksum has been verified: one record, or for a run of
+    /// orders (kind 13) each of its orders as a [`Record::Sale`], in the order written.
+    pub fn decode(body: &[u8]) -> Result<Records<'_>, BodyError> {
+        if body.first() == Some(&kind::ORDERS) {
+            return OrderRun::parse(&body[1..])
+                .map(Records::Orders)
+                .ok_or(BodyError {
+                    kind: kind::ORDERS,
+                    len: body.len(),
+                });
+        }
+        Record::decode_one(body).map(|record| Records::One(Some(record)))
     }
 
     fn encode_body(&self, out: &mut BytesMut) {
@@ -259,8 +268,8 @@ impl Record {
         }
     }
 
-    /// Decodes a body whose checksum has been verified.
-    pub fn decode_body(body: &[u8]) -> Result<Record, BodyError> {
+    /// Decodes the body of a single record (not a run of orders).
+    fn decode_one(body: &[u8]) -> Result<Record, BodyError> {
         let error = BodyError {
             kind: body.first().copied().unwrap_or(0),
             len: body.len(),
@@ -368,6 +377,39 @@ impl Record {
         };
         Ok(record)
     }
+}
+
+/// The records one body holds ([`Record::decode`]).
+#[derive(Debug, Clone)]
+pub enum Records<'a> {
+    One(Option<Record>),
+    Orders(OrderRun<'a>),
+}
+
+impl Iterator for Records<'_> {
+    type Item = Record;
+
+    fn next(&mut self) -> Option<Record> {
+        match self {
+            Records::One(record) => record.take(),
+            Records::Orders(run) => run.next().map(Record::Sale),
+        }
+    }
+}
+
+/// Fills in the frame header of the record whose header space starts at `frame_start`
+/// and whose body runs to the end of `out`: its length (twice) and checksum.
+fn frame(out: &mut BytesMut, frame_start: usize) {
+    let body_start = frame_start + RECORD_HEADER_LEN;
+    let len = out.len() - body_start;
+    // Single records are a few dozen bytes; runs close before they could outgrow this.
+    debug_assert!(len <= usize::from(u16::MAX));
+    let len16 = len as u16;
+    let crc = crc32c::crc32c(&out[body_start..]);
+    let header = &mut out[frame_start..body_start];
+    header[0..2].copy_from_slice(&len16.to_be_bytes());
+    header[2..4].copy_from_slice(&(!len16).to_be_bytes());
+    header[4..8].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// What the bytes at one offset of a segment hold.

@@ -79,7 +79,7 @@ fn every_kind_round_trips() {
     loop {
         match read_frame(rest) {
             Frame::Record { body, len } => {
-                decoded.push(Record::decode_body(body).unwrap());
+                decoded.extend(Record::decode(body).unwrap());
                 rest = &rest[len..];
             }
             Frame::End => break,
