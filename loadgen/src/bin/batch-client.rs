@@ -74,7 +74,8 @@ impl Conn {
             }
             self.have += n;
             let mut at = 0;
-            while let Some(prefix) = self.reply.get(at..at + 4) {
+            // Only the bytes received so far: the buffer past them holds old answers.
+            while let Some(prefix) = self.reply[..self.have].get(at..at + 4) {
                 let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
                 if len < STATUS_AT + 1 - 4 {
                     // Shorter than op, request id and status: not an answer.
@@ -177,4 +178,75 @@ fn main() -> io::Result<()> {
         return Err(io::Error::other("a connection failed"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use ticketd_proto::{Op, Response, ResultBody};
+
+    use super::*;
+
+    /// A server that answers each BUY OK, writing its answers a few bytes at a time, so
+    /// the client often holds part of a frame (or of its length) between reads.
+    fn trickling_server(depth: u64, rounds: u64, piece: usize) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream.set_nodelay(true).unwrap();
+            let mut answers = BytesMut::new();
+            for i in 0..depth * rounds {
+                let body = ResultBody::Order { order_id: i + 1 };
+                Response::ok(Op::Buy, i % depth, body).encode(&mut answers);
+            }
+            let request_len = answers.len() / (depth * rounds) as usize;
+            let mut sink = vec![0u8; 64 << 10];
+            for round in 0..rounds as usize {
+                // Wait for the round's batch, then trickle its answers.
+                let _ = stream.read(&mut sink);
+                let start = round * depth as usize * request_len;
+                let end = start + depth as usize * request_len;
+                for chunk in answers[start..end].chunks(piece) {
+                    stream.write_all(chunk).unwrap();
+                    stream.flush().unwrap();
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn answers_arriving_in_pieces_are_counted_whole_round_after_round() {
+        let (depth, rounds) = (8, 4);
+        for piece in [1, 3, 7, 23] {
+            let addr = trickling_server(depth, rounds, piece);
+            let mut conn = Conn::open(addr, 0, depth).unwrap();
+            for round in 0..rounds {
+                conn.send_batch(1, round, depth).unwrap();
+                assert_eq!(
+                    conn.read_answers(depth).unwrap(),
+                    0,
+                    "piece {piece} round {round}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_frame_too_short_to_hold_a_status_is_refused() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            // A length of 2: op and one byte, no request id or status.
+            stream.write_all(&[0, 0, 0, 2, 0x81, 0]).unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+        });
+        let mut conn = Conn::open(addr, 0, 1).unwrap();
+        let error = conn.read_answers(1).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+    }
 }
