@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Seeds fuzz/corpus/ from docs/PROTOCOL.md's hex vectors, a few HTTP requests and a few
-journal record bodies (docs/DURABILITY.md's kinds 4, 7 and 13).
+journal record bodies (docs/DURABILITY.md's kinds 4, 7, 13 and 14).
 
 Run from the repository root; it rewrites only the seed files (seed-*), so what the
 fuzzers added to the corpus stays.
@@ -55,7 +55,8 @@ def zigzag(step):
 
 
 # Journal record bodies (what follows a frame whose checksum matched): a run of three
-# orders (kind 13), a Sale (kind 4), a Cancelled (kind 7).
+# orders (kind 13) and of three holds taken (kind 14), a Sale (kind 4), a Cancelled
+# (kind 7).
 shard_ids = 3 << 44
 orders = [
     (shard_ids + 1, 1, 1_000_001, 1, 1_765_000_000_000),
@@ -69,6 +70,8 @@ for order_id, event, user, qty, ms in orders:
     run += varint(qty) + varint(zigzag(ms - before[2]))
     before = (order_id, event, ms)
 write("journal_record", "run-of-three", bytes(run))
+# The same entries as a run of holds taken (kind 14): the time is each hold's deadline.
+write("journal_record", "holds-run-of-three", bytes([14]) + bytes(run[1:]))
 write("journal_record", "sale", bytes([4]) + struct.pack(">QIQHQ", shard_ids + 9, 1, 77, 2, 1_765_000_000_000))
 write("journal_record", "cancelled", bytes([7]) + struct.pack(">QQ", shard_ids + 10, 1_765_000_000_001))
-print(f"{len(vectors)} protocol vectors, {len(http)} HTTP requests, 3 journal records")
+print(f"{len(vectors)} protocol vectors, {len(http)} HTTP requests, 4 journal records")

@@ -15,19 +15,20 @@ use std::thread::JoinHandle;
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::Sender;
 
-use super::record::{Record, RunEncoder};
+use super::record::{Entry, Record, RunEncoder};
 use super::snapshot::SnapshotJob;
 use super::writer::{Job, Progress, Work, WriterHandle};
 
 /// A segment is not rotated before it holds this much beyond its snapshot.
 pub const DEFAULT_ROTATE_MIN_BYTES: u64 = 64 << 20;
 
-/// Records decided in this pass, not yet handed to the writer. Consecutive sales share
-/// one record ([`RunEncoder`]): a pass of a rush is mostly sales.
+/// Records decided in this pass, not yet handed to the writer. Consecutive sales, and
+/// consecutive holds taken, share one record ([`RunEncoder`]): a pass of a rush is mostly
+/// one or the other.
 #[derive(Debug, Default)]
 pub struct RecordBuf {
     buf: BytesMut,
-    sales: RunEncoder,
+    runs: RunEncoder,
     enabled: bool,
 }
 
@@ -36,7 +37,7 @@ impl RecordBuf {
     pub fn new(enabled: bool) -> Self {
         RecordBuf {
             buf: BytesMut::new(),
-            sales: RunEncoder::default(),
+            runs: RunEncoder::default(),
             enabled,
         }
     }
@@ -49,12 +50,12 @@ impl RecordBuf {
         if !self.enabled {
             return;
         }
-        match record {
-            Record::Sale(order) => self.sales.push(&mut self.buf, &order),
-            other => {
+        match Entry::of(&record) {
+            Some((kind, entry)) => self.runs.push(&mut self.buf, kind, &entry),
+            None => {
                 // Anything else ends the run, so the journal keeps the order decided.
-                self.sales.close(&mut self.buf);
-                other.encode(&mut self.buf);
+                self.runs.close(&mut self.buf);
+                record.encode(&mut self.buf);
             }
         }
     }
@@ -66,7 +67,7 @@ impl RecordBuf {
 
     /// Everything pushed since the last take.
     pub fn take(&mut self) -> Bytes {
-        self.sales.close(&mut self.buf);
+        self.runs.close(&mut self.buf);
         self.buf.split().freeze()
     }
 }
@@ -210,12 +211,28 @@ mod tests {
     }
 
     #[test]
-    fn sales_share_records_and_the_journal_keeps_the_order_decided() {
+    fn sales_and_holds_taken_share_records_and_the_journal_keeps_the_order_decided() {
         let cancel = Record::Cancelled {
             hold_id: 9,
             unix_ms: 1_765_000_000_001,
         };
-        let pushed = vec![sale(1), sale(2), sale(3), cancel, sale(4)];
+        let taken = |hold_id: u64| Record::HoldTaken {
+            hold_id,
+            event_id: 1,
+            user: 200 + hold_id,
+            qty: 2,
+            deadline_ms: 1_765_000_900_000,
+        };
+        let pushed = vec![
+            sale(1),
+            sale(2),
+            sale(3),
+            cancel,
+            sale(4),
+            taken(5),
+            taken(6),
+            sale(7),
+        ];
         let mut buf = RecordBuf::new(true);
         for record in &pushed {
             buf.push(*record);
@@ -237,8 +254,8 @@ mod tests {
         let mut expected = pushed;
         expected.push(sale(5));
         assert_eq!(read, expected);
-        // Three sales, the cancel, the sale after it; then a take's own run.
-        assert_eq!(frames, 4);
+        // Three sales, the cancel, a sale, two holds taken, a sale; then a take's own run.
+        assert_eq!(frames, 6);
         assert!(!RecordBuf::new(false).is_pending());
     }
 }

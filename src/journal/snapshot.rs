@@ -5,7 +5,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::record::{Record, RunEncoder};
+use super::record::{Entry, Record, RunEncoder};
 use super::recovery::{EventDef, HoldRec, OrderRec, Recovered};
 use crate::ids::field_of;
 use crate::ledger::ended::EndedRun;
@@ -18,8 +18,8 @@ use crate::routing::owner_of_user;
 pub struct SnapshotBuilder {
     out: BytesMut,
     records: u64,
-    /// Orders in a row share records.
-    orders: RunEncoder,
+    /// Orders in a row, and live holds in a row, share records.
+    runs: RunEncoder,
 }
 
 impl SnapshotBuilder {
@@ -29,7 +29,7 @@ impl SnapshotBuilder {
         SnapshotBuilder {
             out,
             records: 0,
-            orders: RunEncoder::default(),
+            runs: RunEncoder::default(),
         }
     }
 
@@ -38,13 +38,18 @@ impl SnapshotBuilder {
         SnapshotBuilder {
             out: BytesMut::new(),
             records: 0,
-            orders: RunEncoder::default(),
+            runs: RunEncoder::default(),
         }
     }
 
     fn push(&mut self, record: Record) {
-        self.orders.close(&mut self.out);
-        record.encode(&mut self.out);
+        match Entry::of(&record) {
+            Some((kind, entry)) => self.runs.push(&mut self.out, kind, &entry),
+            None => {
+                self.runs.close(&mut self.out);
+                record.encode(&mut self.out);
+            }
+        }
         self.records += 1;
     }
 
@@ -57,8 +62,7 @@ impl SnapshotBuilder {
     }
 
     pub fn order(&mut self, o: OrderRec) {
-        self.orders.push(&mut self.out, &o);
-        self.records += 1;
+        self.push(Record::Sale(o));
     }
 
     pub fn hold(&mut self, h: HoldRec) {
@@ -102,7 +106,7 @@ impl SnapshotBuilder {
     }
 
     pub fn finish(mut self) -> BytesMut {
-        self.orders.close(&mut self.out);
+        self.runs.close(&mut self.out);
         Record::SnapshotEnd {
             records: self.records,
         }
@@ -149,8 +153,10 @@ impl SnapshotCursor {
 impl SnapshotJob {
     /// `head` (begun, with the events), then `orders`, then `rest` (a builder from
     /// [`SnapshotBuilder::continuing`]), closed with the count of all of them.
-    pub fn new(head: SnapshotBuilder, orders: SharedOrders, mut rest: SnapshotBuilder) -> Self {
+    pub fn new(mut head: SnapshotBuilder, orders: SharedOrders, mut rest: SnapshotBuilder) -> Self {
         rest.records += head.records + orders.len() as u64;
+        // A run the head ended on is framed before the orders' own runs follow it.
+        head.runs.close(&mut head.out);
         SnapshotJob {
             head: head.out.freeze(),
             orders,
@@ -195,7 +201,7 @@ impl SnapshotJob {
         buf.clear();
         let mut encoder = RunEncoder::default();
         for order in run {
-            encoder.push(buf, &OrderRec::from(*order));
+            encoder.push_order(buf, &OrderRec::from(*order));
         }
         encoder.close(buf);
         out.write_all(buf)?;

@@ -13,9 +13,9 @@
 use bytes::{Buf, BufMut, BytesMut};
 
 mod header;
-mod orders;
+mod runs;
 pub use header::{FileHeader, HeaderError, HEADER_LEN, MAGIC, MIN_VERSION, VERSION};
-pub use orders::{OrderRun, RunEncoder};
+pub use runs::{Entry, Run, RunEncoder, RunKind};
 
 /// Size of a record's frame before its body.
 pub const RECORD_HEADER_LEN: usize = 8;
@@ -114,8 +114,10 @@ mod kind {
     pub const ID_MARK: u8 = 10;
     pub const HOLDS_ENDED: u8 = 11;
     pub const HOLD_CONFIRMED: u8 = 12;
-    /// A run of orders, each read as a [`super::Record::Sale`] ([`super::orders`]).
+    /// A run of orders, each read as a [`super::Record::Sale`] ([`super::runs`]).
     pub const ORDERS: u8 = 13;
+    /// A run of holds taken, each read as a [`super::Record::HoldTaken`].
+    pub const HOLDS_TAKEN: u8 = 14;
 }
 
 mod end_code {
@@ -142,16 +144,17 @@ impl Record {
         frame(out, frame_start);
     }
 
-    /// Decodes a body whose checksum has been verified: one record, or for a run of
-    /// orders (kind 13) each of its orders as a [`Record::Sale`], in the order written.
+    /// Decodes a body whose checksum has been verified: one record, or for a run (kinds
+    /// 13 and 14) each of its entries as a [`Record::Sale`] or [`Record::HoldTaken`], in
+    /// the order written.
     pub fn decode(body: &[u8]) -> Result<Records<'_>, BodyError> {
-        if body.first() == Some(&kind::ORDERS) {
-            return OrderRun::parse(&body[1..])
-                .map(Records::Orders)
-                .ok_or(BodyError {
-                    kind: kind::ORDERS,
+        if let Some((&code, rest)) = body.split_first() {
+            if let Some(kind) = RunKind::of(code) {
+                return Run::parse(kind, rest).map(Records::Run).ok_or(BodyError {
+                    kind: code,
                     len: body.len(),
                 });
+            }
         }
         Record::decode_one(body).map(|record| Records::One(Some(record)))
     }
@@ -383,7 +386,7 @@ impl Record {
 #[derive(Debug, Clone)]
 pub enum Records<'a> {
     One(Option<Record>),
-    Orders(OrderRun<'a>),
+    Run(Run<'a>),
 }
 
 impl Iterator for Records<'_> {
@@ -392,7 +395,7 @@ impl Iterator for Records<'_> {
     fn next(&mut self) -> Option<Record> {
         match self {
             Records::One(record) => record.take(),
-            Records::Orders(run) => run.next().map(Record::Sale),
+            Records::Run(run) => run.next(),
         }
     }
 }

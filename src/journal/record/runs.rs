@@ -1,37 +1,146 @@
-//! A run of orders in one record (kind 13, format version 3).
+//! Runs: consecutive records of one kind in one record (format version 3) — orders
+//! (kind 13) and holds taken (kind 14).
 //!
 //! Most of what a busy shard writes is orders — a BUY's `Sale`, and every order again in
-//! each snapshot a rotation writes — and as kind 4 records each takes 39 bytes: an
-//! 8-byte frame, a kind byte and 30 bytes of fixed-width fields. Consecutive orders
-//! differ little: ids and times climb by small steps, the event and quantity repeat.
-//! So a run of consecutive orders is one record:
+//! each snapshot a rotation writes — or, in a rush of RESERVEs, holds taken; as single
+//! records each takes 39 bytes: an 8-byte frame, a kind byte and 30 bytes of
+//! fixed-width fields. Consecutive ones differ little: ids and times climb by small
+//! steps, the event and quantity repeat. So a run of them is one record:
 //!
 //! ```text
-//! kind 13 | count:u16 | count × (user | order_id Δ | event_id Δ | qty | unix_ms Δ)
+//! kind 13 or 14 | count:u16 | count × (user | id Δ | event_id Δ | qty | time Δ)
 //! ```
 //!
+//! (`id` the order's or the hold's, `time` the order's time or the hold's deadline.)
 //! Each field is a LEB128 varint; the Δ fields are zigzag-encoded differences from the
-//! order before in the same run (the first from zero). A BUY of a new buyer in a rush
+//! entry before in the same run (the first from zero). A BUY of a new buyer in a rush
 //! takes ~12 bytes instead of 39, and one checksum covers the run instead of one per
-//! order. Only consecutive orders share a run — any other record closes it — so reading
-//! a run's orders one by one replays the journal in the order it was written.
+//! record. Only consecutive records of the same kind share a run — any other record
+//! closes it — so reading a run's entries one by one replays the journal in the order
+//! it was written.
 
 use bytes::{BufMut, BytesMut};
 use integer_encoding::VarInt;
 
-use super::{frame, kind, OrderRec, RECORD_HEADER_LEN};
+use super::{frame, kind, OrderRec, Record, RECORD_HEADER_LEN};
 
-/// The most bytes one order can take in a run (every varint at its longest).
+/// What a run holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    /// Orders, each read as a [`Record::Sale`] (kind 13).
+    Orders,
+    /// Holds taken, each read as a [`Record::HoldTaken`] (kind 14).
+    HoldsTaken,
+}
+
+impl RunKind {
+    fn code(self) -> u8 {
+        match self {
+            RunKind::Orders => kind::ORDERS,
+            RunKind::HoldsTaken => kind::HOLDS_TAKEN,
+        }
+    }
+
+    /// The run kind a record kind byte names, if it names one.
+    pub fn of(code: u8) -> Option<RunKind> {
+        match code {
+            kind::ORDERS => Some(RunKind::Orders),
+            kind::HOLDS_TAKEN => Some(RunKind::HoldsTaken),
+            _ => None,
+        }
+    }
+}
+
+/// The five fields of a run's entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// The order's or the hold's id.
+    pub id: u64,
+    pub event_id: u32,
+    pub user: u64,
+    pub qty: u16,
+    /// The order's time, or the hold's deadline (Unix milliseconds).
+    pub at_ms: u64,
+}
+
+impl Entry {
+    /// The entry a record makes in a run, and the run's kind, if it goes in one.
+    pub fn of(record: &Record) -> Option<(RunKind, Entry)> {
+        match *record {
+            Record::Sale(o) => Some((RunKind::Orders, Entry::from(o))),
+            Record::HoldTaken {
+                hold_id,
+                event_id,
+                user,
+                qty,
+                deadline_ms,
+            } => Some((
+                RunKind::HoldsTaken,
+                Entry {
+                    id: hold_id,
+                    event_id,
+                    user,
+                    qty,
+                    at_ms: deadline_ms,
+                },
+            )),
+            _ => None,
+        }
+    }
+
+    fn into_record(self, kind: RunKind) -> Record {
+        match kind {
+            RunKind::Orders => Record::Sale(OrderRec {
+                order_id: self.id,
+                event_id: self.event_id,
+                user: self.user,
+                qty: self.qty,
+                unix_ms: self.at_ms,
+            }),
+            RunKind::HoldsTaken => Record::HoldTaken {
+                hold_id: self.id,
+                event_id: self.event_id,
+                user: self.user,
+                qty: self.qty,
+                deadline_ms: self.at_ms,
+            },
+        }
+    }
+}
+
+impl From<OrderRec> for Entry {
+    fn from(o: OrderRec) -> Entry {
+        Entry {
+            id: o.order_id,
+            event_id: o.event_id,
+            user: o.user,
+            qty: o.qty,
+            at_ms: o.unix_ms,
+        }
+    }
+}
+
+/// The most bytes one entry can take in a run (every varint at its longest).
 const MAX_ENTRY: usize = 10 + 10 + 10 + 3 + 10;
 /// A run is closed before its body could outgrow a record's u16 length.
 const MAX_BODY: usize = u16::MAX as usize;
 
-/// What the next order of a run is told apart from.
+/// What the next entry of a run is told apart from.
 #[derive(Debug, Clone, Copy, Default)]
 struct Previous {
-    order_id: u64,
+    id: u64,
     event_id: u32,
-    unix_ms: u64,
+    at_ms: u64,
+}
+
+impl From<&Entry> for Previous {
+    fn from(e: &Entry) -> Previous {
+        Previous {
+            id: e.id,
+            event_id: e.event_id,
+            at_ms: e.at_ms,
+        }
+    }
 }
 
 /// Difference `now - before` as the zigzag varint's signed value (wrapping: any two
@@ -40,47 +149,57 @@ fn delta(now: u64, before: u64) -> i64 {
     now.wrapping_sub(before) as i64
 }
 
-/// Writes runs of orders into a buffer of records: [`RunEncoder::push`] adds an order to
-/// the open run (opening one if needed), [`RunEncoder::close`] frames it. Anyone
-/// writing another record into the same buffer closes the run first.
-#[derive(Debug, Default)]
+/// Writes runs into a buffer of records: [`RunEncoder::push`] adds an entry to the open
+/// run (opening one if none is open or it is of another kind), [`RunEncoder::close`]
+/// frames it. Anyone writing another record into the same buffer closes the run first.
+#[derive(Debug)]
 pub struct RunEncoder {
     /// Where the open run's frame starts in the buffer, while one is open.
     open_at: Option<usize>,
+    kind: RunKind,
     count: u16,
     previous: Previous,
 }
 
+impl Default for RunEncoder {
+    fn default() -> Self {
+        RunEncoder {
+            open_at: None,
+            kind: RunKind::Orders,
+            count: 0,
+            previous: Previous::default(),
+        }
+    }
+}
+
 impl RunEncoder {
-    /// Appends `order` to the open run in `out`, or to a new one.
-    pub fn push(&mut self, out: &mut BytesMut, order: &OrderRec) {
-        let start = match self.open_at {
+    /// Appends an order to the open run of orders in `out`, or to a new one.
+    pub fn push_order(&mut self, out: &mut BytesMut, order: &OrderRec) {
+        self.push(out, RunKind::Orders, &Entry::from(*order));
+    }
+
+    /// Appends `entry` to the open run of `kind` in `out`, or to a new one.
+    pub fn push(&mut self, out: &mut BytesMut, kind: RunKind, entry: &Entry) {
+        match self.open_at {
             Some(start)
-                if self.count < u16::MAX
-                    && out.len() - start - RECORD_HEADER_LEN + MAX_ENTRY <= MAX_BODY =>
-            {
-                start
-            }
+                if self.kind == kind
+                    && self.count < u16::MAX
+                    && out.len() - start - RECORD_HEADER_LEN + MAX_ENTRY <= MAX_BODY => {}
             _ => {
                 self.close(out);
-                self.open(out)
+                self.open(out, kind);
             }
-        };
-        debug_assert!(start < out.len());
-        let mut entry = [0u8; MAX_ENTRY];
-        let mut n = order.user.encode_var(&mut entry);
-        n += delta(order.order_id, self.previous.order_id).encode_var(&mut entry[n..]);
-        let event_step = i64::from(order.event_id) - i64::from(self.previous.event_id);
-        n += event_step.encode_var(&mut entry[n..]);
-        n += order.qty.encode_var(&mut entry[n..]);
-        n += delta(order.unix_ms, self.previous.unix_ms).encode_var(&mut entry[n..]);
-        out.put_slice(&entry[..n]);
+        }
+        let mut bytes = [0u8; MAX_ENTRY];
+        let mut n = entry.user.encode_var(&mut bytes);
+        n += delta(entry.id, self.previous.id).encode_var(&mut bytes[n..]);
+        let event_step = i64::from(entry.event_id) - i64::from(self.previous.event_id);
+        n += event_step.encode_var(&mut bytes[n..]);
+        n += entry.qty.encode_var(&mut bytes[n..]);
+        n += delta(entry.at_ms, self.previous.at_ms).encode_var(&mut bytes[n..]);
+        out.put_slice(&bytes[..n]);
         self.count += 1;
-        self.previous = Previous {
-            order_id: order.order_id,
-            event_id: order.event_id,
-            unix_ms: order.unix_ms,
-        };
+        self.previous = Previous::from(entry);
     }
 
     /// Frames the open run, if any: its count and checksum are written now.
@@ -93,37 +212,39 @@ impl RunEncoder {
         frame(out, start);
     }
 
-    fn open(&mut self, out: &mut BytesMut) -> usize {
-        let start = out.len();
+    fn open(&mut self, out: &mut BytesMut, kind: RunKind) {
+        self.open_at = Some(out.len());
         out.put_bytes(0, RECORD_HEADER_LEN);
-        out.put_u8(kind::ORDERS);
+        out.put_u8(kind.code());
         out.put_u16(0);
-        self.open_at = Some(start);
+        self.kind = kind;
         self.count = 0;
         self.previous = Previous::default();
-        start
     }
 }
 
-/// The orders of one run record, read one by one. Made only by [`OrderRun::parse`],
-/// which has already read every order, so iterating cannot fail.
+/// The entries of one run record, read one by one as records. Made only by
+/// [`Run::parse`], which has already read every entry, so iterating cannot fail.
 #[derive(Debug, Clone)]
-pub struct OrderRun<'a> {
+pub struct Run<'a> {
+    kind: RunKind,
     rest: &'a [u8],
     left: u16,
     previous: Previous,
 }
 
-impl<'a> OrderRun<'a> {
-    /// The run in a kind 13 body (after its kind byte), if it is well formed: a count of
-    /// at least one, that many orders whose fields fit their types, and nothing after.
-    pub fn parse(after_kind: &'a [u8]) -> Option<OrderRun<'a>> {
+impl<'a> Run<'a> {
+    /// The run in a body of `kind` (after its kind byte), if it is well formed: a count
+    /// of at least one, that many entries whose fields fit their types, and nothing
+    /// after.
+    pub fn parse(kind: RunKind, after_kind: &'a [u8]) -> Option<Run<'a>> {
         let (count, rest) = after_kind.split_first_chunk::<2>()?;
         let count = u16::from_be_bytes(*count);
         if count == 0 {
             return None;
         }
-        let run = OrderRun {
+        let run = Run {
+            kind,
             rest,
             left: count,
             previous: Previous::default(),
@@ -135,7 +256,7 @@ impl<'a> OrderRun<'a> {
         check.rest.is_empty().then_some(run)
     }
 
-    fn read_one(&mut self) -> Option<OrderRec> {
+    fn read_one(&mut self) -> Option<Entry> {
         let mut at = 0;
         let mut field = || -> Option<u64> {
             let (value, used) = u64::decode_var(self.rest.get(at..)?)?;
@@ -146,37 +267,34 @@ impl<'a> OrderRun<'a> {
         let id_step = field()?;
         let event_step = field()?;
         let qty = field()?;
-        let ms_step = field()?;
+        let time_step = field()?;
         let unzig = |v: u64| ((v >> 1) as i64) ^ -((v & 1) as i64);
         let event_id =
             u32::try_from(i64::from(self.previous.event_id).checked_add(unzig(event_step))?)
                 .ok()?;
-        let order = OrderRec {
-            order_id: self.previous.order_id.wrapping_add(unzig(id_step) as u64),
+        let entry = Entry {
+            id: self.previous.id.wrapping_add(unzig(id_step) as u64),
             event_id,
             user,
             qty: u16::try_from(qty).ok()?,
-            unix_ms: self.previous.unix_ms.wrapping_add(unzig(ms_step) as u64),
+            at_ms: self.previous.at_ms.wrapping_add(unzig(time_step) as u64),
         };
         self.rest = &self.rest[at..];
         self.left -= 1;
-        self.previous = Previous {
-            order_id: order.order_id,
-            event_id: order.event_id,
-            unix_ms: order.unix_ms,
-        };
-        Some(order)
+        self.previous = Previous::from(&entry);
+        Some(entry)
     }
 }
 
-impl Iterator for OrderRun<'_> {
-    type Item = OrderRec;
+impl Iterator for Run<'_> {
+    type Item = Record;
 
-    fn next(&mut self) -> Option<OrderRec> {
+    fn next(&mut self) -> Option<Record> {
         if self.left == 0 {
             return None;
         }
-        self.read_one()
+        let kind = self.kind;
+        self.read_one().map(|entry| entry.into_record(kind))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -234,7 +352,7 @@ mod tests {
             let mut out = BytesMut::new();
             let mut run = RunEncoder::default();
             for o in &orders {
-                run.push(&mut out, o);
+                run.push_order(&mut out, o);
             }
             run.close(&mut out);
             let back: Vec<Record> = read_all(&out);
@@ -254,6 +372,44 @@ mod tests {
         }
     }
 
+    fn arb_record() -> impl Strategy<Value = Record> {
+        prop_oneof![
+            arb_order().prop_map(Record::Sale),
+            arb_order().prop_map(|o| Record::HoldTaken {
+                hold_id: o.order_id,
+                event_id: o.event_id,
+                user: o.user,
+                qty: o.qty,
+                deadline_ms: o.unix_ms,
+            }),
+            any::<u64>().prop_map(|hold_id| Record::Cancelled {
+                hold_id,
+                unix_ms: 7
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn mixed_runs_and_records_read_back_in_the_order_written(
+            records in prop::collection::vec(arb_record(), 1..300)
+        ) {
+            let mut out = BytesMut::new();
+            let mut run = RunEncoder::default();
+            for record in &records {
+                match Entry::of(record) {
+                    Some((kind, entry)) => run.push(&mut out, kind, &entry),
+                    None => {
+                        run.close(&mut out);
+                        record.encode(&mut out);
+                    }
+                }
+            }
+            run.close(&mut out);
+            prop_assert_eq!(read_all(&out), records);
+        }
+    }
+
     #[test]
     fn a_rush_of_sales_takes_a_third_of_the_plain_records_bytes() {
         let mut compact = BytesMut::new();
@@ -267,7 +423,7 @@ mod tests {
                 1,
                 1_765_000_000_000 + i / 50,
             );
-            run.push(&mut compact, &o);
+            run.push_order(&mut compact, &o);
             Record::Sale(o).encode(&mut plain);
         }
         run.close(&mut compact);
@@ -297,7 +453,7 @@ mod tests {
             })
             .collect();
         for o in &orders {
-            run.push(&mut out, o);
+            run.push_order(&mut out, o);
         }
         run.close(&mut out);
         let mut rest = &out[..];
@@ -318,8 +474,8 @@ mod tests {
     fn damaged_runs_are_refused() {
         let mut out = BytesMut::new();
         let mut run = RunEncoder::default();
-        run.push(&mut out, &order(1, 2, 3, 4, 5));
-        run.push(&mut out, &order(2, 2, 9, 1, 5));
+        run.push_order(&mut out, &order(1, 2, 3, 4, 5));
+        run.push_order(&mut out, &order(2, 2, 9, 1, 5));
         run.close(&mut out);
         let body = &out[RECORD_HEADER_LEN..];
         assert_eq!(Record::decode(body).unwrap().count(), 2);
