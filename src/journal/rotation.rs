@@ -250,14 +250,8 @@ mod tests {
         fn append(&mut self, file: &mut File, len: &mut u64, n: usize) {
             let mut bytes = BytesMut::new();
             for _ in 0..n {
-                let order = Order {
-                    order_id: self.ids.next_id(),
-                    user: self.log.len() as u64 + 1,
-                    event_id: EVENT.event_id,
-                    qty: 1,
-                    unix_ms: 5,
-                    prev: 0,
-                };
+                let user = self.log.len() as u64 + 1;
+                let order = Order::new(self.ids.next_id(), user, EVENT.event_id, 1, 5, 0);
                 self.log.push(order);
                 self.written.insert(order.order_id);
                 Record::Sale(OrderRec::from(order)).encode(&mut bytes);

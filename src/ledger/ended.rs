@@ -83,8 +83,14 @@ pub struct EndedHolds {
     base: u64,
     /// Four 2-bit ends per byte, from `base`.
     states: VecDeque<u8>,
-    /// Confirmed holds of the bitmap: hold id -> order id.
+    /// Confirmed holds of the bitmap whose orders carry them ([`super::Order`]'s
+    /// confirmed hold): hold id -> order id. A snapshot leaves them to the journal
+    /// writer, which finds them among the orders it encodes anyway.
     confirmed: BTreeMap<u64, u64>,
+    /// Confirmed holds of the bitmap recovered from the journal (their orders carry no
+    /// hold): hold id -> order id. Snapshotted from here, one by one; gone one TTL
+    /// after the start at the latest.
+    kept: BTreeMap<u64, u64>,
     /// `(when, end)`: ids below `end` may be forgotten at `when`; both increase.
     marks: VecDeque<(Instant, u64)>,
     others: FastMap<u64, Ended>,
@@ -100,6 +106,7 @@ impl EndedHolds {
             base: 0,
             states: VecDeque::new(),
             confirmed: BTreeMap::new(),
+            kept: BTreeMap::new(),
             marks: VecDeque::new(),
             others: FastMap::default(),
             others_forget: VecDeque::new(),
@@ -115,17 +122,40 @@ impl EndedHolds {
         }
     }
 
+    /// Whether an end of `hold_id` recorded now goes in the bitmap (this shard's own
+    /// id, not below the bitmap's start nor too far past it) rather than the map of
+    /// others.
+    pub fn keeps_in_bitmap(&self, hold_id: u64) -> bool {
+        let seq = sequence_of(hold_id);
+        let base = if self.states.is_empty() {
+            seq & !3
+        } else {
+            self.base
+        };
+        prefix_of(hold_id) == self.prefix && seq >= base && (seq - base) / 4 < MAX_BITMAP_BYTES
+    }
+
     /// Remembers that `hold_id` ended at `at`, until at least `at` + TTL. Calls come in
-    /// order of `at`.
+    /// order of `at`. A confirmed hold kept in the bitmap
+    /// ([`EndedHolds::keeps_in_bitmap`]) must be carried by its order: snapshots leave
+    /// it to the journal writer.
     pub fn record(&mut self, hold_id: u64, ended: Ended, at: Instant) {
+        self.record_as(hold_id, ended, at, false);
+    }
+
+    /// As [`EndedHolds::record`], for an end recovered from the journal: a confirmed
+    /// hold's order does not carry it, so snapshots write it from here.
+    pub fn record_restored(&mut self, hold_id: u64, ended: Ended, at: Instant) {
+        self.record_as(hold_id, ended, at, true);
+    }
+
+    fn record_as(&mut self, hold_id: u64, ended: Ended, at: Instant, restored: bool) {
         let forget_at = at + self.ttl;
         let seq = sequence_of(hold_id);
+        let in_bitmap = self.keeps_in_bitmap(hold_id);
         if self.states.is_empty() {
             self.base = seq & !3;
         }
-        let in_bitmap = prefix_of(hold_id) == self.prefix
-            && seq >= self.base
-            && (seq - self.base) / 4 < MAX_BITMAP_BYTES;
         if !in_bitmap {
             self.others.insert(hold_id, ended);
             self.others_forget.push_back((forget_at, hold_id));
@@ -141,7 +171,11 @@ impl EndedHolds {
             Ended::Cancelled => code::CANCELLED,
             Ended::Expired => code::EXPIRED,
             Ended::Confirmed { order_id } => {
-                self.confirmed.insert(hold_id, order_id);
+                if restored {
+                    self.kept.insert(hold_id, order_id);
+                } else {
+                    self.confirmed.insert(hold_id, order_id);
+                }
                 code::CONFIRMED
             }
         };
@@ -183,6 +217,7 @@ impl EndedHolds {
                     return self
                         .confirmed
                         .get(&hold_id)
+                        .or_else(|| self.kept.get(&hold_id))
                         .map(|&order_id| Ended::Confirmed { order_id })
                 }
                 _ => {}
@@ -218,14 +253,16 @@ impl EndedHolds {
             // Every id recorded is below some mark's end: none is remembered now.
             self.states.clear();
             self.confirmed.clear();
+            self.kept.clear();
         }
-        let first_kept = self.prefix | self.base;
-        if self
-            .confirmed
-            .first_key_value()
-            .is_some_and(|(&id, _)| id < first_kept)
-        {
-            self.confirmed = self.confirmed.split_off(&first_kept);
+        let first_remembered = self.prefix | self.base;
+        for map in [&mut self.confirmed, &mut self.kept] {
+            if map
+                .first_key_value()
+                .is_some_and(|(&id, _)| id < first_remembered)
+            {
+                *map = map.split_off(&first_remembered);
+            }
         }
         while let Some(&(when, hold_id)) = self.others_forget.front() {
             if when > now {
@@ -299,7 +336,8 @@ impl EndedHolds {
             }
             first += RUN_IDS;
         }
-        for (&hold_id, &order_id) in &self.confirmed {
+        // Those in `confirmed` travel with their orders (the journal writer's part).
+        for (&hold_id, &order_id) in &self.kept {
             if let Some(ended_ms) = ended_by(sequence_of(hold_id)) {
                 confirmed(hold_id, order_id, ended_ms);
             }
@@ -422,12 +460,22 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_holds_every_end() {
+    fn a_snapshot_holds_every_end_but_those_the_orders_carry() {
         let t0 = Instant::now();
         let mut ended = EndedHolds::new(PREFIX, TTL);
         ended.record(PREFIX | 1, Ended::Cancelled, t0);
         ended.record(PREFIX | 300, Ended::Expired, t0);
-        ended.record(PREFIX | 301, Ended::Confirmed { order_id: 5 }, t0);
+        ended.record_restored(PREFIX | 301, Ended::Confirmed { order_id: 5 }, t0);
+        // Confirmed in this run: its order carries it into the snapshot.
+        ended.record(PREFIX | 302, Ended::Confirmed { order_id: 6 }, t0);
+        assert_eq!(
+            ended.get(PREFIX | 302),
+            Some(Ended::Confirmed { order_id: 6 })
+        );
+        assert_eq!(
+            ended.get(PREFIX | 301),
+            Some(Ended::Confirmed { order_id: 5 })
+        );
         let (mut ends, mut confirmed) = (Vec::new(), Vec::new());
         ended.snapshot(
             |_| 1_000,

@@ -24,7 +24,7 @@ use ticketd_proto::{Op, OrderList, Response, ResultBody, Status};
 
 use crate::catalog::Catalog;
 use crate::clock::WallClock;
-use crate::ids::IdGenerator;
+use crate::ids::{sequence_of, IdGenerator};
 use crate::journal::commit::RecordBuf;
 use crate::journal::record::Record;
 use crate::journal::recovery::OrderRec;
@@ -103,10 +103,50 @@ pub struct Order {
     pub user: u64,
     pub event_id: u32,
     pub qty: u16,
+    /// With `hold_low`: see [`Order::confirmed_hold`] (here it fills what was padding).
+    hold_high: u16,
     pub unix_ms: u64,
     /// The same user's previous order of this event: index in `orders` plus one (0:
     /// none).
     pub prev: u32,
+    hold_low: u32,
+}
+
+// 40 bytes: the order log's memory per sale (docs/BENCHMARKS.md, memory).
+const _: () = assert!(std::mem::size_of::<Order>() == 40);
+
+impl Order {
+    pub fn new(order_id: u64, user: u64, event_id: u32, qty: u16, unix_ms: u64, prev: u32) -> Self {
+        Order {
+            order_id,
+            user,
+            event_id,
+            qty,
+            hold_high: 0,
+            unix_ms,
+            prev,
+            hold_low: 0,
+        }
+    }
+
+    /// The order made by confirming the hold with sequence `seq` of this shard's own ids,
+    /// whose end [`ended::EndedHolds`] remembers in its bitmap: the journal writer then
+    /// snapshots that memory from the order ([`crate::journal::snapshot`]), so a rotation
+    /// does not encode a record per confirmed hold on the loop.
+    fn confirming(mut self, seq: u64) -> Self {
+        // Sequences are 44 bits (crate::ids), so seq + 1 fits the 48 bits kept.
+        let stored = seq + 1;
+        self.hold_low = stored as u32;
+        self.hold_high = (stored >> 32) as u16;
+        self
+    }
+
+    /// The sequence of the hold this order confirmed, if it was one of this shard's own
+    /// holds remembered in its bitmap (see `confirming`).
+    pub fn confirmed_hold(&self) -> Option<u64> {
+        let stored = u64::from(self.hold_low) | (u64::from(self.hold_high) << 32);
+        stored.checked_sub(1)
+    }
 }
 
 /// How acquired tickets count against a user.
@@ -253,7 +293,7 @@ impl Ledger {
             qty,
             unix_ms,
         }));
-        self.push_order(order_id, (event, user, qty, prev), unix_ms);
+        self.push_order(order_id, (event, user, qty, prev), unix_ms, None);
         Ok(ResultBody::Order { order_id })
     }
 
@@ -374,7 +414,9 @@ impl Ledger {
             order_id,
             unix_ms,
         });
-        self.push_order(order_id, (event, user, qty, prev), unix_ms);
+        let in_bitmap = self.ended.keeps_in_bitmap(hold_id);
+        let hold_seq = in_bitmap.then_some(sequence_of(hold_id));
+        self.push_order(order_id, (event, user, qty, prev), unix_ms, hold_seq);
         self.ended
             .record(hold_id, Ended::Confirmed { order_id }, now);
         Ok(ResultBody::Order { order_id })
@@ -508,16 +550,21 @@ impl Ledger {
 
     /// Appends an order: `placed` is (event, user, qty, link to the user's previous
     /// order), the user already counted and linked by the caller's one table probe.
-    fn push_order(&mut self, order_id: u64, placed: (usize, u64, u16, u32), unix_ms: u64) {
+    /// Adds an order; `hold_seq` is the sequence of the hold it confirmed when the
+    /// writer is to snapshot that hold's memory from the order ([`Order::confirming`]).
+    fn push_order(
+        &mut self,
+        order_id: u64,
+        placed: (usize, u64, u16, u32),
+        unix_ms: u64,
+        hold_seq: Option<u64>,
+    ) {
         let (event, user, qty, prev) = placed;
         let event_id = self.catalog.get(event).id;
-        self.orders.push(Order {
-            order_id,
-            event_id,
-            user,
-            qty,
-            unix_ms,
-            prev,
+        let order = Order::new(order_id, user, event_id, qty, unix_ms, prev);
+        self.orders.push(match hold_seq {
+            Some(seq) => order.confirming(seq),
+            None => order,
         });
         let tally = &mut self.tallies[event];
         tally.sold += u64::from(qty);

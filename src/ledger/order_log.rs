@@ -109,14 +109,7 @@ mod tests {
     use super::*;
 
     fn order(n: usize) -> Order {
-        Order {
-            order_id: n as u64,
-            user: n as u64 * 7,
-            event_id: 1,
-            qty: 1,
-            unix_ms: 0,
-            prev: 0,
-        }
+        Order::new(n as u64, n as u64 * 7, 1, 1, 0, 0)
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::ids::{field_of, prefix_of, sequence_of, IdGenerator};
 use crate::journal::commit::RecordBuf;
 use crate::journal::record::HoldEnd;
 use crate::journal::recovery::{EventDef, HoldRec, Recovered};
-use crate::journal::snapshot::{SnapshotBuilder, SnapshotJob};
+use crate::journal::snapshot::{ConfirmedHolds, SnapshotBuilder, SnapshotJob};
 use crate::routing::owner_of_user;
 
 impl Ledger {
@@ -54,7 +54,9 @@ impl Ledger {
             tally.bought = tally.bought.saturating_add(order.qty);
             let prev = chain_order(tally, link);
             let placed = (event, order.user, order.qty, prev);
-            ledger.push_order(order.order_id, placed, order.unix_ms);
+            // Restored orders carry no hold: what is remembered of holds confirmed
+            // before the restart is snapshotted from the ended holds' own memory.
+            ledger.push_order(order.order_id, placed, order.unix_ms, None);
         }
         ledger.live = LiveHolds::new(ledger.ids.prefix(), last_seq);
         let mut live = Vec::new();
@@ -113,7 +115,9 @@ impl Ledger {
             ledger.ended.begin_at(first);
         }
         for (ended_ms, hold_id, end) in ended {
-            ledger.ended.record(hold_id, end, clock.instant(ended_ms));
+            ledger
+                .ended
+                .record_restored(hold_id, end, clock.instant(ended_ms));
         }
         ledger
     }
@@ -164,6 +168,11 @@ impl Ledger {
         for &(field, seq) in &self.inherited_id_marks {
             snapshot.id_mark(field, seq);
         }
-        SnapshotJob::new(head, orders, snapshot)
+        let taken_ms = self.clock.unix_ms(now);
+        let ttl_ms = u64::try_from(self.hold_ttl.as_millis()).unwrap_or(u64::MAX);
+        SnapshotJob::new(head, orders, snapshot).with_confirmed_holds(ConfirmedHolds {
+            prefix: self.ids.prefix(),
+            ended_after_ms: taken_ms.saturating_sub(ttl_ms),
+        })
     }
 }
