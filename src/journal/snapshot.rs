@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use super::record::{Entry, Record, RunEncoder};
 use super::recovery::{EventDef, HoldRec, OrderRec, Recovered};
 use crate::ids::field_of;
-use crate::ledger::ended::EndedRun;
+use crate::ledger::ended::{EndedRun, EndedStates};
 use crate::ledger::SharedOrders;
 use crate::routing::owner_of_user;
 
@@ -125,6 +125,8 @@ pub struct SnapshotJob {
     orders: SharedOrders,
     /// Which orders' confirmed holds are still remembered ([`ConfirmedHolds`]).
     confirmed: Option<ConfirmedHolds>,
+    /// The ended-holds bitmap, encoded here as runs of cancelled and expired ends.
+    ended: Option<EndedStates>,
     /// Holds, ended holds, id marks, and `SnapshotEnd` (which counts every record).
     rest: Bytes,
 }
@@ -132,6 +134,8 @@ pub struct SnapshotJob {
 /// Orders encoded per write while a snapshot is written (~50 KiB as runs of orders in a
 /// rush, at most ~180 KiB).
 const ORDERS_PER_WRITE: usize = 4096;
+/// Runs of the ended-holds bitmap (128 ids each) looked at per write (~230 KiB at most).
+const RUNS_PER_WRITE: usize = 4096;
 /// What an order typically takes in a run (a rush's: new users with ids below 2^35,
 /// consecutive order ids, one event): the estimate [`SnapshotJob::len`] uses.
 const TYPICAL_ORDER_BYTES: u64 = 13;
@@ -155,6 +159,8 @@ pub struct SnapshotCursor {
     head_done: bool,
     /// Orders written so far.
     orders: usize,
+    /// Runs of the ended-holds bitmap looked at so far.
+    ended_runs: usize,
     done: bool,
 }
 
@@ -176,6 +182,7 @@ impl SnapshotJob {
             head: head.out.freeze(),
             orders,
             confirmed: None,
+            ended: None,
             rest: rest.finish().freeze(),
         }
     }
@@ -184,6 +191,14 @@ impl SnapshotJob {
     /// [`ConfirmedHolds`]). `SnapshotEnd`'s count, made by the shard, leaves them out.
     pub fn with_confirmed_holds(mut self, confirmed: ConfirmedHolds) -> Self {
         self.confirmed = Some(confirmed);
+        self
+    }
+
+    /// Also writes the bitmap of cancelled and expired holds as runs (`HoldsEnded`),
+    /// after the orders: the shard hands over its pages by reference rather than
+    /// encoding a run per 128 ids on its loop. `SnapshotEnd`'s count leaves them out.
+    pub fn with_ended_states(mut self, ended: EndedStates) -> Self {
+        self.ended = Some(ended);
         self
     }
 
@@ -217,6 +232,21 @@ impl SnapshotJob {
         }
         let run = self.orders.run_from(cursor.orders, ORDERS_PER_WRITE);
         if run.is_empty() {
+            if let Some(ended) = &self.ended {
+                if cursor.ended_runs < ended.run_count() {
+                    buf.clear();
+                    cursor.ended_runs += ended.runs(cursor.ended_runs, RUNS_PER_WRITE, |run| {
+                        Record::HoldsEnded {
+                            first_id: run.first_id,
+                            ended_ms: run.ended_ms,
+                            states: run.states,
+                        }
+                        .encode(buf)
+                    });
+                    out.write_all(buf)?;
+                    return Ok(buf.len());
+                }
+            }
             out.write_all(&self.rest)?;
             cursor.done = true;
             return Ok(self.rest.len());

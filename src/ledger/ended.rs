@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use super::state_pages::{SharedStates, StatePages};
 use super::FastMap;
 use crate::ids::{prefix_of, sequence_of};
 
@@ -74,6 +75,72 @@ impl EndedRun {
     }
 }
 
+/// The bitmap of cancelled and expired ends at one moment ([`EndedHolds::snapshot_states`]),
+/// for the journal writer to encode as [`EndedRun`]s off the loop.
+#[derive(Debug, Clone, Default)]
+pub struct EndedStates {
+    states: SharedStates,
+    /// Sequence of the first state.
+    base: u64,
+    prefix: u64,
+    /// `(end, ended_by_ms)`: ids below `end` (and not below an earlier mark's) ended
+    /// by `ended_by_ms`.
+    marks: Vec<(u64, u64)>,
+}
+
+impl EndedStates {
+    /// Runs of [`RUN_IDS`] ids the bitmap spans.
+    pub fn run_count(&self) -> usize {
+        self.states.len().div_ceil(RUN_BYTES)
+    }
+
+    /// Hands `each` the runs with a cancelled or expired end among runs `from ..
+    /// from + max` (confirmed ends travel with their orders); returns how many runs
+    /// were looked at.
+    pub fn runs(&self, from: usize, max: usize, mut each: impl FnMut(EndedRun)) -> usize {
+        let mut looked = 0;
+        let mut chunk = [0u8; RUN_BYTES];
+        while looked < max {
+            let index = from + looked;
+            let got = self.states.copy_from(index * RUN_BYTES, &mut chunk);
+            if got == 0 {
+                break;
+            }
+            let mut states = [0u8; RUN_BYTES];
+            states[..got].copy_from_slice(&chunk[..got]);
+            for byte in &mut states {
+                for shift in [0, 2, 4, 6] {
+                    if (*byte >> shift) & 3 == code::CONFIRMED {
+                        *byte &= !(3 << shift);
+                    }
+                }
+            }
+            let first = self.base + index as u64 * RUN_IDS;
+            if states.iter().any(|&b| b != 0) {
+                let last = first + got as u64 * 4 - 1;
+                if let Some(ended_ms) = self.ended_by(last) {
+                    each(EndedRun {
+                        first_id: self.prefix | first,
+                        ended_ms,
+                        states,
+                    });
+                }
+            }
+            looked += 1;
+        }
+        looked
+    }
+
+    fn ended_by(&self, seq: u64) -> Option<u64> {
+        // Every recorded id is below the newest mark's end.
+        let i = self.marks.partition_point(|&(end, _)| end <= seq);
+        self.marks
+            .get(i)
+            .or(self.marks.last())
+            .map(|&(_, ended_by_ms)| ended_by_ms)
+    }
+}
+
 #[derive(Debug)]
 pub struct EndedHolds {
     ttl: Duration,
@@ -82,7 +149,7 @@ pub struct EndedHolds {
     /// Sequence of the first entry in `states` (a multiple of 4).
     base: u64,
     /// Four 2-bit ends per byte, from `base`.
-    states: VecDeque<u8>,
+    states: StatePages,
     /// Confirmed holds of the bitmap whose orders carry them ([`super::Order`]'s
     /// confirmed hold): hold id -> order id. A snapshot leaves them to the journal
     /// writer, which finds them among the orders it encodes anyway.
@@ -104,7 +171,7 @@ impl EndedHolds {
             ttl,
             prefix,
             base: 0,
-            states: VecDeque::new(),
+            states: StatePages::default(),
             confirmed: BTreeMap::new(),
             kept: BTreeMap::new(),
             marks: VecDeque::new(),
@@ -118,7 +185,7 @@ impl EndedHolds {
     pub fn begin_at(&mut self, seq: u64) {
         if self.states.is_empty() {
             self.base = seq & !3;
-            self.states.push_back(0);
+            self.states.grow_to(1);
         }
     }
 
@@ -165,7 +232,7 @@ impl EndedHolds {
         // Below MAX_BITMAP_BYTES, so it fits.
         let byte = (index / 4) as usize;
         if byte >= self.states.len() {
-            self.states.resize(byte + 1, 0);
+            self.states.grow_to(byte + 1);
         }
         let bits = match ended {
             Ended::Cancelled => code::CANCELLED,
@@ -180,7 +247,9 @@ impl EndedHolds {
             }
         };
         let shift = (index % 4) * 2;
-        self.states[byte] = (self.states[byte] & !(3 << shift)) | (bits << shift);
+        let old = self.states.get(byte).unwrap_or(0);
+        self.states
+            .set(byte, (old & !(3 << shift)) | (bits << shift));
         // Marks that would forget this id before its time are merged into one that
         // forgets it (and everything below it) at forget_at.
         let mut end = seq + 1;
@@ -236,7 +305,7 @@ impl EndedHolds {
             if end > self.base {
                 let whole = usize::try_from((end - self.base) / 4).unwrap_or(usize::MAX);
                 let bytes = whole.min(self.states.len());
-                self.states.drain(..bytes);
+                self.states.drop_front(bytes);
                 self.base += bytes as u64 * 4;
                 // Ids below `end` in the byte it falls in.
                 let partial = if whole < usize::MAX {
@@ -244,8 +313,8 @@ impl EndedHolds {
                 } else {
                     0
                 };
-                if let (Some(front), true) = (self.states.front_mut(), bytes == whole) {
-                    *front &= !((1u8 << (partial * 2)) - 1);
+                if let (Some(front), true) = (self.states.get(0), bytes == whole) {
+                    self.states.set(0, front & !((1u8 << (partial * 2)) - 1));
                 }
             }
         }
@@ -288,9 +357,27 @@ impl EndedHolds {
         self.states.len()
     }
 
-    /// Everything remembered, for a snapshot: runs of cancelled and expired ends, and
-    /// confirmed holds with their orders; each with a time it ended by, late enough that
-    /// a restart forgets it no sooner than this memory would have. `unix_ms` converts.
+    /// The bitmap as it is now, for the journal writer to encode as runs of cancelled
+    /// and expired ends ([`EndedStates`]): its pages by reference and the forget marks
+    /// as times, so a snapshot costs the loop nothing per id. `unix_ms` converts.
+    pub fn snapshot_states(&self, unix_ms: impl Fn(Instant) -> u64) -> EndedStates {
+        let ttl = self.ttl;
+        EndedStates {
+            states: self.states.share(),
+            base: self.base,
+            prefix: self.prefix,
+            marks: self
+                .marks
+                .iter()
+                .map(|&(when, end)| (end, when.checked_sub(ttl).map_or(0, &unix_ms)))
+                .collect(),
+        }
+    }
+
+    /// What the bitmap does not hold, for a snapshot: confirmed holds recovered from
+    /// the journal (those confirmed in this run travel with their orders), and ends kept
+    /// apart; each with a time it ended by, late enough that a restart forgets it no
+    /// sooner than this memory would have. `unix_ms` converts.
     pub fn snapshot(
         &self,
         unix_ms: impl Fn(Instant) -> u64,
@@ -306,36 +393,6 @@ impl EndedHolds {
                 .or(self.marks.back())
                 .map(|&(when, _)| when.checked_sub(ttl).map_or(0, &unix_ms))
         };
-        let mut first = self.base;
-        for chunk in self
-            .states
-            .iter()
-            .copied()
-            .collect::<Vec<u8>>()
-            .chunks(RUN_BYTES)
-        {
-            let mut states = [0u8; RUN_BYTES];
-            states[..chunk.len()].copy_from_slice(chunk);
-            // Confirmed ends travel with their orders below.
-            for byte in &mut states {
-                for shift in [0, 2, 4, 6] {
-                    if (*byte >> shift) & 3 == code::CONFIRMED {
-                        *byte &= !(3 << shift);
-                    }
-                }
-            }
-            if states.iter().any(|&b| b != 0) {
-                let last = first + chunk.len() as u64 * 4 - 1;
-                if let Some(ended_ms) = ended_by(last) {
-                    run(EndedRun {
-                        first_id: self.prefix | first,
-                        ended_ms,
-                        states,
-                    });
-                }
-            }
-            first += RUN_IDS;
-        }
         // Those in `confirmed` travel with their orders (the journal writer's part).
         for (&hold_id, &order_id) in &self.kept {
             if let Some(ended_ms) = ended_by(sequence_of(hold_id)) {
@@ -482,6 +539,13 @@ mod tests {
             |run| ends.extend(run.ends()),
             |hold, order, _| confirmed.push((hold, order)),
         );
+        // The bitmap's cancelled and expired ends come from its shared pages (the
+        // journal writer's part), a few runs at a time.
+        let states = ended.snapshot_states(|_| 1_000);
+        let mut from = 0;
+        while from < states.run_count() {
+            from += states.runs(from, 1, |run| ends.extend(run.ends()));
+        }
         assert_eq!(
             ends,
             vec![
@@ -490,5 +554,43 @@ mod tests {
             ]
         );
         assert_eq!(confirmed, vec![(PREFIX | 301, 5)]);
+    }
+}
+
+/// What a snapshot costs the loop with a bitmap of millions of ended holds (printed, not
+/// asserted: `cargo test --release --lib loop_share -- --ignored --nocapture`).
+#[cfg(test)]
+mod loop_share {
+    use super::*;
+
+    #[test]
+    #[ignore = "a measurement, run by hand"]
+    fn the_loops_share_of_a_snapshot_of_many_ended_holds() {
+        let t0 = Instant::now();
+        let mut ended = EndedHolds::new(7 << 44, Duration::from_secs(900));
+        let holds = 40_000_000u64;
+        let started = Instant::now();
+        let mut longest_record = Duration::ZERO;
+        for seq in 1..=holds {
+            let at = Instant::now();
+            ended.record((7 << 44) | seq, Ended::Cancelled, t0);
+            longest_record = longest_record.max(at.elapsed());
+        }
+        let recording = started.elapsed();
+        let started = Instant::now();
+        let states = ended.snapshot_states(|_| 1);
+        let mut runs = 0;
+        ended.snapshot(|_| 1, |_| runs += 1, |_, _, _| {});
+        let loop_part = started.elapsed();
+        let started = Instant::now();
+        let mut from = 0;
+        while from < states.run_count() {
+            from += states.runs(from, 4096, |_| runs += 1);
+        }
+        println!(
+            "{holds} cancelled holds recorded in {recording:?} (longest record {longest_record:?}); \
+             the loop's part of a snapshot {loop_part:?}; the writer's {:?} for {runs} runs",
+            started.elapsed()
+        );
     }
 }

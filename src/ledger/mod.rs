@@ -12,6 +12,7 @@ mod hold_pages;
 pub mod live;
 mod order_log;
 mod persist;
+mod state_pages;
 mod user_table;
 
 pub use order_log::{OrderLog, SharedOrders};

@@ -170,9 +170,12 @@ impl Ledger {
         }
         let taken_ms = self.clock.unix_ms(now);
         let ttl_ms = u64::try_from(self.hold_ttl.as_millis()).unwrap_or(u64::MAX);
-        SnapshotJob::new(head, orders, snapshot).with_confirmed_holds(ConfirmedHolds {
-            prefix: self.ids.prefix(),
-            ended_after_ms: taken_ms.saturating_sub(ttl_ms),
-        })
+        let bitmap = self.ended.snapshot_states(|at| self.clock.unix_ms(at));
+        SnapshotJob::new(head, orders, snapshot)
+            .with_confirmed_holds(ConfirmedHolds {
+                prefix: self.ids.prefix(),
+                ended_after_ms: taken_ms.saturating_sub(ttl_ms),
+            })
+            .with_ended_states(bitmap)
     }
 }
