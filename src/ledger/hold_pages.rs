@@ -8,6 +8,7 @@
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Ids per page (a power of two, at most 256: a slot is a `u8`).
 const PAGE: u64 = 64;
@@ -40,7 +41,9 @@ impl PackedHold {
 /// A map from hold id to [`PackedHold`], in id order.
 #[derive(Debug, Default)]
 pub struct HoldPages {
-    pages: BTreeMap<u64, Vec<PackedHold>>,
+    /// Each page shared (`Arc`) so a snapshot takes them by reference
+    /// ([`HoldPages::share`]); a page changed while a snapshot holds it is copied first.
+    pages: BTreeMap<u64, Arc<Vec<PackedHold>>>,
     len: usize,
 }
 
@@ -64,7 +67,7 @@ impl HoldPages {
     pub fn insert(&mut self, id: u64, mut hold: PackedHold) {
         let (page, slot) = split(id);
         hold.slot = slot;
-        let holds = self.pages.entry(page).or_default();
+        let holds = Arc::make_mut(self.pages.entry(page).or_default());
         match holds.binary_search_by_key(&slot, |h| h.slot) {
             Ok(at) => holds[at] = hold,
             Err(at) => {
@@ -98,7 +101,7 @@ impl HoldPages {
         let Entry::Occupied(mut entry) = self.pages.entry(page) else {
             return None;
         };
-        let holds = entry.get_mut();
+        let holds = Arc::make_mut(entry.get_mut());
         let at = holds.binary_search_by_key(&slot, |h| h.slot).ok()?;
         let hold = holds.remove(at);
         if holds.is_empty() {
@@ -117,6 +120,17 @@ impl HoldPages {
             .flat_map(|(&page, holds)| holds.iter().map(move |h| (join(page, h.slot), *h)))
     }
 
+    /// Every hold as it is now, for another thread to read: the pages by reference.
+    pub fn share(&self) -> SharedHoldPages {
+        SharedHoldPages {
+            pages: self
+                .pages
+                .iter()
+                .map(|(&page, holds)| (page, Arc::clone(holds)))
+                .collect(),
+        }
+    }
+
     /// The hold with the lowest id in `low..=high`, if any.
     pub fn first_in(&self, low: u64, high: u64) -> Option<(u64, PackedHold)> {
         self.pages
@@ -124,6 +138,27 @@ impl HoldPages {
             .flat_map(|(&page, holds)| holds.iter().map(move |h| (join(page, h.slot), *h)))
             .find(|&(id, _)| id >= low)
             .filter(|&(id, _)| id <= high)
+    }
+}
+
+/// [`HoldPages`] at one moment, readable on any thread.
+#[derive(Debug, Clone, Default)]
+pub struct SharedHoldPages {
+    pages: Vec<(u64, Arc<Vec<PackedHold>>)>,
+}
+
+impl SharedHoldPages {
+    pub fn page_count(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// The holds of pages `from .. from + max`, in id order.
+    pub fn holds(&self, from: usize, max: usize) -> impl Iterator<Item = (u64, PackedHold)> + '_ {
+        self.pages
+            .iter()
+            .skip(from)
+            .take(max)
+            .flat_map(|(page, holds)| holds.iter().map(move |h| (join(*page, h.slot), *h)))
     }
 }
 
@@ -176,6 +211,8 @@ mod tests {
             pages.insert(page * PAGE + 7, hold(page));
         }
         assert!(pages.pages.values().all(|holds| holds.capacity() == 1));
+        let shared = pages.share();
+        assert_eq!(shared.holds(0, 1000).count(), 100);
         // A dense page grows by half at a time and shrinks back as holds end.
         for slot in 0..PAGE {
             pages.insert(1_000 * PAGE + slot, hold(slot));

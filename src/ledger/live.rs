@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::hold_pages::{HoldPages, PackedHold};
+use super::hold_pages::{HoldPages, PackedHold, SharedHoldPages};
 use crate::ids::sequence_of;
 
 /// One live hold.
@@ -41,6 +41,46 @@ pub struct LiveHolds {
     restored: VecDeque<(Instant, u64)>,
 }
 
+/// A hold as [`HoldPages`] keeps it, with its deadline counted from `epoch`.
+fn unpack(epoch: Instant, stored: PackedHold) -> Hold {
+    Hold {
+        event: stored.event as usize,
+        user: stored.user,
+        qty: stored.qty,
+        expires_at: epoch + Duration::from_nanos(stored.deadline_ns),
+    }
+}
+
+/// [`LiveHolds`] at one moment ([`LiveHolds::share`]), readable on any thread.
+#[derive(Debug, Clone)]
+pub struct SharedLiveHolds {
+    pages: SharedHoldPages,
+    epoch: Instant,
+    len: usize,
+}
+
+impl SharedLiveHolds {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Pages of holds (64 ids each) to go through.
+    pub fn page_count(&self) -> usize {
+        self.pages.page_count()
+    }
+
+    /// The holds of pages `from .. from + max`, in id order.
+    pub fn holds(&self, from: usize, max: usize) -> impl Iterator<Item = (u64, Hold)> + '_ {
+        self.pages
+            .holds(from, max)
+            .map(|(id, stored)| (id, unpack(self.epoch, stored)))
+    }
+}
+
 impl LiveHolds {
     /// Live holds of a shard whose ids this run are `prefix | seq` for `seq` after
     /// `last_seq`.
@@ -65,12 +105,7 @@ impl LiveHolds {
     }
 
     fn load(&self, stored: PackedHold) -> Hold {
-        Hold {
-            event: stored.event as usize,
-            user: stored.user,
-            qty: stored.qty,
-            expires_at: self.epoch + Duration::from_nanos(stored.deadline_ns),
-        }
+        unpack(self.epoch, stored)
     }
 
     /// A hold taken in this run (its id is newer than every other's).
@@ -116,6 +151,15 @@ impl LiveHolds {
 
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
+    }
+
+    /// Every live hold as it is now, for the journal writer to encode off the loop.
+    pub fn share(&self) -> SharedLiveHolds {
+        SharedLiveHolds {
+            pages: self.by_id.share(),
+            epoch: self.epoch,
+            len: self.by_id.len(),
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (u64, Hold)> + '_ {

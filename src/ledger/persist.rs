@@ -12,8 +12,8 @@ use crate::clock::WallClock;
 use crate::ids::{field_of, prefix_of, sequence_of, IdGenerator};
 use crate::journal::commit::RecordBuf;
 use crate::journal::record::HoldEnd;
-use crate::journal::recovery::{EventDef, HoldRec, Recovered};
-use crate::journal::snapshot::{ConfirmedHolds, SnapshotBuilder, SnapshotJob};
+use crate::journal::recovery::{EventDef, Recovered};
+use crate::journal::snapshot::{ConfirmedHolds, LiveHoldsJob, SnapshotBuilder, SnapshotJob};
 use crate::routing::owner_of_user;
 
 impl Ledger {
@@ -139,16 +139,12 @@ impl Ledger {
         }
         let orders = self.orders.share();
         let mut snapshot = SnapshotBuilder::continuing();
-        for (hold_id, hold) in self.live.iter() {
-            snapshot.hold(HoldRec {
-                hold_id,
-                event_id: self.catalog.get(hold.event).id,
-                user: hold.user,
-                qty: hold.qty,
-                deadline_ms: self.clock.unix_ms(hold.expires_at),
-                end: None,
-            });
-        }
+        // The live holds go by reference too, encoded by the writer.
+        let live = LiveHoldsJob {
+            holds: self.live.share(),
+            clock: self.clock,
+            event_ids: self.catalog.iter().map(|event| event.id).collect(),
+        };
         // Ended holds with a time they ended by, so a restart forgets them no sooner
         // than this run would have.
         let mut runs = Vec::new();
@@ -177,5 +173,6 @@ impl Ledger {
                 ended_after_ms: taken_ms.saturating_sub(ttl_ms),
             })
             .with_ended_states(bitmap)
+            .with_live_holds(live)
     }
 }
