@@ -209,7 +209,7 @@ pub fn check_http_parser(data: &[u8]) {
 /// the shard writes it (sales as runs) reads back as the same records.
 pub fn check_journal_record_body(data: &[u8]) {
     use crate::journal::commit::RecordBuf;
-    use crate::journal::record::{read_frame, Frame, Record};
+    use crate::journal::record::{read_all, Record};
 
     let Ok(records) = Record::decode(data) else {
         return;
@@ -219,18 +219,10 @@ pub fn check_journal_record_body(data: &[u8]) {
     for &record in &records {
         buf.push(record);
     }
-    let written = buf.take();
-    let mut rest = &written[..];
-    let mut again = Vec::new();
-    loop {
-        match read_frame(rest) {
-            Frame::Record { body, len } => {
-                again.extend(Record::decode(body).expect("a record just written decodes"));
-                rest = &rest[len..];
-            }
-            Frame::End => break,
-            other => panic!("records just written read as {other:?}"),
-        }
-    }
-    assert_eq!(again, records);
+    let again = read_all(&buf.take());
+    assert_eq!(
+        again,
+        Ok(records),
+        "records written again read back otherwise"
+    );
 }

@@ -400,6 +400,24 @@ impl Iterator for Records<'_> {
     }
 }
 
+/// Every record in `bytes`, whole frames to the end (runs read entry by entry), or why
+/// the reading stopped. For checks and tests: the journal's readers go a frame at a time,
+/// with each frame's offset for their messages.
+pub fn read_all(bytes: &[u8]) -> Result<Vec<Record>, String> {
+    let mut rest = bytes;
+    let mut records = Vec::new();
+    loop {
+        match read_frame(rest) {
+            Frame::Record { body, len } => {
+                records.extend(Record::decode(body).map_err(|e| e.to_string())?);
+                rest = &rest[len..];
+            }
+            Frame::End => return Ok(records),
+            other => return Err(format!("{other:?} after {} records", records.len())),
+        }
+    }
+}
+
 /// Fills in the frame header of the record whose header space starts at `frame_start`
 /// and whose body runs to the end of `out`: its length (twice) and checksum.
 fn frame(out: &mut BytesMut, frame_start: usize) {

@@ -319,20 +319,8 @@ mod tests {
         }
     }
 
-    /// Every record in `bytes`, runs read as sales.
     fn read_all(bytes: &[u8]) -> Vec<Record> {
-        let mut rest = bytes;
-        let mut out = Vec::new();
-        loop {
-            match read_frame(rest) {
-                Frame::Record { body, len } => {
-                    out.extend(Record::decode(body).unwrap());
-                    rest = &rest[len..];
-                }
-                Frame::End => return out,
-                other => panic!("{other:?}"),
-            }
-        }
+        super::super::read_all(bytes).unwrap()
     }
 
     fn arb_order() -> impl Strategy<Value = OrderRec> {
