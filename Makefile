@@ -50,7 +50,7 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## The flash-sale scenarios end to end, pinned, with the peers (about 6 min; BENCH_QUICK=1: about 1 min).
+## The flash-sale scenarios end to end, pinned, with the peers (about 10 min; BENCH_QUICK=1: about 1 min).
 bench: deps
 	./scripts/bench.sh
 

@@ -106,6 +106,17 @@ curl -s "http://127.0.0.1:$ADMIN_PORT/stats" > "$OUT/sale-stats.txt" || true
 grep loop_pass "$OUT/sale-stats.txt" || true
 stop_pid "$TICKETD_PID"
 
+# The flow of a real booking site (hold the seat, then pay): each request a RESERVE of a
+# new buyer, then a CONFIRM of the hold it got, endless stock. Its loop passes watch the
+# hold paths (live holds, remembered ends, their snapshots) the BUY rows never touch.
+echo "== reserve then confirm: endless stock, 64 x 64, $RUN (and its loop passes)"
+start_ticketd --listen 127.0.0.1:$PORT --admin 127.0.0.1:$ADMIN_PORT --event 1:$ENDLESS
+on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 64 --depth 64 \
+  --duration "$RUN" --op reserve-confirm --json "$OUT/reserve-confirm.json" | tee "$OUT/reserve-confirm.txt"
+curl -s "http://127.0.0.1:$ADMIN_PORT/stats" > "$OUT/reserve-confirm-stats.txt" || true
+grep loop_pass "$OUT/reserve-confirm-stats.txt" || true
+stop_pid "$TICKETD_PID"
+
 echo "== durability: the rush and the all-selling throughput again with --fsync off"
 echo "   (the two runs above use the default, --fsync always: fdatasync before every answer)"
 start_ticketd --listen 127.0.0.1:$PORT --event 1:10000 --fsync off

@@ -111,6 +111,9 @@ pass_longest = stats_value("throughput-stats.txt", "ticketd_loop_pass_longest_us
 sale = load("sale.json")
 sale_pass_p999 = stats_value("sale-stats.txt", "ticketd_loop_pass_p999_us_at_most")
 sale_pass_longest = stats_value("sale-stats.txt", "ticketd_loop_pass_longest_us")
+reserve_confirm = load("reserve-confirm.json")
+rc_pass_p999 = stats_value("reserve-confirm-stats.txt", "ticketd_loop_pass_p999_us_at_most")
+rc_pass_longest = stats_value("reserve-confirm-stats.txt", "ticketd_loop_pass_longest_us")
 c_rush = load("cluster-rush.json")
 c_ab = grep_float("cluster-ab.txt", r"Requests per second:\s+([\d.]+)")
 c_ab_failed = grep_float("cluster-ab.txt", r"Failed requests:\s+(\d+)")
@@ -149,7 +152,8 @@ nologic_sweep, nologic_best = load_sweep("nologic-sweep")
 runs = {"rush": rush, "rush_fsync_off": rush_off, "throughput_fsync_off": thr_off,
         "throughput": thr, "throughput_rejecting": thr_rej, "latency": lat,
         "connections": conns, "ledger_rush": l_rush, "ledger_throughput": l_thr,
-        "ledger_connections": l_conns, "cluster_rush": c_rush}
+        "ledger_connections": l_conns, "cluster_rush": c_rush, "sale": sale,
+        "reserve_confirm": reserve_confirm}
 failed = {
     name: [k for k, v in run["invariants"].items() if v["verdict"] == "fail"]
     for name, run in runs.items()
@@ -237,6 +241,12 @@ if sale and sale_pass_longest is not None:
     rows.append((f"a sale that fits its table: {fmt(sale['sent'])} tickets and buyers",
                  f"{fmt(sale['throughput_rps'], '/s')}, loop passes p99.9 <= "
                  f"{fmt(sale_pass_p999)} us, longest {sale_pass_longest / 1000:.1f} ms",
+                 "-", "-", "no pass longer than 5 ms"))
+if reserve_confirm and rc_pass_longest is not None and reserve_confirm.get("elapsed_s"):
+    rc_sales = reserve_confirm["sold"] / reserve_confirm["elapsed_s"]
+    rows.append(("reserve then confirm, endless stock: 64 x 64",
+                 f"{fmt(rc_sales, '/s')} sales ({fmt(reserve_confirm['throughput_rps'], '/s')} requests), "
+                 f"loop passes p99.9 <= {fmt(rc_pass_p999)} us, longest {rc_pass_longest / 1000:.1f} ms",
                  "-", "-", "no pass longer than 5 ms"))
 if thr_rej and nologic_thr:
     rows.append(("after sell-out vs a no-logic server (same client)",
@@ -357,6 +367,8 @@ results = {
     "loop_passes": {"p999_us_at_most": pass_p999, "longest_us": pass_longest},
     "sale_that_fits_its_table": {"run": sale, "loop_pass_p999_us_at_most": sale_pass_p999,
                                  "loop_pass_longest_us": sale_pass_longest},
+    "reserve_confirm": {"run": reserve_confirm, "loop_pass_p999_us_at_most": rc_pass_p999,
+                        "loop_pass_longest_us": rc_pass_longest},
     "memory_bytes_each": {k: {"items": n, "bytes": b} for k, (n, b) in mem_items.items()},
     "quoted_references": {"go_prototype_ab_all_redis_rps": GO_PROTOTYPE_AB_ALL_REDIS,
                           "go_prototype_ab_published_rps": GO_PROTOTYPE_AB_PUBLISHED},
