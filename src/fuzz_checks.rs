@@ -205,8 +205,8 @@ pub fn check_http_parser(data: &[u8]) {
 }
 
 /// A journal record's body (what follows a frame whose checksum matched): decoding never
-/// panics, and whatever decodes — one record, or a run of orders — written again the way
-/// the shard writes it (sales as runs) reads back as the same records.
+/// panics, and whatever decodes — one record, or a run of orders or holds taken —
+/// written again the way the shard writes it (into runs) reads back as the same records.
 pub fn check_journal_record_body(data: &[u8]) {
     use crate::journal::commit::RecordBuf;
     use crate::journal::record::{read_all, Record};

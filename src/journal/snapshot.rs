@@ -3,10 +3,13 @@
 //! newest complete snapshot, so disk use and start-up time follow live state, not
 //! history.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 
 use super::record::{Entry, Record, RunEncoder, RunKind};
 use super::recovery::{EventDef, HoldRec, OrderRec, Recovered};
+use crate::catalog::Catalog;
 use crate::clock::WallClock;
 use crate::ids::field_of;
 use crate::ledger::ended::{EndedRun, EndedStates};
@@ -144,14 +147,13 @@ const RUNS_PER_WRITE: usize = 4096;
 const PAGES_PER_WRITE: usize = 128;
 
 /// The live holds for a snapshot's writer, with what it needs to write them as the loop
-/// would have: each hold's event id (holds keep the catalog's index) and deadline as
-/// Unix time.
+/// would have: the catalog (holds keep an event's index, records its id) and the clock
+/// (deadlines as Unix time).
 #[derive(Debug, Clone)]
 pub struct LiveHoldsJob {
     pub holds: SharedLiveHolds,
     pub clock: WallClock,
-    /// Event id by catalog index.
-    pub event_ids: Vec<u32>,
+    pub catalog: Arc<Catalog>,
 }
 /// What an order typically takes in a run (a rush's: new users with ids below 2^35,
 /// consecutive order ids, one event): the estimate [`SnapshotJob::len`] uses.
@@ -261,48 +263,26 @@ impl SnapshotJob {
             cursor.head_done = true;
             return Ok(self.head.len());
         }
+        buf.clear();
+        if self.orders_piece(cursor, buf)
+            || self.live_holds_piece(cursor, buf)
+            || self.ended_piece(cursor, buf)
+        {
+            out.write_all(buf)?;
+            return Ok(buf.len());
+        }
+        out.write_all(&self.rest)?;
+        cursor.done = true;
+        Ok(self.rest.len())
+    }
+
+    /// The next [`ORDERS_PER_WRITE`] orders as a run, and after it the remembered ends
+    /// of the holds they confirmed; false once every order is written.
+    fn orders_piece(&self, cursor: &mut SnapshotCursor, buf: &mut BytesMut) -> bool {
         let run = self.orders.run_from(cursor.orders, ORDERS_PER_WRITE);
         if run.is_empty() {
-            if let Some(live) = &self.live {
-                if cursor.live_pages < live.holds.page_count() {
-                    buf.clear();
-                    let mut encoder = RunEncoder::default();
-                    for (hold_id, hold) in live.holds.holds(cursor.live_pages, PAGES_PER_WRITE) {
-                        let entry = Entry {
-                            id: hold_id,
-                            event_id: live.event_ids.get(hold.event).copied().unwrap_or(0),
-                            user: hold.user,
-                            qty: hold.qty,
-                            at_ms: live.clock.unix_ms(hold.expires_at),
-                        };
-                        encoder.push(buf, RunKind::HoldsTaken, &entry);
-                    }
-                    encoder.close(buf);
-                    cursor.live_pages += PAGES_PER_WRITE;
-                    out.write_all(buf)?;
-                    return Ok(buf.len());
-                }
-            }
-            if let Some(ended) = &self.ended {
-                if cursor.ended_runs < ended.run_count() {
-                    buf.clear();
-                    cursor.ended_runs += ended.runs(cursor.ended_runs, RUNS_PER_WRITE, |run| {
-                        Record::HoldsEnded {
-                            first_id: run.first_id,
-                            ended_ms: run.ended_ms,
-                            states: run.states,
-                        }
-                        .encode(buf)
-                    });
-                    out.write_all(buf)?;
-                    return Ok(buf.len());
-                }
-            }
-            out.write_all(&self.rest)?;
-            cursor.done = true;
-            return Ok(self.rest.len());
+            return false;
         }
-        buf.clear();
         let mut encoder = RunEncoder::default();
         for order in run {
             encoder.push_order(buf, &OrderRec::from(*order));
@@ -314,20 +294,63 @@ impl SnapshotJob {
                 let Some(seq) = order.confirmed_hold() else {
                     continue;
                 };
-                let ended_ms = order.unix_ms;
-                if ended_ms > confirmed.ended_after_ms {
+                if order.unix_ms > confirmed.ended_after_ms {
                     Record::HoldConfirmed {
                         hold_id: confirmed.prefix | seq,
                         order_id: order.order_id,
-                        ended_ms,
+                        ended_ms: order.unix_ms,
                     }
                     .encode(buf);
                 }
             }
         }
-        out.write_all(buf)?;
         cursor.orders += run.len();
-        Ok(buf.len())
+        true
+    }
+
+    /// The next [`PAGES_PER_WRITE`] pages of live holds as a run of holds taken; false
+    /// once every page is written (or there are none).
+    fn live_holds_piece(&self, cursor: &mut SnapshotCursor, buf: &mut BytesMut) -> bool {
+        let Some(live) = self.live.as_ref() else {
+            return false;
+        };
+        if cursor.live_pages >= live.holds.page_count() {
+            return false;
+        }
+        let mut encoder = RunEncoder::default();
+        for (hold_id, hold) in live.holds.holds(cursor.live_pages, PAGES_PER_WRITE) {
+            let entry = Entry {
+                id: hold_id,
+                event_id: live.catalog.get(hold.event).id,
+                user: hold.user,
+                qty: hold.qty,
+                at_ms: live.clock.unix_ms(hold.expires_at),
+            };
+            encoder.push(buf, RunKind::HoldsTaken, &entry);
+        }
+        encoder.close(buf);
+        cursor.live_pages += PAGES_PER_WRITE;
+        true
+    }
+
+    /// The next [`RUNS_PER_WRITE`] runs of the ended-holds bitmap; false once it is all
+    /// looked at (or there is none).
+    fn ended_piece(&self, cursor: &mut SnapshotCursor, buf: &mut BytesMut) -> bool {
+        let Some(ended) = self.ended.as_ref() else {
+            return false;
+        };
+        if cursor.ended_runs >= ended.run_count() {
+            return false;
+        }
+        cursor.ended_runs += ended.runs(cursor.ended_runs, RUNS_PER_WRITE, |run| {
+            Record::HoldsEnded {
+                first_id: run.first_id,
+                ended_ms: run.ended_ms,
+                states: run.states,
+            }
+            .encode(buf)
+        });
+        true
     }
 
     /// Writes it whole.

@@ -83,9 +83,39 @@ pub struct EndedStates {
     /// Sequence of the first state.
     base: u64,
     prefix: u64,
-    /// `(end, ended_by_ms)`: ids below `end` (and not below an earlier mark's) ended
-    /// by `ended_by_ms`.
+    ended_by: EndedBy,
+}
+
+/// The forget marks as Unix times: by when the ids below each mark's end had ended, late
+/// enough that a restart forgets them no sooner than this memory would have.
+#[derive(Debug, Clone, Default)]
+struct EndedBy {
+    /// `(end, ended_by_ms)`, both increasing.
     marks: Vec<(u64, u64)>,
+}
+
+impl EndedBy {
+    fn new(
+        marks: &VecDeque<(Instant, u64)>,
+        ttl: Duration,
+        unix_ms: impl Fn(Instant) -> u64,
+    ) -> Self {
+        let marks = marks
+            .iter()
+            .map(|&(when, end)| (end, when.checked_sub(ttl).map_or(0, &unix_ms)))
+            .collect();
+        EndedBy { marks }
+    }
+
+    /// When sequence `seq` had ended by, if anything is remembered.
+    fn of(&self, seq: u64) -> Option<u64> {
+        // Every recorded id is below the newest mark's end.
+        let i = self.marks.partition_point(|&(end, _)| end <= seq);
+        self.marks
+            .get(i)
+            .or(self.marks.last())
+            .map(|&(_, ended_by_ms)| ended_by_ms)
+    }
 }
 
 impl EndedStates {
@@ -118,7 +148,7 @@ impl EndedStates {
             let first = self.base + index as u64 * RUN_IDS;
             if states.iter().any(|&b| b != 0) {
                 let last = first + got as u64 * 4 - 1;
-                if let Some(ended_ms) = self.ended_by(last) {
+                if let Some(ended_ms) = self.ended_by.of(last) {
                     each(EndedRun {
                         first_id: self.prefix | first,
                         ended_ms,
@@ -129,15 +159,6 @@ impl EndedStates {
             looked += 1;
         }
         looked
-    }
-
-    fn ended_by(&self, seq: u64) -> Option<u64> {
-        // Every recorded id is below the newest mark's end.
-        let i = self.marks.partition_point(|&(end, _)| end <= seq);
-        self.marks
-            .get(i)
-            .or(self.marks.last())
-            .map(|&(_, ended_by_ms)| ended_by_ms)
     }
 }
 
@@ -192,7 +213,7 @@ impl EndedHolds {
     /// Whether an end of `hold_id` recorded now goes in the bitmap (this shard's own
     /// id, not below the bitmap's start nor too far past it) rather than the map of
     /// others.
-    pub fn keeps_in_bitmap(&self, hold_id: u64) -> bool {
+    fn keeps_in_bitmap(&self, hold_id: u64) -> bool {
         let seq = sequence_of(hold_id);
         let base = if self.states.is_empty() {
             seq & !3
@@ -203,11 +224,11 @@ impl EndedHolds {
     }
 
     /// Remembers that `hold_id` ended at `at`, until at least `at` + TTL. Calls come in
-    /// order of `at`. A confirmed hold kept in the bitmap
-    /// ([`EndedHolds::keeps_in_bitmap`]) must be carried by its order: snapshots leave
-    /// it to the journal writer.
-    pub fn record(&mut self, hold_id: u64, ended: Ended, at: Instant) {
-        self.record_as(hold_id, ended, at, false);
+    /// order of `at`. Returns whether the end went in the bitmap: for a confirmed hold
+    /// that means its order must carry it ([`super::Order::confirmed_hold`]), because
+    /// snapshots leave it to the journal writer.
+    pub fn record(&mut self, hold_id: u64, ended: Ended, at: Instant) -> bool {
+        self.record_as(hold_id, ended, at, false)
     }
 
     /// As [`EndedHolds::record`], for an end recovered from the journal: a confirmed
@@ -216,7 +237,7 @@ impl EndedHolds {
         self.record_as(hold_id, ended, at, true);
     }
 
-    fn record_as(&mut self, hold_id: u64, ended: Ended, at: Instant, restored: bool) {
+    fn record_as(&mut self, hold_id: u64, ended: Ended, at: Instant, restored: bool) -> bool {
         let forget_at = at + self.ttl;
         let seq = sequence_of(hold_id);
         let in_bitmap = self.keeps_in_bitmap(hold_id);
@@ -226,7 +247,7 @@ impl EndedHolds {
         if !in_bitmap {
             self.others.insert(hold_id, ended);
             self.others_forget.push_back((forget_at, hold_id));
-            return;
+            return false;
         }
         let index = seq - self.base;
         // Below MAX_BITMAP_BYTES, so it fits.
@@ -267,6 +288,7 @@ impl EndedHolds {
             }
             _ => self.marks.push_back((forget_at, end)),
         }
+        true
     }
 
     /// How `hold_id` ended, if it is remembered.
@@ -361,16 +383,11 @@ impl EndedHolds {
     /// and expired ends ([`EndedStates`]): its pages by reference and the forget marks
     /// as times, so a snapshot costs the loop nothing per id. `unix_ms` converts.
     pub fn snapshot_states(&self, unix_ms: impl Fn(Instant) -> u64) -> EndedStates {
-        let ttl = self.ttl;
         EndedStates {
             states: self.states.share(),
             base: self.base,
             prefix: self.prefix,
-            marks: self
-                .marks
-                .iter()
-                .map(|&(when, end)| (end, when.checked_sub(ttl).map_or(0, &unix_ms)))
-                .collect(),
+            ended_by: EndedBy::new(&self.marks, self.ttl, unix_ms),
         }
     }
 
@@ -385,17 +402,10 @@ impl EndedHolds {
         mut confirmed: impl FnMut(u64, u64, u64),
     ) {
         let ttl = self.ttl;
-        let ended_by = |seq: u64| -> Option<u64> {
-            // Every recorded id is below the newest mark's end.
-            let i = self.marks.partition_point(|&(_, end)| end <= seq);
-            self.marks
-                .get(i)
-                .or(self.marks.back())
-                .map(|&(when, _)| when.checked_sub(ttl).map_or(0, &unix_ms))
-        };
         // Those in `confirmed` travel with their orders (the journal writer's part).
+        let ended_by = EndedBy::new(&self.marks, ttl, &unix_ms);
         for (&hold_id, &order_id) in &self.kept {
-            if let Some(ended_ms) = ended_by(sequence_of(hold_id)) {
+            if let Some(ended_ms) = ended_by.of(sequence_of(hold_id)) {
                 confirmed(hold_id, order_id, ended_ms);
             }
         }

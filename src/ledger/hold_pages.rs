@@ -113,13 +113,6 @@ impl HoldPages {
         Some(hold)
     }
 
-    /// Every hold, in id order.
-    pub fn iter(&self) -> impl Iterator<Item = (u64, PackedHold)> + '_ {
-        self.pages
-            .iter()
-            .flat_map(|(&page, holds)| holds.iter().map(move |h| (join(page, h.slot), *h)))
-    }
-
     /// Every hold as it is now, for another thread to read: the pages by reference.
     pub fn share(&self) -> SharedHoldPages {
         SharedHoldPages {
@@ -181,7 +174,11 @@ mod tests {
         assert_eq!(pages.get(5).map(|h| h.user), Some(51));
         assert_eq!(pages.get(6), None);
         assert_eq!(
-            pages.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            pages
+                .share()
+                .holds(0, usize::MAX)
+                .map(|(id, _)| id)
+                .collect::<Vec<_>>(),
             [1, 5, 64, 70, 200, 100_000]
         );
         assert_eq!(pages.first_in(2, 1000).map(|(id, _)| id), Some(5));

@@ -162,10 +162,6 @@ impl LiveHolds {
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (u64, Hold)> + '_ {
-        self.by_id.iter().map(|(id, s)| (id, self.load(s)))
-    }
-
     /// Removes and returns a hold whose deadline is at or before `now`, if any.
     pub fn pop_due(&mut self, now: Instant) -> Option<(u64, Hold)> {
         if let Some(&(deadline, hold_id)) = self.restored.front() {

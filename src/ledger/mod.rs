@@ -415,11 +415,10 @@ impl Ledger {
             order_id,
             unix_ms,
         });
-        let in_bitmap = self.ended.keeps_in_bitmap(hold_id);
-        let hold_seq = in_bitmap.then_some(sequence_of(hold_id));
+        let ended = Ended::Confirmed { order_id };
+        let carried = self.ended.record(hold_id, ended, now);
+        let hold_seq = carried.then_some(sequence_of(hold_id));
         self.push_order(order_id, (event, user, qty, prev), unix_ms, hold_seq);
-        self.ended
-            .record(hold_id, Ended::Confirmed { order_id }, now);
         Ok(ResultBody::Order { order_id })
     }
 
@@ -550,9 +549,9 @@ impl Ledger {
     }
 
     /// Appends an order: `placed` is (event, user, qty, link to the user's previous
-    /// order), the user already counted and linked by the caller's one table probe.
-    /// Adds an order; `hold_seq` is the sequence of the hold it confirmed when the
-    /// writer is to snapshot that hold's memory from the order ([`Order::confirming`]).
+    /// order), the user already counted and linked by the caller's one table probe;
+    /// `hold_seq` the sequence of the hold it confirmed when the journal writer is to
+    /// snapshot that hold's memory from the order ([`Order::confirming`]).
     fn push_order(
         &mut self,
         order_id: u64,

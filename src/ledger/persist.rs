@@ -143,7 +143,7 @@ impl Ledger {
         let live = LiveHoldsJob {
             holds: self.live.share(),
             clock: self.clock,
-            event_ids: self.catalog.iter().map(|event| event.id).collect(),
+            catalog: Arc::clone(&self.catalog),
         };
         // Ended holds with a time they ended by, so a restart forgets them no sooner
         // than this run would have.

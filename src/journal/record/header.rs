@@ -7,8 +7,8 @@ use bytes::{Buf, BufMut, BytesMut};
 pub const MAGIC: &[u8; 8] = b"TICKETDJ";
 /// The format version this build writes. Version 2 added the compact memory of ended
 /// holds in snapshots ([`Record::HoldsEnded`], [`Record::HoldConfirmed`]); version 3
-/// added runs of orders in one record (kind 13, [`super::RunEncoder`]). Version 1 and
-/// 2 files are still read.
+/// added runs of orders and of holds taken in one record (kinds 13 and 14,
+/// [`super::RunEncoder`]). Version 1 and 2 files are still read.
 pub const VERSION: u16 = 3;
 /// The oldest format version this build reads.
 pub const MIN_VERSION: u16 = 1;

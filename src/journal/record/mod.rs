@@ -271,7 +271,7 @@ impl Record {
         }
     }
 
-    /// Decodes the body of a single record (not a run of orders).
+    /// Decodes the body of a single record (not a run).
     fn decode_one(body: &[u8]) -> Result<Record, BodyError> {
         let error = BodyError {
             kind: body.first().copied().unwrap_or(0),

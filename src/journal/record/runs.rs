@@ -257,32 +257,30 @@ impl<'a> Run<'a> {
     }
 
     fn read_one(&mut self) -> Option<Entry> {
-        let mut at = 0;
-        let mut field = || -> Option<u64> {
-            let (value, used) = u64::decode_var(self.rest.get(at..)?)?;
-            at += used;
-            Some(value)
-        };
-        let user = field()?;
-        let id_step = field()?;
-        let event_step = field()?;
-        let qty = field()?;
-        let time_step = field()?;
-        let unzig = |v: u64| ((v >> 1) as i64) ^ -((v & 1) as i64);
+        let user = self.field::<u64>()?;
+        let id_step = self.field::<i64>()?;
+        let event_step = self.field::<i64>()?;
+        let qty = self.field::<u16>()?;
+        let time_step = self.field::<i64>()?;
         let event_id =
-            u32::try_from(i64::from(self.previous.event_id).checked_add(unzig(event_step))?)
-                .ok()?;
+            u32::try_from(i64::from(self.previous.event_id).checked_add(event_step)?).ok()?;
         let entry = Entry {
-            id: self.previous.id.wrapping_add(unzig(id_step) as u64),
+            id: self.previous.id.wrapping_add(id_step as u64),
             event_id,
             user,
-            qty: u16::try_from(qty).ok()?,
-            at_ms: self.previous.at_ms.wrapping_add(unzig(time_step) as u64),
+            qty,
+            at_ms: self.previous.at_ms.wrapping_add(time_step as u64),
         };
-        self.rest = &self.rest[at..];
         self.left -= 1;
         self.previous = Previous::from(&entry);
         Some(entry)
+    }
+
+    /// The next varint (zigzag for the signed steps), if it is whole and fits `T`.
+    fn field<T: VarInt>(&mut self) -> Option<T> {
+        let (value, used) = T::decode_var(self.rest)?;
+        self.rest = &self.rest[used..];
+        Some(value)
     }
 }
 
