@@ -893,3 +893,55 @@ fn snapshots_of_orders_over_many_chunks_rotate_off_the_loop_and_recover_after_a_
     let (clean, report) = audit(dir.path());
     assert!(clean, "{report}");
 }
+
+#[test]
+fn holds_confirmed_before_a_restart_answer_retries_after_the_next_rotation_and_a_crash() {
+    // A running shard remembers a hold it confirmed through its order, but one confirmed
+    // before the restart through the recovered memory alone (its order, read back from
+    // the journal, does not carry it). Rotations after the restart must still snapshot
+    // that memory: a retried CONFIRM keeps its order id through them and a crash.
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--event",
+        "1:100000",
+        "--shards",
+        "1",
+        "--segment-bytes",
+        "4096",
+    ];
+    let server = start(dir.path(), &args);
+    let mut c = Client::connect(server.addr);
+    let mut confirmed = Vec::new();
+    for user in 0..30 {
+        let (hold_id, _) = hold(&c.reserve(1, user, 1));
+        confirmed.push((hold_id, order_id(&c.confirm(hold_id))));
+    }
+    stop(server);
+    let server = start(dir.path(), &args);
+    let mut c = Client::connect(server.addr);
+    let first = segments(dir.path());
+    // Churn after the restart, enough for several rotations of this generation.
+    for user in 1_000..3_000 {
+        let (hold_id, _) = hold(&c.reserve(1, user, 1));
+        assert_eq!(c.cancel(hold_id).status, Status::Ok);
+    }
+    let rotated = segments(dir.path());
+    assert!(
+        rotated.iter().all(|p| !first.contains(p)),
+        "no rotation after the restart: {first:?} then {rotated:?}"
+    );
+    for &(hold_id, order) in &confirmed {
+        assert_eq!(order_id(&c.confirm(hold_id)), order, "after the rotations");
+    }
+    server.kill9();
+    let server = start(dir.path(), &args);
+    let mut c = Client::connect(server.addr);
+    for &(hold_id, order) in &confirmed {
+        assert_eq!(order_id(&c.confirm(hold_id)), order, "after the crash");
+        assert_eq!(c.cancel(hold_id).status, Status::NotFound);
+    }
+    assert_eq!(c.stock(1), (100_000, 100_000 - 30));
+    stop(server);
+    let (clean, report) = audit(dir.path());
+    assert!(clean, "{report}");
+}
