@@ -60,6 +60,26 @@ fn stock(c: &mut Connection, event: u32) -> (i64, i64) {
     (v[0], v[1])
 }
 
+/// Each outbox entry's orders as (order id, user, qty), in stream order.
+fn outbox(c: &mut Connection, event: u32) -> Vec<Vec<(u64, u64, u16)>> {
+    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(EventKeys::new(event).orders())
+        .arg("-")
+        .arg("+")
+        .query(c)
+        .unwrap();
+    entries
+        .iter()
+        .map(|(_, fields)| {
+            redis_ledger::outbox_orders(fields)
+                .unwrap()
+                .iter()
+                .map(|o| (o.order_id, o.user, o.qty))
+                .collect()
+        })
+        .collect()
+}
+
 /// Orders in the event's outbox stream (each entry carries one call's orders).
 fn outbox_len(c: &mut Connection, event: u32) -> usize {
     let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
@@ -528,6 +548,205 @@ fn a_buyers_entry_keeps_held_tickets_then_orders_and_goes_when_empty() {
     assert_eq!(meta(&mut c, 1), vec![10, 3, 0]);
 }
 
+/// A batch of distinct buyers is decided by position (no Lua table keyed by user); a
+/// user whose hold the same call's sweep expired goes by name. Both must leave the
+/// entries a batch decided step by step would, and keep the limit across calls.
+#[test]
+fn distinct_buyers_decided_by_position_keep_entries_and_limits() {
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    init(&mut c, 1, 20, 2, 200);
+    let reserve = |user, qty, hold_id| Step::Reserve { user, qty, hold_id };
+    let first = [reserve(1, 2, 500), buy(2, 100)];
+    assert!(redis_ledger::distinct_buyers(&first));
+    decide(&mut c, 1, 1, &first);
+    assert_eq!(buyer_entry(&mut c, 1, 1).as_deref(), Some("2|"));
+    // Past the hold's deadline (Redis's clock), the next call's sweep gives user 1's two
+    // tickets back before its steps: user 1 has room for two again.
+    std::thread::sleep(Duration::from_millis(400));
+    let second = [buy(1, 101), buy(2, 102), buy(3, 103), reserve(4, 2, 501)];
+    assert!(redis_ledger::distinct_buyers(&second));
+    assert_eq!(
+        decide(&mut c, 1, 2, &second)[..3],
+        [
+            Decision::Ordered { order_id: 101 },
+            Decision::Ordered { order_id: 102 },
+            Decision::Ordered { order_id: 103 },
+        ]
+    );
+    assert_eq!(buyer_entry(&mut c, 1, 1).as_deref(), Some("101"));
+    assert_eq!(buyer_entry(&mut c, 1, 2).as_deref(), Some("100,102"));
+    assert_eq!(buyer_entry(&mut c, 1, 3).as_deref(), Some("103"));
+    assert_eq!(buyer_entry(&mut c, 1, 4).as_deref(), Some("2|"));
+    // Limits hold on the next call: user 2 has two, user 4 holds two; users 1 and 3 one.
+    assert_eq!(
+        decide(
+            &mut c,
+            1,
+            3,
+            &[buy(2, 104), buy(4, 105), buy(1, 106), buy(3, 107)]
+        ),
+        vec![
+            Decision::Refused(Status::LimitReached),
+            Decision::Refused(Status::LimitReached),
+            Decision::Ordered { order_id: 106 },
+            Decision::Ordered { order_id: 107 },
+        ]
+    );
+    assert_eq!(buyer_entry(&mut c, 1, 1).as_deref(), Some("101,106"));
+    assert_eq!(orders_of(&mut c, 1, 3), vec![(103, 1), (107, 1)]);
+    assert_eq!(meta(&mut c, 1), vec![20, 6, 2], "user 4 still holds two");
+}
+
+/// The outbox entry of a call whose BUYs all sell is the caller's text of them; once one
+/// is refused (or a CONFIRM is in the call) it is made order by order. Both must list
+/// exactly the orders sold, in step order.
+#[test]
+fn the_outbox_lists_exactly_the_orders_sold_whether_or_not_every_buy_sold() {
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    init(&mut c, 1, 6, 2, 60_000);
+    let two = |user, order_id| Step::Buy {
+        user,
+        qty: 2,
+        order_id,
+    };
+    decide(&mut c, 1, 1, &[buy(1, 100), two(2, 101)]);
+    // User 1 refused at their limit after one sale, user 4's two do not fit, user 5's one
+    // is the last ticket.
+    decide(
+        &mut c,
+        1,
+        2,
+        &[
+            buy(3, 102),
+            buy(1, 103),
+            buy(1, 104),
+            two(4, 105),
+            buy(5, 106),
+        ],
+    );
+    let reserved = decide(
+        &mut c,
+        1,
+        3,
+        &[Step::Reserve {
+            user: 6,
+            qty: 1,
+            hold_id: 500,
+        }],
+    );
+    assert!(matches!(reserved[0], Decision::Refused(Status::SoldOut)));
+    assert_eq!(
+        outbox(&mut c, 1),
+        vec![
+            vec![(100, 1, 1), (101, 2, 2)],
+            vec![(102, 3, 1), (103, 1, 1), (106, 5, 1)],
+        ]
+    );
+    assert_eq!(meta(&mut c, 1), vec![6, 6, 0]);
+    // A CONFIRM beside BUYs: each order once, in step order.
+    init(&mut c, 2, 10, 4, 60_000);
+    decide(
+        &mut c,
+        2,
+        4,
+        &[Step::Reserve {
+            user: 7,
+            qty: 1,
+            hold_id: 501,
+        }],
+    );
+    decide(
+        &mut c,
+        2,
+        5,
+        &[
+            buy(8, 200),
+            Step::Confirm {
+                hold_id: 501,
+                order_id: 201,
+            },
+            buy(9, 202),
+        ],
+    );
+    assert_eq!(
+        outbox(&mut c, 2),
+        vec![vec![(200, 8, 1), (201, 7, 1), (202, 9, 1)]]
+    );
+}
+
+/// A call the library cannot read — a kind it does not know, or operands that do not
+/// match the kinds — is refused with a message before anything changes.
+#[test]
+fn a_malformed_decide_call_is_refused_before_any_change() {
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    init(&mut c, 1, 10, 1, 60_000);
+    let keys = EventKeys::new(1);
+    let [meta_key, users, holds, deadlines, forget, orders, user_orders, buyers] = keys.state();
+    let call = |c: &mut Connection, id: &str, args: &[&str]| -> redis::RedisResult<Value> {
+        let call_key = format!("{{ev:1}}:call:{id}");
+        redis::cmd("FCALL")
+            .arg("ticketd_decide")
+            .arg(11)
+            .arg(
+                &[
+                    &meta_key,
+                    &users,
+                    &holds,
+                    &deadlines,
+                    &forget,
+                    &orders,
+                    &user_orders,
+                    &meta_key,
+                    &buyers,
+                    &call_key,
+                    &meta_key,
+                ][..],
+            )
+            .arg(id)
+            .arg(args)
+            .query(c)
+    };
+    for (id, args, why) in [
+        (
+            "m1",
+            &["1", "60000", "1", "D", "Q", "", "5", "100"][..],
+            "no kind",
+        ),
+        (
+            "m2",
+            &["1", "60000", "2", "D", "B", "100:5:1", "5", "100"][..],
+            "no kind",
+        ),
+        (
+            "m3",
+            &["1", "60000", "1", "D", "B", "100:5:1", "5"][..],
+            "operands",
+        ),
+        (
+            "m4",
+            &["1", "60000", "1", "D", "B", "100:5:1", "5", "100", "7"][..],
+            "operands",
+        ),
+    ] {
+        let refused = call(&mut c, id, args).expect_err(id);
+        assert!(refused.to_string().contains(why), "{id}: {refused}");
+    }
+    assert_eq!(meta(&mut c, 1), vec![10, 0, 0], "nothing sold");
+    assert_eq!(outbox_len(&mut c, 1), 0);
+    assert_eq!(buyer_entry(&mut c, 1, 5), None);
+    // The same call well formed sells.
+    assert!(call(
+        &mut c,
+        "m5",
+        &["1", "60000", "1", "D", "B", "100:5:1", "5", "100"]
+    )
+    .is_ok());
+    assert_eq!(buyer_entry(&mut c, 1, 5).as_deref(), Some("100"));
+}
+
 /// Before the buyers hash the ledger kept each user's count in `{ev:ID}:users` and their orders in
 /// `{ev:ID}:user-orders`. An event sold then goes on with its limits and orders, and each
 /// user touched moves into `{ev:ID}:buyers`.
@@ -657,4 +876,57 @@ fn a_node_and_a_library_of_different_versions_refuse_each_other_unchanged() {
         .query(&mut c)
         .unwrap();
     assert_eq!(layout, "hash", "the guard is not overwritten");
+}
+
+/// The library before `ticketd_decide` took its `distinct` argument (ten keys).
+const LIBRARY_TEN_KEYS: &str = include_str!("fixtures/ticketd-library-ten-keys.lua");
+
+#[test]
+fn a_node_and_a_library_either_side_of_the_distinct_argument_refuse_each_other() {
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    init(&mut c, 1, 10, 1, 60_000);
+    // A node of the ten-key layout against this library: refused before any change.
+    let keys = EventKeys::new(1);
+    let [meta_key, users, holds, deadlines, forget, orders, user_orders, buyers] = keys.state();
+    let ten_keys: redis::RedisResult<Value> = redis::cmd("FCALL")
+        .arg("ticketd_decide")
+        .arg(10)
+        .arg(
+            &[
+                &meta_key,
+                &users,
+                &holds,
+                &deadlines,
+                &forget,
+                &orders,
+                &user_orders,
+                &meta_key,
+                &buyers,
+                "{ev:1}:call:ten-1",
+            ][..],
+        )
+        .arg(&["ten-1", "1", "60000", "1", "B", "5", "1", "100"][..])
+        .query(&mut c);
+    let refused = ten_keys.expect_err("a ten-key node's call is refused");
+    assert!(
+        refused.to_string().contains("another ticketd version"),
+        "{refused}"
+    );
+    // This node against the ten-key library, which another node reloaded.
+    let _: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(LIBRARY_TEN_KEYS)
+        .query(&mut c)
+        .unwrap();
+    let decided: redis::RedisResult<Value> =
+        redis_ledger::decide(1, "new-1", 1, 60_000, &[buy(6, 101)]).query(&mut c);
+    let refused = decided.expect_err("this node's call is refused by the ten-key library");
+    assert!(
+        refused.to_string().contains("another ticketd version"),
+        "{refused}"
+    );
+    assert_eq!(meta(&mut c, 1), vec![10, 0, 0], "nothing sold");
+    assert_eq!(outbox_len(&mut c, 1), 0);
 }

@@ -13,6 +13,8 @@ pub mod flavor;
 mod reply;
 pub mod setup;
 
+use std::fmt::Write as _;
+
 use redis::Cmd;
 use ticketd_proto::Status;
 
@@ -183,32 +185,84 @@ pub fn define_event(event: u32, def: &setup::Definition, update: bool) -> Cmd {
 
 /// One atomic call deciding every step for `event`. `call_id` must never repeat in the
 /// cluster (see [`CallIds`]) except to retry this very batch.
+///
+/// Keys: the event's ([`call_keys`]), the call's replay key, and the meta key once more
+/// (the eleventh: this library's guard against callers of the ten-key layout). Arguments
+/// (`ticketd_decide` in `ticketd.lua` says what each is for): call id, node, replay TTL,
+/// the number of steps, whether the BUY/RESERVE users are [`distinct_buyers`] (`D`, else
+/// `-`), a letter per step, the outbox text of the BUYs, the BUY/RESERVE steps' users,
+/// then each step's other operands (a one-ticket BUY has one more: its order id).
 pub fn decide(event: u32, call_id: &str, node: u16, replay_ttl_ms: u64, steps: &[Step]) -> Cmd {
     let keys = EventKeys::new(event);
     let mut cmd = redis::cmd("FCALL");
     let state = call_keys(&keys);
-    cmd.arg("ticketd_decide").arg(state.len() + 1);
+    cmd.arg("ticketd_decide").arg(state.len() + 2);
     for key in state {
         cmd.arg(key);
     }
+    let mut kinds = String::with_capacity(steps.len());
+    let mut bought = String::new();
+    for step in steps {
+        kinds.push(match *step {
+            Step::Buy { qty: 1, .. } => 'B',
+            Step::Buy { .. } => 'b',
+            Step::Reserve { .. } => 'R',
+            Step::Confirm { .. } => 'C',
+            Step::Cancel { .. } => 'X',
+        });
+        if let Step::Buy {
+            user,
+            qty,
+            order_id,
+        } = *step
+        {
+            if !bought.is_empty() {
+                bought.push(',');
+            }
+            // Writing into a String cannot fail.
+            let _ = write!(bought, "{order_id}:{user}:{qty}");
+        }
+    }
     cmd.arg(keys.call(call_id))
+        .arg(keys.meta())
         .arg(call_id)
         .arg(node)
         .arg(replay_ttl_ms)
-        .arg(steps.len());
+        .arg(steps.len())
+        .arg(if distinct_buyers(steps) { "D" } else { "-" })
+        .arg(kinds)
+        .arg(bought);
+    // The BUY/RESERVE users side by side (the Lua hands them to one HMGET as they are),
+    // then every step's other operands.
+    for step in steps {
+        if let Step::Buy { user, .. } | Step::Reserve { user, .. } = *step {
+            cmd.arg(user);
+        }
+    }
     for step in steps {
         match *step {
             Step::Buy {
-                user,
-                qty,
-                order_id,
-            } => cmd.arg("B").arg(user).arg(qty).arg(order_id),
-            Step::Reserve { user, qty, hold_id } => cmd.arg("R").arg(user).arg(qty).arg(hold_id),
-            Step::Confirm { hold_id, order_id } => cmd.arg("C").arg(hold_id).arg(0).arg(order_id),
-            Step::Cancel { hold_id } => cmd.arg("X").arg(hold_id).arg(0).arg(0),
+                qty: 1, order_id, ..
+            } => cmd.arg(order_id),
+            Step::Buy { qty, order_id, .. } => cmd.arg(qty).arg(order_id),
+            Step::Reserve { qty, hold_id, .. } => cmd.arg(qty).arg(hold_id),
+            Step::Confirm { hold_id, order_id } => cmd.arg(hold_id).arg(order_id),
+            Step::Cancel { hold_id } => cmd.arg(hold_id),
         };
     }
     cmd
+}
+
+/// Whether no user has two BUY/RESERVE steps in `steps`. The ledger's Lua relies on it
+/// when told so (a sale then reads its user's entry from the call's one read, by
+/// position), so a wrong `true` would let a user past their limit: this checks every
+/// pair, through a set.
+pub fn distinct_buyers(steps: &[Step]) -> bool {
+    let mut seen = ahash::AHashSet::with_capacity(steps.len());
+    steps.iter().all(|step| match *step {
+        Step::Buy { user, .. } | Step::Reserve { user, .. } => seen.insert(user),
+        Step::Confirm { .. } | Step::Cancel { .. } => true,
+    })
 }
 
 /// One atomic call settling CONFIRM/CANCEL steps by hold id alone: the ledger finds each
@@ -328,6 +382,7 @@ mod tests {
         }
         // The call key follows the others, as `decide` sends them.
         assert!(keys_of.contains(&format!("call = keys[{}]", sent.len() + 1)));
+        assert!(keys_of.contains(&format!("guard_distinct = keys[{}]", sent.len() + 2)));
     }
 
     #[test]
@@ -376,11 +431,69 @@ mod tests {
                 order_id: 3,
             },
             Step::Cancel { hold_id: 4 },
+            Step::Reserve {
+                user: 9,
+                qty: 1,
+                hold_id: 10,
+            },
         ];
         let packed =
             String::from_utf8_lossy(&decide(5, "6", 7, 8, &steps).get_packed_command()).to_string();
-        for needle in ["ticketd_decide", "{ev:5}:call:6", "\r\nB\r\n", "\r\nX\r\n"] {
-            assert!(packed.contains(needle), "{needle} in {packed}");
-        }
+        // Eleven keys, the meta key last; then call, node, TTL, count, distinct, kinds
+        // (a two-ticket BUY is `b`), the BUYs' outbox text, the users, the other operands.
+        assert!(
+            packed.contains("$14\r\nticketd_decide\r\n$2\r\n11\r\n"),
+            "{packed}"
+        );
+        let args = [
+            "{ev:5}:call:6",
+            "{ev:5}:meta",
+            "6",
+            "7",
+            "8",
+            "3",
+            "D",
+            "bXR",
+            "3:1:2",
+            "1",
+            "9",
+            "2",
+            "3",
+            "4",
+            "1",
+            "10",
+        ];
+        let tail: String = args
+            .iter()
+            .map(|a| format!("${}\r\n{a}\r\n", a.len()))
+            .collect();
+        assert!(packed.ends_with(&tail), "{packed}");
+    }
+
+    #[test]
+    fn buyers_are_distinct_only_when_no_user_buys_or_reserves_twice() {
+        let buy = |user| Step::Buy {
+            user,
+            qty: 1,
+            order_id: user + 100,
+        };
+        let reserve = |user| Step::Reserve {
+            user,
+            qty: 1,
+            hold_id: user + 200,
+        };
+        assert!(distinct_buyers(&[]));
+        assert!(distinct_buyers(&[buy(1), buy(2), reserve(3)]));
+        assert!(!distinct_buyers(&[buy(1), buy(2), buy(1)]));
+        assert!(!distinct_buyers(&[buy(1), reserve(1)]));
+        // A settle step names a hold, not a user: hold 1 beside user 1 is no repeat.
+        assert!(distinct_buyers(&[
+            buy(1),
+            Step::Confirm {
+                hold_id: 1,
+                order_id: 9
+            },
+            Step::Cancel { hold_id: 1 },
+        ]));
     }
 }

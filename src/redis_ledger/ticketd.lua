@@ -25,7 +25,9 @@
 --
 -- Versions. These answers and the buyers hash came with a new set of keys per call, and
 -- each function checks it gets its count: a node of an earlier version (which sends
--- fewer) is refused before anything changes. The other way round, an earlier library
+-- fewer) is refused before anything changes. ticketd_decide's compact steps (a letter
+-- per step, see there) came with an eleventh key, the meta key once more: a library of
+-- the ten-key layout refuses this version's calls the same way. The other way round, an earlier library
 -- reads its replay key where this one's callers put a hash — the event's meta for
 -- ticketd_decide, ticketd:layout (made by every node's handshake) for ticketd_settle —
 -- so its first GET fails with WRONGTYPE, again before anything changes. Either way the
@@ -35,6 +37,17 @@
 -- (Outside every event's hash slot: on a Redis Cluster, hold ids would have to carry
 -- their event instead.)
 local HOLD_INDEX = 'ticketd:hold-events'
+
+-- ticketd_decide's steps (see there): the letters of their kinds, how many operands
+-- each kind has, and where the first user is among the arguments (after call_id node
+-- replay_ttl_ms n distinct kinds bought).
+-- (Byte values: a library's top level may not use the string module while it loads.)
+local KIND_BUY_ONE, KIND_BUY, KIND_RESERVE = 66, 98, 82  -- B b R
+local KIND_CONFIRM, KIND_CANCEL = 67, 88                -- C X
+-- OPERANDS: a step's operands after its user (B/b/R steps have one, in the users).
+local OPERANDS = { [KIND_BUY_ONE] = 1, [KIND_BUY] = 2, [KIND_RESERVE] = 2, [KIND_CONFIRM] = 2,
+                   [KIND_CANCEL] = 1 }
+local FIRST_USER_AT = 8
 
 -- How many users one HMGET/HSET/HDEL names: Lua's unpack() has to fit them on its stack.
 local CHUNK = 1000
@@ -62,18 +75,6 @@ local function format_hold(h)
   return h.user .. ' ' .. h.qty .. ' ' .. h.expires .. ' ' .. h.state .. ' ' .. h.order
 end
 
--- Buyers. A user's entry in {ev:ID}:buyers is "[held|]order,order,…": the tickets their
--- live holds keep (left out when none), then their orders, each "order_id" (one ticket)
--- or "order_id:qty". What they have — bought plus held — is what the per-user limit
--- judges. A first sale of one ticket writes the order id the caller sent as it is: a Lua
--- string made per sale (a join, or a number formatted with sprintf) costs about as much
--- as a hash lookup, so the selling path makes none.
---
--- The call's view of the entries (`b.entry[user]`: the entry, or false for none), read
--- once — a whole batch's buyers with one HMGET, others as they come — and changed as
--- strings: a new buyer's first one-ticket sale only stores the order id. At the end of
--- the call `save` writes back, with one HSET, each entry that is no longer the one read
--- (Lua strings are interned: comparing two is one pointer comparison).
 -- Refuses a call with another number of keys than this library's callers send.
 local function version_error(keys, wanted)
   if #keys == wanted then return nil end
@@ -81,8 +82,37 @@ local function version_error(keys, wanted)
     #keys .. ': a node of another ticketd version? Run one version on every node')
 end
 
+-- Buyers. A user's entry in {ev:ID}:buyers is "[held|]order,order,…": the tickets their
+-- live holds keep (left out when none), then their orders, each "order_id" (one ticket)
+-- or "order_id:qty". What they have — bought plus held — is what the per-user limit
+-- judges. A first sale of one ticket writes the order id the caller sent as it is: a Lua
+-- string made per sale (a join, or a number formatted with sprintf) costs about as much
+-- as a hash lookup, so the selling path makes none.
+--
+-- The call's view of the entries. Every Lua table keyed by user costs an insert per
+-- sale, so the view keeps as few as it can (ticketd_decide also has `at`, the entries
+-- of its BUY/RESERVE steps' users when the call began, by position: `read_steps`):
+--   b.entry[user]  the entry of a user changed during the call (false: none left);
+--   b.named[user]  entries read by name, for users who are not a step's (a hold's
+--                  owner when it is confirmed, cancelled or expires);
+--   b.changed      the users of b.entry in the order they first changed (a user may be
+--                  there twice: harmless, `save` writes the final entry each time);
+--   b.pairs        user, entry, user, entry, …: entries ticketd_decide changed by
+--                  position (see there), written as they are.
+-- A step's user reads b.entry first, then `at`; anyone else b.entry, then b.named
+-- (read if missing). `save` writes back each changed user with one HSET.
 local function buyers(k)
-  return { k = k, entry = {}, read = {}, was = {}, n = 0, moved = {}, legacy = nil }
+  return { k = k, entry = {}, named = {}, changed = {}, nc = 0, pairs = {}, np = 0,
+           moved = {}, legacy = nil }
+end
+
+-- Sets the user's entry for the rest of the call (and for `save`).
+local function set_entry(b, user, entry)
+  if b.entry[user] == nil then
+    b.nc = b.nc + 1
+    b.changed[b.nc] = user
+  end
+  b.entry[user] = entry
 end
 
 local function split(entry)
@@ -108,88 +138,105 @@ local function has_in(entry)
   return held
 end
 
--- Users of an event sold under the layout before buyers: their count (bought + held) in users and
--- their orders in user-orders. Such a user's entry is made from both, and the old
--- fields go when it is saved.
+local function has_legacy(b)
+  if b.legacy == nil then b.legacy = redis.call('EXISTS', b.k.users) == 1 end
+  return b.legacy
+end
+
+-- Users of an event sold under the layout before buyers: their count (bought + held) in
+-- users and their orders in user-orders. Such a user's entry is made from both and
+-- counts as changed, so `save` moves it, and the old fields go then. `users`: users with
+-- no buyers entry and none made yet this call.
 local function from_legacy(b, users)
   if #users == 0 then return end
   local counts = redis.call('HMGET', b.k.users, unpack(users))
   local lists = redis.call('HMGET', b.k.uorders, unpack(users))
   for i, user in ipairs(users) do
-    if counts[i] then
+    if counts[i] and b.entry[user] == nil then
       local list = lists[i] or ''
-      b.entry[user] = join(tonumber(counts[i]) - has_in(list ~= '' and list), list)
+      set_entry(b, user, join(tonumber(counts[i]) - has_in(list ~= '' and list), list))
       b.moved[#b.moved + 1] = user
     end
   end
 end
 
--- Reads the entries of `users` (none read yet), CHUNK at a time.
-local function load(b, users)
-  if b.legacy == nil then b.legacy = redis.call('EXISTS', b.k.users) == 1 end
-  local entry_of, read, was = b.entry, b.read, b.was
-  for first = 1, #users, CHUNK do
-    local last = math.min(first + CHUNK - 1, #users)
-    local entries = redis.call('HMGET', b.k.buyers, unpack(users, first, last))
-    local missing = {}
-    local n = b.n
-    for i = first, last do
-      local user, entry = users[i], entries[i - first + 1]
-      entry_of[user] = entry
-      n = n + 1
-      read[n], was[n] = user, entry
-      if not entry and b.legacy then missing[#missing + 1] = user end
-    end
-    b.n = n
-    if b.legacy then from_legacy(b, missing) end
+-- The entries of the users args[first..last] (the call's step users), by position:
+-- the HMGET's own reply when one is enough.
+local function read_steps(b, args, first, last)
+  if last < first then return {} end
+  local at = redis.call('HMGET', b.k.buyers, unpack(args, first, math.min(last, first + CHUNK - 1)))
+  for from = first + CHUNK, last, CHUNK do
+    local more = redis.call('HMGET', b.k.buyers, unpack(args, from, math.min(last, from + CHUNK - 1)))
+    local at_n = from - first
+    for i = 1, #more do at[at_n + i] = more[i] end
   end
+  if has_legacy(b) then
+    local missing, nm = {}, 0
+    for i = 1, last - first + 1 do
+      if not at[i] then
+        nm = nm + 1
+        missing[nm] = args[first + i - 1]
+      end
+    end
+    from_legacy(b, missing)
+  end
+  return at
 end
 
--- The user's entry, read if the call has not yet.
+-- Reads one user's entry by name into b.named.
+local function read_named(b, user)
+  local entry = redis.call('HGET', b.k.buyers, user)
+  b.named[user] = entry
+  if not entry and has_legacy(b) then from_legacy(b, { user }) end
+end
+
+-- The entry of a user who is not one of the call's BUY/RESERVE steps (or whose step is
+-- not at hand), read by name if the call has not yet.
 local function entry_of(b, user)
   local entry = b.entry[user]
+  if entry ~= nil then return entry end
+  entry = b.named[user]
   if entry == nil then
-    load(b, { user })
+    read_named(b, user)
     entry = b.entry[user]
+    if entry == nil then entry = b.named[user] end
   end
   return entry
 end
 
--- What the user has (bought + held).
-local function has(b, user)
-  return has_in(entry_of(b, user))
+-- `entry`: the user's entry now.
+local function hold_more(b, user, qty, entry)
+  local held, list = split(entry)
+  set_entry(b, user, join(held + qty, list))
 end
 
-local function hold_more(b, user, qty)
-  local held, list = split(entry_of(b, user))
-  b.entry[user] = join(held + qty, list)
-end
-
--- Adds an order (qty_text: its tickets as text) to the user's entry.
-local function add_order(b, user, id, qty_text)
+-- An entry with one more order (qty_text: its tickets as text).
+local function with_order(entry, id, qty_text)
   local order = id
   if qty_text ~= '1' then order = id .. ':' .. qty_text end
-  local held, list = split(entry_of(b, user))
+  local held, list = split(entry)
   if list ~= '' then list = list .. ',' .. order else list = order end
-  b.entry[user] = join(held, list)
+  return join(held, list)
 end
 
--- Writes back the entries that changed: HSET of those left, HDEL of those gone, and
--- HDEL of the old-layout fields of users moved from there. (A user read twice is
--- compared twice, with the same result.)
+-- Adds an order to the user's entry (`entry`, now).
+local function add_order(b, user, id, qty_text, entry)
+  set_entry(b, user, with_order(entry, id, qty_text))
+end
+
+-- Writes back the changed entries: HSET of those left (after b.pairs: no user is in
+-- both), HDEL of those gone, and HDEL of the old-layout fields of users moved from there.
 local function save(b)
-  local set, ns, gone, ng = {}, 0, {}, 0
-  local entry_of, read, was = b.entry, b.read, b.was
-  for i = 1, b.n do
-    local user = read[i]
-    local entry = entry_of[user]
-    if entry ~= was[i] then
-      if entry then
-        set[ns + 1], set[ns + 2], ns = user, entry, ns + 2
-      else
-        ng = ng + 1
-        gone[ng] = user
-      end
+  local set, ns, gone, ng = b.pairs, b.np, {}, 0
+  local entry_of_user, changed = b.entry, b.changed
+  for i = 1, b.nc do
+    local user = changed[i]
+    local entry = entry_of_user[user]
+    if entry then
+      set[ns + 1], set[ns + 2], ns = user, entry, ns + 2
+    else
+      ng = ng + 1
+      gone[ng] = user
     end
   end
   for first = 1, ns, 2 * CHUNK do
@@ -208,7 +255,7 @@ end
 -- Ends a live hold without a sale: tickets and the user's room go back.
 local function release(k, m, id, h, state, now)
   m.held = m.held - h.qty
-  hold_more(k.view, h.user, -h.qty)
+  hold_more(k.view, h.user, -h.qty, entry_of(k.view, h.user))
   h.state = state
   redis.call('HSET', k.holds, id, format_hold(h))
   redis.call('ZREM', k.deadlines, id)
@@ -236,7 +283,7 @@ local function order(k, id, user, qty_text, made)
   made[n + 1], made[n + 2], made[n + 3], made[n + 4], made[n + 5], made[n + 6] =
     id, ':', user, ':', qty_text, ','
   made.n = n + 6
-  add_order(k.view, user, id, qty_text)
+  add_order(k.view, user, id, qty_text, entry_of(k.view, user))
 end
 
 -- One outbox entry for a call's orders of an event (one XADD per call, not per sale):
@@ -253,15 +300,36 @@ local function outbox()
   return { n = 0 }
 end
 
--- A call's answers (see the top of this file): codes[i] a letter per step, extras what
--- OK steps carry.
-local function answers()
-  return { codes = {}, n = 0, extras = {}, ne = 0 }
+-- The outbox pieces of ticketd_decide's B/b steps before step `upto` (every one of which
+-- sold; `nu` users in the call) into `made` from its piece `mn` on; returns the pieces'
+-- count then.
+local function bought_pieces(args, kinds, nu, upto, made, mn)
+  local u, p = FIRST_USER_AT, FIRST_USER_AT + nu
+  for i = 1, upto - 1 do
+    local kind = string.byte(kinds, i)
+    if kind == KIND_BUY_ONE then
+      made[mn + 1], made[mn + 2], made[mn + 3], made[mn + 4], made[mn + 5], made[mn + 6] =
+        args[p], ':', args[u], ':', '1', ','
+      mn = mn + 6
+    elseif kind == KIND_BUY then
+      made[mn + 1], made[mn + 2], made[mn + 3], made[mn + 4], made[mn + 5], made[mn + 6] =
+        args[p + 1], ':', args[u], ':', args[p], ','
+      mn = mn + 6
+    end
+    if kind == KIND_BUY_ONE or kind == KIND_BUY or kind == KIND_RESERVE then u = u + 1 end
+    p = p + OPERANDS[kind]
+  end
+  return mn
 end
 
-local function answer(a, code, extra)
-  a.n = a.n + 1
-  a.codes[a.n] = code
+-- A call's answers (see the top of this file): codes[i] a letter per step, extras what
+-- OK steps carry.
+local function answers(n)
+  return { codes = {}, n = n, extras = {}, ne = 0 }
+end
+
+local function answer(a, i, code, extra)
+  a.codes[i] = code
   if extra then
     a.ne = a.ne + 1
     a.extras[a.ne] = extra
@@ -274,10 +342,10 @@ local function reply(a)
   return text
 end
 
--- Takes room for qty more tickets for user and checks the stock: nil when both allow
--- it, or the refusal's code. The limit is judged before the stock.
-local function refusal(k, m, user, qty)
-  if has(k.view, user) + qty > m.limit then return 'L' end
+-- Whether qty more tickets for a user who has `entry` and the stock allow it: nil when
+-- both do, or the refusal's code. The limit is judged before the stock.
+local function refusal(m, entry, qty)
+  if has_in(entry) + qty > m.limit then return 'L' end
   if m.sold + m.held + qty > m.total then return 'S' end
   return nil
 end
@@ -285,30 +353,30 @@ end
 -- CONFIRM (kind C, order_id used if it becomes an order) or CANCEL (kind X) of a hold
 -- of event `event`. A CANCEL answers the event and the tickets it put back on sale (0 on
 -- a repeat), so the node that settled it can let its gate sell them at once.
-local function settle(k, m, event, kind, hold_id, order_id, made, now, a)
+local function settle(k, m, event, kind, hold_id, order_id, made, now, a, i)
   local h = parse_hold(redis.call('HGET', k.holds, hold_id))
   if h and h.state == 'A' and h.expires <= now then
     release(k, m, hold_id, h, 'E', now)
   end
-  if not h then return answer(a, 'N') end
-  if h.state == 'E' then return answer(a, 'E') end
+  if not h then return answer(a, i, 'N') end
+  if h.state == 'E' then return answer(a, i, 'E') end
   if kind == 'C' then
-    if h.state == 'C' then return answer(a, 'O', h.order) end
-    if h.state == 'X' then return answer(a, 'N') end
+    if h.state == 'C' then return answer(a, i, 'O', h.order) end
+    if h.state == 'X' then return answer(a, i, 'N') end
     m.held = m.held - h.qty
     m.sold = m.sold + h.qty
     h.state, h.order = 'C', order_id
     redis.call('HSET', k.holds, hold_id, format_hold(h))
     redis.call('ZREM', k.deadlines, hold_id)
     redis.call('ZADD', k.forget, now + m.ttl, hold_id)
-    hold_more(k.view, h.user, -h.qty)
+    hold_more(k.view, h.user, -h.qty, entry_of(k.view, h.user))
     order(k, order_id, h.user, tostring(h.qty), made)
-    return answer(a, 'O', order_id)
+    return answer(a, i, 'O', order_id)
   end
-  if h.state == 'X' then return answer(a, 'O', event .. ':0') end
-  if h.state == 'C' then return answer(a, 'N') end
+  if h.state == 'X' then return answer(a, i, 'O', event .. ':0') end
+  if h.state == 'C' then return answer(a, i, 'N') end
   release(k, m, hold_id, h, 'X', now)
-  return answer(a, 'O', event .. ':' .. h.qty)
+  return answer(a, i, 'O', event .. ':' .. h.qty)
 end
 
 -- The keys of an event, from its tag "{ev:ID}".
@@ -322,11 +390,11 @@ local function event_keys(tag)
 end
 
 -- The keys of an event as ticketd_decide gets them (ticketd_stock: the same without the
--- call key); guard is the meta key again (see "Versions" above).
+-- last two); guard and guard_distinct are the meta key again (see "Versions" above).
 local function keys_of(keys)
   local k = { meta = keys[1], users = keys[2], holds = keys[3], deadlines = keys[4],
               forget = keys[5], orders = keys[6], uorders = keys[7], guard = keys[8],
-              buyers = keys[9], call = keys[10] }
+              buyers = keys[9], call = keys[10], guard_distinct = keys[11] }
   k.view = buyers(k)
   return k
 end
@@ -353,91 +421,175 @@ redis.register_function('ticketd_define', function(keys, args)
   return { 'OK' }
 end)
 
--- ticketd_decide(meta users holds deadlines forget orders user-orders meta buyers call)
---   call_id node replay_ttl_ms n  then n × (kind user qty id)
---   kind: B buy, R reserve, C confirm (user/qty ignored, id = order id to use),
---         X cancel (id ignored). For R, id is the hold id; for B the order id; for C
---         and X the hold is named by `user` (the hold id).
--- -> the answers, as the top of this file says.
+-- ticketd_decide(meta users holds deadlines forget orders user-orders meta buyers call meta)
+--   call_id node replay_ttl_ms n distinct kinds bought  users…  operands…
+--   kinds: a letter per step, in order, saying what it is and its operands:
+--     B  buy one ticket        user | order_id
+--     b  buy qty tickets       user | qty order_id
+--     R  reserve               user | qty hold_id
+--     C  confirm               hold_id order_id (the order id to use)
+--     X  cancel                hold_id
+--   distinct: 'D' when no user is in two B/b/R steps of the call (the caller checked),
+--     '-' otherwise.
+--   bought: the outbox text of the call's B/b steps, "order_id:user:qty,…" in step order:
+--     published as it is when every one of them sells (see below).
+--   users: the users of the B/b/R steps, in step order; then the other operands (after
+--     the bar above) of every step, in step order.
+-- -> the answers, as the top of this file says; a call whose kinds and arguments do not
+--    agree is refused before anything changes.
 -- A call id seen before returns the first attempt's answers and changes nothing.
+--
+-- The common call is a batch of BUYs of one ticket by different users, and Redis's
+-- time per sale is what this layout and the code below save: every argument is a
+-- string Redis makes twice (its own, then Lua's), so a one-ticket BUY is two; the users
+-- side by side are the one HMGET's arguments as they come; a Lua table keyed by user
+-- costs an insert per sale, so a distinct batch with no CONFIRM or CANCEL step (its
+-- users cannot change twice, nor be read by name) is decided by position, each sale's
+-- new entry going straight into the call's HSET list; and when every BUY sells, the
+-- outbox entry is the caller's `bought` text, so no piece of it is made per sale. Users
+-- the call changed by name before the loop (holds the sweep expired, entries moved from
+-- the old layout) still go through b.entry.
 redis.register_function('ticketd_decide', function(keys, args)
-  local wrong = version_error(keys, 10)
+  local wrong = version_error(keys, 11)
   if wrong then return wrong end
   local k = keys_of(keys)
   local replay = redis.call('GET', k.call)
   if replay then return replay end
-  local m = meta(k.meta)
   local call, node, replay_ttl, n = args[1], args[2], tonumber(args[3]), tonumber(args[4])
+  local distinct, kinds, bought = args[5] == 'D', args[6], args[7]
+  -- The kinds must name every step, and the arguments hold exactly their operands.
+  if not n then return redis.error_reply('ticketd: the step count is not a number') end
+  local nu, operands, settles = 0, 0, false
+  local all_one_buys = kinds == string.rep('B', n)
+  if all_one_buys then
+    nu, operands = n, n
+  else
+    for i = 1, n do
+      local kind = type(kinds) == 'string' and string.byte(kinds, i)
+      local more = OPERANDS[kind]
+      if not more then
+        return redis.error_reply('ticketd: step ' .. i .. ' of ' .. n .. ' has no kind ' ..
+          'this library knows (kinds ' .. tostring(kinds) .. ')')
+      end
+      if kind == KIND_BUY_ONE or kind == KIND_BUY or kind == KIND_RESERVE then
+        nu = nu + 1
+      else
+        settles = true
+      end
+      operands = operands + more
+    end
+  end
+  local users_at = FIRST_USER_AT
+  local p = users_at + nu
+  if p + operands - 1 ~= #args then
+    return redis.error_reply('ticketd: ' .. n .. ' steps of kinds ' .. tostring(kinds) .. ' have ' ..
+      (nu + operands) .. ' operands, the call sent ' .. (#args - users_at + 1))
+  end
+  local m = meta(k.meta)
   local event = string.match(k.meta, '^{ev:(%d+)}')
-  local a = answers()
+  local a = answers(n)
   if not m then
-    for _ = 1, n do answer(a, 'N') end
+    for i = 1, n do answer(a, i, 'N') end
     return reply(a)
   end
   local now = now_ms()
   sweep(k, m, now)
-  -- Every buyer's entry with one HMGET, before any decision reads one. (A user twice in
-  -- the batch is read twice: the same entry, before anything changed it.)
-  local b, unread, nu = k.view, {}, 0
-  local entries = b.entry
-  for i = 1, n do
-    local base = 4 + (i - 1) * 4
-    local kind, user = args[base + 1], args[base + 2]
-    if (kind == 'B' or kind == 'R') and entries[user] == nil then
-      nu = nu + 1
-      unread[nu] = user
-    end
-  end
-  load(b, unread)
+  -- Every B/b/R step's entry with one HMGET, before any decision reads one.
+  local b = k.view
+  local at = read_steps(b, args, users_at, p - 1)
+  local by_position = distinct and not settles
+  local changed_entry, pairs_out, np = b.entry, b.pairs, b.np
   local made = outbox()
+  -- Outbox pieces are made per sale only once a BUY is refused or a CONFIRM may sell.
+  local piecewise = settles
   local expires = now + m.ttl
   local expires_text = tostring(expires)
   local codes, limit, total = a.codes, m.limit, m.total
+  -- The selling path's counters as locals (a table field costs a lookup per use), put
+  -- back into m, made and a around anything else that reads or changes them.
+  local sold, taken, mn = m.sold, m.sold + m.held, 0
+  local j = 0
   for i = 1, n do
-    local base = 4 + (i - 1) * 4
-    local kind, user, qty_text, id = args[base + 1], args[base + 2], args[base + 3], args[base + 4]
-    if kind == 'B' then
-      -- The selling path, written out: no call, and for a new buyer's one-ticket sale
-      -- no string made.
-      local qty = 1
-      if qty_text ~= '1' then qty = tonumber(qty_text) end
-      local entry = entries[user]
-      if entry == nil then entry = entry_of(b, user) end
+    local kind = KIND_BUY_ONE
+    if not all_one_buys then kind = string.byte(kinds, i) end
+    if kind == KIND_BUY_ONE or kind == KIND_BUY then
+      -- No call, and for a new buyer's one-ticket sale no string made.
+      j = j + 1
+      local user, qty_text, id, qty = args[users_at + j - 1], '1', args[p], 1
+      if kind == KIND_BUY then
+        qty_text, id = args[p], args[p + 1]
+        qty = tonumber(qty_text)
+      end
+      local entry = changed_entry[user]
+      local positional = entry == nil and by_position
+      if entry == nil then entry = at[j] end
       local code = 'O'
       if (entry and has_in(entry) or 0) + qty > limit then
         code = 'L'
-      elseif m.sold + m.held + qty > total then
+      elseif taken + qty > total then
         code = 'S'
-      else
-        m.sold = m.sold + qty
-        local mn = made.n
-        made[mn + 1], made[mn + 2], made[mn + 3], made[mn + 4], made[mn + 5], made[mn + 6] =
-          id, ':', user, ':', qty_text, ','
-        made.n = mn + 6
-        if not entry and qty == 1 then entries[user] = id else add_order(b, user, id, qty_text) end
       end
-      a.n = a.n + 1
-      codes[a.n] = code
-    elseif kind == 'R' then
-      local qty = tonumber(qty_text)
-      local no = refusal(k, m, user, qty)
-      if no then
-        answer(a, no)
-      else
-        m.held = m.held + qty
-        hold_more(b, user, qty)
-        redis.call('HSET', k.holds, id, format_hold({ user = user, qty = qty,
-                   expires = expires, state = 'A', order = '0' }))
-        redis.call('ZADD', k.deadlines, expires, id)
-        redis.call('HSET', HOLD_INDEX, id, event)
-        answer(a, 'O', expires_text)
+      if code == 'O' then
+        sold, taken = sold + qty, taken + qty
+        if piecewise then
+          made[mn + 1], made[mn + 2], made[mn + 3], made[mn + 4], made[mn + 5], made[mn + 6] =
+            id, ':', user, ':', qty_text, ','
+          mn = mn + 6
+        end
+        local now_entry = id
+        if entry or qty ~= 1 then now_entry = with_order(entry, id, qty_text) end
+        if positional then
+          pairs_out[np + 1], pairs_out[np + 2], np = user, now_entry, np + 2
+        else
+          set_entry(b, user, now_entry)
+        end
+      elseif not piecewise then
+        piecewise = true
+        mn = bought_pieces(args, kinds, nu, i, made, mn)
       end
+      codes[i] = code
+      p = p + OPERANDS[kind]
     else
-      settle(k, m, event, kind, user, id, made, now, a)
+      m.sold, made.n = sold, mn
+      if kind == KIND_RESERVE then
+        j = j + 1
+        local user, qty, id = args[users_at + j - 1], tonumber(args[p]), args[p + 1]
+        local entry = changed_entry[user]
+        local positional = entry == nil and by_position
+        if entry == nil then entry = at[j] end
+        local no = refusal(m, entry, qty)
+        if no then
+          answer(a, i, no)
+        else
+          m.held = m.held + qty
+          local held, list = split(entry)
+          if positional then
+            pairs_out[np + 1], pairs_out[np + 2], np = user, join(held + qty, list), np + 2
+          else
+            set_entry(b, user, join(held + qty, list))
+          end
+          redis.call('HSET', k.holds, id, format_hold({ user = user, qty = qty,
+                     expires = expires, state = 'A', order = '0' }))
+          redis.call('ZADD', k.deadlines, expires, id)
+          redis.call('HSET', HOLD_INDEX, id, event)
+          answer(a, i, 'O', expires_text)
+        end
+      elseif kind == KIND_CONFIRM then
+        settle(k, m, event, 'C', args[p], args[p + 1], made, now, a, i)
+      else
+        settle(k, m, event, 'X', args[p], nil, made, now, a, i)
+      end
+      sold, taken, mn = m.sold, m.sold + m.held, made.n
+      p = p + OPERANDS[kind]
     end
   end
+  m.sold, made.n, b.np, a.n = sold, mn, np, n
   save(b)
-  publish(k, made, node, call)
+  if piecewise then
+    publish(k, made, node, call)
+  elseif bought ~= '' then
+    redis.call('XADD', k.orders, '*', 'node', node, 'call', call, 'orders', bought)
+  end
   redis.call('HSET', k.meta, 'sold', m.sold, 'held', m.held)
   local text = reply(a)
   redis.call('SET', k.call, text, 'PX', replay_ttl)
@@ -490,13 +642,13 @@ redis.register_function('ticketd_settle', function(keys, args)
   local call, node, replay_ttl, n = args[1], args[2], tonumber(args[3]), tonumber(args[4])
   local now = now_ms()
   local touched = {}
-  local a = answers()
+  local a = answers(n)
   for i = 1, n do
     local base = 4 + (i - 1) * 3
     local kind, hold_id, order_id = args[base + 1], args[base + 2], args[base + 3]
     local event = redis.call('HGET', HOLD_INDEX, hold_id)
     if not event then
-      answer(a, 'N')
+      answer(a, i, 'N')
     else
       local state = touched[event]
       if not state then
@@ -505,9 +657,9 @@ redis.register_function('ticketd_settle', function(keys, args)
         touched[event] = state
       end
       if not state.m then
-        answer(a, 'N')
+        answer(a, i, 'N')
       else
-        settle(state.k, state.m, event, kind, hold_id, order_id, state.made, now, a)
+        settle(state.k, state.m, event, kind, hold_id, order_id, state.made, now, a, i)
       end
     end
   end
