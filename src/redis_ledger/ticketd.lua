@@ -323,7 +323,8 @@ local function bought_pieces(args, kinds, nu, upto, made, mn)
 end
 
 -- A call's answers (see the top of this file): codes[i] a letter per step, extras what
--- OK steps carry.
+-- OK steps carry. The selling path writes no code for a BUY that sold (a store per sale,
+-- and a piece of the join): a step without one is 'O'.
 local function answers(n)
   return { codes = {}, n = n, extras = {}, ne = 0 }
 end
@@ -337,7 +338,15 @@ local function answer(a, i, code, extra)
 end
 
 local function reply(a)
-  local text = table.concat(a.codes, '', 1, a.n)
+  local codes, text = a.codes, nil
+  if next(codes) == nil then
+    text = string.rep('O', a.n)
+  else
+    for i = 1, a.n do
+      if not codes[i] then codes[i] = 'O' end
+    end
+    text = table.concat(codes, '', 1, a.n)
+  end
   if a.ne > 0 then text = text .. ' ' .. table.concat(a.extras, ' ', 1, a.ne) end
   return text
 end
@@ -547,7 +556,7 @@ redis.register_function('ticketd_decide', function(keys, args)
         piecewise = true
         mn = bought_pieces(args, kinds, nu, i, made, mn)
       end
-      codes[i] = code
+      if code ~= 'O' then codes[i] = code end
       p = p + OPERANDS[kind]
     else
       m.sold, made.n = sold, mn
