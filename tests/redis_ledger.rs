@@ -676,6 +676,38 @@ fn the_outbox_lists_exactly_the_orders_sold_whether_or_not_every_buy_sold() {
     );
 }
 
+/// A call of more steps than one HMGET names (the Lua reads 1,000 users at a time):
+/// every chunk's entries land where their steps are.
+#[test]
+fn a_call_longer_than_one_read_decides_every_step_by_its_own_entry() {
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    init(&mut c, 1, 10_000, 1, 60_000);
+    // Users 1000..3500 have bought one ticket before (limit 1), every fifth of them.
+    let before: Vec<Step> = (0..2500u64)
+        .filter(|i| i % 5 == 0)
+        .map(|i| buy(1000 + i, 50_000 + i))
+        .collect();
+    decide(&mut c, 1, 1, &before);
+    let steps: Vec<Step> = (0..2500u64).map(|i| buy(1000 + i, 60_000 + i)).collect();
+    assert!(redis_ledger::distinct_buyers(&steps));
+    let decided = decide(&mut c, 1, 2, &steps);
+    for (i, decision) in decided.iter().enumerate() {
+        let i = i as u64;
+        let expected = if i % 5 == 0 {
+            Decision::Refused(Status::LimitReached)
+        } else {
+            Decision::Ordered {
+                order_id: 60_000 + i,
+            }
+        };
+        assert_eq!(*decision, expected, "step {i}");
+    }
+    assert_eq!(buyer_entry(&mut c, 1, 3499).as_deref(), Some("62499"));
+    assert_eq!(buyer_entry(&mut c, 1, 3495).as_deref(), Some("52495"));
+    assert_eq!(meta(&mut c, 1), vec![10_000, 2500, 0]);
+}
+
 /// A call the library cannot read — a kind it does not know, or operands that do not
 /// match the kinds — is refused with a message before anything changes.
 #[test]
