@@ -685,7 +685,7 @@ fn a_call_longer_than_one_read_decides_every_step_by_its_own_entry() {
     init(&mut c, 1, 10_000, 1, 60_000);
     // Users 1000..3500 have bought one ticket before (limit 1), every fifth of them.
     let before: Vec<Step> = (0..2500u64)
-        .filter(|i| i % 5 == 0)
+        .filter(|i| i.is_multiple_of(5))
         .map(|i| buy(1000 + i, 50_000 + i))
         .collect();
     decide(&mut c, 1, 1, &before);
@@ -694,7 +694,7 @@ fn a_call_longer_than_one_read_decides_every_step_by_its_own_entry() {
     let decided = decide(&mut c, 1, 2, &steps);
     for (i, decision) in decided.iter().enumerate() {
         let i = i as u64;
-        let expected = if i % 5 == 0 {
+        let expected = if i.is_multiple_of(5) {
             Decision::Refused(Status::LimitReached)
         } else {
             Decision::Ordered {
@@ -717,29 +717,24 @@ fn a_malformed_decide_call_is_refused_before_any_change() {
     init(&mut c, 1, 10, 1, 60_000);
     let keys = EventKeys::new(1);
     let [meta_key, users, holds, deadlines, forget, orders, user_orders, buyers] = keys.state();
-    let call = |c: &mut Connection, id: &str, args: &[&str]| -> redis::RedisResult<Value> {
+    let call = |c: &mut Connection, id: &str, args: &[&str]| {
         let call_key = format!("{{ev:1}}:call:{id}");
-        redis::cmd("FCALL")
-            .arg("ticketd_decide")
-            .arg(11)
-            .arg(
-                &[
-                    &meta_key,
-                    &users,
-                    &holds,
-                    &deadlines,
-                    &forget,
-                    &orders,
-                    &user_orders,
-                    &meta_key,
-                    &buyers,
-                    &call_key,
-                    &meta_key,
-                ][..],
-            )
-            .arg(id)
-            .arg(args)
-            .query(c)
+        let keys = [
+            &meta_key,
+            &users,
+            &holds,
+            &deadlines,
+            &forget,
+            &orders,
+            &user_orders,
+            &meta_key,
+            &buyers,
+            &call_key,
+            &meta_key,
+        ]
+        .map(String::as_str);
+        let args: Vec<&str> = std::iter::once(id).chain(args.iter().copied()).collect();
+        raw_decide(c, &keys, &args)
     };
     for (id, args, why) in [
         (
@@ -834,6 +829,17 @@ fn an_event_sold_by_an_earlier_version_keeps_its_limits_and_orders() {
     assert_eq!(meta(&mut c, 1), vec![10, 5, 0]);
 }
 
+/// `ticketd_decide` called by hand with these keys and arguments (another version's
+/// layout, or a malformed call).
+fn raw_decide(c: &mut Connection, keys: &[&str], args: &[&str]) -> redis::RedisResult<Value> {
+    redis::cmd("FCALL")
+        .arg("ticketd_decide")
+        .arg(keys.len())
+        .arg(keys)
+        .arg(args)
+        .query(c)
+}
+
 /// The library of the layout before the buyers hash, as that version loaded it.
 const LIBRARY_BEFORE_BUYERS: &str = include_str!("fixtures/ticketd-library-before-buyers.lua");
 
@@ -847,23 +853,20 @@ fn a_node_and_a_library_of_different_versions_refuse_each_other_unchanged() {
     let keys = EventKeys::new(1);
     // A node of the earlier version against this library: its decide sent 8 keys.
     let [meta_key, users, holds, deadlines, forget, orders, user_orders, _] = keys.state();
-    let earlier: redis::RedisResult<Value> = redis::cmd("FCALL")
-        .arg("ticketd_decide")
-        .arg(8)
-        .arg(
-            &[
-                &meta_key,
-                &users,
-                &holds,
-                &deadlines,
-                &forget,
-                &orders,
-                &user_orders,
-                "{ev:1}:call:old-1",
-            ][..],
-        )
-        .arg(&["old-1", "1", "60000", "1", "B", "5", "1", "100"][..])
-        .query(&mut c);
+    let earlier = raw_decide(
+        &mut c,
+        &[
+            &meta_key,
+            &users,
+            &holds,
+            &deadlines,
+            &forget,
+            &orders,
+            &user_orders,
+            "{ev:1}:call:old-1",
+        ],
+        &["old-1", "1", "60000", "1", "B", "5", "1", "100"],
+    );
     let refused = earlier.expect_err("an earlier node's call is refused");
     assert!(
         refused.to_string().contains("another ticketd version"),
@@ -921,25 +924,22 @@ fn a_node_and_a_library_either_side_of_the_distinct_argument_refuse_each_other()
     // A node of the ten-key layout against this library: refused before any change.
     let keys = EventKeys::new(1);
     let [meta_key, users, holds, deadlines, forget, orders, user_orders, buyers] = keys.state();
-    let ten_keys: redis::RedisResult<Value> = redis::cmd("FCALL")
-        .arg("ticketd_decide")
-        .arg(10)
-        .arg(
-            &[
-                &meta_key,
-                &users,
-                &holds,
-                &deadlines,
-                &forget,
-                &orders,
-                &user_orders,
-                &meta_key,
-                &buyers,
-                "{ev:1}:call:ten-1",
-            ][..],
-        )
-        .arg(&["ten-1", "1", "60000", "1", "B", "5", "1", "100"][..])
-        .query(&mut c);
+    let ten_keys = raw_decide(
+        &mut c,
+        &[
+            &meta_key,
+            &users,
+            &holds,
+            &deadlines,
+            &forget,
+            &orders,
+            &user_orders,
+            &meta_key,
+            &buyers,
+            "{ev:1}:call:ten-1",
+        ],
+        &["ten-1", "1", "60000", "1", "B", "5", "1", "100"],
+    );
     let refused = ten_keys.expect_err("a ten-key node's call is refused");
     assert!(
         refused.to_string().contains("another ticketd version"),
