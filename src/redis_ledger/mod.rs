@@ -201,34 +201,7 @@ pub fn decide(event: u32, call_id: &str, node: u16, replay_ttl_ms: u64, steps: &
     for key in state {
         cmd.arg(key);
     }
-    let mut kinds = String::with_capacity(steps.len());
-    let mut bought = String::with_capacity(32 * steps.len());
-    // itoa, not `write!`: formatting through core::fmt was a tenth of the node's time.
-    let mut digits = itoa::Buffer::new();
-    for step in steps {
-        kinds.push(match *step {
-            Step::Buy { qty: 1, .. } => 'B',
-            Step::Buy { .. } => 'b',
-            Step::Reserve { .. } => 'R',
-            Step::Confirm { .. } => 'C',
-            Step::Cancel { .. } => 'X',
-        });
-        if let Step::Buy {
-            user,
-            qty,
-            order_id,
-        } = *step
-        {
-            if !bought.is_empty() {
-                bought.push(',');
-            }
-            bought.push_str(digits.format(order_id));
-            bought.push(':');
-            bought.push_str(digits.format(user));
-            bought.push(':');
-            bought.push_str(digits.format(qty));
-        }
-    }
+    let (kinds, bought) = kinds_and_bought(steps);
     cmd.arg(keys.call(call_id))
         .arg(keys.meta())
         .arg(call_id)
@@ -257,6 +230,41 @@ pub fn decide(event: u32, call_id: &str, node: u16, replay_ttl_ms: u64, steps: &
         };
     }
     cmd
+}
+
+/// A letter per step (`B` a one-ticket BUY, `b` a BUY of more, `R`, `C`, `X`), and the
+/// BUYs' outbox text as the Lua publishes it when they all sell: `order_id:user:qty`
+/// joined by commas, in step order.
+fn kinds_and_bought(steps: &[Step]) -> (String, String) {
+    let mut kinds = String::with_capacity(steps.len());
+    let mut bought = String::with_capacity(32 * steps.len());
+    // itoa, not `write!`: formatting through core::fmt was a tenth of the node's time.
+    let mut digits = itoa::Buffer::new();
+    for step in steps {
+        kinds.push(match *step {
+            Step::Buy { qty: 1, .. } => 'B',
+            Step::Buy { .. } => 'b',
+            Step::Reserve { .. } => 'R',
+            Step::Confirm { .. } => 'C',
+            Step::Cancel { .. } => 'X',
+        });
+        if let Step::Buy {
+            user,
+            qty,
+            order_id,
+        } = *step
+        {
+            if !bought.is_empty() {
+                bought.push(',');
+            }
+            bought.push_str(digits.format(order_id));
+            bought.push(':');
+            bought.push_str(digits.format(user));
+            bought.push(':');
+            bought.push_str(digits.format(qty));
+        }
+    }
+    (kinds, bought)
 }
 
 /// Whether no user has two BUY/RESERVE steps in `steps`. The ledger's Lua relies on it
