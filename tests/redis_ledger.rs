@@ -757,6 +757,22 @@ fn a_malformed_decide_call_is_refused_before_any_change() {
             &["1", "60000", "1", "D", "B", "100:5:1", "5", "100", "7"][..],
             "operands",
         ),
+        // A step count no call could have (checked before the kinds are compared).
+        (
+            "m5",
+            &["1", "60000", "1000000000000", "D", "B", "", "5", "100"][..],
+            "step count",
+        ),
+        (
+            "m6",
+            &["1", "60000", "-1", "D", "B", "", "5"][..],
+            "step count",
+        ),
+        (
+            "m7",
+            &["1", "60000", "one", "D", "B", "", "5"][..],
+            "step count",
+        ),
     ] {
         let refused = call(&mut c, id, args).expect_err(id);
         assert!(refused.to_string().contains(why), "{id}: {refused}");
@@ -767,7 +783,7 @@ fn a_malformed_decide_call_is_refused_before_any_change() {
     // The same call well formed sells.
     assert!(call(
         &mut c,
-        "m5",
+        "ok",
         &["1", "60000", "1", "D", "B", "100:5:1", "5", "100"]
     )
     .is_ok());

@@ -95,8 +95,7 @@ end
 --   b.entry[user]  the entry of a user changed during the call (false: none left);
 --   b.named[user]  entries read by name, for users who are not a step's (a hold's
 --                  owner when it is confirmed, cancelled or expires);
---   b.changed      the users of b.entry in the order they first changed (a user may be
---                  there twice: harmless, `save` writes the final entry each time);
+--   b.changed      the users of b.entry, each once, in the order they first changed;
 --   b.pairs        user, entry, user, entry, …: entries ticketd_decide changed by
 --                  position (see there), written as they are.
 -- A step's user reads b.entry first, then `at`; anyone else b.entry, then b.named
@@ -467,7 +466,12 @@ redis.register_function('ticketd_decide', function(keys, args)
   local call, node, replay_ttl, n = args[1], args[2], tonumber(args[3]), tonumber(args[4])
   local distinct, kinds, bought = args[5] == 'D', args[6], args[7]
   -- The kinds must name every step, and the arguments hold exactly their operands.
-  if not n then return redis.error_reply('ticketd: the step count is not a number') end
+  -- (A step has at least one argument, so a count above #args is no count: and it must
+  -- be checked before string.rep makes a string that long.)
+  if not n or n < 0 or n ~= math.floor(n) or n > #args then
+    return redis.error_reply('ticketd: the step count ' .. tostring(args[4]) ..
+      ' is not a count of the call\'s steps')
+  end
   local nu, operands, settles = 0, 0, false
   local all_one_buys = kinds == string.rep('B', n)
   if all_one_buys then
