@@ -708,6 +708,84 @@ fn a_call_longer_than_one_read_decides_every_step_by_its_own_entry() {
     assert_eq!(meta(&mut c, 1), vec![10_000, 2500, 0]);
 }
 
+/// Redis cannot undo a call's writes when a command in it fails. The two keys a call
+/// writes without reading first — the outbox stream and the hold index — are checked up
+/// front, so a wrong-typed one (someone else wrote it) fails the call before it changes
+/// anything: no buyer recorded for a sale never acknowledged, no hold without its index.
+#[test]
+fn a_wrong_typed_outbox_or_hold_index_fails_the_call_before_any_change() {
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    init(&mut c, 1, 10, 1, 60_000);
+    init(&mut c, 2, 10, 1, 60_000);
+    let holds_of = |c: &mut Connection, event: u32| -> usize {
+        redis::cmd("HLEN")
+            .arg(format!("{{ev:{event}}}:holds"))
+            .query(c)
+            .unwrap()
+    };
+    let orders_key = EventKeys::new(1).orders();
+    let _: () = redis::cmd("SET")
+        .arg(&orders_key)
+        .arg("not a stream")
+        .query(&mut c)
+        .unwrap();
+    let failed = redis_ledger::decide(1, "w1", 1, 60_000, &[buy(5, 100)]).query::<Value>(&mut c);
+    let failed = failed.expect_err("a string where the outbox stream should be");
+    assert!(failed.to_string().contains("not a stream"), "{failed}");
+    assert_eq!(buyer_entry(&mut c, 1, 5), None, "no buyer recorded");
+    assert_eq!(meta(&mut c, 1), vec![10, 0, 0]);
+    let _: () = redis::cmd("DEL").arg(&orders_key).query(&mut c).unwrap();
+
+    let _: () = redis::cmd("SET")
+        .arg("ticketd:hold-events")
+        .arg("not a hash")
+        .query(&mut c)
+        .unwrap();
+    let reserve = Step::Reserve {
+        user: 6,
+        qty: 1,
+        hold_id: 500,
+    };
+    let failed = redis_ledger::decide(1, "w2", 1, 60_000, &[buy(7, 101), reserve])
+        .query::<Value>(&mut c)
+        .expect_err("a string where the hold index should be");
+    assert!(failed.to_string().contains("not a hash"), "{failed}");
+    assert_eq!(holds_of(&mut c, 1), 0, "no hold without its index");
+    assert_eq!(buyer_entry(&mut c, 1, 7), None);
+    assert_eq!(meta(&mut c, 1), vec![10, 0, 0]);
+    let _: () = redis::cmd("DEL")
+        .arg("ticketd:hold-events")
+        .query(&mut c)
+        .unwrap();
+
+    // A settle over two events whose second outbox is wrong changes neither.
+    decide(&mut c, 1, 3, &[reserve]);
+    decide(
+        &mut c,
+        2,
+        4,
+        &[Step::Reserve {
+            user: 6,
+            qty: 1,
+            hold_id: 501,
+        }],
+    );
+    let _: () = redis::cmd("SET")
+        .arg(EventKeys::new(2).orders())
+        .arg("not a stream")
+        .query(&mut c)
+        .unwrap();
+    let confirm = |hold_id, order_id| Step::Confirm { hold_id, order_id };
+    let failed = redis_ledger::settle("w5", 1, 60_000, &[confirm(500, 600), confirm(501, 601)])
+        .query::<Value>(&mut c)
+        .expect_err("the second event's outbox is a string");
+    assert!(failed.to_string().contains("not a stream"), "{failed}");
+    assert_eq!(meta(&mut c, 1), vec![10, 0, 1], "event 1's hold still held");
+    assert_eq!(meta(&mut c, 2), vec![10, 0, 1]);
+    assert_eq!(outbox_len(&mut c, 1), 0);
+}
+
 /// A call the library cannot read — a kind it does not know, or operands that do not
 /// match the kinds — is refused with a message before anything changes.
 #[test]

@@ -285,6 +285,19 @@ local function order(k, id, user, qty_text, made)
   add_order(k.view, user, id, qty_text, entry_of(k.view, user))
 end
 
+-- Redis cannot undo a call's writes when a command in it fails, so every key is read
+-- before the call first writes it — a key of the wrong type then fails the call while it
+-- has changed nothing — except two a call only writes: the outbox stream (XADD at the
+-- end) and the hold index (HSET for each RESERVE). Their types are checked up front:
+-- nil when `key` is of type `want` or absent, else the error to return.
+local function wrong_type(key, want)
+  local found = redis.call('TYPE', key)
+  found = found.ok or found
+  if found == want or found == 'none' then return nil end
+  return redis.error_reply('ticketd: ' .. key .. ' is a ' .. tostring(found) .. ', not a ' ..
+    want .. ': nothing was changed (a key of the ledger was written by someone else?)')
+end
+
 -- One outbox entry for a call's orders of an event (one XADD per call, not per sale):
 -- fields node, call, and orders = "order_id:user:qty,...".
 local function publish(k, made, node, call)
@@ -472,7 +485,7 @@ redis.register_function('ticketd_decide', function(keys, args)
     return redis.error_reply('ticketd: the step count ' .. tostring(args[4]) ..
       ' is not a count of the call\'s steps')
   end
-  local nu, operands, settles = 0, 0, false
+  local nu, operands, settles, reserves = 0, 0, false, false
   local all_one_buys = kinds == string.rep('B', n)
   if all_one_buys then
     nu, operands = n, n
@@ -489,6 +502,7 @@ redis.register_function('ticketd_decide', function(keys, args)
       else
         settles = true
       end
+      if kind == KIND_RESERVE then reserves = true end
       operands = operands + more
     end
   end
@@ -498,6 +512,8 @@ redis.register_function('ticketd_decide', function(keys, args)
     return redis.error_reply('ticketd: ' .. n .. ' steps of kinds ' .. tostring(kinds) .. ' have ' ..
       (nu + operands) .. ' operands, the call sent ' .. (#args - users_at + 1))
   end
+  local bad = wrong_type(k.orders, 'stream') or (reserves and wrong_type(HOLD_INDEX, 'hash'))
+  if bad then return bad end
   local m = meta(k.meta)
   local event = string.match(k.meta, '^{ev:(%d+)}')
   local a = answers(n)
@@ -656,24 +672,32 @@ redis.register_function('ticketd_settle', function(keys, args)
   local now = now_ms()
   local touched = {}
   local a = answers(n)
+  -- Each step's event, and each event's state and outbox checked, before any write: a
+  -- call over several events must not fail in its second after changing its first.
+  local states = {}
   for i = 1, n do
-    local base = 4 + (i - 1) * 3
-    local kind, hold_id, order_id = args[base + 1], args[base + 2], args[base + 3]
+    local hold_id = args[4 + (i - 1) * 3 + 2]
     local event = redis.call('HGET', HOLD_INDEX, hold_id)
-    if not event then
-      answer(a, i, 'N')
-    else
+    if event then
       local state = touched[event]
       if not state then
         local k = event_keys('{ev:' .. event .. '}')
-        state = { k = k, m = meta(k.meta), made = outbox() }
+        local bad = wrong_type(k.orders, 'stream')
+        if bad then return bad end
+        state = { k = k, m = meta(k.meta), made = outbox(), event = event }
         touched[event] = state
       end
-      if not state.m then
-        answer(a, i, 'N')
-      else
-        settle(state.k, state.m, event, kind, hold_id, order_id, state.made, now, a, i)
-      end
+      states[i] = state
+    end
+  end
+  for i = 1, n do
+    local base = 4 + (i - 1) * 3
+    local kind, hold_id, order_id = args[base + 1], args[base + 2], args[base + 3]
+    local state = states[i]
+    if not state or not state.m then
+      answer(a, i, 'N')
+    else
+      settle(state.k, state.m, state.event, kind, hold_id, order_id, state.made, now, a, i)
     end
   end
   for _, state in pairs(touched) do
