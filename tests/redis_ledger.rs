@@ -708,10 +708,11 @@ fn a_call_longer_than_one_read_decides_every_step_by_its_own_entry() {
     assert_eq!(meta(&mut c, 1), vec![10_000, 2500, 0]);
 }
 
-/// Redis cannot undo a call's writes when a command in it fails. The two keys a call
-/// writes without reading first — the outbox stream and the hold index — are checked up
-/// front, so a wrong-typed one (someone else wrote it) fails the call before it changes
-/// anything: no buyer recorded for a sale never acknowledged, no hold without its index.
+/// Redis cannot undo a call's writes when a command in it fails. The keys a call may
+/// write before reading — the outbox stream, the hold index, and in a settle the
+/// deadlines and forget sets — are checked up front, so a wrong-typed one (someone else
+/// wrote it) fails the call before it changes anything: no buyer recorded for a sale
+/// never acknowledged, no hold without its index, no event of a settle half done.
 #[test]
 fn a_wrong_typed_outbox_or_hold_index_fails_the_call_before_any_change() {
     let redis = RedisServer::start();
@@ -784,6 +785,35 @@ fn a_wrong_typed_outbox_or_hold_index_fails_the_call_before_any_change() {
     assert_eq!(meta(&mut c, 1), vec![10, 0, 1], "event 1's hold still held");
     assert_eq!(meta(&mut c, 2), vec![10, 0, 1]);
     assert_eq!(outbox_len(&mut c, 1), 0);
+    // The same with its forget set (a settle runs no sweep that would read it first).
+    let _: () = redis::cmd("DEL")
+        .arg(EventKeys::new(2).orders())
+        .query(&mut c)
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("{ev:2}:forget")
+        .arg("not a zset")
+        .query(&mut c)
+        .unwrap();
+    let failed = redis_ledger::settle("w6", 1, 60_000, &[confirm(500, 600), confirm(501, 601)])
+        .query::<Value>(&mut c)
+        .expect_err("the second event's forget set is a string");
+    assert!(failed.to_string().contains("not a zset"), "{failed}");
+    assert_eq!(meta(&mut c, 1), vec![10, 0, 1]);
+    assert_eq!(meta(&mut c, 2), vec![10, 0, 1]);
+    // Put right, the same settle goes through.
+    let _: () = redis::cmd("DEL")
+        .arg("{ev:2}:forget")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(
+        settle(&mut c, 7, &[confirm(500, 600), confirm(501, 601)]),
+        vec![
+            Decision::Ordered { order_id: 600 },
+            Decision::Ordered { order_id: 601 }
+        ]
+    );
+    assert_eq!(outbox_len(&mut c, 1) + outbox_len(&mut c, 2), 2);
 }
 
 /// A call the library cannot read — a kind it does not know, or operands that do not

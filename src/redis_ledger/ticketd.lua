@@ -285,17 +285,25 @@ local function order(k, id, user, qty_text, made)
   add_order(k.view, user, id, qty_text, entry_of(k.view, user))
 end
 
--- Redis cannot undo a call's writes when a command in it fails, so every key is read
--- before the call first writes it — a key of the wrong type then fails the call while it
--- has changed nothing — except two a call only writes: the outbox stream (XADD at the
--- end) and the hold index (HSET for each RESERVE). Their types are checked up front:
--- nil when `key` is of type `want` or absent, else the error to return.
-local function wrong_type(key, want)
-  local found = redis.call('TYPE', key)
-  found = found.ok or found
-  if found == want or found == 'none' then return nil end
-  return redis.error_reply('ticketd: ' .. key .. ' is a ' .. tostring(found) .. ', not a ' ..
-    want .. ': nothing was changed (a key of the ledger was written by someone else?)')
+-- Redis cannot undo a call's writes when a command in it fails, so a key of the wrong
+-- type (someone else wrote it) must fail the call before its first write. Most keys are
+-- read before they are written; those a call may write first are checked up front: the
+-- outbox stream (XADD at the end), the hold index (HSET for a RESERVE, HDEL when the
+-- sweep forgets a hold), and in ticketd_settle, which runs no sweep, the deadlines and
+-- forget sets. `checks`: key, type, key, type, …; nil when each is of its type or
+-- absent, else the error to return.
+local function wrong_type(...)
+  local checks = { ... }
+  for i = 1, #checks, 2 do
+    local key, want = checks[i], checks[i + 1]
+    local found = redis.call('TYPE', key)
+    found = found.ok or found
+    if found ~= want and found ~= 'none' then
+      return redis.error_reply('ticketd: ' .. key .. ' is a ' .. tostring(found) .. ', not a ' ..
+        want .. ': nothing was changed (a key of the ledger was written by someone else?)')
+    end
+  end
+  return nil
 end
 
 -- One outbox entry for a call's orders of an event (one XADD per call, not per sale):
@@ -485,7 +493,7 @@ redis.register_function('ticketd_decide', function(keys, args)
     return redis.error_reply('ticketd: the step count ' .. tostring(args[4]) ..
       ' is not a count of the call\'s steps')
   end
-  local nu, operands, settles, reserves = 0, 0, false, false
+  local nu, operands, settles = 0, 0, false
   local all_one_buys = kinds == string.rep('B', n)
   if all_one_buys then
     nu, operands = n, n
@@ -502,7 +510,6 @@ redis.register_function('ticketd_decide', function(keys, args)
       else
         settles = true
       end
-      if kind == KIND_RESERVE then reserves = true end
       operands = operands + more
     end
   end
@@ -512,7 +519,7 @@ redis.register_function('ticketd_decide', function(keys, args)
     return redis.error_reply('ticketd: ' .. n .. ' steps of kinds ' .. tostring(kinds) .. ' have ' ..
       (nu + operands) .. ' operands, the call sent ' .. (#args - users_at + 1))
   end
-  local bad = wrong_type(k.orders, 'stream') or (reserves and wrong_type(HOLD_INDEX, 'hash'))
+  local bad = wrong_type(k.orders, 'stream', HOLD_INDEX, 'hash')
   if bad then return bad end
   local m = meta(k.meta)
   local event = string.match(k.meta, '^{ev:(%d+)}')
@@ -652,6 +659,8 @@ redis.register_function('ticketd_stock', function(keys, args)
   local wrong = version_error(keys, 9)
   if wrong then return wrong end
   local k = keys_of(keys)
+  local bad = wrong_type(HOLD_INDEX, 'hash')
+  if bad then return bad end
   local m = meta(k.meta)
   if not m then return { -1, -1, -1 } end
   sweep(k, m, now_ms())
@@ -682,7 +691,7 @@ redis.register_function('ticketd_settle', function(keys, args)
       local state = touched[event]
       if not state then
         local k = event_keys('{ev:' .. event .. '}')
-        local bad = wrong_type(k.orders, 'stream')
+        local bad = wrong_type(k.orders, 'stream', k.deadlines, 'zset', k.forget, 'zset')
         if bad then return bad end
         state = { k = k, m = meta(k.meta), made = outbox(), event = event }
         touched[event] = state
