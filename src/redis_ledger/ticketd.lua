@@ -27,7 +27,8 @@
 -- each function checks it gets its count: a node of an earlier version (which sends
 -- fewer) is refused before anything changes. ticketd_decide's compact steps (a letter
 -- per step, see there) came with an eleventh key, the meta key once more: a library of
--- the ten-key layout refuses this version's calls the same way. The other way round, an earlier library
+-- the ten-key layout refuses this version's ticketd_decide the same way (ticketd_settle
+-- and ticketd_stock did not change then). The other way round, an earlier library
 -- reads its replay key where this one's callers put a hash — the event's meta for
 -- ticketd_decide, ticketd:layout (made by every node's handshake) for ticketd_settle —
 -- so its first GET fails with WRONGTYPE, again before anything changes. Either way the
