@@ -347,7 +347,7 @@ end
 -- OK steps carry. The selling path writes no code for a BUY that sold (a store per sale,
 -- and a piece of the join): a step without one is 'O'.
 local function answers(n)
-  return { codes = {}, n = n, extras = {}, ne = 0 }
+  return { codes = {}, n = n, extras = {}, ne = 0, sold_buys = 0 }
 end
 
 local function answer(a, i, code, extra)
@@ -358,18 +358,30 @@ local function answer(a, i, code, extra)
   end
 end
 
+-- Returns nil when the steps without a code are not exactly the BUYs that sold
+-- (a.sold_buys): a path that forgot its answer must not become an OK.
 local function reply(a)
-  local codes, text = a.codes, nil
+  local codes, text, uncoded = a.codes, nil, 0
   if next(codes) == nil then
-    text = string.rep('O', a.n)
+    text, uncoded = string.rep('O', a.n), a.n
   else
     for i = 1, a.n do
-      if not codes[i] then codes[i] = 'O' end
+      if not codes[i] then
+        codes[i] = 'O'
+        uncoded = uncoded + 1
+      end
     end
     text = table.concat(codes, '', 1, a.n)
   end
+  if uncoded ~= a.sold_buys then return nil end
   if a.ne > 0 then text = text .. ' ' .. table.concat(a.extras, ' ', 1, a.ne) end
   return text
+end
+
+-- The error a call returns, before its last writes, when `reply` found a step unanswered.
+local function unanswered(a)
+  return redis.error_reply('ticketd: ' .. a.n .. ' steps, ' .. a.sold_buys .. ' BUYs sold, and ' ..
+    'the steps without an answer are not those: a bug in this library; nothing more written')
 end
 
 -- Whether qty more tickets for a user who has `entry` and the stock allow it: nil when
@@ -527,7 +539,7 @@ redis.register_function('ticketd_decide', function(keys, args)
   local a = answers(n)
   if not m then
     for i = 1, n do answer(a, i, 'N') end
-    return reply(a)
+    return reply(a) or unanswered(a)
   end
   local now = now_ms()
   sweep(k, m, now)
@@ -544,7 +556,7 @@ redis.register_function('ticketd_decide', function(keys, args)
   local codes, limit, total = a.codes, m.limit, m.total
   -- The selling path's counters as locals (a table field costs a lookup per use), put
   -- back into m, made and a around anything else that reads or changes them.
-  local sold, taken, mn = m.sold, m.sold + m.held, 0
+  local sold, taken, mn, sold_buys = m.sold, m.sold + m.held, 0, 0
   local j = 0
   for i = 1, n do
     local kind = KIND_BUY_ONE
@@ -567,7 +579,7 @@ redis.register_function('ticketd_decide', function(keys, args)
         code = 'S'
       end
       if code == 'O' then
-        sold, taken = sold + qty, taken + qty
+        sold, taken, sold_buys = sold + qty, taken + qty, sold_buys + 1
         if piecewise then
           made[mn + 1], made[mn + 2], made[mn + 3], made[mn + 4], made[mn + 5], made[mn + 6] =
             id, ':', user, ':', qty_text, ','
@@ -620,7 +632,9 @@ redis.register_function('ticketd_decide', function(keys, args)
       p = p + OPERANDS[kind]
     end
   end
-  m.sold, made.n, b.np, a.n = sold, mn, np, n
+  m.sold, made.n, b.np, a.n, a.sold_buys = sold, mn, np, n, sold_buys
+  local text = reply(a)
+  if not text then return unanswered(a) end
   save(b)
   if piecewise then
     publish(k, made, node, call)
@@ -628,7 +642,6 @@ redis.register_function('ticketd_decide', function(keys, args)
     redis.call('XADD', k.orders, '*', 'node', node, 'call', call, 'orders', bought)
   end
   redis.call('HSET', k.meta, 'sold', m.sold, 'held', m.held)
-  local text = reply(a)
   redis.call('SET', k.call, text, 'PX', replay_ttl)
   return text
 end)
@@ -710,6 +723,8 @@ redis.register_function('ticketd_settle', function(keys, args)
       settle(state.k, state.m, state.event, kind, hold_id, order_id, state.made, now, a, i)
     end
   end
+  local text = reply(a)
+  if not text then return unanswered(a) end
   for _, state in pairs(touched) do
     if state.m then
       save(state.k.view)
@@ -717,7 +732,6 @@ redis.register_function('ticketd_settle', function(keys, args)
       redis.call('HSET', state.k.meta, 'sold', state.m.sold, 'held', state.m.held)
     end
   end
-  local text = reply(a)
   redis.call('SET', keys[2], text, 'PX', replay_ttl)
   return text
 end)
