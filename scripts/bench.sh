@@ -67,6 +67,20 @@ stop_pid() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true;
 
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
+# Target 1's yardstick, Redis `INCR -P 64` (same pinning), measured beside the
+# all-selling rows (before and after them) as well as with the peers at the end: on a
+# shared host it moved 1.4-2.3 M/s between runs, so a ratio wants its figure from the
+# same minutes. Writes redis-benchmark's CSV to $1.
+redis_incr_p64() {
+  mkdir -p "$TMP/redis-ref"
+  taskset -c "$SERVER_CORE" redis-server --port $REDIS_PORT --bind 127.0.0.1 --dir "$TMP/redis-ref" \
+    --save '' --appendonly no --daemonize no > "$TMP/redis-ref/log" 2>&1 &
+  local pid=$!; PIDS+=("$pid")
+  for _ in $(seq 1 100); do redis-cli -p $REDIS_PORT ping >/dev/null 2>&1 && break; sleep 0.05; done
+  on_load redis-benchmark -p $REDIS_PORT -q --csv -t incr -n "$((REDIS_N * 5))" -c 50 -P 64 > "$1"
+  stop_pid "$pid"
+}
+
 if [ "$QUICK" = 1 ]; then
   RUSH_REQUESTS=100000; RUN=2s; RATES="40000 100000"; SWEEP_RUN=1s; SWEEP_ROUNDS=1
   CONNS=20000; SERVERS=2; AB_N=2000; WRK_RUN=2s; REDIS_N=200000; STARTUP_SALES=100000
@@ -86,6 +100,10 @@ start_ticketd --listen 127.0.0.1:$PORT --event 1:10000
 on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 1000 --depth 16 \
   --requests "$RUSH_REQUESTS" --users "$RUSH_REQUESTS" --json "$OUT/rush.json" | tee "$OUT/rush.txt"
 stop_pid "$TICKETD_PID"
+
+echo "== Redis INCR -P 64 before the all-selling rows (target 1's yardstick, beside them)"
+redis_incr_p64 "$OUT/redis-incr-p64-before.csv"
+cat "$OUT/redis-incr-p64-before.csv"
 
 echo "== throughput: endless stock, 64 connections x depth 64, $RUN (and its loop passes, from /stats)"
 start_ticketd --listen 127.0.0.1:$PORT --admin 127.0.0.1:$ADMIN_PORT --event 1:$ENDLESS
@@ -138,6 +156,10 @@ for mode in always off; do
   on_load "$BIN/batch-client" 127.0.0.1:$PORT 64 64 "${RUN%s}" 1 "$BATCH_THREADS" | tee "$OUT/batch-client-fsync-$mode.txt"
   stop_pid "$TICKETD_PID"
 done
+
+echo "== Redis INCR -P 64 after the all-selling rows"
+redis_incr_p64 "$OUT/redis-incr-p64-after.csv"
+cat "$OUT/redis-incr-p64-after.csv"
 
 echo "== start-up: recovering $STARTUP_SALES recorded sales"
 STARTUP_DIR=$(mktemp -d -p "$TMP" startup.XXXXXX)
