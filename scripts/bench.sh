@@ -67,6 +67,14 @@ stop_pid() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true;
 
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
+# The hypervisor's steal time so far, all vCPUs, in ms (/proc/stat's `cpu` line, its 8th
+# value). A loop pass of 20 ms in a run with a second of steal is the host's, not ours:
+# the rows whose figures it bends say how much there was (steal_note NAME after
+# `steal_from=$(steal_ms)`).
+CLK_TCK=$(getconf CLK_TCK)
+steal_ms() { awk -v hz="$CLK_TCK" '/^cpu / {printf "%d\n", $9 * 1000 / hz}' /proc/stat; }
+steal_note() { echo "{\"steal_ms\": $(( $(steal_ms) - steal_from ))}" > "$OUT/$1-steal.json"; cat "$OUT/$1-steal.json"; }
+
 # Target 1's yardstick, Redis `INCR -P 64` (same pinning), measured beside the
 # all-selling rows (before and after them) as well as with the peers at the end: on a
 # shared host it moved 1.4-2.3 M/s between runs, so a ratio wants its figure from the
@@ -107,8 +115,10 @@ cat "$OUT/redis-incr-p64-before.csv"
 
 echo "== throughput: endless stock, 64 connections x depth 64, $RUN (and its loop passes, from /stats)"
 start_ticketd --listen 127.0.0.1:$PORT --admin 127.0.0.1:$ADMIN_PORT --event 1:$ENDLESS
+steal_from=$(steal_ms)
 on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 64 --depth 64 \
   --duration "$RUN" --json "$OUT/throughput.json" | tee "$OUT/throughput.txt"
+steal_note throughput
 curl -s "http://127.0.0.1:$ADMIN_PORT/stats" > "$OUT/throughput-stats.txt" || true
 curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" > "$OUT/throughput-metrics.txt" || true
 grep loop_pass "$OUT/throughput-stats.txt" || true
@@ -118,8 +128,10 @@ stop_pid "$TICKETD_PID"
 # loop passes of a real sale, where the endless run above outgrows every presize.
 echo "== a sale that fits its table: $SALE_TICKETS tickets, as many new buyers, 64 x 64"
 start_ticketd --listen 127.0.0.1:$PORT --admin 127.0.0.1:$ADMIN_PORT --event 1:$SALE_TICKETS
+steal_from=$(steal_ms)
 on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 64 --depth 64 \
   --requests "$SALE_TICKETS" --json "$OUT/sale.json" | tee "$OUT/sale.txt"
+steal_note sale
 curl -s "http://127.0.0.1:$ADMIN_PORT/stats" > "$OUT/sale-stats.txt" || true
 grep loop_pass "$OUT/sale-stats.txt" || true
 stop_pid "$TICKETD_PID"
@@ -129,8 +141,10 @@ stop_pid "$TICKETD_PID"
 # hold paths (live holds, remembered ends, their snapshots) the BUY rows never touch.
 echo "== reserve then confirm: endless stock, 64 x 64, $RUN (and its loop passes)"
 start_ticketd --listen 127.0.0.1:$PORT --admin 127.0.0.1:$ADMIN_PORT --event 1:$ENDLESS
+steal_from=$(steal_ms)
 on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 64 --depth 64 \
   --duration "$RUN" --op reserve-confirm --json "$OUT/reserve-confirm.json" | tee "$OUT/reserve-confirm.txt"
+steal_note reserve-confirm
 curl -s "http://127.0.0.1:$ADMIN_PORT/stats" > "$OUT/reserve-confirm-stats.txt" || true
 grep loop_pass "$OUT/reserve-confirm-stats.txt" || true
 stop_pid "$TICKETD_PID"
@@ -265,8 +279,10 @@ start_ticketd --listen 127.0.0.1:$PORT --node-id 1 --event 1:$ENDLESS $LEDGER
 NODE1=$TICKETD_PID
 before=$(fcalls); before=${before:-0}
 usec_before=$(fcall_usec); usec_before=${usec_before:-0}
+steal_from=$(steal_ms)
 on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --shared-ledger --threads 1 --conns 64 --depth 64 \
   --duration "$RUN" --json "$OUT/ledger-throughput.json" | tee "$OUT/ledger-throughput.txt"
+steal_note ledger-throughput
 after=$(fcalls); usec_after=$(fcall_usec)
 echo "{\"fcalls\": $((after - before)), \"usec\": $((usec_after - usec_before))}" > "$OUT/ledger-throughput-calls.json"
 stop_pid "$NODE1"
