@@ -881,6 +881,19 @@ fn a_malformed_decide_call_is_refused_before_any_change() {
             &["1", "60000", "one", "D", "B", "", "5"][..],
             "step count",
         ),
+        // A quantity that is not a count of tickets (a `b` BUY, an `R`).
+        (
+            "m8",
+            &["1", "60000", "1", "D", "b", "100:5:x", "5", "x", "100"][..],
+            "not a count of tickets",
+        ),
+        (
+            "m9",
+            &[
+                "1", "60000", "2", "D", "BR", "100:5:1", "5", "6", "100", "0", "500",
+            ][..],
+            "not a count of tickets",
+        ),
     ] {
         let refused = call(&mut c, id, args).expect_err(id);
         assert!(refused.to_string().contains(why), "{id}: {refused}");
@@ -964,6 +977,25 @@ fn raw_decide(c: &mut Connection, keys: &[&str], args: &[&str]) -> redis::RedisR
         .query(c)
 }
 
+/// Another version's library loaded in this one's place, as a node of that version would.
+fn load_library(c: &mut Connection, library: &str) {
+    let _: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(library)
+        .query(c)
+        .unwrap();
+}
+
+/// The call failed with the library's "another version" refusal.
+fn refused_as_another_version(result: redis::RedisResult<Value>, what: &str) {
+    let refused = result.expect_err(what);
+    assert!(
+        refused.to_string().contains("another ticketd version"),
+        "{what}: {refused}"
+    );
+}
+
 /// The library of the layout before the buyers hash, as that version loaded it.
 const LIBRARY_BEFORE_BUYERS: &str = include_str!("fixtures/ticketd-library-before-buyers.lua");
 
@@ -991,11 +1023,7 @@ fn a_node_and_a_library_of_different_versions_refuse_each_other_unchanged() {
         ],
         &["old-1", "1", "60000", "1", "B", "5", "1", "100"],
     );
-    let refused = earlier.expect_err("an earlier node's call is refused");
-    assert!(
-        refused.to_string().contains("another ticketd version"),
-        "{refused}"
-    );
+    refused_as_another_version(earlier, "an earlier node's call is refused");
     let earlier_settle: redis::RedisResult<Value> = redis::cmd("FCALL")
         .arg("ticketd_settle")
         .arg(1)
@@ -1006,12 +1034,7 @@ fn a_node_and_a_library_of_different_versions_refuse_each_other_unchanged() {
 
     // This version's node against the earlier library, which another node reloaded.
     let _: () = redis_ledger::mark_layout().query(&mut c).unwrap();
-    let _: String = redis::cmd("FUNCTION")
-        .arg("LOAD")
-        .arg("REPLACE")
-        .arg(LIBRARY_BEFORE_BUYERS)
-        .query(&mut c)
-        .unwrap();
+    load_library(&mut c, LIBRARY_BEFORE_BUYERS);
     let decided: redis::RedisResult<Value> =
         redis_ledger::decide(1, "new-1", 1, 60_000, &[buy(6, 101)]).query(&mut c);
     assert!(
@@ -1064,24 +1087,14 @@ fn a_node_and_a_library_either_side_of_the_distinct_argument_refuse_each_other()
         ],
         &["ten-1", "1", "60000", "1", "B", "5", "1", "100"],
     );
-    let refused = ten_keys.expect_err("a ten-key node's call is refused");
-    assert!(
-        refused.to_string().contains("another ticketd version"),
-        "{refused}"
-    );
+    refused_as_another_version(ten_keys, "a ten-key node's call is refused");
     // This node against the ten-key library, which another node reloaded.
-    let _: String = redis::cmd("FUNCTION")
-        .arg("LOAD")
-        .arg("REPLACE")
-        .arg(LIBRARY_TEN_KEYS)
-        .query(&mut c)
-        .unwrap();
+    load_library(&mut c, LIBRARY_TEN_KEYS);
     let decided: redis::RedisResult<Value> =
         redis_ledger::decide(1, "new-1", 1, 60_000, &[buy(6, 101)]).query(&mut c);
-    let refused = decided.expect_err("this node's call is refused by the ten-key library");
-    assert!(
-        refused.to_string().contains("another ticketd version"),
-        "{refused}"
+    refused_as_another_version(
+        decided,
+        "this node's call is refused by the ten-key library",
     );
     assert_eq!(meta(&mut c, 1), vec![10, 0, 0], "nothing sold");
     assert_eq!(outbox_len(&mut c, 1), 0);

@@ -204,10 +204,15 @@ local function entry_of(b, user)
   return entry
 end
 
--- `entry`: the user's entry now.
-local function hold_more(b, user, qty, entry)
+-- An entry with qty more tickets held (fewer, for a negative qty).
+local function with_held(entry, qty)
   local held, list = split(entry)
-  set_entry(b, user, join(held + qty, list))
+  return join(held + qty, list)
+end
+
+-- Changes the tickets a user holds, by name (a hold's owner: see entry_of).
+local function hold_more(b, user, qty)
+  set_entry(b, user, with_held(entry_of(b, user), qty))
 end
 
 -- An entry with one more order (qty_text: its tickets as text).
@@ -217,11 +222,6 @@ local function with_order(entry, id, qty_text)
   local held, list = split(entry)
   if list ~= '' then list = list .. ',' .. order else list = order end
   return join(held, list)
-end
-
--- Adds an order to the user's entry (`entry`, now).
-local function add_order(b, user, id, qty_text, entry)
-  set_entry(b, user, with_order(entry, id, qty_text))
 end
 
 -- Writes back the changed entries: HSET of those left (after b.pairs: no user is in
@@ -255,7 +255,7 @@ end
 -- Ends a live hold without a sale: tickets and the user's room go back.
 local function release(k, m, id, h, state, now)
   m.held = m.held - h.qty
-  hold_more(k.view, h.user, -h.qty, entry_of(k.view, h.user))
+  hold_more(k.view, h.user, -h.qty)
   h.state = state
   redis.call('HSET', k.holds, id, format_hold(h))
   redis.call('ZREM', k.deadlines, id)
@@ -276,14 +276,19 @@ local function sweep(k, m, now)
   end
 end
 
+-- One order's pieces ("order_id:user:qty,") put into `made` after its piece `mn`;
+-- returns the pieces' count then.
+local function piece(made, mn, id, user, qty_text)
+  made[mn + 1], made[mn + 2], made[mn + 3], made[mn + 4], made[mn + 5], made[mn + 6] =
+    id, ':', user, ':', qty_text, ','
+  return mn + 6
+end
+
 -- The call's orders of an event, for its one outbox entry (`publish`): pieces of
 -- "order_id:user:qty,…", joined once at the end, so no string is made per sale.
 local function order(k, id, user, qty_text, made)
-  local n = made.n
-  made[n + 1], made[n + 2], made[n + 3], made[n + 4], made[n + 5], made[n + 6] =
-    id, ':', user, ':', qty_text, ','
-  made.n = n + 6
-  add_order(k.view, user, id, qty_text, entry_of(k.view, user))
+  made.n = piece(made, made.n, id, user, qty_text)
+  set_entry(k.view, user, with_order(entry_of(k.view, user), id, qty_text))
 end
 
 -- Redis cannot undo a call's writes when a command in it fails, so a key of the wrong
@@ -329,13 +334,9 @@ local function bought_pieces(args, kinds, nu, upto, made, mn)
   for i = 1, upto - 1 do
     local kind = string.byte(kinds, i)
     if kind == KIND_BUY_ONE then
-      made[mn + 1], made[mn + 2], made[mn + 3], made[mn + 4], made[mn + 5], made[mn + 6] =
-        args[p], ':', args[u], ':', '1', ','
-      mn = mn + 6
+      mn = piece(made, mn, args[p], args[u], '1')
     elseif kind == KIND_BUY then
-      made[mn + 1], made[mn + 2], made[mn + 3], made[mn + 4], made[mn + 5], made[mn + 6] =
-        args[p + 1], ':', args[u], ':', args[p], ','
-      mn = mn + 6
+      mn = piece(made, mn, args[p + 1], args[u], args[p])
     end
     if kind == KIND_BUY_ONE or kind == KIND_BUY or kind == KIND_RESERVE then u = u + 1 end
     p = p + OPERANDS[kind]
@@ -411,7 +412,7 @@ local function settle(k, m, event, kind, hold_id, order_id, made, now, a, i)
     redis.call('HSET', k.holds, hold_id, format_hold(h))
     redis.call('ZREM', k.deadlines, hold_id)
     redis.call('ZADD', k.forget, now + m.ttl, hold_id)
-    hold_more(k.view, h.user, -h.qty, entry_of(k.view, h.user))
+    hold_more(k.view, h.user, -h.qty)
     order(k, order_id, h.user, tostring(h.qty), made)
     return answer(a, i, 'O', order_id)
   end
@@ -532,6 +533,22 @@ redis.register_function('ticketd_decide', function(keys, args)
     return redis.error_reply('ticketd: ' .. n .. ' steps of kinds ' .. tostring(kinds) .. ' have ' ..
       (nu + operands) .. ' operands, the call sent ' .. (#args - users_at + 1))
   end
+  -- And every quantity a count of tickets, so no step fails half-way through the call.
+  -- (The common call has none: its BUYs are of one ticket.)
+  if not all_one_buys then
+    local q = p
+    for i = 1, n do
+      local kind = string.byte(kinds, i)
+      if kind == KIND_BUY or kind == KIND_RESERVE then
+        local qty = tonumber(args[q])
+        if not qty or qty < 1 or qty ~= math.floor(qty) then
+          return redis.error_reply('ticketd: step ' .. i .. ' asks for ' .. tostring(args[q]) ..
+            ' tickets, not a count of tickets')
+        end
+      end
+      q = q + OPERANDS[kind]
+    end
+  end
   local bad = wrong_type(k.orders, 'stream', HOLD_INDEX, 'hash')
   if bad then return bad end
   local m = meta(k.meta)
@@ -580,11 +597,7 @@ redis.register_function('ticketd_decide', function(keys, args)
       end
       if code == 'O' then
         sold, taken, sold_buys = sold + qty, taken + qty, sold_buys + 1
-        if piecewise then
-          made[mn + 1], made[mn + 2], made[mn + 3], made[mn + 4], made[mn + 5], made[mn + 6] =
-            id, ':', user, ':', qty_text, ','
-          mn = mn + 6
-        end
+        if piecewise then mn = piece(made, mn, id, user, qty_text) end
         local now_entry = id
         if entry or qty ~= 1 then now_entry = with_order(entry, id, qty_text) end
         if positional then
@@ -592,11 +605,13 @@ redis.register_function('ticketd_decide', function(keys, args)
         else
           set_entry(b, user, now_entry)
         end
-      elseif not piecewise then
-        piecewise = true
-        mn = bought_pieces(args, kinds, nu, i, made, mn)
+      else
+        codes[i] = code
+        if not piecewise then
+          piecewise = true
+          mn = bought_pieces(args, kinds, nu, i, made, mn)
+        end
       end
-      if code ~= 'O' then codes[i] = code end
       p = p + OPERANDS[kind]
     else
       m.sold, made.n = sold, mn
@@ -611,11 +626,11 @@ redis.register_function('ticketd_decide', function(keys, args)
           answer(a, i, no)
         else
           m.held = m.held + qty
-          local held, list = split(entry)
+          local now_entry = with_held(entry, qty)
           if positional then
-            pairs_out[np + 1], pairs_out[np + 2], np = user, join(held + qty, list), np + 2
+            pairs_out[np + 1], pairs_out[np + 2], np = user, now_entry, np + 2
           else
-            set_entry(b, user, join(held + qty, list))
+            set_entry(b, user, now_entry)
           end
           redis.call('HSET', k.holds, id, format_hold({ user = user, qty = qty,
                      expires = expires, state = 'A', order = '0' }))
