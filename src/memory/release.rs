@@ -165,4 +165,94 @@ mod tests {
         .join()
         .unwrap();
     }
+
+    /// Whether glibc's header before `block` (the chunk's size word) marks it as mapped
+    /// on its own rather than carved from a heap.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn mapped_on_its_own(block: *mut u8) -> bool {
+        const IS_MMAPPED: usize = 0x2;
+        // SAFETY: glibc keeps every chunk's size word just before the block it returns.
+        unsafe { block.cast::<usize>().sub(1).read() & IS_MMAPPED != 0 }
+    }
+
+    #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn a_large_block_carved_from_the_heap_goes_back_without_harming_its_neighbours() {
+        // glibc serves blocks under its mmap threshold from a heap, next to other
+        // chunks, and raises that threshold (up to 32 MiB) to the size of a mapped block
+        // freed: after a 16 MiB block comes and goes, 6 MiB comes from a heap. Such a
+        // block's first and last pages are shared with its neighbours' headers; only the
+        // whole pages inside it may be dropped.
+        std::thread::spawn(|| {
+            defer_large_frees();
+            let alloc = LargeBlockAlloc;
+            let big = Layout::from_size_align(16 << 20, 8).unwrap();
+            // SAFETY: plain allocations, each freed with its own layout.
+            unsafe { alloc.dealloc(alloc.alloc(big), big) };
+            while waiting() > 0 {
+                release_some(64 << 20);
+            }
+            let size = (6 << 20) + 40;
+            let layout = Layout::from_size_align(size, 8).unwrap();
+            let small = Layout::from_size_align(200, 8).unwrap();
+            // SAFETY: as above; each block is written only within its own size.
+            let (before, block, after) = unsafe {
+                let before = alloc.alloc(small);
+                let block = alloc.alloc(layout);
+                let after = alloc.alloc(small);
+                before.write_bytes(0xAB, 200);
+                block.write_bytes(1, size);
+                after.write_bytes(0xCD, 200);
+                (before, block, after)
+            };
+            assert!(!before.is_null() && !block.is_null() && !after.is_null());
+            assert!(
+                !mapped_on_its_own(block),
+                "the 6 MiB block was mapped on its own: this test needs one from a heap"
+            );
+            let addr = block as usize;
+            let resident = resident_pages(addr, size);
+            // SAFETY: as above.
+            unsafe { alloc.dealloc(block, layout) };
+            assert_eq!(waiting(), 1, "the free waits");
+            let mut passes = 0;
+            while waiting() > 0 {
+                release_some(2 << 20);
+                passes += 1;
+                assert!(passes <= 4, "6 MiB in 2 MiB steps takes 3 or 4 passes");
+                if waiting() > 0 {
+                    let left = resident_pages(addr, size);
+                    assert!(
+                        left < resident,
+                        "a step dropped pages: {resident} -> {left}"
+                    );
+                }
+            }
+            // SAFETY: `before` and `after` are live blocks of 200 bytes.
+            let (b, a) = unsafe {
+                (
+                    std::slice::from_raw_parts(before, 200),
+                    std::slice::from_raw_parts(after, 200),
+                )
+            };
+            assert!(b.iter().all(|&x| x == 0xAB), "the block before is intact");
+            assert!(a.iter().all(|&x| x == 0xCD), "the block after is intact");
+            // The heap takes the space back and hands it out again, whole and writable.
+            // SAFETY: as above.
+            unsafe {
+                let again = alloc.alloc(layout);
+                assert!(!again.is_null());
+                again.write_bytes(7, size);
+                assert_eq!(again.add(size - 1).read(), 7);
+                alloc.dealloc(again, layout);
+                alloc.dealloc(before, small);
+                alloc.dealloc(after, small);
+            }
+            while waiting() > 0 {
+                release_some(64 << 20);
+            }
+        })
+        .join()
+        .unwrap();
+    }
 }
