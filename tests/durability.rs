@@ -88,9 +88,28 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-fn append(path: &Path, bytes: &[u8]) {
-    let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
-    file.write_all(bytes).unwrap();
+/// Where a segment's records end: its length, or where the zeros a zero-tailed segment
+/// (`--fsync always`) is written ahead with begin.
+fn data_end(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    let mut at = HEADER_LEN;
+    while let Some(frame) = bytes.get(at..at + 8) {
+        let len = u16::from_be_bytes([frame[0], frame[1]]);
+        let whole = at + 8 + usize::from(len) <= bytes.len();
+        if len != !u16::from_be_bytes([frame[2], frame[3]]) || !whole {
+            break;
+        }
+        at += 8 + usize::from(len);
+    }
+    at as u64
+}
+
+/// Writes `bytes` where the segment's records end, as the server's next write would: over
+/// the zeros written ahead, or at the end of an appended segment.
+fn plant(path: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(bytes, data_end(path)).unwrap();
 }
 
 /// The sales in the snapshot a segment starts with.
@@ -128,9 +147,13 @@ fn stop(server: TicketdProcess) -> String {
 
 /// A data dir where a one-shard node sold event 1 (100 tickets) to users 1..=10 and
 /// was stopped cleanly, and the arguments to start it again.
-fn ten_sales_then_stopped() -> (tempfile::TempDir, [&'static str; 4]) {
+fn ten_sales_then_stopped() -> (tempfile::TempDir, [&'static str; 6]) {
+    ten_sales_then_stopped_with("always")
+}
+
+fn ten_sales_then_stopped_with(fsync: &'static str) -> (tempfile::TempDir, [&'static str; 6]) {
     let dir = tempfile::tempdir().unwrap();
-    let args = ["--event", "1:100", "--shards", "1"];
+    let args = ["--event", "1:100", "--shards", "1", "--fsync", fsync];
     let server = start(dir.path(), &args);
     let mut c = Client::connect(server.addr);
     for user in 1..=10 {
@@ -454,10 +477,25 @@ fn a_restart_with_another_shard_count_gives_users_and_holds_to_their_new_owners(
 
 #[test]
 fn a_torn_tail_is_cut_off_with_a_warning_naming_file_and_offset() {
-    let (dir, args) = ten_sales_then_stopped();
+    // A zero-tailed segment (overwritten) and an appended one.
+    for fsync in ["always", "off"] {
+        torn_tail_is_cut_off(fsync);
+    }
+}
+
+fn torn_tail_is_cut_off(fsync: &'static str) {
+    let (dir, args) = ten_sales_then_stopped_with(fsync);
     // Half of a record, as a crash mid-write leaves it.
     let file = segments(dir.path()).remove(0);
-    let clean_len = std::fs::metadata(&file).unwrap().len();
+    let clean_len = data_end(&file);
+    if fsync == "off" {
+        assert_eq!(clean_len, std::fs::metadata(&file).unwrap().len());
+    } else {
+        assert!(
+            clean_len < std::fs::metadata(&file).unwrap().len(),
+            "zeros ahead"
+        );
+    }
     let mut record = BytesMut::new();
     Record::Sale(OrderRec {
         order_id: 999,
@@ -467,7 +505,7 @@ fn a_torn_tail_is_cut_off_with_a_warning_naming_file_and_offset() {
         unix_ms: 1,
     })
     .encode(&mut record);
-    append(&file, &record[..record.len() / 2]);
+    plant(&file, &record[..record.len() / 2]);
 
     let server = start(dir.path(), &args);
     let log = server.log_text();
@@ -506,6 +544,96 @@ fn a_flipped_byte_mid_file_refuses_to_start_and_says_what_to_do() {
     assert!(error.contains("damaged at byte"), "{error}");
     assert!(error.contains(&file.display().to_string()), "{error}");
     assert!(error.contains("backup"), "{error}");
+    let (clean, report) = audit(dir.path());
+    assert!(!clean && report.contains("damaged"), "{report}");
+}
+
+/// The number of the last commit mark in a zero-tailed segment.
+fn last_mark(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    let end = data_end(path) as usize;
+    let mut at = HEADER_LEN;
+    let mut last = 0;
+    while at < end {
+        let len = usize::from(u16::from_be_bytes([bytes[at], bytes[at + 1]]));
+        for record in Record::decode(&bytes[at + 8..at + 8 + len]).unwrap() {
+            if let Record::Commit { seq } = record {
+                last = seq;
+            }
+        }
+        at += 8 + len;
+    }
+    last
+}
+
+/// One write as the server makes it: a sale of `user`, closed by commit mark `seq`.
+fn a_write(user: u64, seq: u64) -> BytesMut {
+    let mut write = BytesMut::new();
+    Record::Sale(OrderRec {
+        order_id: 999,
+        event_id: 1,
+        user,
+        qty: 1,
+        unix_ms: 1,
+    })
+    .encode(&mut write);
+    Record::Commit { seq }.encode(&mut write);
+    write
+}
+
+#[test]
+fn an_overwrite_cut_short_with_a_hole_is_dropped_and_damage_before_a_later_write_refused() {
+    // A crash during an overwrite can keep any of its sectors: here the write's first
+    // bytes are still zeros and the rest, its mark included, landed.
+    let (dir, args) = ten_sales_then_stopped();
+    let file = segments(dir.path()).remove(0);
+    let (end, last) = (data_end(&file), last_mark(&file));
+    assert!(
+        last >= 10,
+        "one marked write per acknowledged sale at least: {last}"
+    );
+    let mut write = a_write(99, last + 1);
+    write[..20].fill(0);
+    plant(&file, &write);
+    let server = start(dir.path(), &args);
+    let log = server.log_text();
+    assert!(
+        log.contains("cut short") && log.contains(&format!("offset={end}")),
+        "{log}"
+    );
+    let mut c = Client::connect(server.addr);
+    assert_eq!(
+        c.stock(1),
+        (100, 90),
+        "every acknowledged sale, nothing more"
+    );
+    assert_eq!(
+        c.buy(1, 99, 1).status,
+        Status::Ok,
+        "the cut write's sale never happened"
+    );
+    stop(server);
+
+    // Damage to a finished write with a later write after it is not a crash's doing: the
+    // later write was begun only once the damaged one was synced (and answered).
+    let (dir, _) = ten_sales_then_stopped();
+    let file = segments(dir.path()).remove(0);
+    let (end, last) = (data_end(&file) as usize, last_mark(&file));
+    let mut bytes = std::fs::read(&file).unwrap();
+    // Inside the sale record just before the last mark (a mark's frame is 17 bytes).
+    bytes[end - 17 - 4] ^= 0x10;
+    std::fs::write(&file, &bytes).unwrap();
+    plant(&file, &a_write(98, last + 1));
+    let error = TicketdProcess::try_spawn(&[
+        "--data-dir".into(),
+        dir.path().display().to_string(),
+        "--event".into(),
+        "1:100".into(),
+    ])
+    .err()
+    .expect("ticketd refuses to start");
+    assert!(error.contains("damaged at byte"), "{error}");
+    assert!(error.contains("later write"), "{error}");
     let (clean, report) = audit(dir.path());
     assert!(!clean && report.contains("damaged"), "{report}");
 }
@@ -640,7 +768,7 @@ fn audit_finds_a_violation_planted_in_a_copy_of_a_journal() {
         unix_ms: 1,
     })
     .encode(&mut planted);
-    append(&segments(copy.path()).remove(0), &planted);
+    plant(&segments(copy.path()).remove(0), &planted);
     let (clean, report) = audit(copy.path());
     assert!(!clean, "{report}");
     assert!(
@@ -703,17 +831,15 @@ fn reservation_churn_rotates_segments_and_the_feed_follows_across_them() {
             bought.insert(ticketd::ids::IdText(order_id(&c.buy(1, round, 1))).to_string());
         }
     }
-    // 2,000 holds taken and cancelled is ~110 KB of records; rotation keeps the disk
-    // near the live state.
+    // 2,000 holds taken and cancelled is ~110 KB of records; rotation keeps the records
+    // on disk near the live state. (Each zero-tailed segment also has up to 4 MiB of
+    // zeros written ahead of its records: a constant, not churn.)
     let files = segments(dir.path());
-    let on_disk: u64 = files
-        .iter()
-        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
-        .sum();
-    eprintln!("{on_disk} bytes on disk in {files:?}");
+    let on_disk: u64 = files.iter().map(|p| data_end(p)).sum();
+    eprintln!("{on_disk} bytes of records on disk in {files:?}");
     assert!(
         on_disk < 40 * 1024,
-        "{on_disk} bytes on disk; log:\n{}",
+        "{on_disk} bytes of records on disk; log:\n{}",
         server.log_text()
     );
     assert!(

@@ -7,12 +7,19 @@
 //! record cut short at the end of a file is one still being written: the next poll
 //! reads it whole. Only orders whose records are in the file are reported, and a
 //! record reaches the file before its answer is sent.
+//!
+//! A zero-tailed segment (`record::tail`) is overwritten in place, so a poll can read a
+//! page of a write still zero and a later page of it already written. What follows the
+//! last whole record is judged by the same rule recovery uses; what the rule calls
+//! damage is reported only if the next poll still finds it (by then a write in
+//! progress has landed).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::record::{read_frame, Frame, Record, HEADER_LEN};
+use super::record::tail::{self, Tail};
+use super::record::{read_frame, FileHeader, Frame, Record, HEADER_LEN};
 use super::recovery::{snapshot_state, OrderRec, SnapshotState};
 use super::store::{self, SegmentName};
 use super::JournalError;
@@ -21,6 +28,13 @@ use super::JournalError;
 struct Cursor {
     path: PathBuf,
     offset: u64,
+    zero_tailed: bool,
+    /// Zero-tailed segments: where the last commit mark (or the snapshot) ends, once
+    /// read, and that mark's number.
+    base: Option<u64>,
+    last_seq: u64,
+    /// Where the tail rule saw damage on the last poll (reported if it is still there).
+    suspect: Option<u64>,
 }
 
 /// A reader of a data directory's orders.
@@ -95,6 +109,10 @@ impl Feed {
                 Cursor {
                     path: newest.path.clone(),
                     offset: HEADER_LEN as u64,
+                    zero_tailed: FileHeader::decode(&bytes).is_ok_and(|h| h.zero_tailed),
+                    base: None,
+                    last_seq: 0,
+                    suspect: None,
                 },
             );
         }
@@ -109,44 +127,78 @@ impl Feed {
         let Some(cursor) = self.cursors.get(&stream) else {
             return Ok(());
         };
-        let (path, start) = (cursor.path.clone(), cursor.offset);
+        let (path, start, zero_tailed) = (cursor.path.clone(), cursor.offset, cursor.zero_tailed);
+        let (mut base, mut last_seq, suspect) = (cursor.base, cursor.last_seq, cursor.suspect);
+        // From the last mark when records after it were read already: the tail rule
+        // measures from there.
+        let from = base.map_or(start, |b| b.min(start));
         let mut file = match std::fs::File::open(&path) {
             Ok(file) => file,
-            // Rotated away between listing and opening: the next poll follows it.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(JournalError::io(&path, e)),
         };
         let mut bytes = Vec::new();
-        file.seek(SeekFrom::Start(start))
+        file.seek(SeekFrom::Start(from))
             .and_then(|_| file.read_to_end(&mut bytes))
             .map_err(|e| JournalError::io(&path, e))?;
-        let mut used = 0;
+        let mut used = usize::try_from(start - from)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        let mut seen_damage = None;
         loop {
-            match read_frame(&bytes[used..]) {
+            let frame = read_frame(&bytes[used..]);
+            let frame = match (frame, base) {
+                (Frame::Record { .. } | Frame::End, _) => frame,
+                (_, Some(b)) if zero_tailed => {
+                    let b = usize::try_from(b - from).unwrap_or(usize::MAX);
+                    match tail::judge(&bytes, used, b, last_seq) {
+                        Tail::End | Tail::Torn => Frame::End,
+                        Tail::Damaged(why) if suspect == Some(from + used as u64) => {
+                            Frame::Corrupt { why }
+                        }
+                        Tail::Damaged(_) => {
+                            seen_damage = Some(from + used as u64);
+                            Frame::End
+                        }
+                    }
+                }
+                _ => frame,
+            };
+            match frame {
                 Frame::Record { body, len } => {
                     let records = Record::decode(body).map_err(|e| JournalError::Corrupt {
                         path: path.clone(),
-                        offset: start + used as u64,
+                        offset: from + used as u64,
                         why: e.to_string(),
                     })?;
                     for record in records {
+                        match record {
+                            Record::SnapshotEnd { .. } => base = Some(from + (used + len) as u64),
+                            Record::Commit { seq } => {
+                                last_seq = seq;
+                                base = Some(from + (used + len) as u64);
+                            }
+                            _ => {}
+                        }
                         self.apply(record, emit);
                     }
                     used += len;
                 }
-                // Still being written (or nothing new): read it next time.
                 Frame::End | Frame::TornTail => break,
                 Frame::Corrupt { why } => {
                     return Err(JournalError::Corrupt {
                         path,
-                        offset: start + used as u64,
+                        offset: from + used as u64,
                         why: why.to_owned(),
                     })
                 }
             }
         }
         if let Some(cursor) = self.cursors.get_mut(&stream) {
-            cursor.offset += used as u64;
+            cursor.offset = from + used as u64;
+            cursor.base = base;
+            cursor.last_seq = last_seq;
+            cursor.suspect = seen_damage;
         }
         Ok(())
     }

@@ -27,6 +27,7 @@ mod rotation;
 pub mod snapshot;
 pub mod store;
 pub mod writer;
+mod zeroed;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -143,6 +144,8 @@ pub struct OpenOptions<'a> {
     pub raise_totals: bool,
     pub now_unix_ms: u64,
     pub hold_ttl_ms: u64,
+    /// Write the new segments zero-tailed (`--fsync always`: `record::tail`).
+    pub zero_tailed: bool,
 }
 
 /// Locks `path`, recovers it, checks the `--event`s against it, and writes the next
@@ -171,6 +174,7 @@ pub fn open(path: &Path, options: &OpenOptions<'_>) -> Result<Opened, JournalErr
             stream: stream as u16,
             generation,
             segment: 0,
+            zero_tailed: options.zero_tailed,
         };
         let path = store::segment_path(dir.path(), &header);
         let mut bytes = BytesMut::new();

@@ -12,6 +12,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use super::record::tail::{self, Tail};
 use super::record::{read_frame, FileHeader, Frame, HoldEnd, Record, HEADER_LEN};
 use super::store::{self, Manifest, SegmentName};
 use super::JournalError;
@@ -188,15 +189,47 @@ fn replay_segment(
     }
     state.bytes += bytes.len() as u64;
     let mut offset = HEADER_LEN;
+    // Zero-tailed segments (record::tail): the end of the last commit mark, or of the
+    // opening snapshot, once read; and that mark's number.
+    let mut base: Option<usize> = None;
+    let mut last_seq = 0;
+    let corrupt = |offset: usize, why: String| JournalError::Corrupt {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        why,
+    };
     loop {
-        match read_frame(&bytes[offset..]) {
+        let frame = read_frame(&bytes[offset..]);
+        let frame = match (frame, base) {
+            (Frame::Record { .. } | Frame::End, _) => frame,
+            (_, Some(base)) if header.zero_tailed => {
+                match tail::judge(bytes, offset, base, last_seq) {
+                    Tail::End => Frame::End,
+                    Tail::Torn => Frame::TornTail,
+                    Tail::Damaged(why) => Frame::Corrupt { why },
+                }
+            }
+            _ => frame,
+        };
+        match frame {
             Frame::Record { body, len } => {
-                let records = Record::decode(body).map_err(|e| JournalError::Corrupt {
-                    path: path.to_path_buf(),
-                    offset: offset as u64,
-                    why: e.to_string(),
-                })?;
+                let records = Record::decode(body).map_err(|e| corrupt(offset, e.to_string()))?;
                 for record in records {
+                    match record {
+                        Record::SnapshotEnd { .. } => base = Some(offset + len),
+                        Record::Commit { seq } => {
+                            if seq <= last_seq {
+                                return Err(JournalError::Inconsistent {
+                                    path: path.to_path_buf(),
+                                    offset: offset as u64,
+                                    why: format!("commit mark {seq} after mark {last_seq}"),
+                                });
+                            }
+                            last_seq = seq;
+                            base = Some(offset + len);
+                        }
+                        _ => {}
+                    }
                     state.apply(record, manifest.node).map_err(|why| {
                         JournalError::Inconsistent {
                             path: path.to_path_buf(),
@@ -222,13 +255,7 @@ fn replay_segment(
                 });
                 return Ok(());
             }
-            Frame::Corrupt { why } => {
-                return Err(JournalError::Corrupt {
-                    path: path.to_path_buf(),
-                    offset: offset as u64,
-                    why: why.to_owned(),
-                })
-            }
+            Frame::Corrupt { why } => return Err(corrupt(offset, why.to_owned())),
         }
     }
 }
@@ -328,6 +355,8 @@ impl Recovered {
                 let mark = self.id_marks.entry(field).or_insert(0);
                 *mark = (*mark).max(seq);
             }
+            // Where a write ended (read by `replay_segment`'s tail rule): no state.
+            Record::Commit { .. } => {}
             Record::HoldsEnded {
                 first_id,
                 ended_ms,

@@ -222,6 +222,8 @@ mod tests {
             raise_totals: false,
             now_unix_ms,
             hold_ttl_ms: 60_000,
+            // These tests append sales by hand, as a writer of an appended segment does.
+            zero_tailed: false,
         }
     }
 

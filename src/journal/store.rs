@@ -216,9 +216,15 @@ pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), JournalErro
     write().map_err(|e| JournalError::io(&tmp, e))
 }
 
-/// A new, empty segment file, opened for appending.
+/// A new, empty segment file, opened for writing from its start (not for appending: a
+/// zero-tailed segment is overwritten where it was written ahead with zeros, and
+/// `pwrite` on a file opened to append appends wherever it is asked to write).
 pub fn create_segment_file(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create_new(true).append(true).open(path)
+    OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .read(true)
+        .open(path)
 }
 
 /// Makes a directory's entries (new, renamed or removed files) durable.
@@ -237,6 +243,7 @@ mod tests {
             stream: 2,
             generation: 3,
             segment: 4,
+            zero_tailed: false,
         };
         let path = segment_path(Path::new("/d"), &header);
         let name = path.file_name().unwrap().to_str().unwrap();

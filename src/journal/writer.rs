@@ -2,7 +2,9 @@
 //! loop never waits on the disk.
 //!
 //! The shard hands over one buffer of records per loop pass ([`Job`]). The writer takes
-//! every job that is waiting, writes them with one `write`, syncs as the fsync mode says,
+//! every job that is waiting, writes them with one `write` (in a zero-tailed segment,
+//! `--fsync always`: over zeros written ahead, closed by a commit mark — see
+//! [`super::record::tail`] — and synced before any next write), syncs as the fsync mode says,
 //! then publishes the highest job number now durable and wakes the shard, which releases
 //! the answers that waited for it. While a sync runs, the shard keeps deciding and its
 //! next jobs queue up, so a slower disk makes batches bigger, not the server slower.
@@ -17,23 +19,26 @@
 //! node-wide fail-stop flag is raised so no shard sells again until a restart.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use crossbeam_utils::CachePadded;
 use mio::Waker;
 
-use super::record::FileHeader;
+use super::record::tail::{self, MARK_LEN, WRITE_MAX};
+use super::record::{FileHeader, Record};
 use super::retired::Retired;
 use super::rotation::{Rotation, TakeOverError, Turn};
 use super::snapshot::SnapshotJob;
 use super::store;
+use super::zeroed::ZeroedAhead;
 use super::FsyncMode;
 use crate::stats::JournalCounters;
 
@@ -110,6 +115,8 @@ pub fn spawn(setup: WriterSetup) -> io::Result<WriterHandle> {
     let progress = Arc::new(Progress::default());
     let writer = Writer {
         progress: Arc::clone(&progress),
+        ahead: ZeroedAhead::new(setup.len),
+        next_mark: 1,
         setup,
         pending: Vec::new(),
         sync_due: None,
@@ -137,6 +144,10 @@ struct Writer {
     rotation: Option<Rotation>,
     /// The segment the last rotation replaced, while it is being deleted.
     retired: Option<Retired>,
+    /// Zero-tailed segments: the zeros written ahead of the data, and the number of the
+    /// next write's commit mark (over the writer's life, so it only grows).
+    ahead: ZeroedAhead,
+    next_mark: u64,
 }
 
 impl Writer {
@@ -242,6 +253,8 @@ impl Writer {
         }
         self.write_pending()?;
         match self.setup.mode {
+            // Each of its writes was synced before the next (`write_pending`).
+            FsyncMode::Always if self.setup.header.zero_tailed => Ok(()),
             FsyncMode::Always => self.sync_now(),
             FsyncMode::Batch => match self.sync_due {
                 // Under steady load a job is always waiting, so the wait for one never
@@ -261,12 +274,49 @@ impl Writer {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let started = Instant::now();
-        self.setup.file.write_all(&self.pending)?;
-        self.setup
-            .counters
-            .wrote(self.pending.len(), started.elapsed());
-        self.setup.len += self.pending.len() as u64;
+        if !self.setup.header.zero_tailed {
+            let started = Instant::now();
+            self.setup
+                .file
+                .write_all_at(&self.pending, self.setup.len)?;
+            self.setup
+                .counters
+                .wrote(self.pending.len(), started.elapsed());
+            self.setup.len += self.pending.len() as u64;
+            self.pending.clear();
+            return Ok(());
+        }
+        // A zero-tailed segment: writes of at most WRITE_MAX bytes, each closed by a
+        // commit mark and synced before the next (the rules of record::tail).
+        let mut from = 0;
+        while from < self.pending.len() {
+            let mut to = from + tail::frames_within(&self.pending[from..], WRITE_MAX - MARK_LEN);
+            if to == from {
+                to = self.pending.len();
+            }
+            let mut mark = BytesMut::with_capacity(MARK_LEN);
+            Record::Commit {
+                seq: self.next_mark,
+            }
+            .encode(&mut mark);
+            self.next_mark += 1;
+            let started = Instant::now();
+            let at = self.setup.len;
+            let records = &self.pending[from..to];
+            self.setup.file.write_all_at(records, at)?;
+            self.setup
+                .file
+                .write_all_at(&mark, at + records.len() as u64)?;
+            let wrote = records.len() + mark.len();
+            let zeros = self.ahead.past(at + wrote as u64);
+            if !zeros.is_empty() {
+                self.setup.file.write_all_at(zeros, at + wrote as u64)?;
+            }
+            self.setup.counters.wrote(wrote, started.elapsed());
+            self.setup.len += wrote as u64;
+            self.sync_now()?;
+            from = to;
+        }
         self.pending.clear();
         Ok(())
     }
@@ -385,6 +435,7 @@ impl Writer {
                 let old_file = std::mem::replace(&mut self.setup.file, file);
                 self.setup.header = header;
                 self.setup.len = len;
+                self.ahead = ZeroedAhead::new(len);
                 self.retire(old_file, &old_path);
                 true
             }
@@ -439,6 +490,7 @@ impl Writer {
 
 #[cfg(test)]
 mod tests {
+    use super::super::zeroed;
     use super::*;
 
     #[test]
@@ -449,6 +501,7 @@ mod tests {
             stream: 0,
             generation: 1,
             segment: 0,
+            zero_tailed: false,
         };
         let file = store::create_segment_file(&store::segment_path(dir.path(), &header)).unwrap();
         let poll = mio::Poll::new().unwrap();
@@ -465,6 +518,8 @@ mod tests {
                 fail_stop: Arc::new(AtomicBool::new(false)),
                 counters: Arc::clone(&counters),
             },
+            ahead: ZeroedAhead::new(0),
+            next_mark: 1,
             progress: Arc::clone(&progress),
             pending: Vec::new(),
             sync_due: None,
@@ -503,6 +558,125 @@ mod tests {
         assert!(
             syncs_while_busy >= 3,
             "{syncs_while_busy} syncs in {busy:?} of jobs always waiting"
+        );
+    }
+
+    /// A writer of a zero-tailed segment: `len` bytes of data so far, `--fsync always`.
+    fn zero_tailed_writer(dir: &Path, len: u64) -> (Writer, Arc<Progress>, mio::Poll) {
+        let header = FileHeader {
+            node: 1,
+            stream: 0,
+            generation: 1,
+            segment: 0,
+            zero_tailed: true,
+        };
+        let file = store::create_segment_file(&store::segment_path(dir, &header)).unwrap();
+        file.set_len(len).unwrap();
+        let poll = mio::Poll::new().unwrap();
+        let progress = Arc::new(Progress::default());
+        let writer = Writer {
+            setup: WriterSetup {
+                dir: dir.to_path_buf(),
+                file,
+                header,
+                len,
+                mode: FsyncMode::Always,
+                waker: Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap()),
+                fail_stop: Arc::new(AtomicBool::new(false)),
+                counters: Arc::new(CachePadded::new(JournalCounters::default())),
+            },
+            ahead: ZeroedAhead::new(len),
+            next_mark: 1,
+            progress: Arc::clone(&progress),
+            pending: Vec::new(),
+            sync_due: None,
+            rotation: None,
+            retired: None,
+        };
+        (writer, progress, poll)
+    }
+
+    /// Records `first..first + n` as one job's bytes.
+    fn job_of(first: u64, n: u64) -> Bytes {
+        let mut out = BytesMut::new();
+        for seq in first..first + n {
+            Record::IdMark { field: 2, seq }.encode(&mut out);
+        }
+        out.freeze()
+    }
+
+    /// The records and commit marks from `offset` on, and where the whole frames end.
+    fn frames_from(bytes: &[u8], offset: usize) -> (Vec<Record>, usize) {
+        let mut at = offset;
+        let mut records = Vec::new();
+        while let super::super::record::Frame::Record { body, len } =
+            super::super::record::read_frame(&bytes[at..])
+        {
+            records.extend(Record::decode(body).unwrap());
+            at += len;
+        }
+        (records, at)
+    }
+
+    #[test]
+    fn a_zero_tailed_segment_is_overwritten_in_marked_synced_writes_with_zeros_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = 100;
+        let (mut writer, progress, _poll) = zero_tailed_writer(dir.path(), start);
+        // Three commits: one job, two jobs, and one job too big for a single write.
+        let big = (WRITE_MAX / 19) as u64 + 1000;
+        let commits = [vec![(1, 10)], vec![(11, 5), (16, 5)], vec![(21, big)]];
+        let mut seq = 0;
+        for commit in &commits {
+            let first = seq + 1;
+            seq += commit.len() as u64;
+            let mut jobs = commit.iter().enumerate().map(|(i, &(from, n))| Job {
+                seq: first + i as u64,
+                work: Work::Append(job_of(from, n)),
+            });
+            let head = jobs.next().unwrap();
+            let (tx, rx) = crossbeam_channel::unbounded();
+            jobs.for_each(|job| tx.send(job).unwrap());
+            assert!(writer.take_jobs(head, &rx));
+            assert_eq!(progress.durable(), seq);
+        }
+        let len = writer.setup.len as usize;
+        let bytes = std::fs::read(store::segment_path(dir.path(), &writer.setup.header)).unwrap();
+        // Zeros, synced with the write that made them, lie ahead of the data.
+        assert!(
+            bytes.len() > len && bytes.len() <= len + zeroed::STEP,
+            "{} of {len}",
+            bytes.len()
+        );
+        assert!(bytes[len..].iter().all(|&b| b == 0));
+        assert_eq!(writer.ahead.end() as usize, bytes.len());
+        // The data: every record in order, each write closed by the next mark, the big
+        // commit cut into two writes.
+        let (records, end) = frames_from(&bytes, start as usize);
+        assert_eq!(end, len);
+        let marks: Vec<u64> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Commit { seq } => Some(*seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(marks, vec![1, 2, 3, 4]);
+        assert!(matches!(records.last(), Some(Record::Commit { seq: 4 })));
+        let ids: Vec<u64> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::IdMark { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ids, (1..21 + big).collect::<Vec<_>>());
+        // Four writes, four syncs: each before the next write.
+        assert_eq!(writer.setup.counters.syncs(), 4);
+        assert_eq!(
+            tail::judge(&bytes, len, len, 4),
+            tail::Tail::End,
+            "the reader's rule sees the end right after the last mark"
         );
     }
 }

@@ -91,6 +91,8 @@ pub(super) fn open_journal(
             raise_totals: journal_config.raise_totals,
             now_unix_ms: clock.unix_ms(started),
             hold_ttl_ms: u64::try_from(config.hold_ttl.as_millis()).unwrap_or(u64::MAX),
+            // Only where every write is synced before the next (journal::record::tail).
+            zero_tailed: journal_config.fsync == journal::FsyncMode::Always,
         },
     )?;
     let state = &opened.state;

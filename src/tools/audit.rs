@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::ids::IdText;
 use crate::journal::recovery::{self, Recovered};
+use crate::journal::JournalError;
 use crate::redis_ledger::EventKeys;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -103,7 +104,16 @@ pub fn audit_dir(dir: &std::path::Path) -> Report {
             .push(format!("{}: no such data dir", dir.display()));
         return report;
     }
-    let state = match recovery::recover(dir, None) {
+    // A zero-tailed segment is overwritten in place: one read of a running server's
+    // file can find a page of a write still zero and a later write's pages already
+    // there, which reads as damage. Such a read is gone a moment later; damage is not.
+    let state = match recovery::recover(dir, None).or_else(|first| match first {
+        JournalError::Corrupt { .. } => {
+            std::thread::sleep(Duration::from_millis(200));
+            recovery::recover(dir, None)
+        }
+        other => Err(other),
+    }) {
         Ok(state) => state,
         Err(e) => {
             report.violations.push(e.to_string());

@@ -2,18 +2,20 @@
 //!
 //! # Format
 //! A segment file starts with a 36-byte header:
-//! `magic "TICKETDJ" | version:u16 | node:u16 | stream:u16 | reserved:u16 |
+//! `magic "TICKETDJ" | version:u16 | node:u16 | stream:u16 | flags:u16 |
 //! generation:u64 | segment:u64 | crc32c(previous 32 bytes):u32`.
 //!
 //! Each record is `len:u16 | !len:u16 | crc32c(body):u32 | body[len]`, big-endian. The
 //! length is stored twice (plain and inverted) so a damaged length is recognised as
 //! damage instead of being read as a record cut short by a crash; the body starts with
-//! a kind byte. See `docs/DURABILITY.md` for every kind's fields.
+//! a kind byte. See `docs/DURABILITY.md` for every kind's fields, and [`tail`] for how a
+//! zero-tailed segment's end is read.
 
 use bytes::{Buf, BufMut, BytesMut};
 
 mod header;
 mod runs;
+pub mod tail;
 pub use header::{FileHeader, HeaderError, HEADER_LEN, MAGIC, MIN_VERSION, VERSION};
 pub use runs::{Entry, Run, RunEncoder, RunKind};
 
@@ -99,6 +101,11 @@ pub enum Record {
         order_id: u64,
         ended_ms: u64,
     },
+    /// Zero-tailed segments only: the end of one write, the writer's `seq`-th (counted
+    /// over its life, so marks only grow within a data dir's generation). Recovery uses
+    /// the marks to tell a write a crash cut short from damage ([`tail`]); it changes no
+    /// state.
+    Commit { seq: u64 },
 }
 
 mod kind {
@@ -118,6 +125,7 @@ mod kind {
     pub const ORDERS: u8 = 13;
     /// A run of holds taken, each read as a [`super::Record::HoldTaken`].
     pub const HOLDS_TAKEN: u8 = 14;
+    pub const COMMIT: u8 = 15;
 }
 
 mod end_code {
@@ -268,6 +276,10 @@ impl Record {
                 out.put_u64(order_id);
                 out.put_u64(ended_ms);
             }
+            Record::Commit { seq } => {
+                out.put_u8(kind::COMMIT);
+                out.put_u64(seq);
+            }
         }
     }
 
@@ -281,7 +293,7 @@ impl Record {
             return Err(error);
         };
         let need = match kind {
-            kind::SNAPSHOT_BEGIN | kind::SNAPSHOT_END => 8,
+            kind::SNAPSHOT_BEGIN | kind::SNAPSHOT_END | kind::COMMIT => 8,
             kind::EVENT => 4 + 8 + 2,
             kind::SALE | kind::HOLD_TAKEN => 8 + 4 + 8 + 2 + 8,
             kind::CONFIRMED => 24,
@@ -373,6 +385,7 @@ impl Record {
                 order_id: b.get_u64(),
                 ended_ms: b.get_u64(),
             },
+            kind::COMMIT => Record::Commit { seq: b.get_u64() },
             _ => Record::IdMark {
                 field: b.get_u16(),
                 seq: b.get_u64(),

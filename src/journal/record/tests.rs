@@ -55,6 +55,7 @@ fn every_kind() -> Vec<Record> {
             ended_ms: 32,
         },
         Record::IdMark { field: 33, seq: 34 },
+        Record::Commit { seq: 35 },
         Record::HoldsEnded {
             first_id: 35,
             ended_ms: 36,
@@ -122,6 +123,7 @@ fn headers_round_trip_and_refuse_damage() {
         stream: 1,
         generation: 3,
         segment: 9,
+        zero_tailed: true,
     };
     let mut buf = BytesMut::new();
     header.encode(&mut buf);
@@ -144,6 +146,7 @@ fn version_1_files_are_read_and_newer_ones_refused() {
         stream: 0,
         generation: 1,
         segment: 0,
+        zero_tailed: false,
     };
     let with_version = |version: u16| {
         let mut buf = BytesMut::new();
@@ -159,4 +162,20 @@ fn version_1_files_are_read_and_newer_ones_refused() {
         FileHeader::decode(&with_version(VERSION + 1)),
         Err(HeaderError::Version(VERSION + 1))
     );
+    // The flags came with version 4: before it the field was reserved, and a set bit
+    // there says nothing.
+    let tailed = FileHeader {
+        zero_tailed: true,
+        ..header
+    };
+    let flagged_as = |version: u16| {
+        let mut buf = BytesMut::new();
+        tailed.encode(&mut buf);
+        buf[8..10].copy_from_slice(&version.to_be_bytes());
+        let crc = crc32c::crc32c(&buf[..HEADER_LEN - 4]);
+        buf[HEADER_LEN - 4..].copy_from_slice(&crc.to_be_bytes());
+        buf
+    };
+    assert_eq!(FileHeader::decode(&flagged_as(3)), Ok(header));
+    assert_eq!(FileHeader::decode(&flagged_as(4)), Ok(tailed));
 }
