@@ -246,3 +246,88 @@ impl Feed {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use bytes::BytesMut;
+
+    use super::*;
+    use crate::journal::{open, EventDef, OpenOptions};
+
+    /// A data dir with one zero-tailed segment (its snapshot only): the dir, the file
+    /// and where its records end.
+    fn zero_tailed_dir() -> (tempfile::TempDir, std::fs::File, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let options = OpenOptions {
+            node: 1,
+            shards: 1,
+            events: &[EventDef {
+                event_id: 1,
+                total: 100,
+                per_user_limit: 1,
+            }],
+            raise_totals: false,
+            now_unix_ms: 1,
+            hold_ttl_ms: 60_000,
+            zero_tailed: true,
+        };
+        let stream = open(dir.path(), &options).unwrap().streams.remove(0);
+        (dir, stream.file, stream.len)
+    }
+
+    /// A write as the writer makes it: a sale of order `id`, closed by mark `seq`.
+    fn a_write(id: u64, seq: u64) -> BytesMut {
+        let mut out = BytesMut::new();
+        Record::Sale(OrderRec {
+            order_id: id,
+            event_id: 1,
+            user: id,
+            qty: 1,
+            unix_ms: 1,
+        })
+        .encode(&mut out);
+        Record::Commit { seq }.encode(&mut out);
+        out
+    }
+
+    fn poll(feed: &mut Feed) -> Result<Vec<u64>, JournalError> {
+        let mut ids = Vec::new();
+        feed.poll(&mut |order| ids.push(order.order_id))?;
+        Ok(ids)
+    }
+
+    #[test]
+    fn a_write_seen_half_landed_is_waited_for_and_damage_reported_when_it_stays() {
+        let (dir, file, len) = zero_tailed_dir();
+        file.write_all_at(&vec![0; 4096], len).unwrap();
+        let mut feed = Feed::new(dir.path());
+        let first = a_write(10, 1);
+        file.write_all_at(&first, len).unwrap();
+        assert_eq!(poll(&mut feed).unwrap(), vec![10]);
+
+        // The next write read while its first page is still zeros and the rest landed:
+        // a write in progress, read again at the next poll.
+        let at = len + first.len() as u64;
+        let second = a_write(11, 2);
+        file.write_all_at(&second[12..], at + 12).unwrap();
+        assert_eq!(poll(&mut feed).unwrap(), Vec::<u64>::new());
+        file.write_all_at(&second[..12], at).unwrap();
+        assert_eq!(poll(&mut feed).unwrap(), vec![11]);
+
+        // Damage in a write with a later write after it: reported, but only when the
+        // next poll still finds it (a single read can catch writes half landed).
+        let at = at + second.len() as u64;
+        let mut third = a_write(12, 3);
+        third[9] ^= 0xFF;
+        file.write_all_at(&third, at).unwrap();
+        file.write_all_at(&a_write(13, 4), at + third.len() as u64)
+            .unwrap();
+        assert_eq!(poll(&mut feed).unwrap(), Vec::<u64>::new());
+        match poll(&mut feed) {
+            Err(JournalError::Corrupt { why, .. }) => assert!(why.contains("later write"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
