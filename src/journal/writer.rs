@@ -308,9 +308,10 @@ impl Writer {
                 .file
                 .write_all_at(&mark, at + records.len() as u64)?;
             let wrote = records.len() + mark.len();
-            let zeros = self.ahead.past(at + wrote as u64);
-            if !zeros.is_empty() {
-                self.setup.file.write_all_at(zeros, at + wrote as u64)?;
+            let end = at + wrote as u64;
+            let zeros = self.ahead.past(end);
+            if !zeros.is_empty() && self.setup.file.write_all_at(zeros, end).is_err() {
+                self.ahead.failed(end);
             }
             self.setup.counters.wrote(wrote, started.elapsed());
             self.setup.len += wrote as u64;

@@ -19,6 +19,9 @@ pub struct ZeroedAhead {
     to: u64,
     /// One step of zeros, made at the first step.
     zeros: Vec<u8>,
+    /// Set once writing zeros failed (a full disk, a file-size limit): the data writes
+    /// that follow append, and fail on their own if there is no room for them either.
+    stopped: bool,
 }
 
 impl ZeroedAhead {
@@ -27,13 +30,14 @@ impl ZeroedAhead {
         ZeroedAhead {
             to: file_len,
             zeros: Vec::new(),
+            stopped: false,
         }
     }
 
     /// For a write whose records end at `end`: the zeros to write right after them when
     /// they run past those already written (none otherwise).
     pub fn past(&mut self, end: u64) -> &[u8] {
-        if end <= self.to {
+        if end <= self.to || self.stopped {
             return &[];
         }
         if self.zeros.is_empty() {
@@ -41,6 +45,17 @@ impl ZeroedAhead {
         }
         self.to = end + STEP as u64;
         &self.zeros
+    }
+
+    /// The zeros [`Self::past`] gave could not be written: the file holds zeros, or
+    /// nothing, past `end`; no more are tried. Writing them is only ever a saving, so
+    /// their failure is not the write's.
+    pub fn failed(&mut self, end: u64) {
+        tracing::warn!(
+            "could not write a journal segment ahead with zeros; appending to it from here on"
+        );
+        self.to = end;
+        self.stopped = true;
     }
 
     /// Where the zeros end.
