@@ -525,6 +525,18 @@ fn torn_tail_is_cut_off(fsync: &'static str) {
     stop(server);
 }
 
+/// What ticketd says when it refuses to start on `dir` (the ten-sales event).
+fn refused_start(dir: &Path) -> String {
+    TicketdProcess::try_spawn(&[
+        "--data-dir".into(),
+        dir.display().to_string(),
+        "--event".into(),
+        "1:100".into(),
+    ])
+    .err()
+    .expect("ticketd refuses to start")
+}
+
 #[test]
 fn a_flipped_byte_mid_file_refuses_to_start_and_says_what_to_do() {
     let (dir, _) = ten_sales_then_stopped();
@@ -533,14 +545,7 @@ fn a_flipped_byte_mid_file_refuses_to_start_and_says_what_to_do() {
     bytes[HEADER_LEN + 12] ^= 0x20;
     std::fs::write(&file, &bytes).unwrap();
 
-    let error = TicketdProcess::try_spawn(&[
-        "--data-dir".into(),
-        dir.path().display().to_string(),
-        "--event".into(),
-        "1:100".into(),
-    ])
-    .err()
-    .expect("ticketd refuses to start");
+    let error = refused_start(dir.path());
     assert!(error.contains("damaged at byte"), "{error}");
     assert!(error.contains(&file.display().to_string()), "{error}");
     assert!(error.contains("backup"), "{error}");
@@ -624,14 +629,7 @@ fn an_overwrite_cut_short_with_a_hole_is_dropped_and_damage_before_a_later_write
     bytes[end - 17 - 4] ^= 0x10;
     std::fs::write(&file, &bytes).unwrap();
     plant(&file, &a_write(98, last + 1));
-    let error = TicketdProcess::try_spawn(&[
-        "--data-dir".into(),
-        dir.path().display().to_string(),
-        "--event".into(),
-        "1:100".into(),
-    ])
-    .err()
-    .expect("ticketd refuses to start");
+    let error = refused_start(dir.path());
     assert!(error.contains("damaged at byte"), "{error}");
     assert!(error.contains("later write"), "{error}");
     let (clean, report) = audit(dir.path());

@@ -497,36 +497,8 @@ mod tests {
     #[test]
     fn batch_mode_syncs_within_its_interval_even_when_a_job_is_always_waiting() {
         let dir = tempfile::tempdir().unwrap();
-        let header = FileHeader {
-            node: 1,
-            stream: 0,
-            generation: 1,
-            segment: 0,
-            zero_tailed: false,
-        };
-        let file = store::create_segment_file(&store::segment_path(dir.path(), &header)).unwrap();
-        let poll = mio::Poll::new().unwrap();
-        let counters = Arc::new(CachePadded::new(JournalCounters::default()));
-        let progress = Arc::new(Progress::default());
-        let writer = Writer {
-            setup: WriterSetup {
-                dir: dir.path().to_path_buf(),
-                file,
-                header,
-                len: 0,
-                mode: FsyncMode::Batch,
-                waker: Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap()),
-                fail_stop: Arc::new(AtomicBool::new(false)),
-                counters: Arc::clone(&counters),
-            },
-            ahead: ZeroedAhead::new(0),
-            next_mark: 1,
-            progress: Arc::clone(&progress),
-            pending: Vec::new(),
-            sync_due: None,
-            rotation: None,
-            retired: None,
-        };
+        let (writer, progress, _poll) = test_writer(dir.path(), 0, FsyncMode::Batch, false);
+        let counters = Arc::clone(&writer.setup.counters);
         // A queue that is never empty until its end (a shard deciding faster than the
         // disk): 40 writes of 4 MiB, together far longer than the 5 ms interval.
         let (jobs, inbox) = crossbeam_channel::unbounded();
@@ -562,14 +534,19 @@ mod tests {
         );
     }
 
-    /// A writer of a zero-tailed segment: `len` bytes of data so far, `--fsync always`.
-    fn zero_tailed_writer(dir: &Path, len: u64) -> (Writer, Arc<Progress>, mio::Poll) {
+    /// A writer of a new segment file holding `len` bytes of data so far.
+    fn test_writer(
+        dir: &Path,
+        len: u64,
+        mode: FsyncMode,
+        zero_tailed: bool,
+    ) -> (Writer, Arc<Progress>, mio::Poll) {
         let header = FileHeader {
             node: 1,
             stream: 0,
             generation: 1,
             segment: 0,
-            zero_tailed: true,
+            zero_tailed,
         };
         let file = store::create_segment_file(&store::segment_path(dir, &header)).unwrap();
         file.set_len(len).unwrap();
@@ -581,7 +558,7 @@ mod tests {
                 file,
                 header,
                 len,
-                mode: FsyncMode::Always,
+                mode,
                 waker: Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap()),
                 fail_stop: Arc::new(AtomicBool::new(false)),
                 counters: Arc::new(CachePadded::new(JournalCounters::default())),
@@ -623,7 +600,7 @@ mod tests {
     fn a_zero_tailed_segment_is_overwritten_in_marked_synced_writes_with_zeros_ahead() {
         let dir = tempfile::tempdir().unwrap();
         let start = 100;
-        let (mut writer, progress, _poll) = zero_tailed_writer(dir.path(), start);
+        let (mut writer, progress, _poll) = test_writer(dir.path(), start, FsyncMode::Always, true);
         // Three commits: one job, two jobs, and one job too big for a single write.
         let big = (WRITE_MAX / 19) as u64 + 1000;
         let commits = [vec![(1, 10)], vec![(11, 5), (16, 5)], vec![(21, big)]];

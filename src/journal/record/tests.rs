@@ -148,7 +148,8 @@ fn version_1_files_are_read_and_newer_ones_refused() {
         segment: 0,
         zero_tailed: false,
     };
-    let with_version = |version: u16| {
+    // `header` as a build of `version` would have written it.
+    let written_as = |header: FileHeader, version: u16| {
         let mut buf = BytesMut::new();
         header.encode(&mut buf);
         buf[8..10].copy_from_slice(&version.to_be_bytes());
@@ -156,6 +157,7 @@ fn version_1_files_are_read_and_newer_ones_refused() {
         buf[HEADER_LEN - 4..].copy_from_slice(&crc.to_be_bytes());
         buf
     };
+    let with_version = |version: u16| written_as(header, version);
     assert_eq!(FileHeader::decode(&with_version(1)), Ok(header));
     assert_eq!(FileHeader::decode(&with_version(VERSION)), Ok(header));
     assert_eq!(
@@ -168,14 +170,6 @@ fn version_1_files_are_read_and_newer_ones_refused() {
         zero_tailed: true,
         ..header
     };
-    let flagged_as = |version: u16| {
-        let mut buf = BytesMut::new();
-        tailed.encode(&mut buf);
-        buf[8..10].copy_from_slice(&version.to_be_bytes());
-        let crc = crc32c::crc32c(&buf[..HEADER_LEN - 4]);
-        buf[HEADER_LEN - 4..].copy_from_slice(&crc.to_be_bytes());
-        buf
-    };
-    assert_eq!(FileHeader::decode(&flagged_as(3)), Ok(header));
-    assert_eq!(FileHeader::decode(&flagged_as(4)), Ok(tailed));
+    assert_eq!(FileHeader::decode(&written_as(tailed, 3)), Ok(header));
+    assert_eq!(FileHeader::decode(&written_as(tailed, 4)), Ok(tailed));
 }
