@@ -619,6 +619,24 @@ fn an_overwrite_cut_short_with_a_hole_is_dropped_and_damage_before_a_later_write
     );
     stop(server);
 
+    // A write whose records landed and whose mark did not is lost whole, as an append
+    // cut short is: its sale is not replayed.
+    let (dir, args) = ten_sales_then_stopped();
+    let file = segments(dir.path()).remove(0);
+    let (end, last) = (data_end(&file), last_mark(&file));
+    let write = a_write(97, last + 1);
+    plant(&file, &write[..write.len() - 17]);
+    let server = start(dir.path(), &args);
+    let log = server.log_text();
+    assert!(
+        log.contains("cut short") && log.contains(&format!("offset={end}")),
+        "{log}"
+    );
+    let mut c = Client::connect(server.addr);
+    assert_eq!(c.stock(1), (100, 90), "the unmarked sale is not replayed");
+    assert_eq!(c.buy(1, 97, 1).status, Status::Ok);
+    stop(server);
+
     // Damage to a finished write with a later write after it is not a crash's doing: the
     // later write was begun only once the damaged one was synced (and answered).
     let (dir, _) = ten_sales_then_stopped();
@@ -756,7 +774,9 @@ fn audit_finds_a_violation_planted_in_a_copy_of_a_journal() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
     }
-    // User 1 buys a second ticket (limit 1) under an order id already issued.
+    // User 1 buys a second ticket (limit 1) under an order id already issued, in a
+    // whole write (closed by the next commit mark, as the writer closes each).
+    let segment = segments(copy.path()).remove(0);
     let mut planted = BytesMut::new();
     Record::Sale(OrderRec {
         order_id: first,
@@ -766,7 +786,11 @@ fn audit_finds_a_violation_planted_in_a_copy_of_a_journal() {
         unix_ms: 1,
     })
     .encode(&mut planted);
-    plant(&segments(copy.path()).remove(0), &planted);
+    Record::Commit {
+        seq: last_mark(&segment) + 1,
+    }
+    .encode(&mut planted);
+    plant(&segment, &planted);
     let (clean, report) = audit(copy.path());
     assert!(!clean, "{report}");
     assert!(

@@ -193,6 +193,11 @@ fn replay_segment(
     // opening snapshot, once read; and that mark's number.
     let mut base: Option<usize> = None;
     let mut last_seq = 0;
+    // Zero-tailed segments: the records read since the last mark, applied when the next
+    // mark shows their write finished, dropped when none does (a write cut short is lost
+    // whole, as an append cut short is).
+    let mut unmarked: Vec<(usize, Record)> = Vec::new();
+    let zero_tailed = header.zero_tailed;
     let corrupt = |offset: usize, why: String| JournalError::Corrupt {
         path: path.to_path_buf(),
         offset: offset as u64,
@@ -202,13 +207,11 @@ fn replay_segment(
         let frame = read_frame(&bytes[offset..]);
         let frame = match (frame, base) {
             (Frame::Record { .. } | Frame::End, _) => frame,
-            (_, Some(base)) if header.zero_tailed => {
-                match tail::judge(bytes, offset, base, last_seq) {
-                    Tail::End => Frame::End,
-                    Tail::Torn => Frame::TornTail,
-                    Tail::Damaged(why) => Frame::Corrupt { why },
-                }
-            }
+            (_, Some(base)) if zero_tailed => match tail::judge(bytes, offset, base, last_seq) {
+                Tail::End => Frame::End,
+                Tail::Torn => Frame::TornTail,
+                Tail::Damaged(why) => Frame::Corrupt { why },
+            },
             _ => frame,
         };
         match frame {
@@ -227,37 +230,74 @@ fn replay_segment(
                             }
                             last_seq = seq;
                             base = Some(offset + len);
+                            for (at, earlier) in unmarked.drain(..) {
+                                apply_one(state, earlier, path, at, manifest.node)?;
+                            }
                         }
                         _ => {}
                     }
-                    state.apply(record, manifest.node).map_err(|why| {
-                        JournalError::Inconsistent {
-                            path: path.to_path_buf(),
-                            offset: offset as u64,
-                            why,
+                    match base {
+                        Some(b) if zero_tailed && !matches!(record, Record::Commit { .. }) => {
+                            if offset + len - b > tail::WRITE_MAX {
+                                return Err(corrupt(
+                                    offset,
+                                    "more than one write's records without a commit mark".into(),
+                                ));
+                            }
+                            if !matches!(record, Record::SnapshotEnd { .. }) {
+                                unmarked.push((offset, record));
+                                continue;
+                            }
+                            apply_one(state, record, path, offset, manifest.node)?;
                         }
-                    })?;
-                    state.records += 1;
+                        _ => apply_one(state, record, path, offset, manifest.node)?,
+                    }
                 }
                 offset += len;
             }
-            Frame::End => return Ok(()),
-            Frame::TornTail => {
+            Frame::End if unmarked.is_empty() => return Ok(()),
+            Frame::End | Frame::TornTail => {
+                // A zero-tailed segment's write cut short is dropped from its start.
+                let from = if unmarked.is_empty() {
+                    offset
+                } else {
+                    base.unwrap_or(offset)
+                };
                 tracing::warn!(
                     file = %path.display(),
-                    offset,
-                    dropped_bytes = bytes.len() - offset,
+                    offset = from,
+                    dropped_bytes = bytes.len() - from,
                     "journal ends with a record cut short (a crash mid-write); it was never acknowledged and is dropped"
                 );
                 state.torn.push(TornTail {
                     path: path.to_path_buf(),
-                    offset: offset as u64,
+                    offset: from as u64,
                 });
                 return Ok(());
             }
             Frame::Corrupt { why } => return Err(corrupt(offset, why.to_owned())),
         }
     }
+}
+
+/// Applies one replayed record, naming the file and offset of its frame on a
+/// contradiction.
+fn apply_one(
+    state: &mut Recovered,
+    record: Record,
+    path: &Path,
+    offset: usize,
+    node: u16,
+) -> Result<(), JournalError> {
+    state
+        .apply(record, node)
+        .map_err(|why| JournalError::Inconsistent {
+            path: path.to_path_buf(),
+            offset: offset as u64,
+            why,
+        })?;
+    state.records += 1;
+    Ok(())
 }
 
 impl Recovered {

@@ -18,7 +18,8 @@
 //! At most one write is ever unfinished, then, and it starts at the end of the last mark.
 //! At the first offset that does not hold a whole record ([`judge`]):
 //! - zeros from there to the end of the file: the end — quietly when it is right after a
-//!   mark; otherwise records whose mark never landed, a write cut short ([`Tail::Torn`]);
+//!   mark; otherwise records whose mark never landed, a write cut short ([`Tail::Torn`],
+//!   which recovery drops whole, from the last mark);
 //! - anything else must lie inside that one unfinished write: nothing but zeros from
 //!   [`WRITE_MAX`] past the last mark, no more than one write's bytes since it, and no
 //!   commit mark anywhere after the bad spot numbered beyond the unfinished write's own
