@@ -648,6 +648,24 @@ fn an_overwrite_cut_short_with_a_hole_is_dropped_and_damage_before_a_later_write
 }
 
 #[test]
+fn more_than_one_writes_records_without_a_mark_refuse_to_start() {
+    // The writer closes every write of at most 8 MiB with a commit mark, so whole,
+    // checksummed records running longer than that without one are not a crash's doing.
+    let (dir, _) = ten_sales_then_stopped();
+    let file = segments(dir.path()).remove(0);
+    let mut records = BytesMut::new();
+    let mut seq = 1_000;
+    while records.len() <= 9 << 20 {
+        Record::IdMark { field: 0, seq }.encode(&mut records);
+        seq += 1;
+    }
+    plant(&file, &records);
+    let error = refused_start(dir.path());
+    assert!(error.contains("damaged at byte"), "{error}");
+    assert!(error.contains("without a commit mark"), "{error}");
+}
+
+#[test]
 fn a_changed_event_refuses_to_start_unless_raised_on_purpose() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), &["--event", "1:100"]);

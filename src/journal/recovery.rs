@@ -236,19 +236,16 @@ fn replay_segment(
                         }
                         _ => {}
                     }
+                    // After the snapshot of a zero-tailed segment, a record waits for
+                    // the mark that ends its write.
+                    let waits = zero_tailed
+                        && !matches!(record, Record::Commit { .. } | Record::SnapshotEnd { .. });
                     match base {
-                        Some(b) if zero_tailed && !matches!(record, Record::Commit { .. }) => {
+                        Some(b) if waits => {
                             if offset + len - b > tail::WRITE_MAX {
-                                return Err(corrupt(
-                                    offset,
-                                    "more than one write's records without a commit mark".into(),
-                                ));
+                                return Err(corrupt(offset, tail::UNMARKED.into()));
                             }
-                            if !matches!(record, Record::SnapshotEnd { .. }) {
-                                unmarked.push((offset, record));
-                                continue;
-                            }
-                            apply_one(state, record, path, offset, manifest.node)?;
+                            unmarked.push((offset, record));
                         }
                         _ => apply_one(state, record, path, offset, manifest.node)?,
                     }

@@ -36,6 +36,10 @@ use super::{Record, RECORD_HEADER_LEN};
 /// The most bytes one write of a zero-tailed segment may hold, its mark included.
 pub const WRITE_MAX: usize = 8 << 20;
 
+/// Why more than a write's worth of records without a commit mark is damage (an honest
+/// writer marks every write of at most [`WRITE_MAX`] bytes).
+pub const UNMARKED: &str = "more than one write's records without a commit mark";
+
 /// Bytes of a commit mark's frame: the frame header and a kind byte and a u64.
 pub const MARK_LEN: usize = RECORD_HEADER_LEN + 9;
 
@@ -70,7 +74,7 @@ pub enum Tail {
 /// into `bytes`, which runs to the end of the file.
 pub fn judge(bytes: &[u8], bad: usize, base: usize, last_seq: u64) -> Tail {
     if bad.saturating_sub(base) >= WRITE_MAX {
-        return Tail::Damaged("more than one write's records without a commit mark");
+        return Tail::Damaged(UNMARKED);
     }
     let after = bytes.get(bad..).unwrap_or_default();
     if after.iter().all(|&b| b == 0) {
