@@ -117,6 +117,7 @@ pub fn spawn(setup: WriterSetup) -> io::Result<WriterHandle> {
         progress: Arc::clone(&progress),
         ahead: ZeroedAhead::new(setup.len),
         next_mark: 1,
+        unsynced: false,
         setup,
         pending: Vec::new(),
         sync_due: None,
@@ -148,6 +149,10 @@ struct Writer {
     /// next write's commit mark (over the writer's life, so it only grows).
     ahead: ZeroedAhead,
     next_mark: u64,
+    /// Bytes went into the segment since its last sync. With `--fsync always` no job is
+    /// published durable while this is set (`take_jobs`): the one place that releases
+    /// answers checks the rule itself instead of trusting every write path to keep it.
+    unsynced: bool,
 }
 
 impl Writer {
@@ -225,7 +230,7 @@ impl Writer {
         }
         let good_len = self.setup.len;
         let last = jobs.last().map_or(0, |j| j.seq);
-        match self.commit(jobs) {
+        match self.commit(jobs).and_then(|()| self.synced_if_always()) {
             Ok(()) => {
                 self.progress.durable.store(last, Ordering::Release);
                 let _ = self.setup.waker.wake();
@@ -270,12 +275,25 @@ impl Writer {
         }
     }
 
+    /// With `--fsync always`, makes sure nothing written is left unsynced before the
+    /// jobs are published. Every path syncs already (a debug build stops here if one
+    /// does not); a release build syncs rather than answer OK before the disk has it.
+    fn synced_if_always(&mut self) -> io::Result<()> {
+        if self.setup.mode != FsyncMode::Always || !self.unsynced {
+            return Ok(());
+        }
+        debug_assert!(false, "a commit was about to be published before its sync");
+        tracing::error!("journal: a commit was not synced before its answers; syncing now");
+        self.sync_now()
+    }
+
     fn write_pending(&mut self) -> io::Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
         if !self.setup.header.zero_tailed {
             let started = Instant::now();
+            self.unsynced = true;
             self.setup
                 .file
                 .write_all_at(&self.pending, self.setup.len)?;
@@ -303,6 +321,11 @@ impl Writer {
             let started = Instant::now();
             let at = self.setup.len;
             let records = &self.pending[from..to];
+            debug_assert!(
+                !self.unsynced,
+                "a zero-tailed write began before the last was synced"
+            );
+            self.unsynced = true;
             self.setup.file.write_all_at(records, at)?;
             self.setup
                 .file
@@ -329,6 +352,7 @@ impl Writer {
         }
         let started = Instant::now();
         self.setup.file.sync_data()?;
+        self.unsynced = false;
         self.setup.counters.synced(started.elapsed());
         Ok(())
     }
@@ -565,6 +589,7 @@ mod tests {
             },
             ahead: ZeroedAhead::new(len),
             next_mark: 1,
+            unsynced: false,
             progress: Arc::clone(&progress),
             pending: Vec::new(),
             sync_due: None,
@@ -594,6 +619,33 @@ mod tests {
             at += len;
         }
         (records, at)
+    }
+
+    #[test]
+    fn with_fsync_always_a_commit_is_published_only_after_its_sync() {
+        for zero_tailed in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut writer, progress, _poll) =
+                test_writer(dir.path(), 0, FsyncMode::Always, zero_tailed);
+            for seq in 1..=3 {
+                let (_tx, rx) = crossbeam_channel::unbounded();
+                let job = Job {
+                    seq,
+                    work: Work::Append(job_of(seq * 10, 3)),
+                };
+                assert!(writer.take_jobs(job, &rx));
+                // Published, and synced: one sync per commit (one write each), none
+                // left owing. (A path that skipped its sync would stop a debug build in
+                // `synced_if_always` before publishing.)
+                assert_eq!(progress.durable(), seq, "zero_tailed {zero_tailed}");
+                assert_eq!(
+                    writer.setup.counters.syncs(),
+                    seq,
+                    "zero_tailed {zero_tailed}"
+                );
+                assert!(!writer.unsynced);
+            }
+        }
     }
 
     #[test]
