@@ -1007,11 +1007,13 @@ fn ended_holds_answer_retries_across_rotations_restarts_and_shard_counts() {
 
 #[test]
 fn snapshots_of_orders_over_many_chunks_rotate_off_the_loop_and_recover_after_a_crash() {
-    // 60,000 orders span four of the order log's chunks (16,384 each). With a 64 KiB
-    // segment limit, segments rotate when they hold twice their snapshot (estimated at
-    // 13 bytes an order; each BUY here is a loop pass of its own, so a run of one order
-    // of ~30 bytes): at about 2,000, 4,000, 8,000, 15,000, 26,000 and 49,000 orders,
-    // each snapshot's orders encoded by the writer thread from the shared chunks.
+    // 60,000 orders span four of the order log's chunks (16,384 each). A segment of
+    // orders alone is never rotated: a snapshot would write them all again (estimated
+    // at 13 bytes an order; each BUY here is a loop pass of its own, so a run of one
+    // order of ~30 bytes — less than three times that). Holds reserved and cancelled
+    // after them are garbage; once it passes twice the live state (and the 64 KiB
+    // limit) the segment rotates, its snapshot's orders encoded by the writer thread
+    // from the shared chunks.
     let dir = tempfile::tempdir().unwrap();
     let args = [
         "--event",
@@ -1031,9 +1033,29 @@ fn snapshots_of_orders_over_many_chunks_rotate_off_the_loop_and_recover_after_a_
         assert_eq!(response.status, Status::Ok, "user {user}");
         acknowledged.insert(order_id(&response));
     }
+    let first = segments(dir.path());
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(
+        first[0].to_string_lossy().ends_with("-0000000000.tjl"),
+        "a segment of orders alone was rotated: {first:?}"
+    );
+    // Churn until the segment rotates (about 10,000 holds: 1.6 MB of garbage against
+    // 60,000 orders' 0.8 MB of live state; bounded, so a segment that never rotates
+    // fails below).
+    for user in 100_000..130_000u64 {
+        let (hold_id, _) = hold(&c.reserve(1, user, 1));
+        assert_eq!(c.cancel(hold_id).status, Status::Ok);
+        if user % 1_000 == 0 && segments(dir.path()).iter().all(|p| !first.contains(p)) {
+            break;
+        }
+    }
     let (_, mine) = (c.stock(1), c.orders(1, 39_999));
     server.kill9();
     let files = segments(dir.path());
+    assert!(
+        files.iter().all(|p| !first.contains(p)),
+        "never rotated: {files:?}"
+    );
     assert!(files.len() <= 2, "old segments are retired: {files:?}");
     let biggest = files.iter().map(|f| snapshot_sales(f)).max().unwrap_or(0);
     assert!(

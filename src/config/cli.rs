@@ -158,7 +158,7 @@ pub struct Cli {
     pub raise_totals: bool,
 
     /// A journal segment is replaced by a snapshot of live state once it holds this
-    /// many bytes (and twice the snapshot) beyond its snapshot.
+    /// many bytes of garbage (and twice the live state).
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_ROTATE_MIN_BYTES, hide = true)]
     pub segment_bytes: u64,
 

@@ -72,6 +72,12 @@ impl RecordBuf {
     }
 }
 
+/// The rule of [`Commit::wants_rotation`]: a segment of `segment` bytes, of which about
+/// `live` are live state, holds more than `max(rotate_min, 2 × live)` of garbage.
+fn rotation_due(segment: u64, live: u64, rotate_min: u64) -> bool {
+    segment.saturating_sub(live) > rotate_min.max(live.saturating_mul(2))
+}
+
 /// How a held item comes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -138,9 +144,24 @@ impl<T> Commit<T> {
         self.send(Work::Append(records));
     }
 
-    /// The segment has outgrown the live state enough to start a new one.
-    pub fn wants_rotation(&self) -> bool {
-        self.since_snapshot > self.rotate_min.max(self.snapshot_len.saturating_mul(2))
+    /// The segment holds enough garbage to be worth starting a new one: more than twice
+    /// the live state (`live`, about what a snapshot of it would take now) and at least
+    /// `rotate_min` bytes of what a snapshot would not write again — records of holds
+    /// that ended, and records written bigger than a snapshot writes them. A new
+    /// segment then starts at a third of the old one's size or less, so a segment never
+    /// holds more than about three times the live state plus `rotate_min`.
+    ///
+    /// A segment of orders alone (a BUY rush) never qualifies: its orders are live
+    /// state for good, and a snapshot would write every one of them again to save
+    /// nothing. (Before, a segment rotated at twice its snapshot whatever it held, so an
+    /// endless rush rewrote every order it had sold at each rotation — hundreds of
+    /// megabytes of writes from the server's own core.)
+    pub fn wants_rotation(&self, live: u64) -> bool {
+        rotation_due(
+            self.snapshot_len + self.since_snapshot,
+            live,
+            self.rotate_min,
+        )
     }
 
     /// Starts a new segment with `snapshot` (the shard's live state after every job so
@@ -208,6 +229,22 @@ mod tests {
             qty: 1,
             unix_ms: 1_765_000_000_000,
         })
+    }
+
+    #[test]
+    fn a_segment_rotates_for_its_garbage_never_for_its_orders() {
+        let min = 64 << 20;
+        // Orders alone, even written at three times a snapshot's size: never.
+        assert!(!rotation_due(300 << 20, 100 << 20, min));
+        assert!(!rotation_due(30 << 30, 10 << 30, min));
+        // Garbage over twice the live state, and over the minimum: due.
+        assert!(rotation_due((300 << 20) + 1, 100 << 20, min));
+        // Churn with little live state: once the garbage passes the minimum.
+        assert!(!rotation_due(min, 0, min));
+        assert!(rotation_due(min + 1, 0, min));
+        assert!(rotation_due(min + (1 << 20) + 1, 1 << 20, min));
+        // A live estimate above the segment (orders packed tighter than the estimate).
+        assert!(!rotation_due(1 << 20, 2 << 20, min));
     }
 
     #[test]

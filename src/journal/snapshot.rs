@@ -159,6 +159,13 @@ pub struct LiveHoldsJob {
 /// consecutive order ids, one event): the estimate [`SnapshotJob::len`] uses.
 const TYPICAL_ORDER_BYTES: u64 = 13;
 
+/// About what `orders` orders and `live_holds` live holds take in a snapshot: the bulk
+/// of any shard's, and the shard's yardstick of its live state (see
+/// [`super::commit::Commit::wants_rotation`]).
+pub fn estimated_bulk(orders: usize, live_holds: usize) -> u64 {
+    (orders as u64 + live_holds as u64).saturating_mul(TYPICAL_ORDER_BYTES)
+}
+
 /// The remembered ends of holds confirmed in this run, which the shard leaves to the
 /// writer: each is carried by its order ([`crate::ledger::Order::confirmed_hold`]), and
 /// written as a `HoldConfirmed` after its piece of orders when the hold ended after
@@ -238,8 +245,7 @@ impl SnapshotJob {
     /// writer adds are left out.
     pub fn len(&self) -> u64 {
         let live = self.live.as_ref().map_or(0, |l| l.holds.len());
-        (self.head.len() + self.rest.len()) as u64
-            + (self.orders.len() + live) as u64 * TYPICAL_ORDER_BYTES
+        (self.head.len() + self.rest.len()) as u64 + estimated_bulk(self.orders.len(), live)
     }
 
     pub fn is_empty(&self) -> bool {

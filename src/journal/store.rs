@@ -12,7 +12,8 @@
 //! generation (a snapshot of the recovered state for each new shard, so the shard count
 //! may change) and switches MANIFEST to it with an atomic rename; only then are the old
 //! generation's files deleted. Within a generation a stream moves to a new segment when
-//! it outgrows its live state (see [`super::writer`]).
+//! it holds more than twice its live state in garbage (see
+//! [`super::commit::Commit::wants_rotation`]).
 
 use std::fs::{File, OpenOptions};
 use std::io;

@@ -122,6 +122,13 @@ impl Ledger {
         ledger
     }
 
+    /// About the bytes a snapshot of this shard would take now, counting its orders and
+    /// live holds only (the rest is small, or soon forgotten): what the journal weighs
+    /// a segment against before rotating it. Costs nothing to ask.
+    pub fn live_state_estimate(&self) -> u64 {
+        crate::journal::snapshot::estimated_bulk(self.orders.len(), self.live.len())
+    }
+
     /// This shard's live state as a snapshot: events, orders, holds still live or
     /// remembered, and the id mark of its shard field.
     ///

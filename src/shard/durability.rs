@@ -7,7 +7,7 @@ use super::*;
 impl Shard {
     /// The journal's part of a pass: hand this pass's records to the writer (with the
     /// returned tickets that wait on them), start a new segment when this one has
-    /// outgrown the live state, and send the answers whose records are now durable.
+    /// gathered garbage, and send the answers whose records are now durable.
     pub(super) fn commit_pass(&mut self, now: Instant) {
         let Decider::Embedded {
             ledger,
@@ -29,12 +29,12 @@ impl Shard {
                 "journal batch submitted"
             );
             commit.submit(records);
-            if commit.wants_rotation() && !commit.failed() {
+            if commit.wants_rotation(ledger.live_state_estimate()) && !commit.failed() {
                 let snapshot = ledger.snapshot(now);
                 tracing::debug!(
                     shard = self.settings.index,
                     snapshot_bytes = snapshot.len(),
-                    "journal segment outgrew the live state: starting a new one"
+                    "journal segment holds more than twice the live state in garbage: starting a new one"
                 );
                 commit.rotate(snapshot);
             }

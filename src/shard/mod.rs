@@ -108,7 +108,7 @@ pub struct ShardJournal {
     pub writer: WriterHandle,
     /// Bytes of the segment the writer starts on (its snapshot).
     pub snapshot_len: u64,
-    /// A segment is rotated once it holds this much (and twice its snapshot) beyond it.
+    /// A segment is rotated once it holds this much garbage (and twice the live state).
     pub rotate_min: u64,
     pub state: Arc<Recovered>,
     pub clock: WallClock,
