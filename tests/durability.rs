@@ -515,6 +515,9 @@ fn torn_tail_is_cut_off(fsync: &'static str) {
         "{log}"
     );
     assert!(log.contains(&format!("offset={clean_len}")), "{log}");
+    // The bytes recovery reports are the data it kept: not the torn half, nor the zeros
+    // a zero-tailed segment is written ahead with.
+    assert!(log.contains(&format!(" bytes={clean_len} ")), "{log}");
     let mut c = Client::connect(server.addr);
     assert_eq!(c.stock(1), (100, 90));
     assert_eq!(

@@ -65,7 +65,9 @@ pub struct Recovered {
     /// Highest sequence issued per id shard field.
     pub id_marks: BTreeMap<u16, u64>,
     pub torn: Vec<TornTail>,
-    /// Records replayed and bytes read.
+    /// Records replayed, and the bytes of the segments' data they were read from
+    /// (headers included; not the zeros a zero-tailed segment is written ahead with,
+    /// nor a torn tail).
     pub records: u64,
     pub bytes: u64,
 }
@@ -187,7 +189,6 @@ fn replay_segment(
             why: "the file header names another node or generation than MANIFEST".into(),
         });
     }
-    state.bytes += bytes.len() as u64;
     let mut offset = HEADER_LEN;
     // Zero-tailed segments (record::tail): the end of the last commit mark, or of the
     // opening snapshot, once read; and that mark's number.
@@ -252,7 +253,10 @@ fn replay_segment(
                 }
                 offset += len;
             }
-            Frame::End if unmarked.is_empty() => return Ok(()),
+            Frame::End if unmarked.is_empty() => {
+                state.bytes += offset as u64;
+                return Ok(());
+            }
             Frame::End | Frame::TornTail => {
                 // A zero-tailed segment's write cut short is dropped from its start.
                 let from = if unmarked.is_empty() {
@@ -270,6 +274,7 @@ fn replay_segment(
                     path: path.to_path_buf(),
                     offset: from as u64,
                 });
+                state.bytes += from as u64;
                 return Ok(());
             }
             Frame::Corrupt { why } => return Err(corrupt(offset, why.to_owned())),
