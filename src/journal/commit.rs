@@ -148,13 +148,13 @@ impl<T> Commit<T> {
     /// the live state (`live`, about what a snapshot of it would take now) and at least
     /// `rotate_min` bytes of what a snapshot would not write again — records of holds
     /// that ended, and records written bigger than a snapshot writes them. A new
-    /// segment then starts at a third of the old one's size or less, so a segment never
+    /// segment then starts at about a third of the old one's size or less, so a segment never
     /// holds more than about three times the live state plus `rotate_min`.
     ///
     /// A segment of orders alone (a BUY rush) never qualifies: its orders are live
     /// state for good, and a snapshot would write every one of them again to save
     /// nothing. (Before, a segment rotated at twice its snapshot whatever it held, so an
-    /// endless rush rewrote every order it had sold at each rotation — hundreds of
+    /// endless rush rewrote every order it had sold at each rotation — tens or hundreds of
     /// megabytes of writes from the server's own core.)
     pub fn wants_rotation(&self, live: u64) -> bool {
         rotation_due(
