@@ -72,10 +72,15 @@ impl RecordBuf {
     }
 }
 
-/// The rule of [`Commit::wants_rotation`]: a segment of `segment` bytes, of which about
-/// `live` are live state, holds more than `max(rotate_min, 2 × live)` of garbage.
-fn rotation_due(segment: u64, live: u64, rotate_min: u64) -> bool {
-    segment.saturating_sub(live) > rotate_min.max(live.saturating_mul(2))
+/// The rule of [`Commit::wants_rotation`]: a segment that began with a snapshot of
+/// `snapshot` bytes and took `since` more, of which about `live` are live state now, holds
+/// more than `max(rotate_min, 2 × live)` of garbage. What the snapshot wrote counts as
+/// live (`live` is at least `snapshot`): it was live state when written, and it holds
+/// more than the estimate counts — after a restart, the holds confirmed within one
+/// TTL, tens of megabytes in a big rush — which a rotation would only write again.
+fn rotation_due(snapshot: u64, since: u64, live: u64, rotate_min: u64) -> bool {
+    let live = live.max(snapshot);
+    (snapshot + since).saturating_sub(live) > rotate_min.max(live.saturating_mul(2))
 }
 
 /// How a held item comes back.
@@ -158,7 +163,8 @@ impl<T> Commit<T> {
     /// megabytes of writes from the server's own core.)
     pub fn wants_rotation(&self, live: u64) -> bool {
         rotation_due(
-            self.snapshot_len + self.since_snapshot,
+            self.snapshot_len,
+            self.since_snapshot,
             live,
             self.rotate_min,
         )
@@ -233,18 +239,30 @@ mod tests {
 
     #[test]
     fn a_segment_rotates_for_its_garbage_never_for_its_orders() {
-        let min = 64 << 20;
-        // Orders alone, even written at three times a snapshot's size: never.
-        assert!(!rotation_due(300 << 20, 100 << 20, min));
-        assert!(!rotation_due(30 << 30, 10 << 30, min));
+        const MB: u64 = 1 << 20;
+        let min = 64 * MB;
+        // Orders alone, even written at (almost) three times a snapshot's size: never.
+        assert!(!rotation_due(0, 300 * MB, 100 * MB, min));
+        assert!(!rotation_due(10 * MB, 29 << 30, 10 << 30, min));
         // Garbage over twice the live state, and over the minimum: due.
-        assert!(rotation_due((300 << 20) + 1, 100 << 20, min));
+        assert!(rotation_due(0, 300 * MB + 1, 100 * MB, min));
         // Churn with little live state: once the garbage passes the minimum.
-        assert!(!rotation_due(min, 0, min));
-        assert!(rotation_due(min + 1, 0, min));
-        assert!(rotation_due(min + (1 << 20) + 1, 1 << 20, min));
+        assert!(!rotation_due(0, min, 0, min));
+        assert!(rotation_due(0, min + 1, 0, min));
+        assert!(rotation_due(MB, min + MB + 1, MB, min));
         // A live estimate above the segment (orders packed tighter than the estimate).
-        assert!(!rotation_due(1 << 20, 2 << 20, min));
+        assert!(!rotation_due(0, MB, 2 * MB, min));
+    }
+
+    #[test]
+    fn a_snapshot_bigger_than_the_estimate_is_not_garbage() {
+        const MB: u64 = 1 << 20;
+        // After a restart: 111 MB of snapshot (orders and the holds they confirmed within
+        // one TTL) against 31 MB of orders estimated. Rotating would write it all again,
+        // and again at the next pass: not due until the segment takes twice the snapshot.
+        assert!(!rotation_due(111 * MB, 0, 31 * MB, MB));
+        assert!(!rotation_due(111 * MB, 222 * MB, 31 * MB, MB));
+        assert!(rotation_due(111 * MB, 222 * MB + 1, 31 * MB, MB));
     }
 
     #[test]
