@@ -187,6 +187,8 @@ pub struct SnapshotCursor {
     orders: usize,
     /// Runs of the ended-holds bitmap looked at so far.
     ended_runs: usize,
+    /// Recovered confirmed holds looked at so far.
+    kept: usize,
     /// Pages of live holds written so far.
     live_pages: usize,
     done: bool,
@@ -224,8 +226,10 @@ impl SnapshotJob {
     }
 
     /// Also writes the bitmap of cancelled and expired holds as runs (`HoldsEnded`),
-    /// after the orders: the shard hands over its pages by reference rather than
-    /// encoding a run per 128 ids on its loop. `SnapshotEnd`'s count leaves them out.
+    /// after the orders, and the confirmed holds recovered from the journal that are
+    /// still remembered (`HoldConfirmed`): the shard hands over its pages and that list
+    /// by reference rather than encoding a record per 128 ids, or per hold, on its
+    /// loop. `SnapshotEnd`'s count leaves them out.
     pub fn with_ended_states(mut self, ended: EndedStates) -> Self {
         self.ended = Some(ended);
         self
@@ -339,24 +343,40 @@ impl SnapshotJob {
         true
     }
 
-    /// The next [`RUNS_PER_WRITE`] runs of the ended-holds bitmap; false once it is all
-    /// looked at (or there is none).
+    /// The next [`RUNS_PER_WRITE`] runs of the ended-holds bitmap, then the recovered
+    /// confirmed holds still remembered, [`RUNS_PER_WRITE`] at a time; false once all
+    /// are looked at (or there are none).
     fn ended_piece(&self, cursor: &mut SnapshotCursor, buf: &mut BytesMut) -> bool {
         let Some(ended) = self.ended.as_ref() else {
             return false;
         };
-        if cursor.ended_runs >= ended.run_count() {
-            return false;
+        if cursor.ended_runs < ended.run_count() {
+            cursor.ended_runs += ended.runs(cursor.ended_runs, RUNS_PER_WRITE, |run| {
+                Record::HoldsEnded {
+                    first_id: run.first_id,
+                    ended_ms: run.ended_ms,
+                    states: run.states,
+                }
+                .encode(buf)
+            });
+            return true;
         }
-        cursor.ended_runs += ended.runs(cursor.ended_runs, RUNS_PER_WRITE, |run| {
-            Record::HoldsEnded {
-                first_id: run.first_id,
-                ended_ms: run.ended_ms,
-                states: run.states,
-            }
-            .encode(buf)
-        });
-        true
+        if cursor.kept < ended.kept_count() {
+            cursor.kept += ended.kept_confirmed(
+                cursor.kept,
+                RUNS_PER_WRITE,
+                |hold_id, order_id, ended_ms| {
+                    Record::HoldConfirmed {
+                        hold_id,
+                        order_id,
+                        ended_ms,
+                    }
+                    .encode(buf)
+                },
+            );
+            return true;
+        }
+        false
     }
 
     /// Writes it whole.

@@ -18,6 +18,7 @@
 //! changed; or a hold that outlived its part of the bitmap) are few, and kept in a map.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::state_pages::{SharedStates, StatePages};
@@ -84,6 +85,8 @@ pub struct EndedStates {
     base: u64,
     prefix: u64,
     ended_by: EndedBy,
+    /// The confirmed holds recovered from the journal ([`EndedHolds`]' `kept`).
+    kept: Arc<[(u64, u64)]>,
 }
 
 /// The forget marks as Unix times: by when the ids below each mark's end had ended, late
@@ -119,6 +122,46 @@ impl EndedBy {
 }
 
 impl EndedStates {
+    /// Confirmed holds recovered from the journal, remembered or not: how far
+    /// [`EndedStates::kept_confirmed`] goes.
+    pub fn kept_count(&self) -> usize {
+        self.kept.len()
+    }
+
+    /// Hands `each` `(hold id, order id, ended by ms)` of the recovered confirmed holds
+    /// among entries `from .. from + max` that are still remembered (their bits in the
+    /// bitmap still say confirmed: forgetting clears them); returns how many entries
+    /// were looked at.
+    pub fn kept_confirmed(
+        &self,
+        from: usize,
+        max: usize,
+        mut each: impl FnMut(u64, u64, u64),
+    ) -> usize {
+        let end = from.saturating_add(max).min(self.kept.len());
+        for &(hold_id, order_id) in self.kept.get(from..end).unwrap_or_default() {
+            if !self.says_confirmed(hold_id) {
+                continue;
+            }
+            if let Some(ended_ms) = self.ended_by.of(sequence_of(hold_id)) {
+                each(hold_id, order_id, ended_ms);
+            }
+        }
+        end.saturating_sub(from)
+    }
+
+    /// Whether the bitmap holds `hold_id` as confirmed.
+    fn says_confirmed(&self, hold_id: u64) -> bool {
+        let seq = sequence_of(hold_id);
+        if prefix_of(hold_id) != self.prefix || seq < self.base {
+            return false;
+        }
+        let index = seq - self.base;
+        let mut byte = [0u8; 1];
+        let got = usize::try_from(index / 4).map_or(0, |at| self.states.copy_from(at, &mut byte));
+        got == 1 && (byte[0] >> ((index % 4) * 2)) & 3 == code::CONFIRMED
+    }
+
     /// Runs of [`RUN_IDS`] ids the bitmap spans.
     pub fn run_count(&self) -> usize {
         self.states.len().div_ceil(RUN_BYTES)
@@ -176,9 +219,16 @@ pub struct EndedHolds {
     /// writer, which finds them among the orders it encodes anyway.
     confirmed: BTreeMap<u64, u64>,
     /// Confirmed holds of the bitmap recovered from the journal (their orders carry no
-    /// hold): hold id -> order id. Snapshotted from here, one by one; gone one TTL
-    /// after the start at the latest.
-    kept: BTreeMap<u64, u64>,
+    /// hold): (hold id, order id), sorted by hold id, shared with the journal writer,
+    /// which writes those still remembered into a snapshot ([`EndedStates`]). Encoded
+    /// on the loop, as they once were, a rotation's snapshot of them stopped it for
+    /// ~0.1 s per million (a restart after a big RESERVE+CONFIRM rush leaves
+    /// millions). Filled only at recovery ([`EndedHolds::record_restored`], then
+    /// [`EndedHolds::seal_restored`]); dropped once nothing is remembered, one TTL after
+    /// the start at the latest.
+    kept: Arc<[(u64, u64)]>,
+    /// Restored confirmed ends until [`EndedHolds::seal_restored`] sorts them into `kept`.
+    kept_unsealed: Vec<(u64, u64)>,
     /// `(when, end)`: ids below `end` may be forgotten at `when`; both increase.
     marks: VecDeque<(Instant, u64)>,
     others: FastMap<u64, Ended>,
@@ -194,7 +244,8 @@ impl EndedHolds {
             base: 0,
             states: StatePages::default(),
             confirmed: BTreeMap::new(),
-            kept: BTreeMap::new(),
+            kept: Arc::from([]),
+            kept_unsealed: Vec::new(),
             marks: VecDeque::new(),
             others: FastMap::default(),
             others_forget: VecDeque::new(),
@@ -232,9 +283,37 @@ impl EndedHolds {
     }
 
     /// As [`EndedHolds::record`], for an end recovered from the journal: a confirmed
-    /// hold's order does not carry it, so snapshots write it from here.
+    /// hold's order does not carry it, so snapshots write it from here. Call
+    /// [`EndedHolds::seal_restored`] after the last.
     pub fn record_restored(&mut self, hold_id: u64, ended: Ended, at: Instant) {
         self.record_as(hold_id, ended, at, true);
+    }
+
+    /// The recovered ends are all in: sorts the confirmed ones for lookups and for the
+    /// journal writer.
+    pub fn seal_restored(&mut self) {
+        if self.kept_unsealed.is_empty() {
+            return;
+        }
+        let mut kept = std::mem::take(&mut self.kept_unsealed);
+        kept.extend_from_slice(&self.kept);
+        kept.sort_unstable_by_key(|&(hold_id, _)| hold_id);
+        kept.dedup_by_key(|&mut (hold_id, _)| hold_id);
+        self.kept = Arc::from(kept);
+    }
+
+    /// The order a recovered confirmed hold became, if it is one.
+    fn kept_order(&self, hold_id: u64) -> Option<u64> {
+        match self.kept.binary_search_by_key(&hold_id, |&(id, _)| id) {
+            Ok(i) => self.kept.get(i).map(|&(_, order_id)| order_id),
+            // Before `seal_restored` (recovery itself).
+            Err(_) => self
+                .kept_unsealed
+                .iter()
+                .rev()
+                .find(|&&(id, _)| id == hold_id)
+                .map(|&(_, order_id)| order_id),
+        }
     }
 
     fn record_as(&mut self, hold_id: u64, ended: Ended, at: Instant, restored: bool) -> bool {
@@ -260,7 +339,7 @@ impl EndedHolds {
             Ended::Expired => code::EXPIRED,
             Ended::Confirmed { order_id } => {
                 if restored {
-                    self.kept.insert(hold_id, order_id);
+                    self.kept_unsealed.push((hold_id, order_id));
                 } else {
                     self.confirmed.insert(hold_id, order_id);
                 }
@@ -308,8 +387,9 @@ impl EndedHolds {
                     return self
                         .confirmed
                         .get(&hold_id)
-                        .or_else(|| self.kept.get(&hold_id))
-                        .map(|&order_id| Ended::Confirmed { order_id })
+                        .copied()
+                        .or_else(|| self.kept_order(hold_id))
+                        .map(|order_id| Ended::Confirmed { order_id })
                 }
                 _ => {}
             }
@@ -344,16 +424,18 @@ impl EndedHolds {
             // Every id recorded is below some mark's end: none is remembered now.
             self.states.clear();
             self.confirmed.clear();
-            self.kept.clear();
+            self.kept = Arc::from([]);
+            self.kept_unsealed.clear();
         }
+        // (`kept` is left whole until then: lookups and snapshots skip ids below the
+        // bitmap's start, which are forgotten.)
         let first_remembered = self.prefix | self.base;
-        for map in [&mut self.confirmed, &mut self.kept] {
-            if map
-                .first_key_value()
-                .is_some_and(|(&id, _)| id < first_remembered)
-            {
-                *map = map.split_off(&first_remembered);
-            }
+        if self
+            .confirmed
+            .first_key_value()
+            .is_some_and(|(&id, _)| id < first_remembered)
+        {
+            self.confirmed = self.confirmed.split_off(&first_remembered);
         }
         while let Some(&(when, hold_id)) = self.others_forget.front() {
             if when > now {
@@ -383,17 +465,23 @@ impl EndedHolds {
     /// and expired ends ([`EndedStates`]): its pages by reference and the forget marks
     /// as times, so a snapshot costs the loop nothing per id. `unix_ms` converts.
     pub fn snapshot_states(&self, unix_ms: impl Fn(Instant) -> u64) -> EndedStates {
+        debug_assert!(
+            self.kept_unsealed.is_empty(),
+            "recovered ends snapshotted before seal_restored"
+        );
         EndedStates {
             states: self.states.share(),
             base: self.base,
             prefix: self.prefix,
             ended_by: EndedBy::new(&self.marks, self.ttl, unix_ms),
+            kept: Arc::clone(&self.kept),
         }
     }
 
-    /// What the bitmap does not hold, for a snapshot: confirmed holds recovered from
-    /// the journal (those confirmed in this run travel with their orders), and ends kept
-    /// apart; each with a time it ended by, late enough that a restart forgets it no
+    /// What neither the bitmap nor the orders carry, for a snapshot: the ends kept apart
+    /// (confirmed holds recovered from the journal go with the bitmap's pages,
+    /// [`EndedStates::kept_confirmed`]; those confirmed in this run travel with their
+    /// orders), each with a time it ended by, late enough that a restart forgets it no
     /// sooner than this memory would have. `unix_ms` converts.
     pub fn snapshot(
         &self,
@@ -402,13 +490,6 @@ impl EndedHolds {
         mut confirmed: impl FnMut(u64, u64, u64),
     ) {
         let ttl = self.ttl;
-        // Those in `confirmed` travel with their orders (the journal writer's part).
-        let ended_by = EndedBy::new(&self.marks, ttl, &unix_ms);
-        for (&hold_id, &order_id) in &self.kept {
-            if let Some(ended_ms) = ended_by.of(sequence_of(hold_id)) {
-                confirmed(hold_id, order_id, ended_ms);
-            }
-        }
         // Ends kept apart are written as runs of one.
         let forgets: FastMap<u64, Instant> = self
             .others_forget
@@ -533,6 +614,8 @@ mod tests {
         ended.record(PREFIX | 1, Ended::Cancelled, t0);
         ended.record(PREFIX | 300, Ended::Expired, t0);
         ended.record_restored(PREFIX | 301, Ended::Confirmed { order_id: 5 }, t0);
+        ended.record_restored(PREFIX | 303, Ended::Confirmed { order_id: 7 }, t0);
+        ended.seal_restored();
         // Confirmed in this run: its order carries it into the snapshot.
         ended.record(PREFIX | 302, Ended::Confirmed { order_id: 6 }, t0);
         assert_eq!(
@@ -549,8 +632,14 @@ mod tests {
             |run| ends.extend(run.ends()),
             |hold, order, _| confirmed.push((hold, order)),
         );
-        // The bitmap's cancelled and expired ends come from its shared pages (the
-        // journal writer's part), a few runs at a time.
+        assert_eq!(
+            confirmed,
+            vec![],
+            "the loop's part encodes no confirmed hold"
+        );
+        // The bitmap's cancelled and expired ends come from its shared pages, and the
+        // recovered confirmed holds from the shared list (the journal writer's part),
+        // a few at a time.
         let states = ended.snapshot_states(|_| 1_000);
         let mut from = 0;
         while from < states.run_count() {
@@ -563,7 +652,39 @@ mod tests {
                 (PREFIX | 300, Ended::Expired)
             ]
         );
-        assert_eq!(confirmed, vec![(PREFIX | 301, 5)]);
+        let mut from = 0;
+        while from < states.kept_count() {
+            from += states.kept_confirmed(from, 1, |hold, order, _| confirmed.push((hold, order)));
+        }
+        assert_eq!(confirmed, vec![(PREFIX | 301, 5), (PREFIX | 303, 7)]);
+    }
+
+    #[test]
+    fn recovered_confirmed_holds_are_forgotten_with_the_bitmap() {
+        let t0 = Instant::now();
+        let mut ended = EndedHolds::new(PREFIX, TTL);
+        ended.record_restored(PREFIX | 10, Ended::Confirmed { order_id: 1 }, t0);
+        let later = t0 + Duration::from_secs(30);
+        ended.record_restored(PREFIX | 500, Ended::Confirmed { order_id: 2 }, later);
+        ended.seal_restored();
+        ended.forget_due(t0 + TTL);
+        // Hold 10 is forgotten (below the bitmap's start now); hold 500 is not.
+        assert_eq!(ended.get(PREFIX | 10), None);
+        assert_eq!(
+            ended.get(PREFIX | 500),
+            Some(Ended::Confirmed { order_id: 2 })
+        );
+        let states = ended.snapshot_states(|_| 1_000);
+        let mut kept = Vec::new();
+        states.kept_confirmed(0, usize::MAX, |hold, order, _| kept.push((hold, order)));
+        assert_eq!(
+            kept,
+            vec![(PREFIX | 500, 2)],
+            "a snapshot skips what is forgotten"
+        );
+        ended.forget_due(later + TTL);
+        assert_eq!(ended.get(PREFIX | 500), None);
+        assert_eq!(ended.snapshot_states(|_| 1_000).kept_count(), 0);
     }
 }
 

@@ -119,6 +119,7 @@ impl Ledger {
                 .ended
                 .record_restored(hold_id, end, clock.instant(ended_ms));
         }
+        ledger.ended.seal_restored();
         ledger
     }
 
