@@ -224,7 +224,7 @@ pub struct EndedHolds {
     /// on the loop, as they once were, a rotation's snapshot of them stopped it for
     /// ~0.1 s per million (a restart after a big RESERVE+CONFIRM rush leaves
     /// millions). Filled only at recovery ([`EndedHolds::record_restored`], then
-    /// [`EndedHolds::seal_restored`]); dropped once nothing is remembered, one TTL after
+    /// [`EndedHolds::seal_restored`]); cut as it is forgotten, and gone one TTL after
     /// the start at the latest.
     kept: Arc<[(u64, u64)]>,
     /// Restored confirmed ends until [`EndedHolds::seal_restored`] sorts them into `kept`.
@@ -427,9 +427,18 @@ impl EndedHolds {
             self.kept = Arc::from([]);
             self.kept_unsealed.clear();
         }
-        // (`kept` is left whole until then: lookups and snapshots skip ids below the
-        // bitmap's start, which are forgotten.)
         let first_remembered = self.prefix | self.base;
+        // `kept` is shared, so it is cut by copying what is left: once more than half of
+        // it is forgotten (lookups and snapshots skip forgotten ids meanwhile).
+        let forgotten = self
+            .kept
+            .partition_point(|&(hold_id, _)| hold_id < first_remembered);
+        if forgotten > 0 && forgotten * 2 >= self.kept.len() {
+            self.kept = self
+                .kept
+                .get(forgotten..)
+                .map_or_else(|| Arc::from([]), Arc::from);
+        }
         if self
             .confirmed
             .first_key_value()
@@ -684,6 +693,24 @@ mod tests {
         );
         ended.forget_due(later + TTL);
         assert_eq!(ended.get(PREFIX | 500), None);
+        assert_eq!(ended.snapshot_states(|_| 1_000).kept_count(), 0);
+    }
+
+    #[test]
+    fn recovered_confirmed_holds_are_let_go_while_new_ends_keep_coming() {
+        // A shard whose holds keep ending always has something to remember; the list
+        // recovered at the start must still go as it is forgotten.
+        let t0 = Instant::now();
+        let mut ended = EndedHolds::new(PREFIX, TTL);
+        // Ids 1..=99: forgetting them moves the bitmap's start to 100, past them all.
+        for seq in 1..=99 {
+            ended.record_restored(PREFIX | seq, Ended::Confirmed { order_id: seq }, t0);
+        }
+        ended.seal_restored();
+        let later = t0 + Duration::from_secs(30);
+        ended.record(PREFIX | 1_000, Ended::Cancelled, later);
+        ended.forget_due(t0 + TTL);
+        assert_eq!(ended.get(PREFIX | 1_000), Some(Ended::Cancelled));
         assert_eq!(ended.snapshot_states(|_| 1_000).kept_count(), 0);
     }
 }
