@@ -35,6 +35,20 @@ fn start(dir: &Path, args: &[&str]) -> TicketdProcess {
     TicketdProcess::spawn_in(dir, args)
 }
 
+/// `--event 1:100000` on one shard, `--fsync off`, segments rotating past `bytes`.
+fn one_shard_fsync_off_with_segments_of(bytes: &'static str) -> [&'static str; 8] {
+    [
+        "--event",
+        "1:100000",
+        "--shards",
+        "1",
+        "--segment-bytes",
+        bytes,
+        "--fsync",
+        "off",
+    ]
+}
+
 /// `ticketd orders --data-dir DIR`: order id -> (event, user, qty).
 fn orders_in(dir: &Path) -> HashMap<u64, (u32, u64, u16)> {
     let out = Command::new(BIN)
@@ -1018,16 +1032,7 @@ fn snapshots_of_orders_over_many_chunks_rotate_off_the_loop_and_recover_after_a_
     // limit) the segment rotates, its snapshot's orders encoded by the writer thread
     // from the shared chunks.
     let dir = tempfile::tempdir().unwrap();
-    let args = [
-        "--event",
-        "1:100000",
-        "--shards",
-        "1",
-        "--segment-bytes",
-        "65536",
-        "--fsync",
-        "off",
-    ];
+    let args = one_shard_fsync_off_with_segments_of("65536");
     let server = start(dir.path(), &args);
     let mut c = Client::connect(server.addr);
     let mut acknowledged = HashSet::new();
@@ -1138,16 +1143,7 @@ fn a_restart_after_confirmed_holds_does_not_rotate_without_garbage() {
     // garbage, the segment rotated at every loop pass, each rotation writing it all
     // again (a restarted node answered a few thousand requests a second).
     let dir = tempfile::tempdir().unwrap();
-    let args = [
-        "--event",
-        "1:100000",
-        "--shards",
-        "1",
-        "--segment-bytes",
-        "4096",
-        "--fsync",
-        "off",
-    ];
+    let args = one_shard_fsync_off_with_segments_of("4096");
     let server = start(dir.path(), &args);
     let mut c = Client::connect(server.addr);
     for user in 0..400 {
