@@ -117,6 +117,7 @@ pub fn spawn(setup: WriterSetup) -> io::Result<WriterHandle> {
         progress: Arc::clone(&progress),
         ahead: ZeroedAhead::new(setup.len),
         next_mark: 1,
+        mark: BytesMut::with_capacity(MARK_LEN),
         unsynced: false,
         setup,
         pending: Vec::new(),
@@ -149,6 +150,8 @@ struct Writer {
     /// next write's commit mark (over the writer's life, so it only grows).
     ahead: ZeroedAhead,
     next_mark: u64,
+    /// The commit mark being written (reused: a write per commit needs one).
+    mark: BytesMut,
     /// Bytes went into the segment since its last sync. With `--fsync always` no job is
     /// published durable while this is set (`take_jobs`): the one place that releases
     /// answers checks the rule itself instead of trusting every write path to keep it.
@@ -312,11 +315,11 @@ impl Writer {
             if to == from {
                 to = self.pending.len();
             }
-            let mut mark = BytesMut::with_capacity(MARK_LEN);
+            self.mark.clear();
             Record::Commit {
                 seq: self.next_mark,
             }
-            .encode(&mut mark);
+            .encode(&mut self.mark);
             self.next_mark += 1;
             let started = Instant::now();
             let at = self.setup.len;
@@ -329,8 +332,8 @@ impl Writer {
             self.setup.file.write_all_at(records, at)?;
             self.setup
                 .file
-                .write_all_at(&mark, at + records.len() as u64)?;
-            let wrote = records.len() + mark.len();
+                .write_all_at(&self.mark, at + records.len() as u64)?;
+            let wrote = records.len() + self.mark.len();
             let end = at + wrote as u64;
             let zeros = self.ahead.past(end);
             if !zeros.is_empty() && self.setup.file.write_all_at(zeros, end).is_err() {
@@ -589,6 +592,7 @@ mod tests {
             },
             ahead: ZeroedAhead::new(len),
             next_mark: 1,
+            mark: BytesMut::with_capacity(MARK_LEN),
             unsynced: false,
             progress: Arc::clone(&progress),
             pending: Vec::new(),
