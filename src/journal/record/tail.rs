@@ -31,7 +31,7 @@
 //! (as damage to an appended segment's last record always did) — a window of one write
 //! instead of one record.
 
-use super::{Record, RECORD_HEADER_LEN};
+use super::{read_frame, Frame, Record, RECORD_HEADER_LEN};
 
 /// The most bytes one write of a zero-tailed segment may hold, its mark included.
 pub const WRITE_MAX: usize = 8 << 20;
@@ -94,23 +94,17 @@ pub fn judge(bytes: &[u8], bad: usize, base: usize, last_seq: u64) -> Tail {
 /// number) starts anywhere in `bytes` (at any offset: the damage may have shifted
 /// nothing, or everything).
 fn later_mark(bytes: &[u8], own: u64) -> bool {
-    let body_len = (MARK_LEN - RECORD_HEADER_LEN) as u16;
-    bytes.windows(MARK_LEN).any(|frame| {
-        let len = u16::from_be_bytes([frame[0], frame[1]]);
-        let inverted = u16::from_be_bytes([frame[2], frame[3]]);
-        if len != body_len || inverted != !body_len {
-            return false;
-        }
-        let body = &frame[RECORD_HEADER_LEN..];
-        let crc = u32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-        if crc32c::crc32c(body) != crc {
-            return false;
-        }
-        matches!(
-            Record::decode(body).map(|mut r| r.next()),
-            Ok(Some(Record::Commit { seq })) if seq > own
-        )
-    })
+    // Each window read as a frame of its own (a mark's size: reading the rest of the
+    // file from every offset would look through it all each time).
+    bytes
+        .windows(MARK_LEN)
+        .any(|window| match read_frame(window) {
+            Frame::Record { body, len } if len == MARK_LEN => matches!(
+                Record::decode(body).map(|mut r| r.next()),
+                Ok(Some(Record::Commit { seq })) if seq > own
+            ),
+            _ => false,
+        })
 }
 
 #[cfg(test)]
