@@ -9,16 +9,18 @@
 //! record reaches the file before its answer is sent.
 //!
 //! A zero-tailed segment (`record::tail`) is overwritten in place, so a poll can read a
-//! page of a write still zero and a later page of it already written. What follows the
-//! last whole record is judged by the same rule recovery uses; what the rule calls
-//! damage is reported only if the next poll still finds it (by then a write in
-//! progress has landed).
+//! page of a write still zero and a later page of it already written. It is read by the
+//! same rules as recovery reads it ([`Marks`]): an order is reported once the commit
+//! mark that ends its write is in the file (before that a crash can cut the write
+//! short and recovery would drop it), and what follows the last whole record is judged
+//! from the last mark; what the rule calls damage is reported only if the next poll
+//! still finds it (by then a write in progress has landed).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::record::tail::{self, Tail};
+use super::record::tail::{Marks, Noted, Tail};
 use super::record::{read_frame, FileHeader, Frame, Record, HEADER_LEN};
 use super::recovery::{snapshot_state, OrderRec, SnapshotState};
 use super::store::{self, SegmentName};
@@ -28,11 +30,9 @@ use super::JournalError;
 struct Cursor {
     path: PathBuf,
     offset: u64,
-    zero_tailed: bool,
-    /// Zero-tailed segments: where the last commit mark (or the snapshot) ends, once
-    /// read, and that mark's number.
-    base: Option<u64>,
-    last_seq: u64,
+    /// Zero-tailed segments: the reader's place by the rules of `record::tail`, as of
+    /// the last commit mark read (the next poll reads again from its end).
+    marks: Option<Marks>,
     /// Where the tail rule saw damage on the last poll (reported if it is still there).
     suspect: Option<u64>,
 }
@@ -109,9 +109,9 @@ impl Feed {
                 Cursor {
                     path: newest.path.clone(),
                     offset: HEADER_LEN as u64,
-                    zero_tailed: FileHeader::decode(&bytes).is_ok_and(|h| h.zero_tailed),
-                    base: None,
-                    last_seq: 0,
+                    marks: FileHeader::decode(&bytes)
+                        .is_ok_and(|h| h.zero_tailed)
+                        .then(Marks::default),
                     suspect: None,
                 },
             );
@@ -127,11 +127,11 @@ impl Feed {
         let Some(cursor) = self.cursors.get(&stream) else {
             return Ok(());
         };
-        let (path, start, zero_tailed) = (cursor.path.clone(), cursor.offset, cursor.zero_tailed);
-        let (mut base, mut last_seq, suspect) = (cursor.base, cursor.last_seq, cursor.suspect);
-        // From the last mark when records after it were read already: the tail rule
-        // measures from there.
-        let from = base.map_or(start, |b| b.min(start));
+        let (path, start, suspect) = (cursor.path.clone(), cursor.offset, cursor.suspect);
+        let mut marks = cursor.marks;
+        // From the last mark: records after it were read but wait for the next mark,
+        // and the tail rule measures from there.
+        let from = marks.and_then(|m| m.base()).map_or(start, |b| b.min(start));
         let mut file = match std::fs::File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -141,63 +141,68 @@ impl Feed {
         file.seek(SeekFrom::Start(from))
             .and_then(|_| file.read_to_end(&mut bytes))
             .map_err(|e| JournalError::io(&path, e))?;
+        let corrupt = |offset: u64, why: String| JournalError::Corrupt {
+            path: path.clone(),
+            offset,
+            why,
+        };
         let mut used = usize::try_from(start - from)
             .unwrap_or(usize::MAX)
             .min(bytes.len());
+        // Records of a write whose mark is not in the file yet: a crash can still cut
+        // that write short, and recovery would then drop them, so they are reported
+        // only with their mark (read again from the last mark at the next poll).
+        let mut waiting = Vec::new();
         let mut seen_damage = None;
         loop {
+            let at = from + used as u64;
             let frame = read_frame(&bytes[used..]);
-            let frame = match (frame, base) {
-                (Frame::Record { .. } | Frame::End, _) => frame,
-                (_, Some(b)) if zero_tailed => {
-                    let b = usize::try_from(b - from).unwrap_or(usize::MAX);
-                    match tail::judge(&bytes, used, b, last_seq) {
-                        Tail::End | Tail::Torn => Frame::End,
-                        Tail::Damaged(why) if suspect == Some(from + used as u64) => {
-                            Frame::Corrupt { why }
-                        }
-                        Tail::Damaged(_) => {
-                            seen_damage = Some(from + used as u64);
-                            Frame::End
-                        }
-                    }
+            let judged = match frame {
+                Frame::Record { .. } | Frame::End => None,
+                _ => marks.and_then(|m| m.judge(&bytes, from, at)),
+            };
+            let frame = match judged {
+                None => frame,
+                Some(Tail::End | Tail::Torn) => Frame::End,
+                Some(Tail::Damaged(why)) if suspect == Some(at) => Frame::Corrupt { why },
+                Some(Tail::Damaged(_)) => {
+                    seen_damage = Some(at);
+                    Frame::End
                 }
-                _ => frame,
             };
             match frame {
                 Frame::Record { body, len } => {
-                    let records = Record::decode(body).map_err(|e| JournalError::Corrupt {
-                        path: path.clone(),
-                        offset: from + used as u64,
-                        why: e.to_string(),
-                    })?;
+                    let records = Record::decode(body).map_err(|e| corrupt(at, e.to_string()))?;
                     for record in records {
-                        match record {
-                            Record::SnapshotEnd { .. } => base = Some(from + (used + len) as u64),
-                            Record::Commit { seq } => {
-                                last_seq = seq;
-                                base = Some(from + (used + len) as u64);
+                        let noted = match marks.as_mut() {
+                            None => Noted::Stands,
+                            Some(marks) => marks
+                                .note(&record, at + len as u64)
+                                .map_err(|e| corrupt(at, e.to_string()))?,
+                        };
+                        match noted {
+                            Noted::Waits => waiting.push(record),
+                            Noted::Finishes => {
+                                for earlier in waiting.drain(..) {
+                                    self.apply(earlier, emit);
+                                }
                             }
-                            _ => {}
+                            Noted::Stands => self.apply(record, emit),
                         }
-                        self.apply(record, emit);
                     }
                     used += len;
                 }
                 Frame::End | Frame::TornTail => break,
-                Frame::Corrupt { why } => {
-                    return Err(JournalError::Corrupt {
-                        path,
-                        offset: from + used as u64,
-                        why: why.to_owned(),
-                    })
-                }
+                Frame::Corrupt { why } => return Err(corrupt(at, why.to_owned())),
             }
         }
         if let Some(cursor) = self.cursors.get_mut(&stream) {
-            cursor.offset = from + used as u64;
-            cursor.base = base;
-            cursor.last_seq = last_seq;
+            // Past what was reported; the records still waiting are read again.
+            cursor.offset = match marks.and_then(|m| m.base()) {
+                Some(base) if !waiting.is_empty() => base,
+                _ => from + used as u64,
+            };
+            cursor.marks = marks;
             cursor.suspect = seen_damage;
         }
         Ok(())
@@ -327,6 +332,49 @@ mod tests {
         assert_eq!(poll(&mut feed).unwrap(), Vec::<u64>::new());
         match poll(&mut feed) {
             Err(JournalError::Corrupt { why, .. }) => assert!(why.contains("later write"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn orders_of_a_write_are_reported_only_once_its_commit_mark_is_in_the_file() {
+        // A write whose records landed but whose mark did not may still be cut short by
+        // a crash, and recovery then drops its orders: the feed must not have printed
+        // them (their tickets would be sold again after the restart).
+        let (dir, file, len) = zero_tailed_dir();
+        file.write_all_at(&vec![0; 4096], len).unwrap();
+        let mut feed = Feed::new(dir.path());
+        let write = a_write(20, 1);
+        let records = write.len() - crate::journal::record::tail::MARK_LEN;
+        file.write_all_at(&write[..records], len).unwrap();
+        assert_eq!(poll(&mut feed).unwrap(), Vec::<u64>::new());
+        assert_eq!(
+            poll(&mut feed).unwrap(),
+            Vec::<u64>::new(),
+            "not damage either"
+        );
+        file.write_all_at(&write[records..], len + records as u64)
+            .unwrap();
+        assert_eq!(poll(&mut feed).unwrap(), vec![20]);
+        assert_eq!(poll(&mut feed).unwrap(), Vec::<u64>::new(), "once");
+    }
+
+    #[test]
+    fn a_commit_mark_numbered_below_the_last_is_reported_as_damage() {
+        // The writer only counts its marks up; recovery refuses a segment where one goes
+        // back, and so does the feed.
+        let (dir, file, len) = zero_tailed_dir();
+        file.write_all_at(&vec![0; 4096], len).unwrap();
+        let mut feed = Feed::new(dir.path());
+        let first = a_write(30, 5);
+        file.write_all_at(&first, len).unwrap();
+        assert_eq!(poll(&mut feed).unwrap(), vec![30]);
+        file.write_all_at(&a_write(31, 5), len + first.len() as u64)
+            .unwrap();
+        match poll(&mut feed) {
+            Err(JournalError::Corrupt { why, .. }) => {
+                assert!(why.contains("mark 5 after mark 5"), "{why}")
+            }
             other => panic!("{other:?}"),
         }
     }

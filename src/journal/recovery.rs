@@ -12,7 +12,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use super::record::tail::{self, Tail};
+use super::record::tail::{MarkError, Marks, Noted, Tail};
 use super::record::{read_frame, FileHeader, Frame, HoldEnd, Record, HEADER_LEN};
 use super::store::{self, Manifest, SegmentName};
 use super::JournalError;
@@ -190,15 +190,12 @@ fn replay_segment(
         });
     }
     let mut offset = HEADER_LEN;
-    // Zero-tailed segments (record::tail): the end of the last commit mark, or of the
-    // opening snapshot, once read; and that mark's number.
-    let mut base: Option<usize> = None;
-    let mut last_seq = 0;
+    // Zero-tailed segments: the reader's place by the rules of record::tail.
+    let mut marks = header.zero_tailed.then(Marks::default);
     // Zero-tailed segments: the records read since the last mark, applied when the next
     // mark shows their write finished, dropped when none does (a write cut short is lost
     // whole, as an append cut short is).
     let mut unmarked: Vec<(usize, Record)> = Vec::new();
-    let zero_tailed = header.zero_tailed;
     let corrupt = |offset: usize, why: String| JournalError::Corrupt {
         path: path.to_path_buf(),
         offset: offset as u64,
@@ -206,49 +203,45 @@ fn replay_segment(
     };
     loop {
         let frame = read_frame(&bytes[offset..]);
-        let frame = match (frame, base) {
-            (Frame::Record { .. } | Frame::End, _) => frame,
-            (_, Some(base)) if zero_tailed => match tail::judge(bytes, offset, base, last_seq) {
-                Tail::End => Frame::End,
-                Tail::Torn => Frame::TornTail,
-                Tail::Damaged(why) => Frame::Corrupt { why },
-            },
-            _ => frame,
+        let judged = match frame {
+            Frame::Record { .. } | Frame::End => None,
+            _ => marks.and_then(|m| m.judge(bytes, 0, offset as u64)),
+        };
+        let frame = match judged {
+            None => frame,
+            Some(Tail::End) => Frame::End,
+            Some(Tail::Torn) => Frame::TornTail,
+            Some(Tail::Damaged(why)) => Frame::Corrupt { why },
         };
         match frame {
             Frame::Record { body, len } => {
                 let records = Record::decode(body).map_err(|e| corrupt(offset, e.to_string()))?;
                 for record in records {
-                    match record {
-                        Record::SnapshotEnd { .. } => base = Some(offset + len),
-                        Record::Commit { seq } => {
-                            if seq <= last_seq {
+                    let noted = match marks.as_mut() {
+                        None => Noted::Stands,
+                        Some(marks) => match marks.note(&record, (offset + len) as u64) {
+                            Ok(noted) => noted,
+                            Err(e @ MarkError::OutOfOrder { .. }) => {
                                 return Err(JournalError::Inconsistent {
                                     path: path.to_path_buf(),
                                     offset: offset as u64,
-                                    why: format!("commit mark {seq} after mark {last_seq}"),
-                                });
+                                    why: e.to_string(),
+                                })
                             }
-                            last_seq = seq;
-                            base = Some(offset + len);
+                            Err(e @ MarkError::Unmarked) => {
+                                return Err(corrupt(offset, e.to_string()))
+                            }
+                        },
+                    };
+                    match noted {
+                        Noted::Waits => unmarked.push((offset, record)),
+                        Noted::Finishes => {
                             for (at, earlier) in unmarked.drain(..) {
                                 apply_one(state, earlier, path, at, manifest.node)?;
                             }
+                            apply_one(state, record, path, offset, manifest.node)?;
                         }
-                        _ => {}
-                    }
-                    // After the snapshot of a zero-tailed segment, a record waits for
-                    // the mark that ends its write.
-                    let waits = zero_tailed
-                        && !matches!(record, Record::Commit { .. } | Record::SnapshotEnd { .. });
-                    match base {
-                        Some(b) if waits => {
-                            if offset + len - b > tail::WRITE_MAX {
-                                return Err(corrupt(offset, tail::UNMARKED.into()));
-                            }
-                            unmarked.push((offset, record));
-                        }
-                        _ => apply_one(state, record, path, offset, manifest.node)?,
+                        Noted::Stands => apply_one(state, record, path, offset, manifest.node)?,
                     }
                 }
                 offset += len;
@@ -259,10 +252,9 @@ fn replay_segment(
             }
             Frame::End | Frame::TornTail => {
                 // A zero-tailed segment's write cut short is dropped from its start.
-                let from = if unmarked.is_empty() {
-                    offset
-                } else {
-                    base.unwrap_or(offset)
+                let from = match marks.and_then(|m| m.base()) {
+                    Some(base) if !unmarked.is_empty() => usize::try_from(base).unwrap_or(offset),
+                    _ => offset,
                 };
                 tracing::warn!(
                     file = %path.display(),

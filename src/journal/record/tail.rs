@@ -90,6 +90,95 @@ pub fn judge(bytes: &[u8], bad: usize, base: usize, last_seq: u64) -> Tail {
     Tail::Torn
 }
 
+/// A reader's place in a zero-tailed segment by the rules above: where the last commit
+/// mark (or the opening snapshot) ends, once read, and that mark's number. Recovery and
+/// the order feed each keep one, so both read a segment by the same rules: a record
+/// after the base waits for the mark that finishes its write, marks only count up, and
+/// what follows the last whole record is [`judge`]d from the base.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Marks {
+    /// File offset where the last mark or the snapshot ends; `None` before either.
+    base: Option<u64>,
+    last_seq: u64,
+}
+
+/// What a record, read whole, is to a reader of a zero-tailed segment ([`Marks::note`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Noted {
+    /// Part of the opening snapshot, or its end: stands as read.
+    Stands,
+    /// A record of a write whose mark has not been read yet: it stands only once the
+    /// mark is read, and is dropped with the write when none is.
+    Waits,
+    /// A commit mark: the records waiting since the last one stand now.
+    Finishes,
+}
+
+/// A record that breaks the rules above.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MarkError {
+    /// A mark numbered at or below the one before it (the writer only counts up).
+    OutOfOrder { seq: u64, last: u64 },
+    /// More than one write's bytes since the last mark ([`UNMARKED`]).
+    Unmarked,
+}
+
+impl std::fmt::Display for MarkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MarkError::OutOfOrder { seq, last } => write!(f, "commit mark {seq} after mark {last}"),
+            MarkError::Unmarked => f.write_str(UNMARKED),
+        }
+    }
+}
+
+impl Marks {
+    /// Where the last mark or the snapshot ends (a file offset): where the one write
+    /// that may be unfinished begins.
+    pub fn base(&self) -> Option<u64> {
+        self.base
+    }
+
+    /// Takes note of `record`, read whole from a frame that ends at file offset `end`.
+    pub fn note(&mut self, record: &Record, end: u64) -> Result<Noted, MarkError> {
+        match (*record, self.base) {
+            (Record::SnapshotEnd { .. }, _) => {
+                self.base = Some(end);
+                Ok(Noted::Stands)
+            }
+            (Record::Commit { seq }, _) => {
+                if seq <= self.last_seq {
+                    return Err(MarkError::OutOfOrder {
+                        seq,
+                        last: self.last_seq,
+                    });
+                }
+                self.last_seq = seq;
+                self.base = Some(end);
+                Ok(Noted::Finishes)
+            }
+            (_, None) => Ok(Noted::Stands),
+            (_, Some(base)) if end.saturating_sub(base) > WRITE_MAX as u64 => {
+                Err(MarkError::Unmarked)
+            }
+            (_, Some(_)) => Ok(Noted::Waits),
+        }
+    }
+
+    /// Judges what follows the last whole record, at file offset `bad`; `bytes` holds
+    /// the file from offset `from` (at or before the base) to its end. `None` before the
+    /// snapshot has ended: there the plain frame rules hold.
+    pub fn judge(&self, bytes: &[u8], from: u64, bad: u64) -> Option<Tail> {
+        let base = self.base?;
+        let at = |offset: u64| {
+            usize::try_from(offset.saturating_sub(from))
+                .unwrap_or(usize::MAX)
+                .min(bytes.len())
+        };
+        Some(judge(bytes, at(bad), at(base), self.last_seq))
+    }
+}
+
 /// Whether a whole, checksummed commit mark numbered above `own` (the unfinished write's
 /// number) starts anywhere in `bytes` (at any offset: the damage may have shifted
 /// nothing, or everything).
@@ -212,5 +301,58 @@ mod tests {
             judge(&bytes, ends[1] + WRITE_MAX, ends[1], 1),
             Tail::Damaged(_)
         ));
+    }
+
+    #[test]
+    fn a_reader_holds_records_after_the_snapshot_until_their_mark_and_refuses_marks_that_go_back() {
+        let mut marks = Marks::default();
+        let sale = Record::IdMark { field: 1, seq: 9 };
+        assert_eq!(marks.note(&sale, 40), Ok(Noted::Stands), "in the snapshot");
+        assert_eq!(
+            marks.note(&Record::SnapshotEnd { records: 1 }, 60),
+            Ok(Noted::Stands)
+        );
+        assert_eq!(marks.base(), Some(60));
+        assert_eq!(marks.note(&sale, 80), Ok(Noted::Waits));
+        assert_eq!(
+            marks.note(&Record::Commit { seq: 3 }, 97),
+            Ok(Noted::Finishes)
+        );
+        assert_eq!(marks.base(), Some(97));
+        assert_eq!(
+            marks.note(&Record::Commit { seq: 3 }, 114),
+            Err(MarkError::OutOfOrder { seq: 3, last: 3 })
+        );
+        assert_eq!(
+            marks.note(&sale, 97 + WRITE_MAX as u64 + 1),
+            Err(MarkError::Unmarked)
+        );
+    }
+
+    #[test]
+    fn a_reader_judges_from_its_base_in_a_buffer_that_starts_anywhere_before_it() {
+        let (bytes, ends) = written(2, 4096);
+        let mut marks = Marks::default();
+        assert_eq!(
+            marks.judge(&bytes, 0, 0),
+            None,
+            "no snapshot read: plain frames"
+        );
+        // The buffer starts 1000 bytes into the file, at the first write.
+        let from = 1000;
+        marks
+            .note(&Record::Commit { seq: 1 }, from + ends[1] as u64)
+            .unwrap();
+        let mut cut = bytes.clone();
+        cut[ends[2] - MARK_LEN..ends[2]].fill(0);
+        let bad = from + (ends[2] - MARK_LEN) as u64;
+        assert_eq!(marks.judge(&cut, from, bad), Some(Tail::Torn));
+        marks
+            .note(&Record::Commit { seq: 2 }, from + ends[2] as u64)
+            .unwrap();
+        assert_eq!(
+            marks.judge(&bytes, from, from + ends[2] as u64),
+            Some(Tail::End)
+        );
     }
 }
