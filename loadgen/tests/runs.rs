@@ -18,10 +18,39 @@ fn server(stock: i64, limit: u16) -> ServerHandle {
     ticketd::start(config).expect("server starts")
 }
 
-fn json_path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("loadgen-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A file named `name` in a directory of its own, deleted with it when the test ends
+/// (each test its own, so none is left in the temp dir).
+struct Scratch {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.path
+    }
+}
+
+impl AsRef<std::path::Path> for Scratch {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path.as_os_str()
+    }
+}
+
+fn json_path(name: &str) -> Scratch {
+    let dir = tempfile::Builder::new()
+        .prefix("loadgen-test-")
+        .tempdir()
+        .unwrap();
+    let path = dir.path().join(name);
+    Scratch { _dir: dir, path }
 }
 
 fn run(server: &ServerHandle, args: &[&str], json: &PathBuf) -> (Output, serde_json::Value) {
