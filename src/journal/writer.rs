@@ -12,7 +12,9 @@
 //! A rotation (a new segment starting with a snapshot) is built a piece at a time, one
 //! piece after each batch of jobs ([`super::rotation`]), so jobs after it are not held
 //! up by it; the segment it replaces is deleted the same way, a step after each batch
-//! ([`super::retired`]).
+//! ([`super::retired`]). After each such step the writer rests three times as long,
+//! committing jobs meanwhile ([`BACKGROUND_REST`]), so the shard sharing its core is
+//! not kept off it.
 //!
 //! A failed write or sync stops the writer for good: the file is cut back to the last
 //! length known to be complete, nothing after it is ever reported durable, and the
@@ -46,6 +48,14 @@ use crate::stats::JournalCounters;
 pub const BATCH_SYNC_INTERVAL: Duration = Duration::from_millis(5);
 /// Most jobs gathered into one write.
 const MAX_JOBS_PER_WRITE: usize = 4096;
+/// After each step of background work (a piece of a rotation, a step of a deletion) the
+/// writer rests this many times as long as the step took, committing jobs meanwhile:
+/// background work then takes at most a quarter of the core the writer shares with its
+/// shard, and never runs piece after piece while the shard waits for that core. Run back
+/// to back, a rotation's pieces (~0.8 ms each) kept a busy shard off its core for whole
+/// scheduler slices and stretched its loop passes to 9 ms (docs/BENCHMARKS.md, "a
+/// rotation's pieces paced").
+const BACKGROUND_REST: u32 = 3;
 
 /// Work for the writer.
 #[derive(Debug)]
@@ -119,6 +129,7 @@ pub fn spawn(setup: WriterSetup) -> io::Result<WriterHandle> {
         next_mark: 1,
         mark: BytesMut::with_capacity(MARK_LEN),
         unsynced: false,
+        rest_until: None,
         setup,
         pending: Vec::new(),
         sync_due: None,
@@ -156,39 +167,22 @@ struct Writer {
     /// published durable while this is set (`take_jobs`): the one place that releases
     /// answers checks the rule itself instead of trusting every write path to keep it.
     unsynced: bool,
+    /// Until when background work rests ([`BACKGROUND_REST`]).
+    rest_until: Option<Instant>,
 }
 
 impl Writer {
     fn run(mut self, inbox: Receiver<Job>) {
         loop {
             if self.rotation.is_some() || self.retired.is_some() {
-                // The jobs waiting, then one piece of the rotation and one step of the
-                // deletion: a busy shard whose next job is always ready must not starve
-                // them, and a piece (~200 KiB, or 1 MiB copied) or a step (~1 ms)
-                // delays the next commit only a little.
-                match inbox.try_recv() {
-                    Ok(job) => {
-                        if !self.take_jobs(job, &inbox) {
-                            break;
-                        }
-                    }
-                    Err(TryRecvError::Empty) => {
-                        if self.sync_due.is_some_and(|due| Instant::now() >= due) {
-                            if let Err(e) = self.sync_now() {
-                                self.fail(&e, self.setup.len);
-                                break;
-                            }
-                        }
-                    }
-                    Err(TryRecvError::Disconnected) => {
-                        self.drop_background_work();
-                        continue;
-                    }
-                }
-                if !self.rotation_turn() {
+                // Jobs first (those waiting, and any that come while the last step's
+                // rest lasts), then one piece of the rotation and one step of the
+                // deletion: a busy shard whose next job is always ready must not
+                // starve them, and a piece (~200 KiB, or 1 MiB copied) or a step
+                // (~1 ms) delays the next commit only a little.
+                if !self.take_jobs_while_resting(&inbox) || !self.background_step() {
                     break;
                 }
-                self.retire_step();
                 continue;
             }
             let first = match self.sync_due {
@@ -370,6 +364,64 @@ impl Writer {
         if let Some(retired) = self.retired.take() {
             retired.finish();
         }
+        self.rest_until = None;
+    }
+
+    /// While background work is pending: commits the jobs waiting, and those that come
+    /// until the rest after the last background step is over, and syncs when a
+    /// `--fsync batch` sync is due. False once the writer failed.
+    fn take_jobs_while_resting(&mut self, inbox: &Receiver<Job>) -> bool {
+        loop {
+            let wake_at = match (self.rest_until, self.sync_due) {
+                (Some(rest), Some(due)) => Some(rest.min(due)),
+                (rest, due) => rest.or(due),
+            };
+            let next = match wake_at {
+                Some(at) if at > Instant::now() => inbox.recv_deadline(at).map_err(|e| match e {
+                    RecvTimeoutError::Timeout => TryRecvError::Empty,
+                    RecvTimeoutError::Disconnected => TryRecvError::Disconnected,
+                }),
+                _ => inbox.try_recv(),
+            };
+            match next {
+                Ok(job) => {
+                    if !self.take_jobs(job, inbox) {
+                        return false;
+                    }
+                }
+                Err(TryRecvError::Empty) => {
+                    if self.sync_due.is_some_and(|due| Instant::now() >= due) {
+                        if let Err(e) = self.sync_now() {
+                            self.fail(&e, self.setup.len);
+                            return false;
+                        }
+                    }
+                }
+                Err(TryRecvError::Disconnected) => {
+                    // The shard is done: what is left in the background is not needed.
+                    self.drop_background_work();
+                    return true;
+                }
+            }
+            if self.rest_until.is_none_or(|rest| Instant::now() >= rest) {
+                self.rest_until = None;
+                return true;
+            }
+        }
+    }
+
+    /// One piece of the rotation and one step of the deletion, then a rest of
+    /// [`BACKGROUND_REST`] times as long as they took. False once the writer failed.
+    fn background_step(&mut self) -> bool {
+        let started = Instant::now();
+        if !self.rotation_turn() {
+            return false;
+        }
+        self.retire_step();
+        if self.rotation.is_some() || self.retired.is_some() {
+            self.rest_until = Some(Instant::now() + started.elapsed() * BACKGROUND_REST);
+        }
+        true
     }
 
     /// Hands the replaced segment to [`Retired`], to be deleted a step per batch. A
@@ -594,6 +646,7 @@ mod tests {
             next_mark: 1,
             mark: BytesMut::with_capacity(MARK_LEN),
             unsynced: false,
+            rest_until: None,
             progress: Arc::clone(&progress),
             pending: Vec::new(),
             sync_due: None,
