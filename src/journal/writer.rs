@@ -613,6 +613,47 @@ mod tests {
         );
     }
 
+    #[test]
+    fn background_work_waits_out_its_rest_and_jobs_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, progress, _poll) = test_writer(dir.path(), 0, FsyncMode::Always, true);
+        // A replaced segment to delete (a step at a time), and a rest after the last
+        // background step that lasts far longer than the test.
+        let old = dir.path().join("old.tjl");
+        let old_file = std::fs::File::create(&old).unwrap();
+        old_file.set_len(3 * super::super::retired::STEP).unwrap();
+        writer.retire(old_file, &old);
+        let retired_path = writer.retired.as_ref().unwrap().path().to_path_buf();
+        writer.rest_until = Some(Instant::now() + Duration::from_secs(3600));
+        let (jobs, inbox) = crossbeam_channel::unbounded();
+        let thread = std::thread::spawn(move || writer.run(inbox));
+        for seq in 1..=3 {
+            jobs.send(Job {
+                seq,
+                work: Work::Append(job_of(seq, 1)),
+            })
+            .unwrap();
+            let started = Instant::now();
+            while progress.durable() < seq {
+                // A rest that held jobs back would keep them for the hour.
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "job {seq} not durable after 60 s of the writer's rest"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        // The deletion has not taken a step: it waits for the rest to end.
+        let len = std::fs::metadata(&retired_path).map(|m| m.len()).ok();
+        assert_eq!(
+            len,
+            Some(3 * super::super::retired::STEP),
+            "a background step ran during the rest"
+        );
+        drop(jobs);
+        thread.join().unwrap();
+    }
+
     /// A writer of a new segment file holding `len` bytes of data so far.
     fn test_writer(
         dir: &Path,
