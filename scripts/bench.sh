@@ -121,6 +121,7 @@ on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 64 --depth 64 
 steal_note throughput
 curl -s "http://127.0.0.1:$ADMIN_PORT/stats" > "$OUT/throughput-stats.txt" || true
 curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" > "$OUT/throughput-metrics.txt" || true
+curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" > "$OUT/throughput-metrics.txt" || true
 grep loop_pass "$OUT/throughput-stats.txt" || true
 stop_pid "$TICKETD_PID"
 
@@ -133,6 +134,7 @@ on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 64 --depth 64 
   --requests "$SALE_TICKETS" --json "$OUT/sale.json" | tee "$OUT/sale.txt"
 steal_note sale
 curl -s "http://127.0.0.1:$ADMIN_PORT/stats" > "$OUT/sale-stats.txt" || true
+curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" > "$OUT/sale-metrics.txt" || true
 grep loop_pass "$OUT/sale-stats.txt" || true
 stop_pid "$TICKETD_PID"
 
@@ -146,6 +148,7 @@ on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 64 --depth 64 
   --duration "$RUN" --op reserve-confirm --json "$OUT/reserve-confirm.json" | tee "$OUT/reserve-confirm.txt"
 steal_note reserve-confirm
 curl -s "http://127.0.0.1:$ADMIN_PORT/stats" > "$OUT/reserve-confirm-stats.txt" || true
+curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" > "$OUT/reserve-confirm-metrics.txt" || true
 grep loop_pass "$OUT/reserve-confirm-stats.txt" || true
 stop_pid "$TICKETD_PID"
 
