@@ -48,6 +48,24 @@ mod code {
     pub const CANCELLED: u8 = 1;
     pub const EXPIRED: u8 = 2;
     pub const CONFIRMED: u8 = 3;
+
+    /// Where id `index` (counted from the bitmap's start) has its two bits: its byte,
+    /// and the shift within it (four ids a byte, low bits first).
+    pub fn place(index: u64) -> (u64, u64) {
+        (index / 4, (index % 4) * 2)
+    }
+
+    /// The code of id `index` in `byte`, the byte [`place`] names.
+    pub fn in_byte(byte: u8, index: u64) -> u8 {
+        (byte >> place(index).1) & 3
+    }
+}
+
+/// Where `hold_id` would sit in a bitmap of `prefix`'s ids starting at sequence `base`
+/// (counted from there), if it can.
+fn bitmap_index(prefix: u64, base: u64, hold_id: u64) -> Option<u64> {
+    let seq = sequence_of(hold_id);
+    (prefix_of(hold_id) == prefix && seq >= base).then(|| seq - base)
 }
 
 /// A stretch of the bitmap for a snapshot: the ends of ids `first_id ..
@@ -65,7 +83,7 @@ impl EndedRun {
     /// snapshotted with their order, one by one.)
     pub fn ends(&self) -> impl Iterator<Item = (u64, Ended)> + '_ {
         (0..RUN_IDS).filter_map(move |i| {
-            let bits = (self.states[(i / 4) as usize] >> ((i % 4) * 2)) & 3;
+            let bits = code::in_byte(self.states[code::place(i).0 as usize], i);
             let ended = match bits {
                 code::CANCELLED => Ended::Cancelled,
                 code::EXPIRED => Ended::Expired,
@@ -152,14 +170,13 @@ impl EndedStates {
 
     /// Whether the bitmap holds `hold_id` as confirmed.
     fn says_confirmed(&self, hold_id: u64) -> bool {
-        let seq = sequence_of(hold_id);
-        if prefix_of(hold_id) != self.prefix || seq < self.base {
+        let Some(index) = bitmap_index(self.prefix, self.base, hold_id) else {
             return false;
-        }
-        let index = seq - self.base;
+        };
         let mut byte = [0u8; 1];
-        let got = usize::try_from(index / 4).map_or(0, |at| self.states.copy_from(at, &mut byte));
-        got == 1 && (byte[0] >> ((index % 4) * 2)) & 3 == code::CONFIRMED
+        let got = usize::try_from(code::place(index).0)
+            .map_or(0, |at| self.states.copy_from(at, &mut byte));
+        got == 1 && code::in_byte(byte[0], index) == code::CONFIRMED
     }
 
     /// Runs of [`RUN_IDS`] ids the bitmap spans.
@@ -223,12 +240,9 @@ pub struct EndedHolds {
     /// which writes those still remembered into a snapshot ([`EndedStates`]). Encoded
     /// on the loop, as they once were, a rotation's snapshot of them stopped it for
     /// ~0.1 s per million (a restart after a big RESERVE+CONFIRM rush leaves
-    /// millions). Filled only at recovery ([`EndedHolds::record_restored`], then
-    /// [`EndedHolds::seal_restored`]); cut as it is forgotten, and gone one TTL after
+    /// millions). Filled only at recovery ([`EndedHolds::restore`]); cut as it is forgotten, and gone one TTL after
     /// the start at the latest.
     kept: Arc<[(u64, u64)]>,
-    /// Restored confirmed ends until [`EndedHolds::seal_restored`] sorts them into `kept`.
-    kept_unsealed: Vec<(u64, u64)>,
     /// `(when, end)`: ids below `end` may be forgotten at `when`; both increase.
     marks: VecDeque<(Instant, u64)>,
     others: FastMap<u64, Ended>,
@@ -245,7 +259,6 @@ impl EndedHolds {
             states: StatePages::default(),
             confirmed: BTreeMap::new(),
             kept: Arc::from([]),
-            kept_unsealed: Vec::new(),
             marks: VecDeque::new(),
             others: FastMap::default(),
             others_forget: VecDeque::new(),
@@ -279,23 +292,20 @@ impl EndedHolds {
     /// that means its order must carry it ([`super::Order::confirmed_hold`]), because
     /// snapshots leave it to the journal writer.
     pub fn record(&mut self, hold_id: u64, ended: Ended, at: Instant) -> bool {
-        self.record_as(hold_id, ended, at, false)
+        self.record_as(hold_id, ended, at, None)
     }
 
-    /// As [`EndedHolds::record`], for an end recovered from the journal: a confirmed
-    /// hold's order does not carry it, so snapshots write it from here. Call
-    /// [`EndedHolds::seal_restored`] after the last.
-    pub fn record_restored(&mut self, hold_id: u64, ended: Ended, at: Instant) {
-        self.record_as(hold_id, ended, at, true);
-    }
-
-    /// The recovered ends are all in: sorts the confirmed ones for lookups and for the
-    /// journal writer.
-    pub fn seal_restored(&mut self) {
-        if self.kept_unsealed.is_empty() {
+    /// As [`EndedHolds::record`] for each end recovered from the journal (oldest first):
+    /// a recovered confirmed hold's order does not carry it, so its order id is kept
+    /// here, sorted, for lookups and for the journal writer's snapshots.
+    pub fn restore(&mut self, ends: impl IntoIterator<Item = (u64, Ended, Instant)>) {
+        let mut kept = Vec::new();
+        for (hold_id, ended, at) in ends {
+            self.record_as(hold_id, ended, at, Some(&mut kept));
+        }
+        if kept.is_empty() {
             return;
         }
-        let mut kept = std::mem::take(&mut self.kept_unsealed);
         kept.extend_from_slice(&self.kept);
         kept.sort_unstable_by_key(|&(hold_id, _)| hold_id);
         kept.dedup_by_key(|&mut (hold_id, _)| hold_id);
@@ -304,19 +314,22 @@ impl EndedHolds {
 
     /// The order a recovered confirmed hold became, if it is one.
     fn kept_order(&self, hold_id: u64) -> Option<u64> {
-        match self.kept.binary_search_by_key(&hold_id, |&(id, _)| id) {
-            Ok(i) => self.kept.get(i).map(|&(_, order_id)| order_id),
-            // Before `seal_restored` (recovery itself).
-            Err(_) => self
-                .kept_unsealed
-                .iter()
-                .rev()
-                .find(|&&(id, _)| id == hold_id)
-                .map(|&(_, order_id)| order_id),
-        }
+        let i = self
+            .kept
+            .binary_search_by_key(&hold_id, |&(id, _)| id)
+            .ok()?;
+        self.kept.get(i).map(|&(_, order_id)| order_id)
     }
 
-    fn record_as(&mut self, hold_id: u64, ended: Ended, at: Instant, restored: bool) -> bool {
+    /// Records an end in the bitmap (or apart); a confirmed one's order id goes to
+    /// `restored` when given (recovery), else to `confirmed`.
+    fn record_as(
+        &mut self,
+        hold_id: u64,
+        ended: Ended,
+        at: Instant,
+        restored: Option<&mut Vec<(u64, u64)>>,
+    ) -> bool {
         let forget_at = at + self.ttl;
         let seq = sequence_of(hold_id);
         let in_bitmap = self.keeps_in_bitmap(hold_id);
@@ -329,8 +342,9 @@ impl EndedHolds {
             return false;
         }
         let index = seq - self.base;
+        let (byte, shift) = code::place(index);
         // Below MAX_BITMAP_BYTES, so it fits.
-        let byte = (index / 4) as usize;
+        let byte = byte as usize;
         if byte >= self.states.len() {
             self.states.grow_to(byte + 1);
         }
@@ -338,15 +352,15 @@ impl EndedHolds {
             Ended::Cancelled => code::CANCELLED,
             Ended::Expired => code::EXPIRED,
             Ended::Confirmed { order_id } => {
-                if restored {
-                    self.kept_unsealed.push((hold_id, order_id));
-                } else {
-                    self.confirmed.insert(hold_id, order_id);
+                match restored {
+                    Some(kept) => kept.push((hold_id, order_id)),
+                    None => {
+                        self.confirmed.insert(hold_id, order_id);
+                    }
                 }
                 code::CONFIRMED
             }
         };
-        let shift = (index % 4) * 2;
         let old = self.states.get(byte).unwrap_or(0);
         self.states
             .set(byte, (old & !(3 << shift)) | (bits << shift));
@@ -372,14 +386,11 @@ impl EndedHolds {
 
     /// How `hold_id` ended, if it is remembered.
     pub fn get(&self, hold_id: u64) -> Option<Ended> {
-        let seq = sequence_of(hold_id);
-        if prefix_of(hold_id) == self.prefix && seq >= self.base {
-            let index = seq - self.base;
-            let bits = usize::try_from(index / 4)
+        if let Some(index) = bitmap_index(self.prefix, self.base, hold_id) {
+            let bits = usize::try_from(code::place(index).0)
                 .ok()
                 .and_then(|byte| self.states.get(byte))
-                .map(|b| (b >> ((index % 4) * 2)) & 3)
-                .unwrap_or(code::NONE);
+                .map_or(code::NONE, |b| code::in_byte(b, index));
             match bits {
                 code::CANCELLED => return Some(Ended::Cancelled),
                 code::EXPIRED => return Some(Ended::Expired),
@@ -425,7 +436,6 @@ impl EndedHolds {
             self.states.clear();
             self.confirmed.clear();
             self.kept = Arc::from([]);
-            self.kept_unsealed.clear();
         }
         let first_remembered = self.prefix | self.base;
         // `kept` is shared, so it is cut by copying what is left: once more than half of
@@ -474,10 +484,6 @@ impl EndedHolds {
     /// and expired ends ([`EndedStates`]): its pages by reference and the forget marks
     /// as times, so a snapshot costs the loop nothing per id. `unix_ms` converts.
     pub fn snapshot_states(&self, unix_ms: impl Fn(Instant) -> u64) -> EndedStates {
-        debug_assert!(
-            self.kept_unsealed.is_empty(),
-            "recovered ends snapshotted before seal_restored"
-        );
         EndedStates {
             states: self.states.share(),
             base: self.base,
@@ -622,9 +628,10 @@ mod tests {
         let mut ended = EndedHolds::new(PREFIX, TTL);
         ended.record(PREFIX | 1, Ended::Cancelled, t0);
         ended.record(PREFIX | 300, Ended::Expired, t0);
-        ended.record_restored(PREFIX | 301, Ended::Confirmed { order_id: 5 }, t0);
-        ended.record_restored(PREFIX | 303, Ended::Confirmed { order_id: 7 }, t0);
-        ended.seal_restored();
+        ended.restore([
+            (PREFIX | 301, Ended::Confirmed { order_id: 5 }, t0),
+            (PREFIX | 303, Ended::Confirmed { order_id: 7 }, t0),
+        ]);
         // Confirmed in this run: its order carries it into the snapshot.
         ended.record(PREFIX | 302, Ended::Confirmed { order_id: 6 }, t0);
         assert_eq!(
@@ -672,10 +679,11 @@ mod tests {
     fn recovered_confirmed_holds_are_forgotten_with_the_bitmap() {
         let t0 = Instant::now();
         let mut ended = EndedHolds::new(PREFIX, TTL);
-        ended.record_restored(PREFIX | 10, Ended::Confirmed { order_id: 1 }, t0);
         let later = t0 + Duration::from_secs(30);
-        ended.record_restored(PREFIX | 500, Ended::Confirmed { order_id: 2 }, later);
-        ended.seal_restored();
+        ended.restore([
+            (PREFIX | 10, Ended::Confirmed { order_id: 1 }, t0),
+            (PREFIX | 500, Ended::Confirmed { order_id: 2 }, later),
+        ]);
         ended.forget_due(t0 + TTL);
         // Hold 10 is forgotten (below the bitmap's start now); hold 500 is not.
         assert_eq!(ended.get(PREFIX | 10), None);
@@ -703,10 +711,7 @@ mod tests {
         let t0 = Instant::now();
         let mut ended = EndedHolds::new(PREFIX, TTL);
         // Ids 1..=99: forgetting them moves the bitmap's start to 100, past them all.
-        for seq in 1..=99 {
-            ended.record_restored(PREFIX | seq, Ended::Confirmed { order_id: seq }, t0);
-        }
-        ended.seal_restored();
+        ended.restore((1..=99).map(|seq| (PREFIX | seq, Ended::Confirmed { order_id: seq }, t0)));
         let later = t0 + Duration::from_secs(30);
         ended.record(PREFIX | 1_000, Ended::Cancelled, later);
         ended.forget_due(t0 + TTL);

@@ -114,12 +114,11 @@ impl Ledger {
         {
             ledger.ended.begin_at(first);
         }
-        for (ended_ms, hold_id, end) in ended {
-            ledger
-                .ended
-                .record_restored(hold_id, end, clock.instant(ended_ms));
-        }
-        ledger.ended.seal_restored();
+        ledger.ended.restore(
+            ended
+                .into_iter()
+                .map(|(ended_ms, hold_id, end)| (hold_id, end, clock.instant(ended_ms))),
+        );
         ledger
     }
 
