@@ -174,41 +174,55 @@ struct Writer {
 impl Writer {
     fn run(mut self, inbox: Receiver<Job>) {
         loop {
-            if self.rotation.is_some() || self.retired.is_some() {
-                // Jobs first (those waiting, and any that come while the last step's
-                // rest lasts), then one piece of the rotation and one step of the
-                // deletion: a busy shard whose next job is always ready must not
-                // starve them, and a piece (~200 KiB, or 1 MiB copied) or a step
-                // (~1 ms) delays the next commit only a little.
-                if !self.take_jobs_while_resting(&inbox) || !self.background_step() {
-                    break;
+            let background = self.rotation.is_some() || self.retired.is_some();
+            // Wait for a job until a `--fsync batch` sync is due and, with background
+            // work pending, until its rest is over — or not at all once it is: jobs
+            // first, then one piece of the rotation and one step of the deletion, so a
+            // busy shard whose next job is always ready does not starve them, and a
+            // piece (~200 KiB, or 1 MiB copied) or a step (~1 ms) delays the next
+            // commit only a little.
+            let wake_at = match (background, self.rest_until, self.sync_due) {
+                (true, Some(rest), due) => Some(due.map_or(rest, |due| rest.min(due))),
+                (true, None, _) => None,
+                (false, _, due) => due,
+            };
+            let next = match wake_at {
+                Some(at) => inbox.recv_deadline(at),
+                None if background => inbox.try_recv().map_err(|e| match e {
+                    TryRecvError::Empty => RecvTimeoutError::Timeout,
+                    TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                }),
+                None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match next {
+                Ok(job) => {
+                    if !self.take_jobs(job, &inbox) {
+                        break;
+                    }
                 }
-                continue;
-            }
-            let first = match self.sync_due {
-                Some(due) => match inbox.recv_deadline(due) {
-                    Ok(job) => Some(job),
-                    Err(RecvTimeoutError::Timeout) => {
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.sync_due.is_some_and(|due| Instant::now() >= due) {
                         if let Err(e) = self.sync_now() {
                             self.fail(&e, self.setup.len);
                             break;
                         }
-                        continue;
                     }
-                    Err(RecvTimeoutError::Disconnected) => None,
-                },
-                None => inbox.recv().ok(),
-            };
-            let Some(first) = first else {
-                // The shard is done: make everything it wrote durable before going.
-                self.drop_background_work();
-                if let Err(e) = self.sync_now() {
-                    self.fail(&e, self.setup.len);
                 }
-                return;
-            };
-            if !self.take_jobs(first, &inbox) {
-                break;
+                Err(RecvTimeoutError::Disconnected) => {
+                    // The shard is done: what is left in the background is not needed;
+                    // everything it wrote is made durable before going.
+                    self.drop_background_work();
+                    if let Err(e) = self.sync_now() {
+                        self.fail(&e, self.setup.len);
+                    }
+                    return;
+                }
+            }
+            if background && self.rest_until.is_none_or(|rest| Instant::now() >= rest) {
+                self.rest_until = None;
+                if !self.background_step() {
+                    break;
+                }
             }
         }
         // Failed: jobs still arriving are never written; the shard answers them
@@ -365,49 +379,6 @@ impl Writer {
             retired.finish();
         }
         self.rest_until = None;
-    }
-
-    /// While background work is pending: commits the jobs waiting, and those that come
-    /// until the rest after the last background step is over, and syncs when a
-    /// `--fsync batch` sync is due. False once the writer failed.
-    fn take_jobs_while_resting(&mut self, inbox: &Receiver<Job>) -> bool {
-        loop {
-            let wake_at = match (self.rest_until, self.sync_due) {
-                (Some(rest), Some(due)) => Some(rest.min(due)),
-                (rest, due) => rest.or(due),
-            };
-            let next = match wake_at {
-                Some(at) if at > Instant::now() => inbox.recv_deadline(at).map_err(|e| match e {
-                    RecvTimeoutError::Timeout => TryRecvError::Empty,
-                    RecvTimeoutError::Disconnected => TryRecvError::Disconnected,
-                }),
-                _ => inbox.try_recv(),
-            };
-            match next {
-                Ok(job) => {
-                    if !self.take_jobs(job, inbox) {
-                        return false;
-                    }
-                }
-                Err(TryRecvError::Empty) => {
-                    if self.sync_due.is_some_and(|due| Instant::now() >= due) {
-                        if let Err(e) = self.sync_now() {
-                            self.fail(&e, self.setup.len);
-                            return false;
-                        }
-                    }
-                }
-                Err(TryRecvError::Disconnected) => {
-                    // The shard is done: what is left in the background is not needed.
-                    self.drop_background_work();
-                    return true;
-                }
-            }
-            if self.rest_until.is_none_or(|rest| Instant::now() >= rest) {
-                self.rest_until = None;
-                return true;
-            }
-        }
     }
 
     /// One piece of the rotation and one step of the deletion, then a rest of
