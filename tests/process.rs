@@ -37,6 +37,7 @@ fn help_documents_every_flag() {
         "--redis-scripts",
         "--admin",
         "--share-port",
+        "--pass-budget",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
@@ -64,6 +65,10 @@ fn bad_arguments_exit_2_with_a_clear_message() {
             "--hold-ttl must be between 1ms and 7days",
         ),
         (vec!["--max-frame", "200000"], "--max-frame must be between"),
+        (
+            vec!["--pass-budget", "2s"],
+            "--pass-budget must be at most 1s, got 2s",
+        ),
         (vec!["--max-conns", "0"], "--max-conns must be between 1"),
         (
             vec!["--redis", "127.0.0.1:1", "--nodes", "0"],

@@ -128,6 +128,13 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_limit)]
     pub write_timeout: Option<Limit>,
 
+    /// How long one pass of a shard's event loop may spend reading requests (half of
+    /// it) and writing answers (all of it) before leaving the rest to the next pass, so
+    /// one burst of pipelined requests cannot stall the loop; `0s` reads and writes one
+    /// connection a pass [default: 3ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub pass_budget: Option<Duration>,
+
     /// HTTP front: sell only to signed links, `/buy/ticket?event=E&user=U&expires=T&sig=S`
     /// with S the hex HMAC-SHA256 of `E:U:T` under the secret in FILE (at least 16
     /// bytes); anything else gets 403. `ticketd sign` prints such links.
@@ -301,6 +308,9 @@ impl Cli {
                     write: pick(self.write_timeout, d.write),
                 }
             },
+            pass_budget: self
+                .pass_budget
+                .unwrap_or(crate::shard::pass_clock::DEFAULT_PASS_BUDGET),
             auth_tokens: self
                 .auth_token_file
                 .as_deref()

@@ -195,6 +195,7 @@ pub fn effective(secrets: &SecretPaths, config: &Config) -> String {
     line("idle-timeout", Some(limit(config.timeouts.idle_binary)));
     line("http-idle-timeout", Some(limit(config.timeouts.idle_http)));
     line("write-timeout", Some(limit(config.timeouts.write)));
+    line("pass-budget", Some(duration(config.pass_budget)));
     line("http-secret", secrets.http_secret.as_deref().map(path));
     line(
         "auth-token-file",

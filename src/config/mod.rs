@@ -36,6 +36,8 @@ pub const MAX_EVENT_STOCK: i64 = 1 << 40;
 /// Longest hold TTL: a week is far beyond any payment window, and keeps every deadline
 /// arithmetic (`now + ttl`, twice that for remembering) far from overflow.
 pub const MAX_HOLD_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// `--pass-budget` at most: beyond it a pass is a stop-the-world pause, not a bound.
+pub const MAX_PASS_BUDGET: Duration = Duration::from_secs(1);
 /// Largest `--max-frame`: a partial frame must fit under the connection's input bound
 /// (the length prefix included), or it could never complete.
 pub const MAX_MAX_FRAME: u32 = (crate::limits::INPUT_HIGH_WATER - 4) as u32;
@@ -101,6 +103,8 @@ pub enum ConfigError {
     MaxConns { got: usize, max: usize },
     #[error("--hold-ttl must be between 1ms and {}, got {}", humantime::format_duration(*max), humantime::format_duration(*got))]
     HoldTtl { got: Duration, max: Duration },
+    #[error("--pass-budget must be at most {}, got {}", humantime::format_duration(*max), humantime::format_duration(*got))]
+    PassBudget { got: Duration, max: Duration },
     #[error("--{flag} must be between {min} and {max}, got {got}")]
     OutOfRange {
         flag: &'static str,
@@ -217,6 +221,8 @@ pub struct Config {
     pub rate_per_ip: Option<f64>,
     /// `--header-timeout`, `--idle-timeout`, `--http-idle-timeout`, `--write-timeout`.
     pub timeouts: crate::limits::Timeouts,
+    /// `--pass-budget`: a loop pass's time for reading and writing connections.
+    pub pass_budget: Duration,
     /// Ledger mode, when set.
     pub redis: Option<RedisConfig>,
     /// The embedded ledger's journal; `None` keeps everything in memory only (tests and
@@ -314,6 +320,7 @@ impl Config {
             max_conns_per_ip: None,
             rate_per_ip: None,
             timeouts: crate::limits::Timeouts::DEFAULT,
+            pass_budget: crate::shard::pass_clock::DEFAULT_PASS_BUDGET,
             redis: None,
             journal: None,
         }
@@ -362,6 +369,12 @@ impl Config {
             return Err(ConfigError::HoldTtl {
                 got: self.hold_ttl,
                 max: MAX_HOLD_TTL,
+            });
+        }
+        if self.pass_budget > MAX_PASS_BUDGET {
+            return Err(ConfigError::PassBudget {
+                got: self.pass_budget,
+                max: MAX_PASS_BUDGET,
             });
         }
         if self.node_id > MAX_NODE_ID {

@@ -442,6 +442,16 @@ fn loop_passes(f: &mut Family<'_, '_>, t: &Totals) {
         Some(&Unit::Seconds),
         t.longest_pass_us as f64 * MICROS,
     );
+    f.counter(
+        "ticketd_loop_pass_deferred",
+        "Connections whose reading or writing a loop pass left to the next pass, its \
+         time (--pass-budget) spent.",
+        None,
+        &[
+            (vec![("what", "read".to_owned())], t.deferred_reads),
+            (vec![("what", "write".to_owned())], t.deferred_writes),
+        ],
+    );
     f.histogram(
         "ticketd_loop_pass_answers",
         "Answers sent per loop pass that sent any (the batch size).",

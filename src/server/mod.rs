@@ -270,6 +270,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                 conns_per_ip: conns_per_ip.clone(),
                 rate_per_ip: config.rate_per_ip,
                 http_links: config.http_links.clone(),
+                pass_budget: config.pass_budget,
             },
             poll,
             listener,

@@ -1,6 +1,7 @@
 //! A shard's connections: accepting them (within `--max-conns`), reading them (with a
-//! budget per pass and back-pressure), writing what they are owed in one write per
-//! pass, lingering after a framing error, and closing them. Each [`Connection`] does its
+//! byte budget per connection, a time budget per pass, and back-pressure), writing what
+//! they are owed in one write per pass, lingering after a framing error, and closing
+//! them. Each [`Connection`] does its
 //! own I/O; this keeps the lists of which to read, flush and close, and when.
 
 use std::cmp::Reverse;
@@ -20,11 +21,12 @@ use super::admission::ConnsPerIp;
 use super::budget::ConnBudget;
 use super::connection::{Connection, FlushEnd, Overdue, Protocol, ReadDepth, ReadEnd};
 use super::mailbox::ConnRef;
+use super::pass_clock::PassClock;
 use super::settings::ShardSettings;
 use super::trim::Trimmer;
 use super::Dispatcher;
 use crate::limits::{Timeouts, MAX_SHEDDING_CONNECTIONS};
-use crate::stats::{Refusal, ShardMeter, TimedOut};
+use crate::stats::{Deferred, Refusal, ShardMeter, TimedOut};
 
 pub const LISTENER_TOKEN: Token = Token(1);
 pub const HTTP_LISTENER_TOKEN: Token = Token(2);
@@ -63,11 +65,13 @@ pub struct Connections {
     next_generation: u32,
     budget: Arc<ConnBudget>,
     scratch: Box<[u8]>,
-    /// Connections with output to write at the end of this pass.
-    dirty: Vec<usize>,
-    /// Connections that may have unread input (read budget spent, or resumed after
-    /// back-pressure).
-    read_queue: Vec<usize>,
+    /// Connections with output to write, in the order they were first owed it.
+    dirty: VecDeque<usize>,
+    /// Connections that may have unread input (byte budget spent, resumed after
+    /// back-pressure, or left by a pass whose time was spent), oldest first.
+    read_queue: VecDeque<usize>,
+    /// This pass's time for reading and writing (`--pass-budget`).
+    clock: PassClock,
     /// Connections that lost framing (or are being shed), by close deadline.
     lingering: VecDeque<(Instant, usize, u32)>,
     accept_retry_at: Option<Instant>,
@@ -119,8 +123,9 @@ impl Connections {
             next_generation: 0,
             budget: Arc::clone(&settings.conns),
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
-            dirty: Vec::new(),
-            read_queue: Vec::new(),
+            dirty: VecDeque::new(),
+            read_queue: VecDeque::new(),
+            clock: PassClock::new(settings.pass_budget, Instant::now()),
             lingering: VecDeque::new(),
             accept_retry_at: None,
             accept_starved: None,
@@ -147,12 +152,18 @@ impl Connections {
             return false;
         };
         if event.is_readable() || event.is_read_closed() || event.is_error() {
-            let depth = if event.is_read_closed() || event.is_error() {
-                ReadDepth::ToEnd
+            if self.clock.may_read() {
+                let depth = if event.is_read_closed() || event.is_error() {
+                    ReadDepth::ToEnd
+                } else {
+                    ReadDepth::UntilShortRead
+                };
+                self.read(slot, dispatcher, now, depth);
             } else {
-                ReadDepth::UntilShortRead
-            };
-            self.read(slot, dispatcher, now, depth);
+                // Its turn comes in a later pass (a queued read reads to the end).
+                self.counters.deferred(Deferred::Reads, 1);
+                self.queue_read(slot);
+            }
         }
         if event.is_writable() {
             self.mark_dirty(slot);
@@ -174,9 +185,22 @@ impl Connections {
         .min()
     }
 
-    /// Connections wait to be read again: poll without sleeping.
-    pub fn has_queued_reads(&self) -> bool {
-        !self.read_queue.is_empty()
+    /// Connections wait to be read or written: poll without sleeping.
+    pub fn has_waiting(&self) -> bool {
+        !self.read_queue.is_empty() || !self.dirty.is_empty()
+    }
+
+    /// A pass begins at `now`: its time for reading and writing starts.
+    pub fn begin_pass(&mut self, now: Instant) {
+        self.clock.begin(now);
+    }
+
+    fn queue_read(&mut self, slot: usize) {
+        if let Some(connection) = self.open.get_mut(slot) {
+            if connection.mark_queued() {
+                self.read_queue.push_back(slot);
+            }
+        }
     }
 
     /// Accepts every pending connection on the listener for `protocol`.
@@ -333,7 +357,7 @@ impl Connections {
             ReadEnd::Broken => return self.close(slot),
             ReadEnd::BudgetSpent => {
                 if connection.mark_queued() {
-                    self.read_queue.push(slot);
+                    self.read_queue.push_back(slot);
                 }
             }
             ReadEnd::Throttled(until) => {
@@ -345,10 +369,19 @@ impl Connections {
         self.mark_dirty(slot);
     }
 
-    /// Reads the connections that may have input waiting.
+    /// Reads the connections that may have input waiting, oldest first, while the pass
+    /// has time; the rest keep their place for the next pass. (Those queued meanwhile —
+    /// a read that spent its byte budget — wait for the next call.)
     pub fn read_queued(&mut self, dispatcher: &mut Dispatcher, now: Instant) {
-        let queued = std::mem::take(&mut self.read_queue);
-        for slot in queued {
+        let queued = self.read_queue.len();
+        for turn in 0..queued {
+            if !self.clock.may_read() {
+                self.counters.deferred(Deferred::Reads, queued - turn);
+                break;
+            }
+            let Some(slot) = self.read_queue.pop_front() else {
+                break;
+            };
             if let Some(connection) = self.open.get_mut(slot) {
                 connection.unqueue();
                 self.read(slot, dispatcher, now, ReadDepth::ToEnd);
@@ -383,20 +416,25 @@ impl Connections {
     fn mark_dirty(&mut self, slot: usize) {
         if let Some(connection) = self.open.get_mut(slot) {
             if connection.mark_dirty() {
-                self.dirty.push(slot);
+                self.dirty.push_back(slot);
             }
         }
     }
 
-    /// Writes every connection owed something this pass.
+    /// Writes the connections owed something, oldest first, while the pass has time;
+    /// the rest keep their place (and their answers) for the next pass.
     pub fn flush_dirty(&mut self, now: Instant) {
-        let dirty = std::mem::take(&mut self.dirty);
-        for &slot in &dirty {
+        let dirty = self.dirty.len();
+        for turn in 0..dirty {
+            if !self.clock.may_write() {
+                self.counters.deferred(Deferred::Writes, dirty - turn);
+                break;
+            }
+            let Some(slot) = self.dirty.pop_front() else {
+                break;
+            };
             self.flush(slot, now);
         }
-        // Keep the allocation for the next pass.
-        self.dirty = dirty;
-        self.dirty.clear();
         self.trimmer.maybe_trim(now);
     }
 
@@ -416,7 +454,7 @@ impl Connections {
                         .push_back((now + LINGER_TIMEOUT, slot, connection.generation()));
                 }
                 if resume_read && connection.mark_queued() {
-                    self.read_queue.push(slot);
+                    self.read_queue.push_back(slot);
                 }
                 self.trimmer.freed(connection.release_idle_buffers());
             }
@@ -483,7 +521,7 @@ impl Connections {
                 if connection.generation() == generation && due {
                     connection.end_throttle();
                     if connection.mark_queued() {
-                        self.read_queue.push(slot);
+                        self.read_queue.push_back(slot);
                     }
                 }
             }

@@ -14,6 +14,7 @@ mod dispatch;
 mod durability;
 pub mod mailbox;
 pub mod output;
+pub mod pass_clock;
 pub mod remote;
 mod settings;
 mod trim;
@@ -218,6 +219,9 @@ impl Shard {
                 panic!("shard {}: poll failed: {e}", self.settings.index);
             }
             let now = Instant::now();
+            self.connections.begin_pass(now);
+            // Connections an earlier pass left unread go first.
+            self.connections.read_queued(&mut self.dispatcher, now);
             for event in events.iter() {
                 match event.token() {
                     WAKER_TOKEN => {}
@@ -283,9 +287,8 @@ impl Shard {
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
         // Answers released at the end of the last pass can have decided more (the next
         // request of an HTTP pipeline): their records must go to the journal now, not at
-        // the next wake-up.
-        if self.connections.has_queued_reads() || self.dispatcher.decider.has_unsubmitted_records()
-        {
+        // the next wake-up. Connections left unread or unwritten are owed a turn now too.
+        if self.connections.has_waiting() || self.dispatcher.decider.has_unsubmitted_records() {
             return Some(Duration::ZERO);
         }
         let deadlines = [

@@ -57,6 +57,8 @@ pub struct ShardSettings {
     pub rate_per_ip: Option<f64>,
     /// `--http-secret`: the HTTP front sells only to signed links.
     pub http_links: Option<LinkSigner>,
+    /// `--pass-budget`: a loop pass's time for reading and writing connections.
+    pub pass_budget: Duration,
 }
 
 impl ShardSettings {
@@ -81,6 +83,7 @@ impl ShardSettings {
             conns_per_ip: None,
             rate_per_ip: None,
             http_links: None,
+            pass_budget: super::pass_clock::DEFAULT_PASS_BUDGET,
         }
     }
 }

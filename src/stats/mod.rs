@@ -66,6 +66,15 @@ pub enum Refusal {
     PerIp,
 }
 
+/// What a loop pass left to the next one when its time was spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deferred {
+    /// A connection with input waiting was not read.
+    Reads,
+    /// A connection owed answers was not written.
+    Writes,
+}
+
 /// Why the server closed a connection it had taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimedOut {
@@ -114,6 +123,10 @@ pub struct ShardCounters {
     passes_us: Log2Histogram,
     pass_answers: Log2Histogram,
     longest_pass_us: AtomicU64,
+    /// Connections whose reading, or writing, a pass left to the next pass because its
+    /// time (`--pass-budget`) was spent.
+    deferred_reads: AtomicU64,
+    deferred_writes: AtomicU64,
     /// Ledger mode: calls sent to Redis (decisions, settlements, STOCK, ORDERS).
     redis_calls: AtomicU64,
     /// Ledger mode: STOCK asks made because a gate ran dry.
@@ -156,6 +169,8 @@ impl ShardCounters {
             passes_us: Log2Histogram::default(),
             pass_answers: Log2Histogram::default(),
             longest_pass_us: AtomicU64::default(),
+            deferred_reads: AtomicU64::default(),
+            deferred_writes: AtomicU64::default(),
             redis_calls: AtomicU64::default(),
             gate_refills: AtomicU64::default(),
             redis_call_us: Log2Histogram::default(),
@@ -237,6 +252,15 @@ impl ShardCounters {
             self.pass_answers.record(answers);
             set(&self.answered_before_pass, total);
         }
+    }
+
+    /// A pass's time was spent: `n` connections' reading or writing waits for the next.
+    pub fn deferred(&self, what: Deferred, n: usize) {
+        let counter = match what {
+            Deferred::Reads => &self.deferred_reads,
+            Deferred::Writes => &self.deferred_writes,
+        };
+        bump(counter, n as u64);
     }
 
     pub fn redis_call(&self, steps: usize) {
@@ -344,6 +368,8 @@ pub struct Totals {
     pub passes_us: HistogramSnapshot,
     pub pass_answers: HistogramSnapshot,
     pub longest_pass_us: u64,
+    pub deferred_reads: u64,
+    pub deferred_writes: u64,
     pub redis_calls: u64,
     pub gate_refills: u64,
     pub redis_call_us: HistogramSnapshot,
@@ -419,6 +445,8 @@ impl NodeStats {
             t.passes_us.add(&shard.passes_us.snapshot());
             t.pass_answers.add(&shard.pass_answers.snapshot());
             t.longest_pass_us = t.longest_pass_us.max(read(&shard.longest_pass_us));
+            t.deferred_reads += read(&shard.deferred_reads);
+            t.deferred_writes += read(&shard.deferred_writes);
             t.redis_calls += read(&shard.redis_calls);
             t.gate_refills += read(&shard.gate_refills);
             t.redis_call_us.add(&shard.redis_call_us.snapshot());
