@@ -121,7 +121,6 @@ on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 64 --depth 64 
 steal_note throughput
 curl -s "http://127.0.0.1:$ADMIN_PORT/stats" > "$OUT/throughput-stats.txt" || true
 curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" > "$OUT/throughput-metrics.txt" || true
-curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" > "$OUT/throughput-metrics.txt" || true
 grep loop_pass "$OUT/throughput-stats.txt" || true
 stop_pid "$TICKETD_PID"
 
