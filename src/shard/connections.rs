@@ -1,8 +1,8 @@
 //! A shard's connections: accepting them (within `--max-conns`), reading them (with a
 //! byte budget per connection, a time budget per pass, and back-pressure), writing what
 //! they are owed in one write per pass, lingering after a framing error, and closing
-//! them. Each [`Connection`] does its
-//! own I/O; this keeps the lists of which to read, flush and close, and when.
+//! them. Each [`Connection`] does its own I/O; this keeps the lists of which to read,
+//! flush and close, and when.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
