@@ -88,14 +88,11 @@ fn a_pass_out_of_time_leaves_the_rest_to_the_next_and_nothing_is_lost() {
     let (_, remaining) = clients[0].stock(1);
     assert_eq!(remaining, 1_000_000 - (CLIENTS * PIPELINED) as i64);
 
-    // And the passes did run out of time: reads and writes were left to later passes.
+    // And passes did run out of time, with reads and with writes left to later passes.
     let (code, metrics) = common::http_get(admin, "/metrics");
     assert_eq!(code, 200, "{metrics}");
-    let reads = sample(&metrics, r#"ticketd_loop_pass_deferred_total{what="read"}"#);
-    let writes = sample(
-        &metrics,
-        r#"ticketd_loop_pass_deferred_total{what="write"}"#,
-    );
+    let reads = sample(&metrics, r#"ticketd_loop_passes_cut_total{what="read"}"#);
+    let writes = sample(&metrics, r#"ticketd_loop_passes_cut_total{what="write"}"#);
     assert!(
         reads > 0.0 && writes > 0.0,
         "a zero budget with {CLIENTS} clients waiting left nothing to later passes: \

@@ -443,13 +443,13 @@ fn loop_passes(f: &mut Family<'_, '_>, t: &Totals) {
         t.longest_pass_us as f64 * MICROS,
     );
     f.counter(
-        "ticketd_loop_pass_deferred",
-        "Connections whose reading or writing a loop pass left to the next pass, its \
-         time (--pass-budget) spent.",
+        "ticketd_loop_passes_cut",
+        "Loop passes whose time (--pass-budget) ran out with connections still to read, \
+         or still to write; the next pass takes those first.",
         None,
         &[
-            (vec![("what", "read".to_owned())], t.deferred_reads),
-            (vec![("what", "write".to_owned())], t.deferred_writes),
+            (vec![("what", "read".to_owned())], t.passes_cut_reads),
+            (vec![("what", "write".to_owned())], t.passes_cut_writes),
         ],
     );
     f.histogram(

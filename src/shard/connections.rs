@@ -26,7 +26,7 @@ use super::settings::ShardSettings;
 use super::trim::Trimmer;
 use super::Dispatcher;
 use crate::limits::{Timeouts, MAX_SHEDDING_CONNECTIONS};
-use crate::stats::{Deferred, Refusal, ShardMeter, TimedOut};
+use crate::stats::{Refusal, ShardMeter, TimedOut};
 
 pub const LISTENER_TOKEN: Token = Token(1);
 pub const HTTP_LISTENER_TOKEN: Token = Token(2);
@@ -161,7 +161,6 @@ impl Connections {
                 self.read(slot, dispatcher, now, depth);
             } else {
                 // Its turn comes in a later pass (a queued read reads to the end).
-                self.counters.deferred(Deferred::Reads, 1);
                 self.queue_read(slot);
             }
         }
@@ -373,10 +372,8 @@ impl Connections {
     /// has time; the rest keep their place for the next pass. (Those queued meanwhile —
     /// a read that spent its byte budget — wait for the next call.)
     pub fn read_queued(&mut self, dispatcher: &mut Dispatcher, now: Instant) {
-        let queued = self.read_queue.len();
-        for turn in 0..queued {
+        for _ in 0..self.read_queue.len() {
             if !self.clock.may_read() {
-                self.counters.deferred(Deferred::Reads, queued - turn);
                 break;
             }
             let Some(slot) = self.read_queue.pop_front() else {
@@ -424,16 +421,18 @@ impl Connections {
     /// Writes the connections owed something, oldest first, while the pass has time;
     /// the rest keep their place (and their answers) for the next pass.
     pub fn flush_dirty(&mut self, now: Instant) {
-        let dirty = self.dirty.len();
-        for turn in 0..dirty {
+        for _ in 0..self.dirty.len() {
             if !self.clock.may_write() {
-                self.counters.deferred(Deferred::Writes, dirty - turn);
                 break;
             }
             let Some(slot) = self.dirty.pop_front() else {
                 break;
             };
             self.flush(slot, now);
+        }
+        // The pass's last reading or writing is done: count what it left.
+        for cut in self.clock.cuts() {
+            self.counters.pass_cut(cut);
         }
         self.trimmer.maybe_trim(now);
     }

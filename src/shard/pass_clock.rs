@@ -10,6 +10,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::stats::PassCut;
+
 /// `--pass-budget`'s default: with reading stopped at half of it, the decisions, the
 /// journal's released answers and the table upkeep that follow leave a pass well under
 /// 5 ms on the slowest VM measured (docs/BENCHMARKS.md).
@@ -22,6 +24,9 @@ pub struct PassClock {
     writes_until: Instant,
     read_one: bool,
     wrote_one: bool,
+    /// A connection was refused its read, or its write, this pass.
+    read_cut: bool,
+    write_cut: bool,
 }
 
 impl PassClock {
@@ -32,6 +37,8 @@ impl PassClock {
             writes_until: now,
             read_one: false,
             wrote_one: false,
+            read_cut: false,
+            write_cut: false,
         };
         clock.begin(now);
         clock
@@ -43,12 +50,15 @@ impl PassClock {
         self.writes_until = now + self.budget;
         self.read_one = false;
         self.wrote_one = false;
+        self.read_cut = false;
+        self.write_cut = false;
     }
 
     /// Whether this pass may read one more connection (counted as read when true).
     pub fn may_read(&mut self) -> bool {
         let may = !self.read_one || Instant::now() < self.reads_until;
         self.read_one |= may;
+        self.read_cut |= !may;
         may
     }
 
@@ -56,7 +66,18 @@ impl PassClock {
     pub fn may_write(&mut self) -> bool {
         let may = !self.wrote_one || Instant::now() < self.writes_until;
         self.wrote_one |= may;
+        self.write_cut |= !may;
         may
+    }
+
+    /// What this pass has left for the next one so far (each kind once).
+    pub fn cuts(&self) -> impl Iterator<Item = PassCut> {
+        [
+            (self.read_cut, PassCut::Reads),
+            (self.write_cut, PassCut::Writes),
+        ]
+        .into_iter()
+        .filter_map(|(cut, what)| cut.then_some(what))
     }
 }
 
@@ -68,8 +89,13 @@ mod tests {
     fn a_zero_budget_still_reads_and_writes_one_connection_a_pass() {
         let mut clock = PassClock::new(Duration::ZERO, Instant::now());
         assert!(clock.may_read() && clock.may_write(), "the first of each");
+        assert_eq!(clock.cuts().count(), 0, "nothing refused yet");
         assert!(!clock.may_read() && !clock.may_write(), "then nothing more");
+        assert!(!clock.may_read(), "refused twice, counted once");
+        let cuts: Vec<PassCut> = clock.cuts().collect();
+        assert_eq!(cuts, [PassCut::Reads, PassCut::Writes]);
         clock.begin(Instant::now());
+        assert_eq!(clock.cuts().count(), 0, "a new pass starts uncut");
         assert!(
             clock.may_read() && !clock.may_read(),
             "a new pass: one again"
@@ -90,6 +116,8 @@ mod tests {
             clock.may_write() && clock.may_write(),
             "still within the budget"
         );
+        let cuts: Vec<PassCut> = clock.cuts().collect();
+        assert_eq!(cuts, [PassCut::Reads], "reads cut, writes not");
         clock.begin(Instant::now() - Duration::from_millis(41));
         assert!(
             clock.may_write() && !clock.may_write(),

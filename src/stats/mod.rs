@@ -66,12 +66,12 @@ pub enum Refusal {
     PerIp,
 }
 
-/// What a loop pass left to the next one when its time was spent.
+/// What a loop pass left to the next one when its time (`--pass-budget`) ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Deferred {
-    /// A connection with input waiting was not read.
+pub enum PassCut {
+    /// Connections with input waiting were not read.
     Reads,
-    /// A connection owed answers was not written.
+    /// Connections owed answers were not written.
     Writes,
 }
 
@@ -123,10 +123,10 @@ pub struct ShardCounters {
     passes_us: Log2Histogram,
     pass_answers: Log2Histogram,
     longest_pass_us: AtomicU64,
-    /// Connections whose reading, or writing, a pass left to the next pass because its
-    /// time (`--pass-budget`) was spent.
-    deferred_reads: AtomicU64,
-    deferred_writes: AtomicU64,
+    /// Passes whose time (`--pass-budget`) ran out with connections still to read, or
+    /// still to write.
+    passes_cut_reads: AtomicU64,
+    passes_cut_writes: AtomicU64,
     /// Ledger mode: calls sent to Redis (decisions, settlements, STOCK, ORDERS).
     redis_calls: AtomicU64,
     /// Ledger mode: STOCK asks made because a gate ran dry.
@@ -169,8 +169,8 @@ impl ShardCounters {
             passes_us: Log2Histogram::default(),
             pass_answers: Log2Histogram::default(),
             longest_pass_us: AtomicU64::default(),
-            deferred_reads: AtomicU64::default(),
-            deferred_writes: AtomicU64::default(),
+            passes_cut_reads: AtomicU64::default(),
+            passes_cut_writes: AtomicU64::default(),
             redis_calls: AtomicU64::default(),
             gate_refills: AtomicU64::default(),
             redis_call_us: Log2Histogram::default(),
@@ -254,13 +254,13 @@ impl ShardCounters {
         }
     }
 
-    /// A pass's time was spent: `n` connections' reading or writing waits for the next.
-    pub fn deferred(&self, what: Deferred, n: usize) {
+    /// A pass ran out of time with `what` left for the next pass.
+    pub fn pass_cut(&self, what: PassCut) {
         let counter = match what {
-            Deferred::Reads => &self.deferred_reads,
-            Deferred::Writes => &self.deferred_writes,
+            PassCut::Reads => &self.passes_cut_reads,
+            PassCut::Writes => &self.passes_cut_writes,
         };
-        bump(counter, n as u64);
+        bump(counter, 1);
     }
 
     pub fn redis_call(&self, steps: usize) {
@@ -368,8 +368,8 @@ pub struct Totals {
     pub passes_us: HistogramSnapshot,
     pub pass_answers: HistogramSnapshot,
     pub longest_pass_us: u64,
-    pub deferred_reads: u64,
-    pub deferred_writes: u64,
+    pub passes_cut_reads: u64,
+    pub passes_cut_writes: u64,
     pub redis_calls: u64,
     pub gate_refills: u64,
     pub redis_call_us: HistogramSnapshot,
@@ -445,8 +445,8 @@ impl NodeStats {
             t.passes_us.add(&shard.passes_us.snapshot());
             t.pass_answers.add(&shard.pass_answers.snapshot());
             t.longest_pass_us = t.longest_pass_us.max(read(&shard.longest_pass_us));
-            t.deferred_reads += read(&shard.deferred_reads);
-            t.deferred_writes += read(&shard.deferred_writes);
+            t.passes_cut_reads += read(&shard.passes_cut_reads);
+            t.passes_cut_writes += read(&shard.passes_cut_writes);
             t.redis_calls += read(&shard.redis_calls);
             t.gate_refills += read(&shard.gate_refills);
             t.redis_call_us.add(&shard.redis_call_us.snapshot());
