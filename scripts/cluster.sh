@@ -320,9 +320,27 @@ cmd_exec() {
 
 # --- faults --------------------------------------------------------------------------
 signal_node() {
-  local sig=$1 n=$2
+  local sig=$1 n=$2 pid
   alive "node-$n" || die "node $n is not running"
-  kill "-$sig" "$(cat "$(pidfile "node-$n")")"
+  pid=$(cat "$(pidfile "node-$n")")
+  kill "-$sig" "$pid"
+  [ "$sig" = STOP ] && wait_stopped "$pid" "node $n"
+  return 0
+}
+
+# kill -STOP returns once the signal is queued; each thread stops only when it next
+# passes through the kernel, which on a loaded host can be after a request sent right
+# away was read (a test's "frozen" node then sold it). Frozen means every thread shows
+# state T.
+wait_stopped() {
+  local pid=$1 what=$2 tries=0 state
+  while :; do
+    state=$(awk '{print $3}' /proc/"$pid"/task/*/stat 2>/dev/null | sort -u | tr -d '\n')
+    [ "$state" = T ] && return 0
+    tries=$((tries + 1))
+    [ "$tries" -ge 500 ] && die "$what did not stop within 5 s (thread states: $state)"
+    sleep 0.01
+  done
 }
 
 cmd_cut_node() {
@@ -412,7 +430,7 @@ case "${1:-}" in
   cut-node) cmd_cut_node "$2" ;;
   heal-node) cmd_heal_node "$2" ;;
   restart-redis) shift; cmd_restart_redis "$@" ;;
-  stop-redis) kill -STOP "$(cat "$(pidfile redis)")"; say "Redis frozen (SIGSTOP)" ;;
+  stop-redis) kill -STOP "$(cat "$(pidfile redis)")"; wait_stopped "$(cat "$(pidfile redis)")" Redis; say "Redis frozen (SIGSTOP)" ;;
   cont-redis) kill -CONT "$(cat "$(pidfile redis)")"; say "Redis resumed (SIGCONT)" ;;
   node-admin) echo "$(node_ip "$2"):$ADMIN_PORT" ;;
   log) cat "$DIR/logs/$2.log" ;;

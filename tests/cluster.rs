@@ -213,6 +213,15 @@ fn a_node_cut_off_from_redis_answers_unavailable_while_the_others_sell() {
     assert_eq!(later.orders(1, 1), vec![(order, 1)]);
 }
 
+/// The ledger's orders counted by the node that sold them, lowest node first.
+fn sales_by_node(orders: &std::collections::HashMap<u64, u16>) -> Vec<(u16, usize)> {
+    let mut counts = std::collections::BTreeMap::new();
+    for node in orders.values() {
+        *counts.entry(*node).or_insert(0) += 1;
+    }
+    counts.into_iter().collect()
+}
+
 #[test]
 fn a_frozen_node_holds_nothing_back_and_reconciles_when_it_wakes() {
     let _one = serial();
@@ -252,10 +261,11 @@ fn a_frozen_node_holds_nothing_back_and_reconciles_when_it_wakes() {
         }
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "the others sold only {sold} in 30 s; the ledger: sold {}, held {}; node 4: {}; \
-             the last answers: {:?}",
+            "the others sold only {sold} in 30 s; the ledger: sold {}, held {}, sales by \
+             node {:?}; node 4: {}; the last answers: {:?}",
             cluster.ledger_field("sold"),
             cluster.ledger_field("held"),
+            sales_by_node(&cluster.stream_orders()),
             cluster.node_get(4, "/stats").1,
             &answers[answers.len().saturating_sub(12)..]
         );
