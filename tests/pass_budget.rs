@@ -23,24 +23,6 @@ fn signal(pid: u32, which: &str) {
     assert!(sent.success(), "kill {which} {pid}");
 }
 
-/// Waits until every thread of `pid` is stopped: `kill -STOP` returns once the signal is
-/// queued, and on a loaded host a thread may still read what is sent right after.
-fn wait_stopped(pid: u32) {
-    let all_stopped = || {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            return false;
-        };
-        tasks.flatten().all(|task| {
-            std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
-                // The state follows the parenthesised name.
-                stat.rsplit_once(") ")
-                    .is_some_and(|(_, rest)| rest.starts_with('T'))
-            })
-        })
-    };
-    common::wait_until(all_stopped);
-}
-
 /// The value of the sample written exactly `series` in a `/metrics` body.
 fn sample(text: &str, series: &str) -> f64 {
     text.lines()
@@ -73,7 +55,7 @@ fn a_pass_out_of_time_leaves_the_rest_to_the_next_and_nothing_is_lost() {
 
     let pid = server.child.id();
     signal(pid, "-STOP");
-    wait_stopped(pid);
+    common::wait_stopped(pid);
     let mut sent = Vec::new();
     for (c, client) in clients.iter_mut().enumerate() {
         let mut bytes = BytesMut::new();

@@ -201,6 +201,24 @@ pub fn wait_until(mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until every thread of `pid` is stopped: `kill -STOP` returns once the signal is
+/// queued, and on a loaded host a thread may still read what is sent right after.
+pub fn wait_stopped(pid: u32) {
+    let all_stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|task| {
+            std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                // The state follows the parenthesised name.
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T'))
+            })
+        })
+    };
+    wait_until(all_stopped);
+}
+
 /// `GET path` over plain HTTP/1.1 (the admin endpoint): the status code and the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     try_http_get(addr, path).unwrap_or_else(|e| panic!("GET {path}: {e}"))

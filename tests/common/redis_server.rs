@@ -96,6 +96,9 @@ impl RedisServer {
             .status()
             .expect("kill runs");
         assert!(status.success(), "kill {signal}");
+        if frozen {
+            super::wait_stopped(self.child.id());
+        }
     }
 
     pub fn addr(&self) -> std::net::SocketAddr {
