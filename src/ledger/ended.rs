@@ -278,13 +278,13 @@ impl EndedHolds {
     /// id, not below the bitmap's start nor too far past it) rather than the map of
     /// others.
     fn keeps_in_bitmap(&self, hold_id: u64) -> bool {
-        let seq = sequence_of(hold_id);
         let base = if self.states.is_empty() {
-            seq & !3
+            sequence_of(hold_id) & !3
         } else {
             self.base
         };
-        prefix_of(hold_id) == self.prefix && seq >= base && (seq - base) / 4 < MAX_BITMAP_BYTES
+        bitmap_index(self.prefix, base, hold_id)
+            .is_some_and(|index| code::place(index).0 < MAX_BITMAP_BYTES)
     }
 
     /// Remembers that `hold_id` ended at `at`, until at least `at` + TTL. Calls come in
