@@ -7,7 +7,8 @@ use super::*;
 impl Shard {
     /// The journal's part of a pass: hand this pass's records to the writer (with the
     /// returned tickets that wait on them), start a new segment when this one has
-    /// gathered garbage, and send the answers whose records are now durable.
+    /// gathered garbage, let the writer onto the core while answers wait on it, and send
+    /// the answers whose records are now durable.
     pub(super) fn commit_pass(&mut self, now: Instant) {
         let Decider::Embedded {
             ledger,
@@ -39,6 +40,9 @@ impl Shard {
                 commit.rotate(snapshot);
             }
         }
+        if commit.is_holding() {
+            let_the_writer_run();
+        }
         let mut released = std::mem::take(&mut self.released);
         commit.release(|item, outcome| released.push((item, outcome)));
         self.apply_released(&mut released, now);
@@ -61,6 +65,7 @@ impl Shard {
         self.dispatcher.outbox.flush(&self.mailbox.peers);
     }
 
+    /// Puts held answers and returned tickets back into play once their job is durable.
     pub(super) fn apply_released(&mut self, released: &mut Vec<(Held, Outcome)>, now: Instant) {
         for (item, outcome) in released.drain(..) {
             match item {
@@ -92,4 +97,19 @@ impl Shard {
             }
         }
     }
+}
+
+/// Answers wait on the writer: hand it the core for a moment, if it wants it.
+///
+/// The writer is a thread of its own, but where it shares the shard's core (a server
+/// pinned to one core, or every core busy with a shard) the scheduler lets a busy shard
+/// run on until it sleeps: the job just submitted, and a sync that already finished,
+/// waited for the shard to run out of work, and the shard then idled through the whole
+/// sync with every answer held behind it (perf sched: the writer woken, not run, for the
+/// 2–3 ms of the shard's passes; the core ~15% idle with `--fsync always`). Yielding here
+/// lets the writer start this job's write and sync, or publish the last one, while the
+/// shard goes on deciding; when the writer has nothing to do, or sits in its sync, the
+/// yield returns at once. (docs/BENCHMARKS.md, "the writer let onto the shard's core".)
+fn let_the_writer_run() {
+    std::thread::yield_now();
 }
