@@ -223,15 +223,15 @@ p99() { python3 -c "import json;print(json.load(open('$1'))['latency_us']['p99']
 sweep_steal_ticketd=0; sweep_steal_nologic=0
 for round in $(seq 1 "$SWEEP_ROUNDS"); do
   for rate in $RATES; do
-    steal_from=$(core_steal_ms)
+    core_from=$(core_steal_ms)
     on_load "$BIN/loadgen" --addr 127.0.0.1:$NOLOGIC_PORT --threads 1 --conns 1000 --rate "$rate" \
       --duration "$SWEEP_RUN" --no-stock-check --json "$OUT/nologic-sweep-$rate-r$round.json" >/dev/null || true
-    sweep_steal_nologic=$(( sweep_steal_nologic + $(core_steal_ms) - steal_from ))
-    steal_from=$(core_steal_ms)
+    sweep_steal_nologic=$(( sweep_steal_nologic + $(core_steal_ms) - core_from ))
+    core_from=$(core_steal_ms)
     on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 1000 --rate "$rate" \
       --duration "$SWEEP_RUN" --seed "$((round * 1000000 + rate))" \
       --json "$OUT/sweep-$rate-r$round.json" >/dev/null || true
-    sweep_steal_ticketd=$(( sweep_steal_ticketd + $(core_steal_ms) - steal_from ))
+    sweep_steal_ticketd=$(( sweep_steal_ticketd + $(core_steal_ms) - core_from ))
     echo "   round $round, rate $rate: p99 ticketd $(p99 "$OUT/sweep-$rate-r$round.json") µs, no-logic $(p99 "$OUT/nologic-sweep-$rate-r$round.json") µs"
   done
 done

@@ -105,13 +105,14 @@ impl Shard {
 /// pinned to one core, or every core busy with a shard) the scheduler lets a busy shard
 /// run on until it sleeps: the job just submitted, and a sync that already finished,
 /// waited for the shard to run out of work, and the shard then idled through the whole
-/// sync with every answer held behind it (perf sched: the writer ran only once the shard
-/// slept, after 2–3.5 ms of its passes; the shard ~15% idle with `--fsync always`). Yielding here
-/// lets the writer start this job's write and sync, or publish the last one, while the
-/// shard goes on deciding; when the writer has nothing to do, or sits in its sync, the
-/// yield returns at once. The price is more, smaller syncs, each some CPU: worth it where
-/// the core would otherwise idle through them, ~8% where a client on the same cores keeps
-/// them busy anyway. (docs/BENCHMARKS.md, "the writer let onto the shard's core".)
+/// sync with every answer held behind it (perf sched: the writer ran only once the
+/// shard slept, after 2–3.5 ms of its passes; the shard ~15% idle with `--fsync
+/// always`). Yielding here lets the writer start this job's write and sync, or publish
+/// the last one, while the shard goes on deciding; when the writer has nothing to do, or
+/// sits in its sync, the yield returns at once. The price is more, smaller syncs, each
+/// some CPU: worth it where the core would otherwise idle through them, ~8% where a
+/// client on the same cores keeps them busy anyway. (docs/BENCHMARKS.md, "the writer
+/// let onto the shard's core".)
 fn let_the_writer_run() {
     std::thread::yield_now();
 }
