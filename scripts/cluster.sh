@@ -430,7 +430,7 @@ case "${1:-}" in
   cut-node) cmd_cut_node "$2" ;;
   heal-node) cmd_heal_node "$2" ;;
   restart-redis) shift; cmd_restart_redis "$@" ;;
-  stop-redis) kill -STOP "$(cat "$(pidfile redis)")"; wait_stopped "$(cat "$(pidfile redis)")" Redis; say "Redis frozen (SIGSTOP)" ;;
+  stop-redis) pid=$(cat "$(pidfile redis)"); kill -STOP "$pid"; wait_stopped "$pid" Redis; say "Redis frozen (SIGSTOP)" ;;
   cont-redis) kill -CONT "$(cat "$(pidfile redis)")"; say "Redis resumed (SIGCONT)" ;;
   node-admin) echo "$(node_ip "$2"):$ADMIN_PORT" ;;
   log) cat "$DIR/logs/$2.log" ;;

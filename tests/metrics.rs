@@ -8,16 +8,9 @@ use std::net::{SocketAddr, TcpStream};
 
 use std::time::{Duration, Instant};
 
-use common::{event, http_get, start_with, Client};
+use common::{event, http_get, metric_sample as sample, start_with, Client};
 use ticketd::config::AdminAddr;
 use ticketd_proto::{Command, Status};
-
-/// The value of the sample written exactly `series` (name and labels as exposed).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
 
 fn scrape(admin: SocketAddr) -> String {
     let (code, body) = http_get(admin, "/metrics");

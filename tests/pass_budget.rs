@@ -15,20 +15,9 @@ use ticketd_proto::{Command, Purchase, Request, Status};
 const CLIENTS: u64 = 24;
 const PIPELINED: u64 = 40;
 
-fn signal(pid: u32, which: &str) {
-    let sent = std::process::Command::new("kill")
-        .args([which, &pid.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success(), "kill {which} {pid}");
-}
-
 /// The value of the sample written exactly `series` in a `/metrics` body.
 fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    common::metric_sample(text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
 }
 
 #[test]
@@ -54,8 +43,7 @@ fn a_pass_out_of_time_leaves_the_rest_to_the_next_and_nothing_is_lost() {
     }
 
     let pid = server.child.id();
-    signal(pid, "-STOP");
-    common::wait_stopped(pid);
+    common::freeze(pid);
     let mut sent = Vec::new();
     for (c, client) in clients.iter_mut().enumerate() {
         let mut bytes = BytesMut::new();
@@ -74,7 +62,7 @@ fn a_pass_out_of_time_leaves_the_rest_to_the_next_and_nothing_is_lost() {
         client.send_raw(&bytes);
         sent.push(ids);
     }
-    signal(pid, "-CONT");
+    common::signal(pid, "-CONT");
 
     // Each client gets every answer, in the order it asked, each a sale of its own.
     let mut orders = HashSet::new();

@@ -193,11 +193,7 @@ fn sigterm_stops_cleanly_and_prints_the_summary() {
     let (hold_id, _) = common::hold(&client.reserve(2, 1, 2));
     assert_ne!(hold_id, 0);
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    common::signal(pid, "-TERM");
     client.expect_eof();
     let status = child.0.wait().unwrap();
     assert_eq!(status.code(), Some(0));

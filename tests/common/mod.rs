@@ -201,6 +201,29 @@ pub fn wait_until(mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// Sends `which` (`-STOP`, `-CONT`, `-TERM`, …) to `pid` with kill(1).
+pub fn signal(pid: u32, which: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "kill {which} {pid}");
+}
+
+/// Freezes `pid` (SIGSTOP) and returns once it is frozen (see [`wait_stopped`]).
+pub fn freeze(pid: u32) {
+    signal(pid, "-STOP");
+    wait_stopped(pid);
+}
+
+/// The value of the sample written exactly `series` (name and labels as exposed) in a
+/// `/metrics` body.
+pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Waits until every thread of `pid` is stopped: `kill -STOP` returns once the signal is
 /// queued, and on a loaded host a thread may still read what is sent right after.
 pub fn wait_stopped(pid: u32) {
@@ -380,12 +403,7 @@ impl TicketdProcess {
     /// SIGTERM, then the exit status and everything it printed on stdout.
     pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
         use std::io::Read;
-        let pid = self.child.id().to_string();
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success());
+        signal(self.child.id(), "-TERM");
         let mut stdout = String::new();
         if let Some(mut out) = self.child.stdout.take() {
             out.read_to_string(&mut stdout).expect("stdout");

@@ -90,14 +90,10 @@ impl RedisServer {
     /// Freezes (SIGSTOP) or thaws (SIGCONT) the server: it keeps accepting connections
     /// in the kernel but answers nothing while frozen.
     pub fn freeze(&self, frozen: bool) {
-        let signal = if frozen { "-STOP" } else { "-CONT" };
-        let status = std::process::Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill {signal}");
         if frozen {
-            super::wait_stopped(self.child.id());
+            super::freeze(self.child.id());
+        } else {
+            super::signal(self.child.id(), "-CONT");
         }
     }
 
