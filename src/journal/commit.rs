@@ -237,6 +237,75 @@ mod tests {
         })
     }
 
+    /// A commit pipeline whose writer the test plays: jobs go nowhere, and the test says
+    /// what is durable (or failed) through the progress it keeps.
+    fn commit_with_a_played_writer() -> (Commit<&'static str>, Arc<Progress>) {
+        let (jobs, inbox) = crossbeam_channel::unbounded();
+        let progress = Arc::new(Progress::default());
+        let writer = WriterHandle {
+            jobs,
+            progress: Arc::clone(&progress),
+            // Takes the jobs and drops them, until the commit hangs up.
+            thread: std::thread::spawn(move || for _ in inbox {}),
+        };
+        (Commit::new(writer, 0, DEFAULT_ROTATE_MIN_BYTES), progress)
+    }
+
+    fn released(commit: &mut Commit<&'static str>) -> Vec<(&'static str, Outcome)> {
+        let mut out = Vec::new();
+        commit.release(|item, outcome| out.push((item, outcome)));
+        out
+    }
+
+    #[test]
+    fn an_answer_comes_back_only_once_its_job_is_durable_and_as_failed_if_it_never_is() {
+        let (mut commit, progress) = commit_with_a_played_writer();
+        // Nothing on its way to disk: an answer needs no job.
+        assert_eq!(commit.barrier(false), None);
+
+        // A sale decided this pass waits for the job that will carry it.
+        let job = commit
+            .barrier(true)
+            .expect("a pending record is waited for");
+        commit.hold(job, "sold");
+        commit.submit(Bytes::from_static(b"records"));
+        assert!(
+            released(&mut commit).is_empty(),
+            "released before its job was durable"
+        );
+        assert!(commit.is_holding());
+        progress.publish_durable(job - 1);
+        assert!(
+            released(&mut commit).is_empty(),
+            "released on an earlier job's sync"
+        );
+
+        // An answer decided now depends on that job too (a SOLD_OUT may rest on it).
+        assert_eq!(commit.barrier(false), Some(job));
+        commit.hold(job, "sold out");
+        progress.publish_durable(job);
+        assert_eq!(
+            released(&mut commit),
+            [("sold", Outcome::Durable), ("sold out", Outcome::Durable)],
+            "in the order held, once durable"
+        );
+        assert!(!commit.is_holding());
+        assert_eq!(commit.barrier(false), None);
+
+        // A writer that fails hands everything still held back as failed, never durable.
+        let next = commit
+            .barrier(true)
+            .expect("a pending record is waited for");
+        commit.hold(next, "sold, then the disk failed");
+        commit.submit(Bytes::from_static(b"more records"));
+        progress.publish_failed();
+        assert_eq!(
+            released(&mut commit),
+            [("sold, then the disk failed", Outcome::Failed)]
+        );
+        assert!(!commit.is_holding(), "nothing is held after a failure");
+    }
+
     #[test]
     fn a_segment_rotates_for_its_garbage_never_for_its_orders() {
         const MB: u64 = 1 << 20;

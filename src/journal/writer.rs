@@ -92,6 +92,18 @@ impl Progress {
     pub fn failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
     }
+
+    /// Tests of the shard's side play the writer: jobs up to `job` are durable.
+    #[cfg(test)]
+    pub(super) fn publish_durable(&self, job: u64) {
+        self.durable.store(job, Ordering::Release);
+    }
+
+    /// Tests of the shard's side play the writer: it failed.
+    #[cfg(test)]
+    pub(super) fn publish_failed(&self) {
+        self.failed.store(true, Ordering::Release);
+    }
 }
 
 /// Where and how a writer writes.
