@@ -74,9 +74,10 @@ rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 CLK_TCK=$(getconf CLK_TCK)
 steal_ms() { awk -v hz="$CLK_TCK" '/^cpu / {printf "%d\n", $9 * 1000 / hz}' /proc/stat; }
 steal_note() { echo "{\"steal_ms\": $(( $(steal_ms) - steal_from ))}" > "$OUT/$1-steal.json"; cat "$OUT/$1-steal.json"; }
-# The same for the server's core alone (/proc/stat's `cpuN` line): on these VMs syncs
-# issued back to back from vCPU 0 have that vCPU taken away ~15 ms at a time (BENCHMARKS,
-# "what holds the open loop's tail here"), which the all-vCPU sum hides among the rest.
+# The same for the server's core alone (/proc/stat's `cpuN` line): on these VMs, while
+# one vCPU syncs and the other has work, the host takes both away ~15 ms at a time
+# (BENCHMARKS, "the host takes its disk work out of both vCPUs"); the all-vCPU sum hides
+# the server core's share among the rest.
 core_steal_ms() { awk -v hz="$CLK_TCK" -v cpu="cpu$SERVER_CORE" '$1 == cpu {printf "%d\n", $9 * 1000 / hz}' /proc/stat; }
 
 # Target 1's yardstick, Redis `INCR -P 64` (same pinning), measured beside the
