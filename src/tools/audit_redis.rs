@@ -1,0 +1,406 @@
+//! `ticketd audit --redis`: the ledger mode's checks, read a page at a time.
+//!
+//! Redis runs one command at a time, so a read of a whole hash of millions of buyers
+//! (one HGETALL) stops every node's calls until it is done: 1.0 s for 1.8 M buyers on
+//! the bench machine, while other events may still be selling. The audit therefore
+//! reads with HSCAN and short XRANGE pages, and judges each buyer as its entry arrives,
+//! so its memory is a page plus the order ids it checks for repeats.
+//!
+//! Pages are not one snapshot: an event that sells while it is audited changes between
+//! them, and its sums would race with its sales. The audit reads the event's counters,
+//! its hold count and its stream's last entry before and after, and when any moved it
+//! reports the event as unsettled instead of judging sums it could not read whole.
+//! What holds at every instant (sold + held within the total, each buyer within the
+//! limit, order ids unique) is still judged.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use redis::{Connection, RedisResult};
+
+use super::audit::{check_counters, EventAudit, Report};
+use crate::redis_ledger::{outbox_orders, parse_buyer, EventKeys};
+
+/// Redis's COUNT hint for each HSCAN: about this many fields per call (each call a
+/// millisecond or less of Redis's time).
+const SCAN_COUNT: usize = 1000;
+
+/// Stream entries per XRANGE. Each entry carries one ledger call's orders, up to
+/// hundreds, so a page is a few MB at most.
+const STREAM_PAGE: usize = 100;
+
+/// Audits the Redis ledger: each event's counters against its buyers, holds and order
+/// stream.
+pub fn audit_redis(url: &crate::config::RedisUrl, events: &[u32]) -> Report {
+    audit_redis_observed(url, events, &mut |_| {})
+}
+
+/// As [`audit_redis`], calling `after_page` with the key of each page read, once it is
+/// read (tests change the ledger there, as a sale would).
+pub fn audit_redis_observed(
+    url: &crate::config::RedisUrl,
+    events: &[u32],
+    after_page: &mut dyn FnMut(&str),
+) -> Report {
+    let mut report = Report::default();
+    let addr = url.addr;
+    if let Err(e) = audit_into(url, events, after_page, &mut report) {
+        report
+            .violations
+            .push(format!("Redis at {addr} could not be read: {e}"));
+    }
+    report
+}
+
+fn audit_into(
+    url: &crate::config::RedisUrl,
+    events: &[u32],
+    after_page: &mut dyn FnMut(&str),
+    report: &mut Report,
+) -> RedisResult<()> {
+    let client = redis::Client::open(url.login.connection_info(url.addr)?)?;
+    let mut c = client.get_connection_with_timeout(Duration::from_secs(5))?;
+    let ids = if events.is_empty() {
+        every_event(&mut c)?
+    } else {
+        events.to_vec()
+    };
+    let mut order_ids = HashSet::new();
+    for id in ids {
+        let mut audit = EventRead {
+            c: &mut c,
+            keys: EventKeys::new(id),
+            event_id: id,
+            after_page: &mut *after_page,
+            report: &mut *report,
+        };
+        audit.run(&mut order_ids)?;
+    }
+    Ok(())
+}
+
+/// The ids of every event with a ledger entry, by SCAN.
+fn every_event(c: &mut Connection) -> RedisResult<Vec<u32>> {
+    let mut ids = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("{ev:*}:meta")
+            .arg("COUNT")
+            .arg(SCAN_COUNT)
+            .query(c)?;
+        ids.extend(keys.iter().filter_map(|k| {
+            k.strip_prefix("{ev:")?
+                .strip_suffix("}:meta")?
+                .parse::<u32>()
+                .ok()
+        }));
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// What moves whenever an event's ledger changes: its counters (a sale, a hold, a
+/// release), its hold records (a RESERVE adds one, a forgotten one goes) and its
+/// stream's last entry (every call that sells adds one).
+#[derive(Debug, PartialEq, Eq)]
+struct Mark {
+    total: i64,
+    sold: i64,
+    held: i64,
+    limit: i64,
+    holds: u64,
+    last_entry: Option<String>,
+}
+
+/// What the pages of one event add up to.
+#[derive(Default)]
+struct Sums {
+    buyers: u64,
+    /// Tickets bought or held, by the buyers' entries.
+    in_users: i64,
+    /// Tickets of live holds, by the hold records.
+    live_held: i64,
+    /// Tickets and orders in the stream.
+    streamed: i64,
+    orders: u64,
+}
+
+struct EventRead<'a> {
+    c: &'a mut Connection,
+    keys: EventKeys,
+    event_id: u32,
+    after_page: &'a mut dyn FnMut(&str),
+    report: &'a mut Report,
+}
+
+impl EventRead<'_> {
+    fn run(&mut self, order_ids: &mut HashSet<u64>) -> RedisResult<()> {
+        let id = self.event_id;
+        let Some(before) = self.mark()? else {
+            self.report.violations.push(format!(
+                "event {id}: no ledger entry ({} is missing or incomplete)",
+                self.keys.meta()
+            ));
+            return Ok(());
+        };
+        let mut sums = Sums::default();
+        self.read_buyers(before.limit, &mut sums)?;
+        self.read_legacy_users(before.limit, &mut sums)?;
+        self.read_holds(&mut sums)?;
+        self.read_stream(order_ids, &mut sums)?;
+        let after = self.mark()?;
+        let event = EventAudit {
+            event_id: id,
+            total: before.total,
+            sold: before.sold,
+            held: before.held,
+            orders: sums.orders,
+            buyers: sums.buyers,
+        };
+        check_counters(self.report, &event);
+        self.report.events.push(event);
+        match after {
+            Some(after) if after == before => self.judge_sums(&before, &sums),
+            Some(after) => self.report.unsettled.push(format!(
+                "event {id} changed while it was audited (sold {} -> {}, held {} -> {}, hold \
+                 records {} -> {}): its sums were not judged; audit it once its sale is over",
+                before.sold, after.sold, before.held, after.held, before.holds, after.holds
+            )),
+            None => self.report.unsettled.push(format!(
+                "event {id}: its ledger entry went while it was audited"
+            )),
+        }
+        Ok(())
+    }
+
+    fn mark(&mut self) -> RedisResult<Option<Mark>> {
+        let (total, sold, held, limit): (Option<i64>, Option<i64>, Option<i64>, Option<i64>) =
+            redis::cmd("HMGET")
+                .arg(self.keys.meta())
+                .arg(&["total", "sold", "held", "limit"][..])
+                .query(self.c)?;
+        let (Some(total), Some(sold), Some(held), Some(limit)) = (total, sold, held, limit) else {
+            return Ok(None);
+        };
+        let holds: u64 = redis::cmd("HLEN").arg(self.holds_key()).query(self.c)?;
+        let last: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+            .arg(self.keys.orders())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query(self.c)?;
+        Ok(Some(Mark {
+            total,
+            sold,
+            held,
+            limit,
+            holds,
+            last_entry: last.into_iter().next().map(|(entry, _)| entry),
+        }))
+    }
+
+    fn holds_key(&self) -> String {
+        let [_, _, holds, _, _, _, _, _] = self.keys.state();
+        holds
+    }
+
+    fn legacy_users_key(&self) -> String {
+        let [_, users, _, _, _, _, _, _] = self.keys.state();
+        users
+    }
+
+    /// One HSCAN page of `key` from `cursor`: the next cursor and the field-value pairs.
+    fn scan_page(&mut self, key: &str, cursor: u64) -> RedisResult<(u64, Vec<String>)> {
+        let page = redis::cmd("HSCAN")
+            .arg(key)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(SCAN_COUNT)
+            .query(self.c)?;
+        (self.after_page)(key);
+        Ok(page)
+    }
+
+    /// Every buyers entry: what the user bought plus holds, judged against the limit. A
+    /// user an earlier version sold to and nothing has touched since can still have a
+    /// count in the layout before buyers (`users`); it is added in.
+    fn read_buyers(&mut self, limit: i64, sums: &mut Sums) -> RedisResult<()> {
+        let id = self.event_id;
+        let buyers = self.keys.buyers();
+        let legacy: bool = redis::cmd("EXISTS")
+            .arg(self.legacy_users_key())
+            .query(self.c)?;
+        let mut cursor = 0;
+        loop {
+            let (next, page) = self.scan_page(&buyers, cursor)?;
+            let pairs: Vec<(&String, &String)> =
+                page.chunks_exact(2).map(|kv| (&kv[0], &kv[1])).collect();
+            let earlier: Vec<Option<i64>> = if legacy && !pairs.is_empty() {
+                redis::cmd("HMGET")
+                    .arg(self.legacy_users_key())
+                    .arg(
+                        pairs
+                            .iter()
+                            .map(|(user, _)| user.as_str())
+                            .collect::<Vec<_>>(),
+                    )
+                    .query(self.c)?
+            } else {
+                Vec::new()
+            };
+            for (i, (user, entry)) in pairs.into_iter().enumerate() {
+                let (Ok(user_id), Some((held, orders))) = (user.parse::<u64>(), parse_buyer(entry))
+                else {
+                    self.report.violations.push(format!(
+                        "event {id}: buyer entry {user:?} = {entry:?} is not in the form [held|]order,…"
+                    ));
+                    continue;
+                };
+                let bought: i64 = orders.iter().map(|&(_, qty)| i64::from(qty)).sum();
+                let has = held + bought + earlier.get(i).copied().flatten().unwrap_or(0);
+                self.count_buyer(user_id, has, limit, sums);
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
+    /// Users of the layout before buyers who have no buyers entry yet (those who have
+    /// were counted with it).
+    fn read_legacy_users(&mut self, limit: i64, sums: &mut Sums) -> RedisResult<()> {
+        let users = self.legacy_users_key();
+        let mut cursor = 0;
+        loop {
+            let (next, page) = self.scan_page(&users, cursor)?;
+            let pairs: Vec<(&String, &String)> =
+                page.chunks_exact(2).map(|kv| (&kv[0], &kv[1])).collect();
+            if !pairs.is_empty() {
+                let entries: Vec<Option<String>> = redis::cmd("HMGET")
+                    .arg(self.keys.buyers())
+                    .arg(
+                        pairs
+                            .iter()
+                            .map(|(user, _)| user.as_str())
+                            .collect::<Vec<_>>(),
+                    )
+                    .query(self.c)?;
+                for ((user, count), entry) in pairs.into_iter().zip(entries) {
+                    if let (None, Ok(user_id), Ok(count)) =
+                        (entry, user.parse::<u64>(), count.parse::<i64>())
+                    {
+                        self.count_buyer(user_id, count, limit, sums);
+                    }
+                }
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
+    fn count_buyer(&mut self, user: u64, has: i64, limit: i64, sums: &mut Sums) {
+        sums.buyers += 1;
+        sums.in_users += has;
+        if has > limit {
+            self.report.violations.push(format!(
+                "event {}: user {user} has {has} tickets, above the per-user limit {limit}",
+                self.event_id
+            ));
+        }
+    }
+
+    /// The tickets of live holds ("user qty expires state order", state A).
+    fn read_holds(&mut self, sums: &mut Sums) -> RedisResult<()> {
+        let holds = self.holds_key();
+        let mut cursor = 0;
+        loop {
+            let (next, page) = self.scan_page(&holds, cursor)?;
+            sums.live_held += page
+                .chunks_exact(2)
+                .filter_map(|kv| {
+                    let fields: Vec<&str> = kv[1].split(' ').collect();
+                    (fields.get(3) == Some(&"A")).then(|| fields.get(1)?.parse::<i64>().ok())?
+                })
+                .sum::<i64>();
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
+    /// The order stream, oldest first: its tickets and orders, and every order id once.
+    fn read_stream(&mut self, order_ids: &mut HashSet<u64>, sums: &mut Sums) -> RedisResult<()> {
+        let id = self.event_id;
+        let stream = self.keys.orders();
+        let mut start = "-".to_owned();
+        loop {
+            let page: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+                .arg(&stream)
+                .arg(&start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(STREAM_PAGE)
+                .query(self.c)?;
+            (self.after_page)(&stream);
+            let Some((last, _)) = page.last() else {
+                return Ok(());
+            };
+            start = format!("({last}");
+            for (entry, fields) in &page {
+                let Some(made) = outbox_orders(fields) else {
+                    self.report.violations.push(format!(
+                        "event {id}: order stream entry {entry} is not in the form node, call, orders"
+                    ));
+                    continue;
+                };
+                for order in made {
+                    sums.orders += 1;
+                    sums.streamed += i64::from(order.qty);
+                    if !order_ids.insert(order.order_id) {
+                        self.report.violations.push(format!(
+                            "order id {} is in the order stream twice",
+                            order.order_id
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The checks that need every page of a ledger that did not change meanwhile.
+    fn judge_sums(&mut self, mark: &Mark, sums: &Sums) {
+        let id = self.event_id;
+        if sums.streamed != mark.sold {
+            self.report.violations.push(format!(
+                "event {id}: the order stream holds {} tickets but the ledger says {} sold",
+                sums.streamed, mark.sold
+            ));
+        }
+        if sums.live_held != mark.held {
+            self.report.violations.push(format!(
+                "event {id}: live holds add up to {} tickets but the ledger says {} held",
+                sums.live_held, mark.held
+            ));
+        }
+        if sums.in_users != mark.sold + mark.held {
+            self.report.violations.push(format!(
+                "event {id}: users hold or bought {} tickets but sold + held is {}",
+                sums.in_users,
+                mark.sold + mark.held
+            ));
+        }
+    }
+}
