@@ -598,6 +598,57 @@ fn distinct_buyers_decided_by_position_keep_entries_and_limits() {
     assert_eq!(meta(&mut c, 1), vec![20, 6, 2], "user 4 still holds two");
 }
 
+/// A rush's call (one-ticket BUYs of distinct users, stock for all) is decided whole up
+/// to its first user with an entry, and step by step from there: every user who bought
+/// before is judged by their entry wherever they stand, and every new one sells.
+#[test]
+fn a_rush_call_sells_its_new_buyers_and_judges_each_earlier_buyer_wherever_they_stand() {
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    init(&mut c, 1, 1_000, 1, 60_000);
+    decide(&mut c, 1, 1, &[buy(5, 105), buy(8, 108)]);
+    let steps: Vec<Step> = (1..=10u64).map(|user| buy(user, 200 + user)).collect();
+    assert!(redis_ledger::distinct_buyers(&steps));
+    let decided = decide(&mut c, 1, 2, &steps);
+    for (user, decision) in (1..=10u64).zip(&decided) {
+        let expected = if user == 5 || user == 8 {
+            Decision::Refused(Status::LimitReached)
+        } else {
+            Decision::Ordered {
+                order_id: 200 + user,
+            }
+        };
+        assert_eq!(*decision, expected, "user {user}");
+    }
+    for (user, entry) in [
+        (1, "201"),
+        (4, "204"),
+        (5, "105"),
+        (6, "206"),
+        (8, "108"),
+        (10, "210"),
+    ] {
+        assert_eq!(
+            buyer_entry(&mut c, 1, user).as_deref(),
+            Some(entry),
+            "user {user}"
+        );
+    }
+    assert_eq!(meta(&mut c, 1), vec![1_000, 10, 0]);
+    let sold_in_call: Vec<(u64, u64, u16)> = [1, 2, 3, 4, 6, 7, 9, 10]
+        .iter()
+        .map(|&user| (200 + user, user, 1))
+        .collect();
+    assert_eq!(
+        outbox(&mut c, 1)[1],
+        sold_in_call,
+        "the call's outbox entry"
+    );
+    // The same call again is a replay: nothing more sold.
+    assert_eq!(decide(&mut c, 1, 2, &steps), decided);
+    assert_eq!(meta(&mut c, 1), vec![1_000, 10, 0]);
+}
+
 /// The outbox entry of a call whose BUYs all sell is the caller's text of them; once one
 /// is refused (or a CONFIRM is in the call) it is made order by order. Both must list
 /// exactly the orders sold, in step order.

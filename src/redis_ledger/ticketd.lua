@@ -574,8 +574,28 @@ redis.register_function('ticketd_decide', function(keys, args)
   -- The selling path's counters as locals (a table field costs a lookup per use), put
   -- back into m, made and a around anything else that reads or changes them.
   local sold, taken, mn, sold_buys = m.sold, m.sold + m.held, 0, 0
-  local j = 0
-  for i = 1, n do
+  local j, loop_from = 0, 1
+  -- The rush's call, decided whole: one-ticket BUYs of distinct users, with stock for
+  -- all of them. Every user up to the first with an entry is new (nobody's entry changed
+  -- by name above either) and sells, so for them the loop below would only pair each
+  -- user with their order id for the HSET: done here, without the per-step decisions.
+  -- The loop decides the rest, from the first user it must look at.
+  if all_one_buys and by_position and b.nc == 0 and limit >= 1 and taken + n <= total then
+    local new_users = n
+    for i = 1, n do
+      if at[i] then
+        new_users = i - 1
+        break
+      end
+    end
+    local u0, p0 = users_at - 1, p - 1
+    for i = 1, new_users do
+      pairs_out[np + 1], pairs_out[np + 2], np = args[u0 + i], args[p0 + i], np + 2
+    end
+    sold, taken, sold_buys = sold + new_users, taken + new_users, new_users
+    j, p, loop_from = new_users, p + new_users, new_users + 1
+  end
+  for i = loop_from, n do
     local kind = KIND_BUY_ONE
     if not all_one_buys then kind = string.byte(kinds, i) end
     if kind == KIND_BUY_ONE or kind == KIND_BUY then
