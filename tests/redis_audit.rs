@@ -162,3 +162,45 @@ fn an_event_that_sells_while_it_is_read_is_reported_changed_not_judged() {
     let settled = audit_redis_observed(&url, &[1], &mut |_| {});
     assert!(settled.is_clean(), "{}", settled.render());
 }
+
+#[test]
+fn an_audit_ends_while_the_stream_grows_faster_than_it_is_read() {
+    let redis = RedisServer::start();
+    let node = node(&redis);
+    sell(&node, 1..301);
+    let url = ticketd::config::parse_redis_url(&format!("redis://{}", redis.addr())).unwrap();
+    let stream = EventKeys::new(1).orders();
+    let mut c = redis.client();
+    // After each page of the stream, 150 more entries: more than a page.
+    let (mut pages, mut added) = (0, 0u64);
+    let report = audit_redis_observed(&url, &[1], &mut |key| {
+        if key != stream {
+            return;
+        }
+        pages += 1;
+        // (An audit that chased the stream would read on for as long as this adds.)
+        if pages > 50 {
+            return;
+        }
+        for _ in 0..150 {
+            added += 1;
+            redis::cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg(&["node", "9", "call", "growing", "orders"][..])
+                .arg(format!("{}:{}:1", 1_000_000_000 + added, 5_000_000 + added))
+                .query::<()>(&mut c)
+                .unwrap();
+        }
+    });
+    assert!(
+        pages <= 3,
+        "{pages} pages of the stream read: it read past where it stood at the start"
+    );
+    let text = report.render();
+    assert!(report.violations.is_empty(), "{text}");
+    assert!(
+        text.contains("UNSETTLED: event 1 changed while it was audited"),
+        "{text}"
+    );
+}

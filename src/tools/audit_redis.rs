@@ -155,7 +155,9 @@ impl EventRead<'_> {
         self.read_buyers(before.limit, &mut sums)?;
         self.read_legacy_users(before.limit, &mut sums)?;
         self.read_holds(&mut sums)?;
-        self.read_stream(order_ids, &mut sums)?;
+        if let Some(last) = &before.last_entry {
+            self.read_stream(last, order_ids, &mut sums)?;
+        }
         let after = self.mark()?;
         let event = EventAudit {
             event_id: id,
@@ -296,10 +298,16 @@ impl EventRead<'_> {
                     )
                     .query(self.c)?;
                 for ((user, count), entry) in pairs.into_iter().zip(entries) {
-                    if let (None, Ok(user_id), Ok(count)) =
-                        (entry, user.parse::<u64>(), count.parse::<i64>())
-                    {
-                        self.count_buyer(user_id, count, limit, sums);
+                    if entry.is_some() {
+                        continue;
+                    }
+                    match (user.parse::<u64>(), count.parse::<i64>()) {
+                        (Ok(user_id), Ok(count)) => self.count_buyer(user_id, count, limit, sums),
+                        _ => self.report.violations.push(format!(
+                            "event {}: user entry {user:?} = {count:?} (the layout before buyers) \
+                             is not a user and a count",
+                            self.event_id
+                        )),
                     }
                 }
             }
@@ -341,8 +349,15 @@ impl EventRead<'_> {
         }
     }
 
-    /// The order stream, oldest first: its tickets and orders, and every order id once.
-    fn read_stream(&mut self, order_ids: &mut HashSet<u64>, sums: &mut Sums) -> RedisResult<()> {
+    /// The order stream, oldest first, up to `last` (its last entry when the audit began:
+    /// a stream a live sale keeps growing faster than it is read would never end): its
+    /// tickets and orders, and every order id once.
+    fn read_stream(
+        &mut self,
+        last: &str,
+        order_ids: &mut HashSet<u64>,
+        sums: &mut Sums,
+    ) -> RedisResult<()> {
         let id = self.event_id;
         let stream = self.keys.orders();
         let mut start = "-".to_owned();
@@ -350,7 +365,7 @@ impl EventRead<'_> {
             let page: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
                 .arg(&stream)
                 .arg(&start)
-                .arg("+")
+                .arg(last)
                 .arg("COUNT")
                 .arg(STREAM_PAGE)
                 .query(self.c)?;
