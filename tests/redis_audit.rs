@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::redis_server::RedisServer;
 use common::{event, Client};
+use ticketd::config::RedisUrl;
 use ticketd::redis_ledger::EventKeys;
 use ticketd::tools::audit_redis::audit_redis_observed;
 use ticketd::ServerHandle;
@@ -47,6 +48,16 @@ fn sell(node: &ServerHandle, users: Range<u64>) {
     }
 }
 
+/// A ledger whose event 1 sold one ticket to each of users 1..=`buyers`: its Redis, its
+/// node, and its URL.
+fn sold_to(buyers: u64) -> (RedisServer, ServerHandle, RedisUrl) {
+    let redis = RedisServer::start();
+    let node = node(&redis);
+    sell(&node, 1..buyers + 1);
+    let url = ticketd::config::parse_redis_url(&format!("redis://{}", redis.addr())).unwrap();
+    (redis, node, url)
+}
+
 /// The audit's row for event 1: total, sold, held, remaining, orders, buyers.
 fn row_of_event_1(report: &str) -> Vec<i64> {
     let row = report
@@ -72,9 +83,7 @@ fn audit_binary(url: &str) -> (bool, String) {
 
 #[test]
 fn an_event_of_many_pages_is_read_whole_and_what_was_planted_in_it_is_found() {
-    let redis = RedisServer::start();
-    let node = node(&redis);
-    sell(&node, 1..5_001);
+    let (redis, _node, _) = sold_to(5_000);
     let url = format!("redis://{}", redis.addr());
     let (passed, report) = audit_binary(&url);
     assert!(passed && report.contains("audit: OK"), "{report}");
@@ -120,10 +129,7 @@ fn an_event_of_many_pages_is_read_whole_and_what_was_planted_in_it_is_found() {
 
 #[test]
 fn an_event_that_sells_while_it_is_read_is_reported_changed_not_judged() {
-    let redis = RedisServer::start();
-    let node = node(&redis);
-    sell(&node, 1..3_001);
-    let url = ticketd::config::parse_redis_url(&format!("redis://{}", redis.addr())).unwrap();
+    let (_redis, node, url) = sold_to(3_000);
     let buyers = EventKeys::new(1).buyers();
 
     // Read page by page with nothing selling: judged whole, and clean.
@@ -165,10 +171,7 @@ fn an_event_that_sells_while_it_is_read_is_reported_changed_not_judged() {
 
 #[test]
 fn an_audit_ends_while_the_stream_grows_faster_than_it_is_read() {
-    let redis = RedisServer::start();
-    let node = node(&redis);
-    sell(&node, 1..301);
-    let url = ticketd::config::parse_redis_url(&format!("redis://{}", redis.addr())).unwrap();
+    let (redis, _node, url) = sold_to(300);
     let stream = EventKeys::new(1).orders();
     let mut c = redis.client();
     // After each page of the stream, 150 more entries: more than a page.
