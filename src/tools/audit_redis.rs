@@ -11,7 +11,9 @@
 //! its hold count and its stream's last entry before and after, and when any moved it
 //! reports the event as unsettled instead of judging sums it could not read whole.
 //! What holds at every instant (sold + held within the total, each buyer within the
-//! limit, order ids unique) is still judged.
+//! limit, order ids unique) is still judged. (Changes that put all four back as they were
+//! — a hold taken and cancelled while an old one is forgotten — would pass unseen: the
+//! audit's verdict is for an event whose sale is over.)
 
 use std::collections::HashSet;
 use std::time::Duration;
