@@ -207,3 +207,31 @@ fn an_audit_ends_while_the_stream_grows_faster_than_it_is_read() {
         "{text}"
     );
 }
+
+#[test]
+fn a_ledger_broken_everywhere_lists_a_thousand_violations_and_counts_the_rest() {
+    let (redis, _node, _) = sold_to(10);
+    let mut c = redis.client();
+    let mut planted = redis::cmd("HSET");
+    planted.arg(EventKeys::new(1).buyers());
+    for user in 0..1_200u64 {
+        planted.arg(1_000_000 + user).arg("41,42,43");
+    }
+    planted.query::<()>(&mut c).unwrap();
+    let (passed, report) = audit_binary(&format!("redis://{}", redis.addr()));
+    assert!(!passed);
+    let listed = report
+        .lines()
+        .filter(|line| line.starts_with("VIOLATION: event 1: user"))
+        .count();
+    assert_eq!(listed, 1_000, "{report}");
+    // 1,200 buyers above the limit, and the buyers' tickets against sold + held.
+    assert!(
+        report.contains("VIOLATION: … and 201 more, not listed (the first 1000 are)"),
+        "{report}"
+    );
+    assert!(
+        report.trim_end().ends_with("audit: 1201 violation(s)"),
+        "{report}"
+    );
+}

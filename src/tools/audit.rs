@@ -38,11 +38,17 @@ pub struct EventAudit {
     pub buyers: u64,
 }
 
+/// Violations kept word for word; past these only counted.
+pub const LISTED: usize = 1_000;
+
 /// What an audit found.
 #[derive(Debug, Default)]
 pub struct Report {
     pub events: Vec<EventAudit>,
+    /// The first [`LISTED`] violations found (a ledger broken everywhere would
+    /// otherwise fill memory with them); `unlisted` counts the rest.
     pub violations: Vec<String>,
+    pub unlisted: u64,
     /// Events whose sums could not be judged: they changed while they were read
     /// (`audit --redis` of an event still selling; see `audit_redis`).
     pub unsettled: Vec<String>,
@@ -53,6 +59,20 @@ impl Report {
     /// No violation, and every event judged whole.
     pub fn is_clean(&self) -> bool {
         self.violations.is_empty() && self.unsettled.is_empty()
+    }
+
+    /// Records a violation: listed while fewer than [`LISTED`] are, counted after.
+    pub fn violation(&mut self, text: String) {
+        if self.violations.len() < LISTED {
+            self.violations.push(text);
+        } else {
+            self.unlisted += 1;
+        }
+    }
+
+    /// Every violation found, listed or not.
+    pub fn violation_count(&self) -> u64 {
+        self.violations.len() as u64 + self.unlisted
     }
 
     pub fn render(&self) -> String {
@@ -81,10 +101,17 @@ impl Report {
         for violation in &self.violations {
             let _ = writeln!(out, "VIOLATION: {violation}");
         }
+        if self.unlisted > 0 {
+            let _ = writeln!(
+                out,
+                "VIOLATION: … and {} more, not listed (the first {LISTED} are)",
+                self.unlisted
+            );
+        }
         for unsettled in &self.unsettled {
             let _ = writeln!(out, "UNSETTLED: {unsettled}");
         }
-        match (self.violations.len(), self.unsettled.len()) {
+        match (self.violation_count(), self.unsettled.len()) {
             (0, 0) => out.push_str("audit: OK"),
             (n, 0) => {
                 let _ = write!(out, "audit: {n} violation(s)");
@@ -112,9 +139,7 @@ pub fn run(args: &AuditArgs) -> Report {
 pub fn audit_dir(dir: &std::path::Path) -> Report {
     let mut report = Report::default();
     if !dir.is_dir() {
-        report
-            .violations
-            .push(format!("{}: no such data dir", dir.display()));
+        report.violation(format!("{}: no such data dir", dir.display()));
         return report;
     }
     // A zero-tailed segment is overwritten in place: one read of a running server's
@@ -129,7 +154,7 @@ pub fn audit_dir(dir: &std::path::Path) -> Report {
     }) {
         Ok(state) => state,
         Err(e) => {
-            report.violations.push(e.to_string());
+            report.violation(e.to_string());
             return report;
         }
     };
@@ -153,13 +178,13 @@ fn check_state(state: &Recovered, report: &mut Report) {
     let mut order_ids = HashSet::new();
     for order in &state.orders {
         if !order_ids.insert(order.order_id) {
-            report.violations.push(format!(
+            report.violation(format!(
                 "order id {} is issued twice",
                 IdText(order.order_id)
             ));
         }
         if !state.events.iter().any(|e| e.event_id == order.event_id) {
-            report.violations.push(format!(
+            report.violation(format!(
                 "order {} is for event {}, which the journal never defined",
                 IdText(order.order_id),
                 order.event_id
@@ -168,7 +193,7 @@ fn check_state(state: &Recovered, report: &mut Report) {
     }
     for hold_id in state.holds.keys() {
         if order_ids.contains(hold_id) {
-            report.violations.push(format!(
+            report.violation(format!(
                 "id {} is both an order and a hold",
                 IdText(*hold_id)
             ));
@@ -213,7 +238,7 @@ fn check_event(report: &mut Report, event: EventAudit, limit: i64, per_user: &Ha
         .collect();
     over.sort_unstable();
     for (user, n) in over {
-        report.violations.push(format!(
+        report.violation(format!(
             "event {}: user {user} has {n} tickets, above the per-user limit {limit}",
             event.event_id
         ));
@@ -224,7 +249,7 @@ fn check_event(report: &mut Report, event: EventAudit, limit: i64, per_user: &Ha
 /// Sold and held never below zero, and never above the total between them (oversold).
 pub(super) fn check_counters(report: &mut Report, event: &EventAudit) {
     if event.sold < 0 || event.held < 0 || event.sold + event.held > event.total {
-        report.violations.push(format!(
+        report.violation(format!(
             "event {}: sold {} + held {} exceed the total {} (oversold)",
             event.event_id, event.sold, event.held, event.total
         ));

@@ -47,9 +47,7 @@ pub fn audit_redis_observed(
     let mut report = Report::default();
     let addr = url.addr;
     if let Err(e) = audit_into(url, events, after_page, &mut report) {
-        report
-            .violations
-            .push(format!("Redis at {addr} could not be read: {e}"));
+        report.violation(format!("Redis at {addr} could not be read: {e}"));
     }
     report
 }
@@ -147,7 +145,7 @@ impl EventRead<'_> {
     fn run(&mut self, order_ids: &mut HashSet<u64>) -> RedisResult<()> {
         let id = self.event_id;
         let Some(before) = self.mark()? else {
-            self.report.violations.push(format!(
+            self.report.violation(format!(
                 "event {id}: no ledger entry ({} is missing or incomplete)",
                 self.keys.meta()
             ));
@@ -264,7 +262,7 @@ impl EventRead<'_> {
             for (i, (user, entry)) in pairs.into_iter().enumerate() {
                 let (Ok(user_id), Some((held, orders))) = (user.parse::<u64>(), parse_buyer(entry))
                 else {
-                    self.report.violations.push(format!(
+                    self.report.violation(format!(
                         "event {id}: buyer entry {user:?} = {entry:?} is not in the form [held|]order,…"
                     ));
                     continue;
@@ -305,7 +303,7 @@ impl EventRead<'_> {
                     }
                     match (user.parse::<u64>(), count.parse::<i64>()) {
                         (Ok(user_id), Ok(count)) => self.count_buyer(user_id, count, limit, sums),
-                        _ => self.report.violations.push(format!(
+                        _ => self.report.violation(format!(
                             "event {}: user entry {user:?} = {count:?} (the layout before buyers) \
                              is not a user and a count",
                             self.event_id
@@ -324,7 +322,7 @@ impl EventRead<'_> {
         sums.buyers += 1;
         sums.in_users += has;
         if has > limit {
-            self.report.violations.push(format!(
+            self.report.violation(format!(
                 "event {}: user {user} has {has} tickets, above the per-user limit {limit}",
                 self.event_id
             ));
@@ -378,7 +376,7 @@ impl EventRead<'_> {
             start = format!("({last}");
             for (entry, fields) in &page {
                 let Some(made) = outbox_orders(fields) else {
-                    self.report.violations.push(format!(
+                    self.report.violation(format!(
                         "event {id}: order stream entry {entry} is not in the form node, call, orders"
                     ));
                     continue;
@@ -387,7 +385,7 @@ impl EventRead<'_> {
                     sums.orders += 1;
                     sums.streamed += i64::from(order.qty);
                     if !order_ids.insert(order.order_id) {
-                        self.report.violations.push(format!(
+                        self.report.violation(format!(
                             "order id {} is in the order stream twice",
                             order.order_id
                         ));
@@ -401,19 +399,19 @@ impl EventRead<'_> {
     fn judge_sums(&mut self, mark: &Mark, sums: &Sums) {
         let id = self.event_id;
         if sums.streamed != mark.sold {
-            self.report.violations.push(format!(
+            self.report.violation(format!(
                 "event {id}: the order stream holds {} tickets but the ledger says {} sold",
                 sums.streamed, mark.sold
             ));
         }
         if sums.live_held != mark.held {
-            self.report.violations.push(format!(
+            self.report.violation(format!(
                 "event {id}: live holds add up to {} tickets but the ledger says {} held",
                 sums.live_held, mark.held
             ));
         }
         if sums.in_users != mark.sold + mark.held {
-            self.report.violations.push(format!(
+            self.report.violation(format!(
                 "event {id}: users hold or bought {} tickets but sold + held is {}",
                 sums.in_users,
                 mark.sold + mark.held
