@@ -310,10 +310,22 @@ if thr_rej and nologic_thr:
                  f"no-logic server: {fmt(nologic_thr['throughput_rps'], '/s')}",
                  ratio(thr_rej["throughput_rps"], nologic_thr["throughput_rps"]),
                  ">= 0.60x the no-logic server"))
-if best_rate and nologic_best:
-    rows.append(("highest rate with p99 < 1 ms vs no-logic server", fmt(best_rate, "/s"),
-                 f"no-logic server: {fmt(nologic_best, '/s')}", ratio(best_rate, nologic_best),
-                 ">= 0.9x the no-logic server"))
+def highest_rate_text(points, best):
+    """The highest rate with p99 under 1 ms, or what the lowest rate tried read."""
+    if best:
+        return fmt(best, "/s")
+    if points:
+        return f"none of those tried (at {fmt(points[0][0], '/s')}: p99 {points[0][1]:.0f} us)"
+    return "-"
+
+
+# Target 4's row, whenever both sweeps ran: also when either server stayed above 1 ms
+# at every rate, so the yardstick is always beside ticketd's figure.
+if sweep and nologic_sweep:
+    rows.append(("highest rate with p99 < 1 ms vs no-logic server",
+                 highest_rate_text(sweep, best_rate),
+                 f"no-logic server: {highest_rate_text(nologic_sweep, nologic_best)}",
+                 ratio(best_rate, nologic_best), ">= 0.9x the no-logic server"))
 if thr_rej:
     rows.append(("throughput after sell-out: 64 x 64", fmt(thr_rej["throughput_rps"], "/s"),
                  f"redis INCR -P 64: {fmt(incr_p64, '/s')}", ratio(thr_rej["throughput_rps"], incr_p64),
@@ -329,10 +341,8 @@ sweep_steal_text = (f"; core {sweep_steal['core']} steal: {sweep_steal['ticketd_
                     f" {sweep_steal['nologic_ms']} ms in the no-logic server's"
                     if sweep_steal else "")
 if sweep:
-    lowest = sweep[0]
-    none_met = f"none of those tried (at {fmt(lowest[0], '/s')}: p99 {lowest[1]:.0f} us)"
     rows.append(("highest rate with p99 < 1 ms",
-                 (fmt(best_rate, "/s") if best_rate else none_met) + sweep_steal_text,
+                 highest_rate_text(sweep, best_rate) + sweep_steal_text,
                  f"redis INCR -P 1 (c=50): {fmt(incr_p1, '/s')}", ratio(best_rate, incr_p1),
                  "report it"))
 if conns and rss:
