@@ -135,6 +135,27 @@ pub fn run(args: &AuditArgs) -> Report {
     }
 }
 
+/// How long after a read that found damage the data dir is read again.
+const SECOND_READ_AFTER: Duration = Duration::from_millis(200);
+
+/// The data dir's state by `read`, read a second time `pause` later when the first read
+/// found damage. A zero-tailed segment is overwritten in place: one read of a running
+/// server's file can find a page of a write still zero and a later write's pages
+/// already there, which reads as damage. Such a read is gone a moment later; damage is
+/// not, and any other error is not a read caught mid-write.
+fn read_settled(
+    mut read: impl FnMut() -> Result<Recovered, JournalError>,
+    pause: Duration,
+) -> Result<Recovered, JournalError> {
+    match read() {
+        Err(JournalError::Corrupt { .. }) => {
+            std::thread::sleep(pause);
+            read()
+        }
+        first => first,
+    }
+}
+
 /// Audits a data directory (read-only: a running server may keep writing).
 pub fn audit_dir(dir: &std::path::Path) -> Report {
     let mut report = Report::default();
@@ -142,16 +163,7 @@ pub fn audit_dir(dir: &std::path::Path) -> Report {
         report.violation(format!("{}: no such data dir", dir.display()));
         return report;
     }
-    // A zero-tailed segment is overwritten in place: one read of a running server's
-    // file can find a page of a write still zero and a later write's pages already
-    // there, which reads as damage. Such a read is gone a moment later; damage is not.
-    let state = match recovery::recover(dir, None).or_else(|first| match first {
-        JournalError::Corrupt { .. } => {
-            std::thread::sleep(Duration::from_millis(200));
-            recovery::recover(dir, None)
-        }
-        other => Err(other),
-    }) {
+    let state = match read_settled(|| recovery::recover(dir, None), SECOND_READ_AFTER) {
         Ok(state) => state,
         Err(e) => {
             report.violation(e.to_string());
@@ -253,5 +265,62 @@ pub(super) fn check_counters(report: &mut Report, event: &EventAudit) {
             "event {}: sold {} + held {} exceed the total {} (oversold)",
             event.event_id, event.sold, event.held, event.total
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn corrupt() -> JournalError {
+        JournalError::Corrupt {
+            path: "seg".into(),
+            offset: 8,
+            why: "a page of zeros".into(),
+        }
+    }
+
+    #[test]
+    fn damage_is_read_again_once_and_believed_only_if_it_stays() {
+        let empty = tempfile::tempdir().unwrap();
+        // Damage that is gone a moment later (a write caught half-way): the second read.
+        let mut reads = 0;
+        let settled = read_settled(
+            || {
+                reads += 1;
+                if reads == 1 {
+                    Err(corrupt())
+                } else {
+                    recovery::recover(empty.path(), None)
+                }
+            },
+            Duration::ZERO,
+        );
+        assert!(settled.is_ok(), "{:?}", settled.err());
+        assert_eq!(reads, 2);
+        // Damage that stays: reported after one more read, not read forever.
+        let mut reads = 0;
+        let damaged = read_settled(
+            || {
+                reads += 1;
+                Err(corrupt())
+            },
+            Duration::ZERO,
+        );
+        assert!(matches!(damaged, Err(JournalError::Corrupt { .. })));
+        assert_eq!(reads, 2);
+        // Anything else is not a read caught mid-write: no second read.
+        let mut reads = 0;
+        let locked = read_settled(
+            || {
+                reads += 1;
+                Err(JournalError::Locked {
+                    dir: empty.path().into(),
+                })
+            },
+            Duration::ZERO,
+        );
+        assert!(matches!(locked, Err(JournalError::Locked { .. })));
+        assert_eq!(reads, 1);
     }
 }
