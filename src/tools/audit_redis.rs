@@ -18,7 +18,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use redis::{Connection, RedisResult};
+use redis::{Connection, FromRedisValue, RedisResult};
 
 use super::audit::{check_counters, EventAudit, Report};
 use crate::redis_ledger::{outbox_orders, parse_buyer, EventKeys};
@@ -69,7 +69,7 @@ fn audit_into(
     for id in ids {
         let mut audit = EventRead {
             c: &mut c,
-            keys: EventKeys::new(id),
+            keys: Keys::of(id),
             event_id: id,
             after_page: &mut *after_page,
             report: &mut *report,
@@ -133,9 +133,32 @@ struct Sums {
     orders: u64,
 }
 
+/// The keys of one event the audit reads.
+struct Keys {
+    meta: String,
+    /// The layout before buyers: user -> tickets.
+    users: String,
+    holds: String,
+    orders: String,
+    buyers: String,
+}
+
+impl Keys {
+    fn of(event: u32) -> Keys {
+        let [meta, users, holds, _, _, orders, _, buyers] = EventKeys::new(event).state();
+        Keys {
+            meta,
+            users,
+            holds,
+            orders,
+            buyers,
+        }
+    }
+}
+
 struct EventRead<'a> {
     c: &'a mut Connection,
-    keys: EventKeys,
+    keys: Keys,
     event_id: u32,
     after_page: &'a mut dyn FnMut(&str),
     report: &'a mut Report,
@@ -147,7 +170,7 @@ impl EventRead<'_> {
         let Some(before) = self.mark()? else {
             self.report.violation(format!(
                 "event {id}: no ledger entry ({} is missing or incomplete)",
-                self.keys.meta()
+                self.keys.meta
             ));
             return Ok(());
         };
@@ -186,15 +209,15 @@ impl EventRead<'_> {
     fn mark(&mut self) -> RedisResult<Option<Mark>> {
         let (total, sold, held, limit): (Option<i64>, Option<i64>, Option<i64>, Option<i64>) =
             redis::cmd("HMGET")
-                .arg(self.keys.meta())
+                .arg(&self.keys.meta)
                 .arg(&["total", "sold", "held", "limit"][..])
                 .query(self.c)?;
         let (Some(total), Some(sold), Some(held), Some(limit)) = (total, sold, held, limit) else {
             return Ok(None);
         };
-        let holds: u64 = redis::cmd("HLEN").arg(self.holds_key()).query(self.c)?;
+        let holds: u64 = redis::cmd("HLEN").arg(&self.keys.holds).query(self.c)?;
         let last: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
-            .arg(self.keys.orders())
+            .arg(&self.keys.orders)
             .arg("+")
             .arg("-")
             .arg("COUNT")
@@ -210,26 +233,43 @@ impl EventRead<'_> {
         }))
     }
 
-    fn holds_key(&self) -> String {
-        let [_, _, holds, _, _, _, _, _] = self.keys.state();
-        holds
+    /// Calls `on_page` with each HSCAN page of `key` (field, value, field, value, …).
+    fn each_page(
+        &mut self,
+        key: &str,
+        mut on_page: impl FnMut(&mut Self, &[String]) -> RedisResult<()>,
+    ) -> RedisResult<()> {
+        let mut cursor = 0u64;
+        loop {
+            let (next, page): (u64, Vec<String>) = redis::cmd("HSCAN")
+                .arg(key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .query(self.c)?;
+            (self.after_page)(key);
+            on_page(self, &page)?;
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
     }
 
-    fn legacy_users_key(&self) -> String {
-        let [_, users, _, _, _, _, _, _] = self.keys.state();
-        users
-    }
-
-    /// One HSCAN page of `key` from `cursor`: the next cursor and the field-value pairs.
-    fn scan_page(&mut self, key: &str, cursor: u64) -> RedisResult<(u64, Vec<String>)> {
-        let page = redis::cmd("HSCAN")
+    /// The values in hash `key` of the fields of an HSCAN `page`, in its order.
+    fn values_of<T: FromRedisValue>(&mut self, key: &str, page: &[String]) -> RedisResult<Vec<T>> {
+        if page.is_empty() {
+            return Ok(Vec::new());
+        }
+        redis::cmd("HMGET")
             .arg(key)
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(SCAN_COUNT)
-            .query(self.c)?;
-        (self.after_page)(key);
-        Ok(page)
+            .arg(
+                page.iter()
+                    .step_by(2)
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
+            )
+            .query(self.c)
     }
 
     /// Every buyers entry: what the user bought plus holds, judged against the limit. A
@@ -237,85 +277,53 @@ impl EventRead<'_> {
     /// count in the layout before buyers (`users`); it is added in.
     fn read_buyers(&mut self, limit: i64, sums: &mut Sums) -> RedisResult<()> {
         let id = self.event_id;
-        let buyers = self.keys.buyers();
-        let legacy: bool = redis::cmd("EXISTS")
-            .arg(self.legacy_users_key())
-            .query(self.c)?;
-        let mut cursor = 0;
-        loop {
-            let (next, page) = self.scan_page(&buyers, cursor)?;
-            let pairs: Vec<(&String, &String)> =
-                page.chunks_exact(2).map(|kv| (&kv[0], &kv[1])).collect();
-            let earlier: Vec<Option<i64>> = if legacy && !pairs.is_empty() {
-                redis::cmd("HMGET")
-                    .arg(self.legacy_users_key())
-                    .arg(
-                        pairs
-                            .iter()
-                            .map(|(user, _)| user.as_str())
-                            .collect::<Vec<_>>(),
-                    )
-                    .query(self.c)?
+        let (buyers, users) = (self.keys.buyers.clone(), self.keys.users.clone());
+        let legacy: bool = redis::cmd("EXISTS").arg(&users).query(self.c)?;
+        self.each_page(&buyers, |this, page| {
+            let earlier: Vec<Option<i64>> = if legacy {
+                this.values_of(&users, page)?
             } else {
                 Vec::new()
             };
-            for (i, (user, entry)) in pairs.into_iter().enumerate() {
+            for (i, kv) in page.chunks_exact(2).enumerate() {
+                let (user, entry) = (&kv[0], &kv[1]);
                 let (Ok(user_id), Some((held, orders))) = (user.parse::<u64>(), parse_buyer(entry))
                 else {
-                    self.report.violation(format!(
+                    this.report.violation(format!(
                         "event {id}: buyer entry {user:?} = {entry:?} is not in the form [held|]order,…"
                     ));
                     continue;
                 };
                 let bought: i64 = orders.iter().map(|&(_, qty)| i64::from(qty)).sum();
                 let has = held + bought + earlier.get(i).copied().flatten().unwrap_or(0);
-                self.count_buyer(user_id, has, limit, sums);
+                this.count_buyer(user_id, has, limit, sums);
             }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
-        }
+            Ok(())
+        })
     }
 
     /// Users of the layout before buyers who have no buyers entry yet (those who have
     /// were counted with it).
     fn read_legacy_users(&mut self, limit: i64, sums: &mut Sums) -> RedisResult<()> {
-        let users = self.legacy_users_key();
-        let mut cursor = 0;
-        loop {
-            let (next, page) = self.scan_page(&users, cursor)?;
-            let pairs: Vec<(&String, &String)> =
-                page.chunks_exact(2).map(|kv| (&kv[0], &kv[1])).collect();
-            if !pairs.is_empty() {
-                let entries: Vec<Option<String>> = redis::cmd("HMGET")
-                    .arg(self.keys.buyers())
-                    .arg(
-                        pairs
-                            .iter()
-                            .map(|(user, _)| user.as_str())
-                            .collect::<Vec<_>>(),
-                    )
-                    .query(self.c)?;
-                for ((user, count), entry) in pairs.into_iter().zip(entries) {
-                    if entry.is_some() {
-                        continue;
-                    }
-                    match (user.parse::<u64>(), count.parse::<i64>()) {
-                        (Ok(user_id), Ok(count)) => self.count_buyer(user_id, count, limit, sums),
-                        _ => self.report.violation(format!(
-                            "event {}: user entry {user:?} = {count:?} (the layout before buyers) \
-                             is not a user and a count",
-                            self.event_id
-                        )),
-                    }
+        let id = self.event_id;
+        let (buyers, users) = (self.keys.buyers.clone(), self.keys.users.clone());
+        self.each_page(&users, |this, page| {
+            let entries: Vec<Option<String>> = this.values_of(&buyers, page)?;
+            for (kv, entry) in page.chunks_exact(2).zip(entries) {
+                let (user, count) = (&kv[0], &kv[1]);
+                if entry.is_some() {
+                    continue;
+                }
+                match (user.parse::<u64>(), count.parse::<i64>()) {
+                    (Ok(user_id), Ok(count)) => this.count_buyer(user_id, count, limit, sums),
+                    _ => this.report.violation(format!(
+                        "event {id}: user entry {user:?} = {count:?} (the layout before buyers) \
+                         is not a user and a count"
+                    )),
                 }
             }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
-        }
+            Ok(())
+        })
     }
 
     fn count_buyer(&mut self, user: u64, has: i64, limit: i64, sums: &mut Sums) {
@@ -331,10 +339,8 @@ impl EventRead<'_> {
 
     /// The tickets of live holds ("user qty expires state order", state A).
     fn read_holds(&mut self, sums: &mut Sums) -> RedisResult<()> {
-        let holds = self.holds_key();
-        let mut cursor = 0;
-        loop {
-            let (next, page) = self.scan_page(&holds, cursor)?;
+        let holds = self.keys.holds.clone();
+        self.each_page(&holds, |_, page| {
             sums.live_held += page
                 .chunks_exact(2)
                 .filter_map(|kv| {
@@ -342,11 +348,8 @@ impl EventRead<'_> {
                     (fields.get(3) == Some(&"A")).then(|| fields.get(1)?.parse::<i64>().ok())?
                 })
                 .sum::<i64>();
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
-        }
+            Ok(())
+        })
     }
 
     /// The order stream, oldest first, up to `last` (its last entry when the audit began:
@@ -359,7 +362,7 @@ impl EventRead<'_> {
         sums: &mut Sums,
     ) -> RedisResult<()> {
         let id = self.event_id;
-        let stream = self.keys.orders();
+        let stream = self.keys.orders.clone();
         let mut start = "-".to_owned();
         loop {
             let page: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
