@@ -251,6 +251,17 @@ mod tests {
         (Commit::new(writer, 0, DEFAULT_ROTATE_MIN_BYTES), progress)
     }
 
+    /// A sale decided in a pass: its answer held on the job that carries its records,
+    /// and that job submitted. Returns the job.
+    fn hold_a_sale(commit: &mut Commit<&'static str>, answer: &'static str) -> u64 {
+        let job = commit
+            .barrier(true)
+            .expect("a pending record is waited for");
+        commit.hold(job, answer);
+        commit.submit(Bytes::from_static(b"records"));
+        job
+    }
+
     fn released(commit: &mut Commit<&'static str>) -> Vec<(&'static str, Outcome)> {
         let mut out = Vec::new();
         commit.release(|item, outcome| out.push((item, outcome)));
@@ -264,11 +275,7 @@ mod tests {
         assert_eq!(commit.barrier(false), None);
 
         // A sale decided this pass waits for the job that will carry it.
-        let job = commit
-            .barrier(true)
-            .expect("a pending record is waited for");
-        commit.hold(job, "sold");
-        commit.submit(Bytes::from_static(b"records"));
+        let job = hold_a_sale(&mut commit, "sold");
         assert!(
             released(&mut commit).is_empty(),
             "released before its job was durable"
@@ -293,11 +300,7 @@ mod tests {
         assert_eq!(commit.barrier(false), None);
 
         // A writer that fails hands everything still held back as failed, never durable.
-        let next = commit
-            .barrier(true)
-            .expect("a pending record is waited for");
-        commit.hold(next, "sold, then the disk failed");
-        commit.submit(Bytes::from_static(b"more records"));
+        hold_a_sale(&mut commit, "sold, then the disk failed");
         progress.publish_failed();
         assert_eq!(
             released(&mut commit),
