@@ -535,6 +535,142 @@ fn weighted_nodes_hold_gates_in_proportion_to_their_weights() {
     );
 }
 
+/// FCALLs Redis has run since it started (INFO commandstats).
+fn fcalls_run(redis: &RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.client())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+#[test]
+fn purchases_that_arrive_while_calls_are_in_flight_gather_into_one_call() {
+    let redis = RedisServer::start();
+    let events = [event(1, 100, 1)];
+    redis.create_events(&events, Duration::from_secs(60));
+    let mut config = redis.node_config(1, 1, &events);
+    config.hold_ttl = Duration::from_secs(60);
+    config.shards = 1;
+    let ledger = config.redis.as_mut().unwrap();
+    // Long enough that nothing times out while Redis is paused below.
+    ledger.timeout = Duration::from_secs(20);
+    ledger.depth = 2;
+    let node = ticketd::start(config).expect("node starts");
+    // One sale first: the connection is up and its handshake answered.
+    assert_eq!(
+        Client::connect(node.local_addr()).buy(1, 0, 1).status,
+        Status::Ok
+    );
+    let before = fcalls_run(&redis);
+    // Redis stops running writing commands (an FCALL is one) for a while: the node's
+    // calls stay in flight, and purchases keep arriving, each in a pass of its own.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(10_000)
+        .arg("WRITE")
+        .query(&mut redis.client())
+        .unwrap();
+    let buyers = 30;
+    let mut clients: Vec<Client> = (1..=buyers)
+        .map(|user| {
+            let mut client = Client::connect(node.local_addr());
+            let req_id = client.next_req_id();
+            client.send(Request {
+                req_id,
+                command: Command::Buy(Purchase {
+                    event: 1,
+                    user,
+                    qty: 1,
+                }),
+            });
+            std::thread::sleep(Duration::from_millis(10));
+            client
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query(&mut redis.client())
+        .unwrap();
+    let mut orders = HashSet::new();
+    for client in &mut clients {
+        let answer = client.recv();
+        assert_eq!(answer.status, Status::Ok);
+        assert!(orders.insert(order_id(&answer)), "an order id twice");
+    }
+    assert_eq!(redis.ledger_sold(1), 1 + buyers as i64);
+    // The first two purchases went out as calls of their own (--redis-depth 2); every
+    // later one waited for them and went out together. (Sent a pass at a time: 30 calls.)
+    let calls = fcalls_run(&redis) - before;
+    assert!(calls <= 3, "{calls} calls for {buyers} purchases");
+}
+
+#[test]
+fn a_batch_that_reaches_the_largest_call_goes_out_without_waiting() {
+    let max = ticketd::shard::remote::MAX_CALL_STEPS as u64;
+    let redis = RedisServer::start();
+    let events = [event(1, 3 * max as i64, 1)];
+    redis.create_events(&events, Duration::from_secs(60));
+    let mut config = redis.node_config(1, 1, &events);
+    config.hold_ttl = Duration::from_secs(60);
+    config.shards = 1;
+    let ledger = config.redis.as_mut().unwrap();
+    ledger.timeout = Duration::from_secs(20);
+    ledger.depth = 1;
+    let node = ticketd::start(config).expect("node starts");
+    let mut first = Client::connect(node.local_addr());
+    assert_eq!(first.buy(1, 0, 1).status, Status::Ok);
+    let before = fcalls_run(&redis);
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(10_000)
+        .arg("WRITE")
+        .query(&mut redis.client())
+        .unwrap();
+    // A call in flight (paused in Redis), then more purchases than one call carries.
+    let req_id = first.next_req_id();
+    first.send(Request {
+        req_id,
+        command: Command::Buy(Purchase {
+            event: 1,
+            user: 1,
+            qty: 1,
+        }),
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let mut client = Client::connect(node.local_addr());
+    let mut bytes = BytesMut::new();
+    let users = 2..max + 100;
+    for user in users.clone() {
+        Request {
+            req_id: user,
+            command: Command::Buy(Purchase {
+                event: 1,
+                user,
+                qty: 1,
+            }),
+        }
+        .encode(&mut bytes);
+    }
+    client.send_raw(&bytes);
+    std::thread::sleep(Duration::from_millis(300));
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query(&mut redis.client())
+        .unwrap();
+    assert_eq!(first.recv().status, Status::Ok);
+    for _ in users.clone() {
+        assert_eq!(client.recv().status, Status::Ok);
+    }
+    assert_eq!(redis.ledger_sold(1), (users.end) as i64);
+    // The one in flight, the first MAX_CALL_STEPS purchases at once, the rest after.
+    assert_eq!(fcalls_run(&redis) - before, 3);
+}
+
 #[test]
 fn stats_count_a_nodes_sales_redis_calls_and_refills() {
     let redis = RedisServer::start();

@@ -198,7 +198,8 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub redis_timeout: Option<Duration>,
 
-    /// Ledger mode: Redis calls in flight per shard [default: 64].
+    /// Ledger mode: Redis calls in flight per shard; while they are, its new requests
+    /// gather into its next call [default: 2]. More sends smaller calls sooner.
     #[arg(long, value_name = "N")]
     pub redis_depth: Option<usize>,
 

@@ -47,6 +47,12 @@ pub const MAX_MAX_CONNS: usize = 10_000_000;
 pub const MAX_NODES: u32 = MAX_NODE_ID as u32 + 1;
 /// Most Redis calls in flight per shard.
 pub const MAX_REDIS_DEPTH: usize = 65_536;
+/// `--redis-depth`'s default: a shard's calls in flight; while they are, its next
+/// requests gather into one call. Two did the most sales per second here: with one in
+/// flight a call gathers ~800 sales but Redis waits between calls, with two ~700 and the
+/// next call already queued in Redis, with 64 ~110 (docs/BENCHMARKS.md, "a shard's
+/// requests gather while its calls run").
+pub const DEFAULT_REDIS_DEPTH: usize = 2;
 /// Bounds of `--redis-timeout`.
 pub const MIN_REDIS_TIMEOUT: Duration = Duration::from_millis(1);
 pub const MAX_REDIS_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -293,7 +299,7 @@ impl RedisConfig {
             share: Share::equal(1),
             buffer: 0,
             timeout: Duration::from_millis(500),
-            depth: 64,
+            depth: DEFAULT_REDIS_DEPTH,
             scripts: false,
         }
     }

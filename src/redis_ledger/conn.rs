@@ -38,7 +38,7 @@ impl Default for ConnSettings {
     fn default() -> Self {
         ConnSettings {
             timeout: Duration::from_millis(500),
-            max_in_flight: 64,
+            max_in_flight: crate::config::DEFAULT_REDIS_DEPTH,
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_secs(1),
         }
@@ -138,6 +138,11 @@ impl<T> RedisConn<T> {
     /// Connected, and Redis has answered the handshake: calls may go out. Until then a
     /// call stays unsent, so a Redis that accepts connections but answers nothing (frozen,
     /// overloaded) costs a truthful UNAVAILABLE, not an unknown outcome.
+    /// Calls this connection keeps on the wire at once (`--redis-depth`).
+    pub fn depth(&self) -> usize {
+        self.settings.max_in_flight
+    }
+
     pub fn is_ready(&self) -> bool {
         matches!(self.state, State::Ready { .. }) && !self.handshaking()
     }

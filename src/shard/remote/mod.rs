@@ -1,5 +1,5 @@
-//! A shard's side of the Redis ledger (`--redis`): this pass's requests gathered into one
-//! call per event, the local gate in front of them, and the answers when Redis replies.
+//! A shard's side of the Redis ledger (`--redis`): requests gathered into one call per
+//! event while the shard's earlier calls run ([`RemoteLedger::flush`]), the local gate in front of them, and the answers when Redis replies.
 //!
 //! The gate is the event's [`crate::stock::Stock`], sized to this node's share (total ÷
 //! nodes + buffer) instead of the total: while it has tickets, a purchase takes one and
@@ -42,6 +42,11 @@ use crate::stats::ShardMeter;
 
 /// Tag of the FUNCTION LOAD sent after Redis reports the library missing.
 const RELOAD_TAG: u64 = u64::MAX;
+/// The most steps one call carries. A batch that reaches it is sent at once, even while
+/// the shard's calls in flight make the rest wait: a call of 2,048 sales keeps Redis
+/// (and so every other node's calls) busy for about 5 ms here, and a longer one would
+/// stop them for longer.
+pub const MAX_CALL_STEPS: usize = 2048;
 /// How a shard reaches the ledger.
 #[derive(Debug, Clone)]
 pub struct RemoteSettings {
@@ -259,6 +264,10 @@ impl RemoteLedger {
             qty: p.qty,
             gate_qty,
         });
+        if steps.len() >= MAX_CALL_STEPS {
+            let (steps, waiters) = std::mem::take(&mut self.decide_batches[event]);
+            self.start(CallKind::Decide { event }, steps, waiters);
+        }
         None
     }
 
@@ -282,6 +291,10 @@ impl RemoteLedger {
             qty: 0,
             gate_qty: 0,
         });
+        if self.settle_batch.0.len() >= MAX_CALL_STEPS {
+            let (steps, waiters) = std::mem::take(&mut self.settle_batch);
+            self.start(CallKind::Settle, steps, waiters);
+        }
         None
     }
 
@@ -348,9 +361,19 @@ impl RemoteLedger {
         }
     }
 
-    /// Sends this pass's batches: one call per event with purchases, one for holds, one
-    /// STOCK per event asked, and one ask per event whose gate ran dry.
+    /// Sends the batches gathered so far: one call per event with purchases, one for
+    /// holds, one STOCK per event asked, and one ask per event whose gate ran dry — once
+    /// fewer than `--redis-depth` of this shard's calls are in flight. Until then they
+    /// keep gathering, pass after pass (group commit, as the journal's writer does): a
+    /// call's fixed cost in Redis (the replay record, the outbox entry, the event's counts
+    /// read and written: tens of µs) is shared by every sale it carries. Sent every pass,
+    /// calls carried ~110 sales at 64 × 64; gathered behind two in flight, ~700
+    /// (docs/BENCHMARKS.md, "a shard's requests gather while its calls run"). Nothing
+    /// waits while the connection is down: those calls answer UNAVAILABLE at once.
     pub fn flush(&mut self) {
+        if self.conn.is_ready() && self.calls.len() >= self.conn.depth() {
+            return;
+        }
         // Decisions and settlements first: on the one pipelined connection Redis runs
         // calls in order, so the STOCK asks sent after them see their outcome.
         for event in 0..self.decide_batches.len() {
