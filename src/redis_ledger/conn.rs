@@ -143,6 +143,11 @@ impl<T> RedisConn<T> {
         self.settings.max_in_flight
     }
 
+    /// How long a call may go unanswered (`--redis-timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.settings.timeout
+    }
+
     pub fn is_ready(&self) -> bool {
         matches!(self.state, State::Ready { .. }) && !self.handshaking()
     }

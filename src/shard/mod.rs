@@ -346,13 +346,13 @@ impl Shard {
         for completion in self.redis_done.drain(..) {
             remote.complete(&self.dispatcher.catalog, completion, now, &mut answers);
         }
-        remote.flush();
+        remote.flush(now);
         for (conn, response) in answers.drain(..) {
             self.deliver(conn, response, now);
         }
         // Answers can queue new requests (HTTP pipelines): send those this pass too.
         if let Some(remote) = self.dispatcher.decider.remote_mut() {
-            remote.flush();
+            remote.flush(now);
             remote.publish_state();
         }
         self.redis_answers = answers;

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::Token;
 use redis::{Cmd, Value};
@@ -368,10 +368,17 @@ impl RemoteLedger {
     /// call's fixed cost in Redis (the replay record, the outbox entry, the event's counts
     /// read and written: tens of µs) is shared by every sale it carries. Sent every pass,
     /// calls carried ~110 sales at 64 × 64; gathered behind two in flight, ~700
-    /// (docs/BENCHMARKS.md, "a shard's requests gather while its calls run"). Nothing
-    /// waits while the connection is down: those calls answer UNAVAILABLE at once.
-    pub fn flush(&mut self) {
-        if self.conn.is_ready() && self.calls.len() >= self.conn.depth() {
+    /// (docs/BENCHMARKS.md, "a shard's requests gather while its calls run"). See
+    /// [`batches_wait`] for when they do not wait.
+    pub fn flush(&mut self, now: Instant) {
+        let oldest = self.calls.values().map(|call| call.started).min();
+        if batches_wait(
+            self.conn.is_ready(),
+            self.calls.len(),
+            self.conn.depth(),
+            oldest.map(|started| now.saturating_duration_since(started)),
+            self.conn.timeout(),
+        ) {
             return;
         }
         // Decisions and settlements first: on the one pipelined connection Redis runs
@@ -447,6 +454,52 @@ impl RemoteLedger {
                 ever_sent: false,
                 started,
             },
+        );
+    }
+}
+
+/// Whether a shard's batches keep gathering instead of going out: while `depth` of its
+/// calls are in flight on a connection that is up. Not while the connection is down or
+/// still in its handshake (those calls answer UNAVAILABLE at once, as they always did),
+/// and not behind a call older than the call timeout: one being sent again until Redis
+/// answers it (an answer lost with the connection) may wait out an error Redis keeps
+/// giving; the purchases behind it go out and learn that error for themselves.
+fn batches_wait(
+    ready: bool,
+    in_flight: usize,
+    depth: usize,
+    oldest: Option<Duration>,
+    timeout: Duration,
+) -> bool {
+    ready && in_flight >= depth && oldest.is_some_and(|age| age < timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    const YOUNG: Option<Duration> = Some(Duration::from_millis(10));
+
+    #[test]
+    fn batches_wait_only_behind_a_full_pipeline_of_young_calls_on_a_ready_connection() {
+        assert!(batches_wait(true, 2, 2, YOUNG, TIMEOUT));
+        assert!(batches_wait(true, 3, 2, YOUNG, TIMEOUT));
+        assert!(
+            !batches_wait(true, 1, 2, YOUNG, TIMEOUT),
+            "room in the pipeline"
+        );
+        assert!(
+            !batches_wait(true, 0, 2, None, TIMEOUT),
+            "nothing in flight"
+        );
+        assert!(
+            !batches_wait(false, 2, 2, YOUNG, TIMEOUT),
+            "connection down"
+        );
+        assert!(
+            !batches_wait(true, 2, 2, Some(TIMEOUT), TIMEOUT),
+            "a call as old as the timeout"
         );
     }
 }
