@@ -167,6 +167,24 @@ on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 64 --depth 64 
   --duration "$RUN" --json "$OUT/throughput-fsync-off.json" | tee "$OUT/throughput-fsync-off.txt"
 stop_pid "$TICKETD_PID"
 
+# The same all-selling runs with the user tables in reserved huge pages (--huge-pages,
+# docs/OPERATIONS.md): a pool of 2 GiB made for these two runs and put back after. The
+# rows above stay on the defaults a new user gets.
+HUGE_POOL=/proc/sys/vm/nr_hugepages
+pool_before=$(cat "$HUGE_POOL" 2>/dev/null || echo)
+if [ -n "$pool_before" ] && echo $((pool_before + 1024)) > "$HUGE_POOL" 2>/dev/null; then
+  echo "== every request sells with --huge-pages (1,024 huge pages reserved for these runs)"
+  for mode in always off; do
+    start_ticketd --listen 127.0.0.1:$PORT --event 1:$ENDLESS --fsync "$mode" --huge-pages
+    on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 64 --depth 64 \
+      --duration "$RUN" --json "$OUT/throughput-huge-fsync-$mode.json" | tee "$OUT/throughput-huge-fsync-$mode.txt"
+    stop_pid "$TICKETD_PID"
+  done
+  echo "$pool_before" > "$HUGE_POOL"
+else
+  echo "== (no huge-pages rows: cannot reserve huge pages here)"
+fi
+
 # Issue #10 asks for the all-selling figure from a client other than loadgen too:
 # batch-client has no event loop and no histograms (blocking sockets: a batch of 64
 # BUYs written on each connection, then each one's 64 answers read), so where it agrees

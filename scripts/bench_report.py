@@ -95,6 +95,7 @@ batch_always, batch_off = batch_client("batch-client-fsync-always.txt"), batch_c
 evalsha = redis_rps("redis-evalsha.csv")
 evalsha_aof = redis_rps("redis-evalsha-aof-always.csv")
 rush_off, thr_off = load("rush-fsync-off.json"), load("throughput-fsync-off.json")
+thr_huge = {mode: load(f"throughput-huge-fsync-{mode}.json") for mode in ("always", "off")}
 startup = load("startup.json")
 ab = grep_float("ab.txt", r"Requests per second:\s+([\d.]+)")
 ab_failed = grep_float("ab.txt", r"Failed requests:\s+(\d+)")
@@ -191,6 +192,8 @@ nologic_thr = load("no-logic-throughput.json")
 nologic_sweep, nologic_best = load_sweep("nologic-sweep")
 
 runs = {"rush": rush, "rush_fsync_off": rush_off, "throughput_fsync_off": thr_off,
+        "throughput_huge_pages_fsync_always": thr_huge["always"],
+        "throughput_huge_pages_fsync_off": thr_huge["off"],
         "throughput": thr, "throughput_rejecting": thr_rej, "latency": lat,
         "connections": conns, "ledger_rush": l_rush, "ledger_throughput": l_thr,
         "ledger_connections": l_conns, "cluster_rush": c_rush, "sale": sale,
@@ -248,6 +251,14 @@ for mode, run, second in (("always", thr, batch_always), ("off", thr_off, batch_
                      f"{fmt(second['rps'], '/s')} ({'all OK' if not second['not_ok'] else str(second['not_ok']) + ' not OK'})",
                      incr_p64_near_text,
                      ratio(second["rps"], incr_p64_near), goal))
+    huge = thr_huge.get(mode)
+    if huge:
+        rows.append((f"every request sells, --fsync {mode}, --huge-pages: loadgen 64 x 64",
+                     fmt(huge["throughput_rps"], "/s")
+                     + (f" ({ratio(huge['throughput_rps'], run['throughput_rps'])} of the row without)"
+                        if run else ""),
+                     incr_p64_near_text,
+                     ratio(huge["throughput_rps"], incr_p64_near), goal))
 if rush and rush_off:
     rows.append(("durable rush: --fsync always vs off",
                  f"{rush['elapsed_s']:.3f} s always, {rush_off['elapsed_s']:.3f} s off",

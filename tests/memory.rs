@@ -317,3 +317,94 @@ fn a_sales_user_table_is_resident_before_the_first_buyer() {
     );
     server.kill9();
 }
+
+const HUGE_POOL: &str = "/proc/sys/vm/nr_hugepages";
+
+fn huge_pages_free() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .expect("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Bytes of process `pid`'s mappings in 2 MiB pages (/proc/PID/smaps).
+fn huge_mapped(pid: u32) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("smaps");
+    let mut size_kb = 0;
+    let mut total = 0;
+    for line in smaps.lines() {
+        if let Some(kb) = line.strip_prefix("Size:") {
+            size_kb = kb
+                .trim()
+                .trim_end_matches(" kB")
+                .trim()
+                .parse()
+                .unwrap_or(0);
+        } else if line.starts_with("KernelPageSize:") && line.contains("2048 kB") {
+            total += size_kb * 1024;
+        }
+    }
+    total
+}
+
+/// A node started with `--huge-pages`, after 1,000 sales over its socket: how many bytes it
+/// holds in huge pages, and its log.
+fn huge_pages_node() -> (u64, String) {
+    let server = TicketdProcess::spawn(&[
+        "--event".into(),
+        "1:1000000".into(),
+        "--shards".into(),
+        "1".into(),
+        "--fsync".into(),
+        "off".into(),
+        "--huge-pages".into(),
+    ]);
+    let mut client = Client::connect(server.addr);
+    let buys: Vec<Command> = (0..1000)
+        .map(|user| {
+            Command::Buy(Purchase {
+                event: 1,
+                user,
+                qty: 1,
+            })
+        })
+        .collect();
+    for answer in pipeline(&mut client, &buys) {
+        assert_eq!(answer.status, Status::Ok);
+    }
+    let mapped = huge_mapped(server.child.id());
+    (mapped, server.log_text())
+}
+
+#[test]
+fn huge_pages_hold_the_user_tables_where_reserved_and_a_short_pool_is_said() {
+    // The test's own pool where the machine lets it make one (root), put back after.
+    let before: u64 = std::fs::read_to_string(HUGE_POOL)
+        .expect("a kernel with huge pages")
+        .trim()
+        .parse()
+        .expect("a page count");
+    let grown = std::fs::write(HUGE_POOL, (before + 64).to_string()).is_ok();
+    // A 1,000,000-ticket event presizes a 32 MiB user table: 16 huge pages.
+    let expect_huge = huge_pages_free() >= 32;
+    let (mapped, log) = huge_pages_node();
+    if grown {
+        std::fs::write(HUGE_POOL, before.to_string()).expect("the pool put back");
+    }
+    if expect_huge {
+        assert!(mapped >= 16 << 20, "{mapped} bytes in huge pages");
+        assert!(log.contains("user tables in reserved huge pages"), "{log}");
+    }
+    // Without free huge pages: ordinary pages, and the log says why.
+    if huge_pages_free() == 0 {
+        let (mapped, log) = huge_pages_node();
+        assert_eq!(mapped, 0);
+        assert!(log.contains("the reserved pool was short"), "{log}");
+    }
+    assert!(
+        expect_huge || huge_pages_free() == 0,
+        "neither case ran: a pool with a few free pages that are not ours"
+    );
+}

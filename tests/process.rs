@@ -37,6 +37,7 @@ fn help_documents_every_flag() {
         "--redis-scripts",
         "--admin",
         "--share-port",
+        "--huge-pages",
         "--pass-budget",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");

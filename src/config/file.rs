@@ -166,6 +166,7 @@ pub fn effective(secrets: &SecretPaths, config: &Config) -> String {
     };
     line("listen", Some(quoted(&config.listen.to_string())));
     line("share-port", Some(config.share_port.to_string()));
+    line("huge-pages", Some(config.huge_pages.to_string()));
     let events: Vec<String> = config
         .events
         .iter()

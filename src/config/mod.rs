@@ -217,6 +217,8 @@ pub struct Config {
     pub admin: AdminAddr,
     /// `--share-port`: other processes may serve `listen`'s port too.
     pub share_port: bool,
+    /// `--huge-pages`: user tables in the kernel's reserved huge pages.
+    pub huge_pages: bool,
     /// `--auth-token-file`: binary-protocol connections must AUTH with one of these.
     pub auth_tokens: Option<crate::auth::TokenSet>,
     /// `--http-secret`: the HTTP front sells only to links signed with this secret.
@@ -321,6 +323,7 @@ impl Config {
             http_anonymous: false,
             admin: AdminAddr::Off,
             share_port: false,
+            huge_pages: false,
             auth_tokens: None,
             http_links: None,
             max_conns_per_ip: None,

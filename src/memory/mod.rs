@@ -1,4 +1,4 @@
-//! The process's allocator: the system's, with two things done differently for blocks of
+//! The process's allocator: the system's, with three things done differently for blocks of
 //! [`LARGE`] bytes or more — in practice the events' user tables, whose pages a sale
 //! touches at random:
 //!
@@ -6,10 +6,13 @@
 //!   first buyers do not each pay a page fault inside a loop pass;
 //! - freed by a shard (a table's old half, once a growing table has moved its last entry
 //!   out), they are given back a few MiB per loop pass ([`release`]) instead of in one
-//!   `munmap` that stopped the loop for ~13 ms.
+//!   `munmap` that stopped the loop for ~13 ms;
+//! - with `--huge-pages`, they come from the kernel's reserved huge pages where it has
+//!   them ([`huge`]).
 //!
 //! Every other block, and every block on other threads, is the system allocator's alone.
 
+pub mod huge;
 pub mod prefault;
 pub mod release;
 
@@ -38,6 +41,9 @@ pub struct LargeBlockAlloc;
 // drop the pages of one its owner has freed) and may delay its `dealloc`.
 unsafe impl GlobalAlloc for LargeBlockAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if let Some(block) = huge_block(layout) {
+            return block;
+        }
         // SAFETY: the caller's contract for `alloc` is passed on as it is.
         let block = unsafe { System.alloc(layout) };
         prefault::populate_if_asked(block, layout.size());
@@ -45,6 +51,10 @@ unsafe impl GlobalAlloc for LargeBlockAlloc {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // A huge-page block is a new mapping: zeroed already.
+        if let Some(block) = huge_block(layout) {
+            return block;
+        }
         // SAFETY: as for `alloc`.
         let block = unsafe { System.alloc_zeroed(layout) };
         prefault::populate_if_asked(block, layout.size());
@@ -52,7 +62,7 @@ unsafe impl GlobalAlloc for LargeBlockAlloc {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if layout.size() >= LARGE && release::defer(ptr, layout) {
+        if layout.size() >= LARGE && (huge::free(ptr, layout) || release::defer(ptr, layout)) {
             return;
         }
         // SAFETY: as for `alloc`.
@@ -60,11 +70,38 @@ unsafe impl GlobalAlloc for LargeBlockAlloc {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if layout.size() >= LARGE && huge::owns(ptr) {
+            // Not the system allocator's block: move it by hand.
+            let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
+                return std::ptr::null_mut();
+            };
+            // SAFETY: `new_layout` has a non-zero size (a realloc's contract) and the
+            // old block is live for `layout.size()` bytes; the two do not overlap.
+            unsafe {
+                let block = self.alloc(new_layout);
+                if !block.is_null() {
+                    std::ptr::copy_nonoverlapping(ptr, block, layout.size().min(new_size));
+                    self.dealloc(ptr, layout);
+                }
+                return block;
+            }
+        }
         // SAFETY: as for `alloc`.
         let block = unsafe { System.realloc(ptr, layout, new_size) };
         prefault::populate_if_asked(block, new_size);
         block
     }
+}
+
+/// A block of [`LARGE`] bytes or more in reserved huge pages, where `--huge-pages` asked
+/// for them and the pool had them ([`huge`]), populated like any other large block.
+fn huge_block(layout: Layout) -> Option<*mut u8> {
+    if layout.size() < LARGE || !huge::enabled() {
+        return None;
+    }
+    let block = huge::alloc(layout)?;
+    prefault::populate_if_asked(block, layout.size());
+    Some(block)
 }
 
 /// How many of the whole pages inside `[addr, addr + len)` are resident (`mincore`).

@@ -77,6 +77,9 @@ pub struct ServerHandle {
 /// the kernel until its shard polls), so clients may connect at once.
 pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     config.validate()?;
+    if config.huge_pages {
+        crate::memory::huge::enable();
+    }
     let shards = config.shards;
     let clock = WallClock::now();
     // The embedded ledger recovers from its journal first: the events and what is
@@ -299,6 +302,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                         "tables faulted in before the sale"
                     );
                 }
+                crate::memory::huge::report_start(index);
                 match shard {
                     Ok(shard) => shard.run(),
                     Err(e) => panic!("shard {index} could not start: {e}"),
