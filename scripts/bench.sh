@@ -168,8 +168,8 @@ on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 64 --depth 64 
 stop_pid "$TICKETD_PID"
 
 # The same all-selling runs with the user tables in reserved huge pages (--huge-pages,
-# docs/OPERATIONS.md): a pool of 2 GiB made for these two runs and put back after. The
-# rows above stay on the defaults a new user gets.
+# docs/OPERATIONS.md), by loadgen and by batch-client: a pool of 2 GiB made for these
+# runs and put back after. The rows above stay on the defaults a new user gets.
 HUGE_POOL=/proc/sys/vm/nr_hugepages
 pool_before=$(cat "$HUGE_POOL" 2>/dev/null || echo)
 if [ -n "$pool_before" ] && echo $((pool_before + 1024)) > "$HUGE_POOL" 2>/dev/null; then
@@ -178,6 +178,10 @@ if [ -n "$pool_before" ] && echo $((pool_before + 1024)) > "$HUGE_POOL" 2>/dev/n
     start_ticketd --listen 127.0.0.1:$PORT --event 1:$ENDLESS --fsync "$mode" --huge-pages
     on_load "$BIN/loadgen" --addr 127.0.0.1:$PORT --threads 1 --conns 64 --depth 64 \
       --duration "$RUN" --json "$OUT/throughput-huge-fsync-$mode.json" | tee "$OUT/throughput-huge-fsync-$mode.txt"
+    stop_pid "$TICKETD_PID"
+    # And by the second client (below), as target 1 asks.
+    start_ticketd --listen 127.0.0.1:$PORT --event 1:$ENDLESS --fsync "$mode" --huge-pages
+    on_load "$BIN/batch-client" 127.0.0.1:$PORT 64 64 "${RUN%s}" 1 "$BATCH_THREADS" | tee "$OUT/batch-client-huge-fsync-$mode.txt"
     stop_pid "$TICKETD_PID"
   done
   echo "$pool_before" > "$HUGE_POOL"

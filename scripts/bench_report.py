@@ -96,6 +96,7 @@ evalsha = redis_rps("redis-evalsha.csv")
 evalsha_aof = redis_rps("redis-evalsha-aof-always.csv")
 rush_off, thr_off = load("rush-fsync-off.json"), load("throughput-fsync-off.json")
 thr_huge = {mode: load(f"throughput-huge-fsync-{mode}.json") for mode in ("always", "off")}
+batch_huge = {mode: batch_client(f"batch-client-huge-fsync-{mode}.txt") for mode in ("always", "off")}
 startup = load("startup.json")
 ab = grep_float("ab.txt", r"Requests per second:\s+([\d.]+)")
 ab_failed = grep_float("ab.txt", r"Failed requests:\s+(\d+)")
@@ -259,6 +260,13 @@ for mode, run, second in (("always", thr, batch_always), ("off", thr_off, batch_
                         if run else ""),
                      incr_p64_near_text,
                      ratio(huge["throughput_rps"], incr_p64_near), goal))
+    huge_second = batch_huge.get(mode)
+    if huge_second:
+        rows.append((f"every request sells, --fsync {mode}, --huge-pages: batch-client 64 x 64",
+                     f"{fmt(huge_second['rps'], '/s')} ({'all OK' if not huge_second['not_ok'] else str(huge_second['not_ok']) + ' not OK'})"
+                     + (f", {ratio(huge_second['rps'], second['rps'])} of the row without" if second else ""),
+                     incr_p64_near_text,
+                     ratio(huge_second["rps"], incr_p64_near), goal))
 if rush and rush_off:
     rows.append(("durable rush: --fsync always vs off",
                  f"{rush['elapsed_s']:.3f} s always, {rush_off['elapsed_s']:.3f} s off",
@@ -436,7 +444,9 @@ results = {
     "pinning": {"servers_core": int(server_core), "load_core": int(load_core), "tool": "taskset"},
     "scenarios": runs,
     "connections_rss": rss,
-    "batch_client": {"fsync_always": batch_always, "fsync_off": batch_off},
+    "batch_client": {"fsync_always": batch_always, "fsync_off": batch_off,
+                     "huge_pages_fsync_always": batch_huge["always"],
+                     "huge_pages_fsync_off": batch_huge["off"]},
     "latency_sweep": [{"rate": r, "p99_us": p, "throughput_rps": t} for r, p, t in sweep],
     "no_logic": {"throughput_rps": (nologic_thr or {}).get("throughput_rps"),
                  "latency_sweep": [{"rate": r, "p99_us": p, "throughput_rps": t}
