@@ -547,55 +547,74 @@ fn fcalls_run(redis: &RedisServer) -> u64 {
         .map_or(0, |calls| calls.parse().unwrap())
 }
 
-#[test]
-fn purchases_that_arrive_while_calls_are_in_flight_gather_into_one_call() {
-    let redis = RedisServer::start();
-    let events = [event(1, 100, 1)];
+/// A one-shard node on `redis` selling event 1 (`stock` tickets) with `depth` calls in
+/// flight, whose calls never time out while a test keeps Redis paused; and the FCALLs
+/// Redis has run once it made its first sale (so the connection is up).
+fn node_for_pauses(redis: &RedisServer, stock: i64, depth: usize) -> (ServerHandle, u64) {
+    let events = [event(1, stock, 1)];
     redis.create_events(&events, Duration::from_secs(60));
     let mut config = redis.node_config(1, 1, &events);
     config.hold_ttl = Duration::from_secs(60);
     config.shards = 1;
     let ledger = config.redis.as_mut().unwrap();
-    // Long enough that nothing times out while Redis is paused below.
     ledger.timeout = Duration::from_secs(20);
-    ledger.depth = 2;
+    ledger.depth = depth;
     let node = ticketd::start(config).expect("node starts");
-    // One sale first: the connection is up and its handshake answered.
     assert_eq!(
         Client::connect(node.local_addr()).buy(1, 0, 1).status,
         Status::Ok
     );
-    let before = fcalls_run(&redis);
-    // Redis stops running writing commands (an FCALL is one) for a while: the node's
-    // calls stay in flight, and purchases keep arriving, each in a pass of its own.
+    (node, fcalls_run(redis))
+}
+
+/// Redis stops running writing commands (an FCALL is one) until [`resume_writes`]: the
+/// node's calls stay in flight.
+fn pause_writes(redis: &RedisServer) {
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
         .arg(10_000)
         .arg("WRITE")
         .query(&mut redis.client())
         .unwrap();
+}
+
+fn resume_writes(redis: &RedisServer) {
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query(&mut redis.client())
+        .unwrap();
+}
+
+/// A one-ticket BUY of event 1 for `user`, encoded with `req_id`.
+fn buy_one(user: u64, req_id: u64) -> Request {
+    Request {
+        req_id,
+        command: Command::Buy(Purchase {
+            event: 1,
+            user,
+            qty: 1,
+        }),
+    }
+}
+
+#[test]
+fn purchases_that_arrive_while_calls_are_in_flight_gather_into_one_call() {
+    let redis = RedisServer::start();
+    let (node, before) = node_for_pauses(&redis, 100, 2);
+    // Purchases keep arriving while Redis is paused, each in a loop pass of its own.
+    pause_writes(&redis);
     let buyers = 30;
     let mut clients: Vec<Client> = (1..=buyers)
         .map(|user| {
             let mut client = Client::connect(node.local_addr());
             let req_id = client.next_req_id();
-            client.send(Request {
-                req_id,
-                command: Command::Buy(Purchase {
-                    event: 1,
-                    user,
-                    qty: 1,
-                }),
-            });
+            client.send(buy_one(user, req_id));
             std::thread::sleep(Duration::from_millis(10));
             client
         })
         .collect();
     std::thread::sleep(Duration::from_millis(100));
-    let _: () = redis::cmd("CLIENT")
-        .arg("UNPAUSE")
-        .query(&mut redis.client())
-        .unwrap();
+    resume_writes(&redis);
     let mut orders = HashSet::new();
     for client in &mut clients {
         let answer = client.recv();
@@ -613,55 +632,22 @@ fn purchases_that_arrive_while_calls_are_in_flight_gather_into_one_call() {
 fn a_batch_that_reaches_the_largest_call_goes_out_without_waiting() {
     let max = ticketd::shard::remote::MAX_CALL_STEPS as u64;
     let redis = RedisServer::start();
-    let events = [event(1, 3 * max as i64, 1)];
-    redis.create_events(&events, Duration::from_secs(60));
-    let mut config = redis.node_config(1, 1, &events);
-    config.hold_ttl = Duration::from_secs(60);
-    config.shards = 1;
-    let ledger = config.redis.as_mut().unwrap();
-    ledger.timeout = Duration::from_secs(20);
-    ledger.depth = 1;
-    let node = ticketd::start(config).expect("node starts");
-    let mut first = Client::connect(node.local_addr());
-    assert_eq!(first.buy(1, 0, 1).status, Status::Ok);
-    let before = fcalls_run(&redis);
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(10_000)
-        .arg("WRITE")
-        .query(&mut redis.client())
-        .unwrap();
+    let (node, before) = node_for_pauses(&redis, 3 * max as i64, 1);
+    pause_writes(&redis);
     // A call in flight (paused in Redis), then more purchases than one call carries.
+    let mut first = Client::connect(node.local_addr());
     let req_id = first.next_req_id();
-    first.send(Request {
-        req_id,
-        command: Command::Buy(Purchase {
-            event: 1,
-            user: 1,
-            qty: 1,
-        }),
-    });
+    first.send(buy_one(1, req_id));
     std::thread::sleep(Duration::from_millis(50));
     let mut client = Client::connect(node.local_addr());
     let mut bytes = BytesMut::new();
     let users = 2..max + 100;
     for user in users.clone() {
-        Request {
-            req_id: user,
-            command: Command::Buy(Purchase {
-                event: 1,
-                user,
-                qty: 1,
-            }),
-        }
-        .encode(&mut bytes);
+        buy_one(user, user).encode(&mut bytes);
     }
     client.send_raw(&bytes);
     std::thread::sleep(Duration::from_millis(300));
-    let _: () = redis::cmd("CLIENT")
-        .arg("UNPAUSE")
-        .query(&mut redis.client())
-        .unwrap();
+    resume_writes(&redis);
     assert_eq!(first.recv().status, Status::Ok);
     for _ in users.clone() {
         assert_eq!(client.recv().status, Status::Ok);
