@@ -1,5 +1,6 @@
 //! A shard's side of the Redis ledger (`--redis`): requests gathered into one call per
-//! event while the shard's earlier calls run ([`RemoteLedger::flush`]), the local gate in front of them, and the answers when Redis replies.
+//! event while the shard's earlier calls run ([`RemoteLedger::flush`]), the local gate in
+//! front of them, and the answers when Redis replies.
 //!
 //! The gate is the event's [`crate::stock::Stock`], sized to this node's share (total ÷
 //! nodes + buffer) instead of the total: while it has tickets, a purchase takes one and
