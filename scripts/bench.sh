@@ -33,6 +33,11 @@ PIDS=()
 cleanup() {
   for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && wait "$pid" 2>/dev/null || true; done
+  # A run stopped during the --huge-pages rows gives the machine its pool size back
+  # (once the servers that held pages of it are gone).
+  if [ -n "${POOL_TO_RESTORE:-}" ]; then
+    echo "$POOL_TO_RESTORE" > /proc/sys/vm/nr_hugepages 2>/dev/null || true
+  fi
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -173,6 +178,7 @@ stop_pid "$TICKETD_PID"
 HUGE_POOL=/proc/sys/vm/nr_hugepages
 pool_before=$(cat "$HUGE_POOL" 2>/dev/null || echo)
 if [ -n "$pool_before" ] && echo $((pool_before + 1024)) > "$HUGE_POOL" 2>/dev/null; then
+  POOL_TO_RESTORE=$pool_before
   echo "== every request sells with --huge-pages (1,024 huge pages reserved for these runs)"
   for mode in always off; do
     start_ticketd --listen 127.0.0.1:$PORT --event 1:$ENDLESS --fsync "$mode" --huge-pages
@@ -185,6 +191,7 @@ if [ -n "$pool_before" ] && echo $((pool_before + 1024)) > "$HUGE_POOL" 2>/dev/n
     stop_pid "$TICKETD_PID"
   done
   echo "$pool_before" > "$HUGE_POOL"
+  POOL_TO_RESTORE=
 else
   echo "== (no huge-pages rows: cannot reserve huge pages here)"
 fi
