@@ -378,21 +378,49 @@ fn huge_pages_node() -> (u64, String) {
     (mapped, server.log_text())
 }
 
+/// The machine's huge-page pool grown by some pages for a test (where it may: root), and
+/// put back to its size when dropped, a failed assertion included.
+struct GrownPool {
+    before: Option<u64>,
+}
+
+impl GrownPool {
+    fn by(pages: u64) -> GrownPool {
+        let before: u64 = std::fs::read_to_string(HUGE_POOL)
+            .expect("a kernel with huge pages")
+            .trim()
+            .parse()
+            .expect("a page count");
+        let grown = std::fs::write(HUGE_POOL, (before + pages).to_string()).is_ok();
+        GrownPool {
+            before: grown.then_some(before),
+        }
+    }
+
+    /// Puts the pool back now (the drop would do it too).
+    fn restore(&mut self) {
+        if let Some(before) = self.before.take() {
+            std::fs::write(HUGE_POOL, before.to_string()).expect("the pool put back");
+        }
+    }
+}
+
+impl Drop for GrownPool {
+    fn drop(&mut self) {
+        if let Some(before) = self.before.take() {
+            let _ = std::fs::write(HUGE_POOL, before.to_string());
+        }
+    }
+}
+
 #[test]
 fn huge_pages_hold_the_user_tables_where_reserved_and_a_short_pool_is_said() {
-    // The test's own pool where the machine lets it make one (root), put back after.
-    let before: u64 = std::fs::read_to_string(HUGE_POOL)
-        .expect("a kernel with huge pages")
-        .trim()
-        .parse()
-        .expect("a page count");
-    let grown = std::fs::write(HUGE_POOL, (before + 64).to_string()).is_ok();
+    // The test's own pool where the machine lets it make one.
+    let mut pool = GrownPool::by(64);
     // A 1,000,000-ticket event presizes a 32 MiB user table: 16 huge pages.
     let expect_huge = huge_pages_free() >= 32;
     let (mapped, log) = huge_pages_node();
-    if grown {
-        std::fs::write(HUGE_POOL, before.to_string()).expect("the pool put back");
-    }
+    pool.restore();
     if expect_huge {
         assert!(mapped >= 16 << 20, "{mapped} bytes in huge pages");
         assert!(log.contains("user tables in reserved huge pages"), "{log}");

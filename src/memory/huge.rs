@@ -188,15 +188,22 @@ mod tests {
     #[test]
     fn a_block_in_huge_pages_is_zeroed_usable_and_given_back_and_a_short_pool_says_no() {
         // A pool of our own for the test, where the machine lets us make one (root);
-        // the size it had is put back at the end.
+        // the size it had is put back when the test ends, failed or not.
         const POOL: &str = "/proc/sys/vm/nr_hugepages";
+        struct PutBack(usize);
+        impl Drop for PutBack {
+            fn drop(&mut self) {
+                let _ = std::fs::write(POOL, self.0.to_string());
+            }
+        }
         let before: usize = std::fs::read_to_string(POOL)
             .unwrap()
             .trim()
             .parse()
             .unwrap();
-        let grown =
-            std::fs::write(POOL, (before + 4).to_string()).is_ok() && free_huge_pages() >= 3;
+        let made = std::fs::write(POOL, (before + 4).to_string()).is_ok();
+        let _put_back = made.then_some(PutBack(before));
+        let grown = made && free_huge_pages() >= 3;
         let layout = Layout::from_size_align(5 << 20, 4096).unwrap();
         let block = alloc(layout);
         if grown {
@@ -217,9 +224,6 @@ mod tests {
         // More than the pool holds: no block (a fault could not be served later).
         let huge = Layout::from_size_align((free_huge_pages() + 1) * HUGE_PAGE, 4096).unwrap();
         assert_eq!(alloc(huge), None);
-        if grown {
-            std::fs::write(POOL, before.to_string()).unwrap();
-        }
         assert!(grown || block.is_none(), "no pool, no block");
     }
 }
