@@ -132,9 +132,13 @@ pub(super) fn free(ptr: *mut u8, layout: Layout) -> bool {
     if start == 0 {
         return false;
     }
+    // A plain load first: a compare-exchange on every slot would be a locked operation
+    // each, for each large block any thread frees.
     let released = BLOCKS.iter().any(|slot| {
-        slot.compare_exchange(start, 0, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
+        slot.load(Ordering::Acquire) == start
+            && slot
+                .compare_exchange(start, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
     });
     if !released {
         return false;

@@ -372,12 +372,16 @@ impl RemoteLedger {
     /// (docs/BENCHMARKS.md, "a shard's requests gather while its calls run"). See
     /// [`batches_wait`] for when they do not wait.
     pub fn flush(&mut self, now: Instant) {
-        let oldest = self.calls.values().map(|call| call.started).min();
+        let calls = &self.calls;
+        let oldest = || {
+            let started = calls.values().map(|call| call.started).min()?;
+            Some(now.saturating_duration_since(started))
+        };
         if batches_wait(
             self.conn.is_ready(),
             self.calls.len(),
             self.conn.depth(),
-            oldest.map(|started| now.saturating_duration_since(started)),
+            oldest,
             self.conn.timeout(),
         ) {
             return;
@@ -465,14 +469,16 @@ impl RemoteLedger {
 /// and not behind a call older than the call timeout: one being sent again until Redis
 /// answers it (an answer lost with the connection) may wait out an error Redis keeps
 /// giving; the purchases behind it go out and learn that error for themselves.
+/// (`oldest`, the age of the oldest call in flight, is only asked for then: it walks the
+/// calls, and `flush` runs every pass.)
 fn batches_wait(
     ready: bool,
     in_flight: usize,
     depth: usize,
-    oldest: Option<Duration>,
+    oldest: impl FnOnce() -> Option<Duration>,
     timeout: Duration,
 ) -> bool {
-    ready && in_flight >= depth && oldest.is_some_and(|age| age < timeout)
+    ready && in_flight >= depth && oldest().is_some_and(|age| age < timeout)
 }
 
 #[cfg(test)]
@@ -480,26 +486,36 @@ mod tests {
     use super::*;
 
     const TIMEOUT: Duration = Duration::from_millis(500);
-    const YOUNG: Option<Duration> = Some(Duration::from_millis(10));
+    fn young() -> Option<Duration> {
+        Some(Duration::from_millis(10))
+    }
+
+    fn as_old_as_the_timeout() -> Option<Duration> {
+        Some(TIMEOUT)
+    }
+
+    fn unasked() -> Option<Duration> {
+        panic!("the oldest call's age is asked for only when the pipeline is full")
+    }
 
     #[test]
     fn batches_wait_only_behind_a_full_pipeline_of_young_calls_on_a_ready_connection() {
-        assert!(batches_wait(true, 2, 2, YOUNG, TIMEOUT));
-        assert!(batches_wait(true, 3, 2, YOUNG, TIMEOUT));
+        assert!(batches_wait(true, 2, 2, young, TIMEOUT));
+        assert!(batches_wait(true, 3, 2, young, TIMEOUT));
         assert!(
-            !batches_wait(true, 1, 2, YOUNG, TIMEOUT),
+            !batches_wait(true, 1, 2, unasked, TIMEOUT),
             "room in the pipeline"
         );
         assert!(
-            !batches_wait(true, 0, 2, None, TIMEOUT),
+            !batches_wait(true, 0, 2, unasked, TIMEOUT),
             "nothing in flight"
         );
         assert!(
-            !batches_wait(false, 2, 2, YOUNG, TIMEOUT),
+            !batches_wait(false, 2, 2, unasked, TIMEOUT),
             "connection down"
         );
         assert!(
-            !batches_wait(true, 2, 2, Some(TIMEOUT), TIMEOUT),
+            !batches_wait(true, 2, 2, as_old_as_the_timeout, TIMEOUT),
             "a call as old as the timeout"
         );
     }
