@@ -6,7 +6,7 @@ mod common;
 use bytes::BytesMut;
 use common::{event, start_with, Client, TicketdProcess};
 use ticketd::auth::TokenSet;
-use ticketd_proto::{encode_auth, Command, Op, Purchase, Request, Status};
+use ticketd_proto::{encode_auth, Command, Op, Status};
 
 const TOKENS: &str = "# gateways\ngateway-one-7f3a\ngateway-two-91bc\n";
 
@@ -26,15 +26,7 @@ fn auth_frame(req_id: u64, token: &[u8]) -> BytesMut {
 
 fn buy_frame(req_id: u64, user: u64) -> BytesMut {
     let mut wire = BytesMut::new();
-    Request {
-        req_id,
-        command: Command::Buy(Purchase {
-            event: 1,
-            user,
-            qty: 1,
-        }),
-    }
-    .encode(&mut wire);
+    common::buy_request(req_id, user).encode(&mut wire);
     wire
 }
 

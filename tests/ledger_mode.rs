@@ -585,18 +585,6 @@ fn resume_writes(redis: &RedisServer) {
         .unwrap();
 }
 
-/// A one-ticket BUY of event 1 for `user`, encoded with `req_id`.
-fn buy_one(user: u64, req_id: u64) -> Request {
-    Request {
-        req_id,
-        command: Command::Buy(Purchase {
-            event: 1,
-            user,
-            qty: 1,
-        }),
-    }
-}
-
 #[test]
 fn purchases_that_arrive_while_calls_are_in_flight_gather_into_one_call() {
     let redis = RedisServer::start();
@@ -608,7 +596,7 @@ fn purchases_that_arrive_while_calls_are_in_flight_gather_into_one_call() {
         .map(|user| {
             let mut client = Client::connect(node.local_addr());
             let req_id = client.next_req_id();
-            client.send(buy_one(user, req_id));
+            client.send(common::buy_request(req_id, user));
             std::thread::sleep(Duration::from_millis(10));
             client
         })
@@ -637,13 +625,13 @@ fn a_batch_that_reaches_the_largest_call_goes_out_without_waiting() {
     // A call in flight (paused in Redis), then more purchases than one call carries.
     let mut first = Client::connect(node.local_addr());
     let req_id = first.next_req_id();
-    first.send(buy_one(1, req_id));
+    first.send(common::buy_request(req_id, 1));
     std::thread::sleep(Duration::from_millis(50));
     let mut client = Client::connect(node.local_addr());
     let mut bytes = BytesMut::new();
     let users = 2..max + 100;
     for user in users.clone() {
-        buy_one(user, user).encode(&mut bytes);
+        common::buy_request(user, user).encode(&mut bytes);
     }
     client.send_raw(&bytes);
     std::thread::sleep(Duration::from_millis(300));

@@ -13,7 +13,7 @@ use ticketd::config::RedisUrl;
 use ticketd::redis_ledger::EventKeys;
 use ticketd::tools::audit_redis::audit_redis_observed;
 use ticketd::ServerHandle;
-use ticketd_proto::{Command, Purchase, Request, Status};
+use ticketd_proto::Status;
 
 /// A ledger-mode node of one shard selling event 1: 100,000 tickets, two per user.
 fn node(redis: &RedisServer) -> ServerHandle {
@@ -33,14 +33,7 @@ fn sell(node: &ServerHandle, users: Range<u64>) {
     for window in users.chunks(256) {
         for &user in window {
             let req_id = client.next_req_id();
-            client.send(Request {
-                req_id,
-                command: Command::Buy(Purchase {
-                    event: 1,
-                    user,
-                    qty: 1,
-                }),
-            });
+            client.send(common::buy_request(req_id, user));
         }
         for _ in window {
             assert_eq!(client.recv().status, Status::Ok);

@@ -161,6 +161,18 @@ impl Client {
     }
 }
 
+/// A one-ticket BUY of event 1 for `user`, as request `req_id`.
+pub fn buy_request(req_id: u64, user: u64) -> Request {
+    Request {
+        req_id,
+        command: Command::Buy(Purchase {
+            event: 1,
+            user,
+            qty: 1,
+        }),
+    }
+}
+
 pub fn order_id(response: &Response) -> u64 {
     match (response.status, response.result.clone()) {
         (Status::Ok, ResultBody::Order { order_id }) => order_id,
