@@ -349,14 +349,14 @@ fn huge_mapped(pid: u32) -> u64 {
     total
 }
 
-/// A node started with `--huge-pages`, after 1,000 sales over its socket: how many bytes it
-/// holds in huge pages, and its log.
-fn huge_pages_node() -> (u64, String) {
+/// A node of `shards` shards started with `--huge-pages`, after 1,000 sales over its
+/// socket: how many bytes it holds in huge pages, and its log.
+fn huge_pages_node(shards: usize) -> (u64, String) {
     let server = TicketdProcess::spawn(&[
         "--event".into(),
         "1:1000000".into(),
         "--shards".into(),
-        "1".into(),
+        shards.to_string(),
         "--fsync".into(),
         "off".into(),
         "--huge-pages".into(),
@@ -419,15 +419,31 @@ fn huge_pages_hold_the_user_tables_where_reserved_and_a_short_pool_is_said() {
     let mut pool = GrownPool::by(64);
     // A 1,000,000-ticket event presizes a 32 MiB user table: 16 huge pages.
     let expect_huge = huge_pages_free() >= 32;
-    let (mapped, log) = huge_pages_node();
+    // Two shards, each presizing a table for its half of the stock.
+    let (mapped, log) = huge_pages_node(2);
     pool.restore();
     if expect_huge {
         assert!(mapped >= 16 << 20, "{mapped} bytes in huge pages");
-        assert!(log.contains("user tables in reserved huge pages"), "{log}");
+        // Each shard's start line tells its own tables: together no more than the
+        // process holds (a shard counting the other's too would say more), each some.
+        let told: Vec<u64> = log
+            .lines()
+            .filter(|line| line.contains("user tables in reserved huge pages"))
+            .filter_map(|line| line.split("huge_mib=").nth(1))
+            .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .filter_map(|mib| mib.parse().ok())
+            .collect();
+        assert_eq!(told.len(), 2, "a line per shard: {log}");
+        assert!(told.iter().all(|&mib| mib > 0), "{told:?}: {log}");
+        assert!(
+            told.iter().sum::<u64>() <= mapped >> 20,
+            "the shards told {told:?} MiB, the process maps {} MiB",
+            mapped >> 20
+        );
     }
     // Without free huge pages: ordinary pages, and the log says why.
     if huge_pages_free() == 0 {
-        let (mapped, log) = huge_pages_node();
+        let (mapped, log) = huge_pages_node(1);
         assert_eq!(mapped, 0);
         assert!(log.contains("the reserved pool was short"), "{log}");
     }

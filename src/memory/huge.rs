@@ -19,6 +19,7 @@
 //! pool without zeroing or freeing 4 KiB pages one by one.
 
 use std::alloc::Layout;
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// The size of a huge page on x86-64 (the kernel's default `Hugepagesize`).
@@ -30,44 +31,68 @@ const SLOTS: usize = 256;
 static ENABLED: AtomicBool = AtomicBool::new(false);
 /// The start of each live huge-page block (0: a free slot).
 static BLOCKS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
-/// Bytes in huge pages now, and large blocks that had to use ordinary pages.
-static MAPPED: AtomicUsize = AtomicUsize::new(0);
-static FELL_BACK: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// What blocks this thread asked for got: huge-page bytes mapped and blocks that fell
+    /// back to ordinary pages. Only ever added to, so a shard's start can say what its
+    /// own tables got while other shards start beside it. (`const`, with no destructor:
+    /// the global allocator may reach it on any thread, at any time.)
+    static TAKEN_HERE: Cell<Taken> = const { Cell::new(Taken { huge_bytes: 0, fell_back: 0 }) };
+}
+
+/// What the calling thread's large blocks got so far ([`taken_here`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    /// Bytes of huge pages mapped for its blocks (those since given back included).
+    pub huge_bytes: usize,
+    /// Its blocks that wanted huge pages and got ordinary ones.
+    pub fell_back: usize,
+}
+
+/// What the calling thread's large blocks got so far.
+pub fn taken_here() -> Taken {
+    TAKEN_HERE.try_with(Cell::get).unwrap_or(Taken {
+        huge_bytes: 0,
+        fell_back: 0,
+    })
+}
+
+fn note_here(huge_bytes: usize, fell_back: usize) {
+    let _ = TAKEN_HERE.try_with(|taken| {
+        let before = taken.get();
+        taken.set(Taken {
+            huge_bytes: before.huge_bytes + huge_bytes,
+            fell_back: before.fell_back + fell_back,
+        });
+    });
+}
 
 /// Large blocks are asked for in huge pages from now on.
 pub fn enable() {
     ENABLED.store(true, Ordering::Relaxed);
 }
 
-/// Bytes of huge pages the process holds now.
-pub fn mapped() -> usize {
-    MAPPED.load(Ordering::Relaxed)
-}
-
-/// Large blocks that wanted huge pages and got ordinary ones (the pool was short).
-pub fn fell_back() -> usize {
-    FELL_BACK.load(Ordering::Relaxed)
-}
-
 fn mapping_len(layout: Layout) -> usize {
     layout.size().next_multiple_of(HUGE_PAGE)
 }
 
-/// What a shard's start got: its tables in huge pages, or a warning that the pool was
-/// short (nothing when `--huge-pages` was not given).
+/// What a shard's start got, called on its thread once its tables are made: its tables
+/// in huge pages, or a warning that the pool was short (nothing when `--huge-pages` was
+/// not given). Counted per thread, so shards starting side by side each tell their own.
 pub fn report_start(shard: usize) {
     if !enabled() {
         return;
     }
-    match fell_back() {
+    let taken = taken_here();
+    match taken.fell_back {
         0 => tracing::info!(
             shard,
-            huge_mib = mapped() >> 20,
+            huge_mib = taken.huge_bytes >> 20,
             "user tables in reserved huge pages"
         ),
         n => tracing::warn!(
             shard,
-            huge_mib = mapped() >> 20,
+            huge_mib = taken.huge_bytes >> 20,
             ordinary_tables = n,
             "--huge-pages: the reserved pool was short (vm.nr_hugepages, HugePages_Free in \
              /proc/meminfo); these tables use ordinary pages"
@@ -99,7 +124,7 @@ pub(super) fn alloc(layout: Layout) -> Option<*mut u8> {
         )
     };
     if addr == libc::MAP_FAILED {
-        FELL_BACK.fetch_add(1, Ordering::Relaxed);
+        note_here(0, 1);
         return None;
     }
     let start = addr as usize;
@@ -110,10 +135,10 @@ pub(super) fn alloc(layout: Layout) -> Option<*mut u8> {
     if !registered {
         // SAFETY: the mapping made above, never handed out.
         unsafe { libc::munmap(addr, len) };
-        FELL_BACK.fetch_add(1, Ordering::Relaxed);
+        note_here(0, 1);
         return None;
     }
-    MAPPED.fetch_add(len, Ordering::Relaxed);
+    note_here(len, 0);
     Some(addr.cast())
 }
 
@@ -147,7 +172,6 @@ pub(super) fn free(ptr: *mut u8, layout: Layout) -> bool {
     // SAFETY: `ptr` was mapped by `alloc` with this layout's length and its owner has
     // freed it; its slot is cleared, so nothing else unmaps it.
     unsafe { libc::munmap(ptr.cast(), len) };
-    MAPPED.fetch_sub(len, Ordering::Relaxed);
     true
 }
 
@@ -209,9 +233,12 @@ mod tests {
         let _put_back = made.then_some(PutBack(before));
         let grown = made && free_huge_pages() >= 3;
         let layout = Layout::from_size_align(5 << 20, 4096).unwrap();
+        let start = taken_here();
         let block = alloc(layout);
+        let after_block = taken_here();
         if grown {
             let block = block.expect("three huge pages from a pool with four free");
+            assert_eq!(after_block.huge_bytes - start.huge_bytes, 3 * HUGE_PAGE);
             let addr = block as usize;
             assert_eq!(addr % HUGE_PAGE, 0);
             assert!(owns(block));
@@ -229,5 +256,19 @@ mod tests {
         let huge = Layout::from_size_align((free_huge_pages() + 1) * HUGE_PAGE, 4096).unwrap();
         assert_eq!(alloc(huge), None);
         assert!(grown || block.is_none(), "no pool, no block");
+        assert_eq!(
+            taken_here().fell_back,
+            after_block.fell_back + 1,
+            "the block refused is counted on the thread that asked"
+        );
+        // What a thread took is its own: a shard's start reports only its tables.
+        let elsewhere = std::thread::spawn(taken_here).join().unwrap();
+        assert_eq!(
+            elsewhere,
+            Taken {
+                huge_bytes: 0,
+                fell_back: 0
+            }
+        );
     }
 }
