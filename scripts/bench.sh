@@ -5,7 +5,7 @@
 # every load generator (loadgen, ab, wrk, redis-benchmark) on core $LOAD_CORE, with
 # taskset, so they never share a core. ticketd runs one shard (--shards 1).
 #
-# BENCH_QUICK=1 runs a smaller version (under a minute). Results: target/bench/*.json,
+# BENCH_QUICK=1 runs a smaller version (about 3 minutes). Results: target/bench/*.json,
 # the summary in target/bench/results.json, the table on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
