@@ -1,6 +1,7 @@
 //! Ledger mode (`--redis`): several nodes on one real redis-server sell one event
 //! exactly, holds cross nodes, a dead node's holds come back, Redis going away answers
-//! UNAVAILABLE, and a flushed Function library is reloaded under load.
+//! UNAVAILABLE, a flushed Function library is reloaded under load, and a reply the node
+//! cannot read is no answer at all.
 
 mod common;
 
@@ -705,4 +706,46 @@ fn metrics_say_when_redis_cannot_be_read_and_come_back_with_it() {
             .1
             .contains("\nticketd_ledger_up 1\n")
     });
+}
+
+/// A ledger library of ticketd's name whose `ticketd_decide` sells a ticket, then answers
+/// what no node can read (a library of another shape, or a bug in one). Its other
+/// functions are there so that nothing the node calls is missing (a missing function
+/// makes the node load its own library again).
+const UNREADABLE_DECIDE: &str = "#!lua name=ticketd
+redis.register_function('ticketd_decide', function(keys, args)
+  redis.call('HINCRBY', keys[1], 'sold', 1)
+  return 'not an answer'
+end)
+redis.register_function('ticketd_stock', function(keys, args) return {100, 50, 0} end)
+redis.register_function('ticketd_settle', function(keys, args) return 'not an answer' end)
+redis.register_function('ticketd_orders', function(keys, args) return {0} end)
+redis.register_function('ticketd_define', function(keys, args) return {'OK'} end)
+";
+
+#[test]
+fn a_ledger_reply_that_cannot_be_read_gets_no_answer_and_its_connection_closes() {
+    let redis = RedisServer::start();
+    let (node, _) = node_for_pauses(&redis, 100, 2);
+    let mut bystander = Client::connect(node.local_addr());
+    let _: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(UNREADABLE_DECIDE)
+        .query(&mut redis.client())
+        .unwrap();
+    let mut client = Client::connect(node.local_addr());
+    let req_id = client.next_req_id();
+    client.send(common::buy_request(req_id, 1));
+    // Redis ran the call and it sold, but its reply says nothing the node can read: every
+    // status would claim an outcome (UNAVAILABLE: that nothing happened), so none is
+    // sent. The connection closes, as a lost one would; ORDERS is the client's way on.
+    client.expect_eof();
+    assert_eq!(redis.ledger_sold(1), 2, "the call did sell");
+    // The node serves on: with its library back, another connection buys.
+    let _: String = ticketd::redis_ledger::load_functions()
+        .query(&mut redis.client())
+        .unwrap();
+    assert_eq!(bystander.buy(1, 2, 1).status, Status::Ok);
+    assert_eq!(redis.ledger_sold(1), 3);
 }

@@ -410,6 +410,24 @@ impl Connections {
         }
     }
 
+    /// Closes a connection one of whose requests has an outcome this node cannot know
+    /// (the ledger ran its call, but the reply could not be read): every status would
+    /// claim an outcome, so that request gets none. The answers it already has are
+    /// written first; for its client the rest is a lost connection, after which ORDERS
+    /// tells what happened (docs/PROTOCOL.md).
+    pub fn abandon(&mut self, conn: ConnRef, now: Instant) {
+        let Some(connection) = self
+            .open
+            .get_mut(conn.slot)
+            .filter(|c| c.generation() == conn.generation)
+        else {
+            return;
+        };
+        let token = Token(conn.slot + FIRST_CONNECTION_TOKEN);
+        let _ = connection.flush(&self.registry, token, now);
+        self.close(conn.slot);
+    }
+
     fn mark_dirty(&mut self, slot: usize) {
         if let Some(connection) = self.open.get_mut(slot) {
             if connection.mark_dirty() {

@@ -347,8 +347,12 @@ impl Shard {
             remote.complete(&self.dispatcher.catalog, completion, now, &mut answers);
         }
         remote.flush(now);
+        let abandoned = remote.take_abandoned();
         for (conn, response) in answers.drain(..) {
             self.deliver(conn, response, now);
+        }
+        for conn in abandoned {
+            self.connections.abandon(conn, now);
         }
         // Answers can queue new requests (HTTP pipelines): send those this pass too.
         if let Some(remote) = self.dispatcher.decider.remote_mut() {

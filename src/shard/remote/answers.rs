@@ -84,8 +84,19 @@ impl RemoteLedger {
                 let decisions = match redis_ledger::parse_decisions(value, &call.steps) {
                     Ok(decisions) => decisions,
                     Err(e) => {
-                        tracing::error!(error = %e, "malformed ledger reply");
-                        return self.refuse_all(catalog, call, Status::Unavailable, answers);
+                        // Redis ran the call, so its steps may have sold, held or
+                        // settled: UNAVAILABLE ("nothing happened") could be false, and
+                        // no other status is true either. Its clients get what a lost
+                        // connection gives them, and ORDERS tells them the outcome.
+                        tracing::error!(
+                            error = %e,
+                            requests = call.waiters.len(),
+                            "malformed ledger reply: its outcome is unknown here, so its \
+                             requests get no answer and their connections are closed"
+                        );
+                        self.abandoned
+                            .extend(call.waiters.iter().map(|waiter| waiter.conn));
+                        return;
                     }
                 };
                 let event = match call.kind {

@@ -138,6 +138,9 @@ pub struct RemoteLedger {
     addr: SocketAddr,
     /// What this node sold, per event (catalog order).
     pub tallies: Vec<EventTally>,
+    /// Connections waiting on a call whose outcome cannot be known (its reply could not
+    /// be read): the shard closes them without an answer ([`Self::take_abandoned`]).
+    abandoned: Vec<ConnRef>,
 }
 
 impl std::fmt::Debug for RemoteLedger {
@@ -189,7 +192,14 @@ impl RemoteLedger {
             unavailable: 0,
             addr: settings.addr,
             tallies: vec![EventTally::default(); events],
+            abandoned: Vec::new(),
         }
+    }
+
+    /// The connections to close without an answer since the last call: each waits on a
+    /// call whose outcome is unknown here.
+    pub fn take_abandoned(&mut self) -> Vec<ConnRef> {
+        std::mem::take(&mut self.abandoned)
     }
 
     /// BUY or RESERVE: queued for this pass's call with a ticket from the gate, or parked
