@@ -867,6 +867,90 @@ fn a_wrong_typed_outbox_or_hold_index_fails_the_call_before_any_change() {
     assert_eq!(outbox_len(&mut c, 1) + outbox_len(&mut c, 2), 2);
 }
 
+/// Ending or settling a hold writes its record, the deadlines and the forget set before
+/// it reads its owner's entry, so a call that will end or settle holds checks the forget
+/// set and the buyers hashes up front too: a wrong-typed one fails it before any change,
+/// rather than leaving a hold out of the deadlines with its tickets still counted held.
+#[test]
+fn a_wrong_typed_forget_set_or_buyers_hash_fails_a_call_that_ends_holds_before_any_change() {
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    init(&mut c, 1, 10, 1, 1);
+    let reserve = |user, hold_id| Step::Reserve {
+        user,
+        qty: 1,
+        hold_id,
+    };
+    decide(&mut c, 1, 1, &[reserve(6, 500), reserve(7, 501)]);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let deadlines = |c: &mut Connection| -> usize {
+        redis::cmd("ZCARD")
+            .arg("{ev:1}:deadlines")
+            .query(c)
+            .unwrap()
+    };
+    let hold_records = |c: &mut Connection| -> Vec<String> {
+        redis::cmd("HVALS").arg("{ev:1}:holds").query(c).unwrap()
+    };
+    let untouched = |c: &mut Connection| {
+        assert_eq!(meta(c, 1), vec![10, 0, 2], "both holds still counted held");
+        assert_eq!(deadlines(c), 2, "both holds still due to expire");
+        assert!(
+            hold_records(c).iter().all(|h| h.contains(" A ")),
+            "{:?}",
+            hold_records(c)
+        );
+    };
+    // Both holds are due: a BUY's call would expire them first.
+    let _: () = redis::cmd("SET")
+        .arg("{ev:1}:forget")
+        .arg("not a zset")
+        .query(&mut c)
+        .unwrap();
+    let failed = redis_ledger::decide(1, "f1", 1, 60_000, &[buy(8, 100)])
+        .query::<Value>(&mut c)
+        .expect_err("a string where the forget set should be");
+    assert!(failed.to_string().contains("not a zset"), "{failed}");
+    untouched(&mut c);
+    let _: () = redis::cmd("DEL")
+        .arg("{ev:1}:forget")
+        .query(&mut c)
+        .unwrap();
+
+    // A CONFIRM writes the hold before it reads the owner's entry.
+    let _: () = redis::cmd("SET")
+        .arg(EventKeys::new(1).buyers())
+        .arg("not a hash")
+        .query(&mut c)
+        .unwrap();
+    let confirm = Step::Confirm {
+        hold_id: 500,
+        order_id: 600,
+    };
+    let failed = redis_ledger::settle("f2", 1, 60_000, &[confirm])
+        .query::<Value>(&mut c)
+        .expect_err("a string where the buyers hash should be");
+    assert!(failed.to_string().contains("not a hash"), "{failed}");
+    untouched(&mut c);
+    let failed = redis_ledger::decide(1, "f3", 1, 60_000, &[buy(8, 100)])
+        .query::<Value>(&mut c)
+        .expect_err("the same when the call's sweep ends them");
+    assert!(failed.to_string().contains("not a hash"), "{failed}");
+    untouched(&mut c);
+
+    // Put right, the next call expires both.
+    let _: () = redis::cmd("DEL")
+        .arg(EventKeys::new(1).buyers())
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(
+        decide(&mut c, 1, 4, &[buy(8, 100)]),
+        vec![Decision::Ordered { order_id: 100 }]
+    );
+    assert_eq!(meta(&mut c, 1), vec![10, 1, 0]);
+    assert_eq!(deadlines(&mut c), 0);
+}
+
 /// A call the library cannot read — a kind it does not know, or operands that do not
 /// match the kinds — is refused with a message before anything changes.
 #[test]

@@ -252,6 +252,36 @@ local function save(b)
   end
 end
 
+-- Redis cannot undo a call's writes when a command in it fails, so a key of the wrong
+-- type (someone else wrote it) must fail the call before its first write. Most keys are
+-- read before they are written; those a call may write first are checked up front: the
+-- outbox stream (XADD at the end), the hold index (HSET for a RESERVE, HDEL when the
+-- sweep forgets a hold), in ticketd_settle, which runs no sweep, the deadlines and
+-- forget sets, and where a call ends or settles holds, what that touches after its first
+-- write (`holds_wrong_type`). `checks`: key, type, key, type, …; nil when each is of its
+-- type or absent, else the error to return.
+local function wrong_type(...)
+  local checks = { ... }
+  for i = 1, #checks, 2 do
+    local key, want = checks[i], checks[i + 1]
+    local found = redis.call('TYPE', key)
+    found = found.ok or found
+    if found ~= want and found ~= 'none' then
+      return redis.error_reply('ticketd: ' .. key .. ' is a ' .. tostring(found) .. ', not a ' ..
+        want .. ': nothing was changed (a key of the ledger was written by someone else?)')
+    end
+  end
+  return nil
+end
+
+-- Ending or settling a hold writes its record, the deadlines and the forget set, then
+-- reads its owner's entry (in the buyers hash, or the layout before it): so a call that
+-- will end or settle holds checks those first. Only such calls pay for it (the rush's
+-- calls end none).
+local function holds_wrong_type(k)
+  return wrong_type(k.forget, 'zset', k.buyers, 'hash', k.users, 'hash', k.uorders, 'hash')
+end
+
 -- Ends a live hold without a sale: tickets and the user's room go back.
 local function release(k, m, id, h, state, now)
   m.held = m.held - h.qty
@@ -263,8 +293,15 @@ local function release(k, m, id, h, state, now)
 end
 
 -- Expires due holds (including those of nodes that died) and forgets finished ones.
+-- Returns the error to return instead when a key it would touch after its first write is
+-- of another type (then it has changed nothing).
 local function sweep(k, m, now)
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', k.deadlines, '-inf', now)) do
+  local due = redis.call('ZRANGEBYSCORE', k.deadlines, '-inf', now)
+  if #due > 0 then
+    local bad = holds_wrong_type(k)
+    if bad then return bad end
+  end
+  for _, id in ipairs(due) do
     local h = parse_hold(redis.call('HGET', k.holds, id))
     if h and h.state == 'A' then release(k, m, id, h, 'E', now) end
     redis.call('ZREM', k.deadlines, id)
@@ -289,27 +326,6 @@ end
 local function order(k, id, user, qty_text, made)
   made.n = piece(made, made.n, id, user, qty_text)
   set_entry(k.view, user, with_order(entry_of(k.view, user), id, qty_text))
-end
-
--- Redis cannot undo a call's writes when a command in it fails, so a key of the wrong
--- type (someone else wrote it) must fail the call before its first write. Most keys are
--- read before they are written; those a call may write first are checked up front: the
--- outbox stream (XADD at the end), the hold index (HSET for a RESERVE, HDEL when the
--- sweep forgets a hold), and in ticketd_settle, which runs no sweep, the deadlines and
--- forget sets. `checks`: key, type, key, type, …; nil when each is of its type or
--- absent, else the error to return.
-local function wrong_type(...)
-  local checks = { ... }
-  for i = 1, #checks, 2 do
-    local key, want = checks[i], checks[i + 1]
-    local found = redis.call('TYPE', key)
-    found = found.ok or found
-    if found ~= want and found ~= 'none' then
-      return redis.error_reply('ticketd: ' .. key .. ' is a ' .. tostring(found) .. ', not a ' ..
-        want .. ': nothing was changed (a key of the ledger was written by someone else?)')
-    end
-  end
-  return nil
 end
 
 -- One outbox entry for a call's orders of an event (one XADD per call, not per sale):
@@ -550,6 +566,7 @@ redis.register_function('ticketd_decide', function(keys, args)
     end
   end
   local bad = wrong_type(k.orders, 'stream', HOLD_INDEX, 'hash')
+  if not bad and settles then bad = holds_wrong_type(k) end
   if bad then return bad end
   local m = meta(k.meta)
   local event = string.match(k.meta, '^{ev:(%d+)}')
@@ -559,7 +576,8 @@ redis.register_function('ticketd_decide', function(keys, args)
     return reply(a) or unanswered(a)
   end
   local now = now_ms()
-  sweep(k, m, now)
+  bad = sweep(k, m, now)
+  if bad then return bad end
   -- Every B/b/R step's entry with one HMGET, before any decision reads one.
   local b = k.view
   local at = read_steps(b, args, users_at, p - 1)
@@ -712,7 +730,8 @@ redis.register_function('ticketd_stock', function(keys, args)
   if bad then return bad end
   local m = meta(k.meta)
   if not m then return { -1, -1, -1 } end
-  sweep(k, m, now_ms())
+  bad = sweep(k, m, now_ms())
+  if bad then return bad end
   save(k.view)
   redis.call('HSET', k.meta, 'held', m.held)
   return { m.total, m.total - m.sold - m.held, m.held }
@@ -740,7 +759,7 @@ redis.register_function('ticketd_settle', function(keys, args)
       local state = touched[event]
       if not state then
         local k = event_keys('{ev:' .. event .. '}')
-        local bad = wrong_type(k.orders, 'stream', k.deadlines, 'zset', k.forget, 'zset')
+        local bad = wrong_type(k.orders, 'stream', k.deadlines, 'zset') or holds_wrong_type(k)
         if bad then return bad end
         state = { k = k, m = meta(k.meta), made = outbox(), event = event }
         touched[event] = state
