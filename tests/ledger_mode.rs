@@ -749,3 +749,33 @@ fn a_ledger_reply_that_cannot_be_read_gets_no_answer_and_its_connection_closes()
     assert_eq!(bystander.buy(1, 2, 1).status, Status::Ok);
     assert_eq!(redis.ledger_sold(1), 3);
 }
+
+#[test]
+fn an_http_buy_whose_ledger_reply_cannot_be_read_gets_no_response() {
+    let redis = RedisServer::start();
+    let events = [event(1, 100, 1)];
+    let ttl = Duration::from_secs(60);
+    redis.create_events(&events, ttl);
+    let mut config = redis.node_config(1, 1, &events);
+    config.hold_ttl = ttl;
+    config.http = Some("127.0.0.1:0".parse().unwrap());
+    let n = ticketd::start(config).unwrap();
+    let http = n.http_addr().expect("http");
+    let get = |user: u64| common::try_http_get(http, &format!("/buy/ticket?user={user}"));
+    assert!(get(1).unwrap().1.starts_with("{\"code\":1,"), "a sale");
+    let _: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(UNREADABLE_DECIDE)
+        .query(&mut redis.client())
+        .unwrap();
+    // No status line at all: any response would claim an outcome.
+    let answered = get(2);
+    assert!(
+        answered
+            .as_ref()
+            .is_err_and(|e| e.contains("no status line")),
+        "{answered:?}"
+    );
+    assert_eq!(redis.ledger_sold(1), 2, "the call did sell");
+}
