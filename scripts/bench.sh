@@ -343,29 +343,33 @@ stop_pid "$NODE1"
 # hash cannot cost Redis less per sale than this.
 echo "-- ledger floor: Redis alone, an FCALL that only adds a field per sale (as many as above)"
 sold=$(redis-cli -p $LEDGER_PORT HGET '{ev:1}:meta' sold | tr -d '\r')
-calls=$((after - before))
-per_call=$(( sold / (calls > 0 ? calls : 1) ))
-[ "$per_call" -ge 1 ] || per_call=1
-sample=$(redis-cli -p $LEDGER_PORT --raw HRANDFIELD '{ev:1}:buyers' 1 WITHVALUES | tr -d '\r')
-user_digits=$(echo "$sample" | sed -n 1p | tr -d '\n' | wc -c)
-value_digits=$(echo "$sample" | sed -n 2p | tr -d '\n' | wc -c)
-redis-cli -p $LEDGER_PORT FUNCTION LOAD REPLACE "$(cat scripts/ledger_floor.lua)" >/dev/null
-floor_run() { # FUNCTION: usec of its FCALLs fed $sold pairs
-  python3 scripts/ledger_floor_feed.py "$1" 'floor:buyers' "$sold" "$per_call" "$user_digits" "$value_digits" \
-    > "$TMP/floor.resp"
-  local from; from=$(fcall_usec)
-  on_load redis-cli -p $LEDGER_PORT --pipe < "$TMP/floor.resp" > "$TMP/floor.out"
-  grep -q 'errors: 0' "$TMP/floor.out" || { cat "$TMP/floor.out"; echo "bench: ledger floor feed failed" >&2; exit 1; }
-  echo $(( $(fcall_usec) - from ))
-}
-args_usec=$(floor_run floor_args)
-hset_usec=$(floor_run floor_hset)
-fields=$(redis-cli -p $LEDGER_PORT HLEN floor:buyers | tr -d '\r')
-[ "$fields" = "$sold" ] || { echo "bench: the ledger floor wrote $fields fields for $sold sales" >&2; exit 1; }
-redis-cli -p $LEDGER_PORT UNLINK floor:buyers >/dev/null
-redis-cli -p $LEDGER_PORT FUNCTION DELETE ticketd_floor >/dev/null
-echo "{\"sales\": $sold, \"per_call\": $per_call, \"fields_written\": $fields, \"user_digits\": $user_digits, \"value_digits\": $value_digits, \"args_usec\": $args_usec, \"hset_usec\": $hset_usec}" \
-  | tee "$OUT/ledger-floor.json"
+if [ "${sold:-0}" -gt 0 ] 2>/dev/null; then
+  calls=$((after - before))
+  per_call=$(( sold / (calls > 0 ? calls : 1) ))
+  [ "$per_call" -ge 1 ] || per_call=1
+  sample=$(redis-cli -p $LEDGER_PORT --raw HRANDFIELD '{ev:1}:buyers' 1 WITHVALUES | tr -d '\r')
+  user_digits=$(echo "$sample" | sed -n 1p | tr -d '\n' | wc -c)
+  value_digits=$(echo "$sample" | sed -n 2p | tr -d '\n' | wc -c)
+  redis-cli -p $LEDGER_PORT FUNCTION LOAD REPLACE "$(cat scripts/ledger_floor.lua)" >/dev/null
+  floor_run() { # FUNCTION: usec of its FCALLs fed $sold pairs
+    python3 scripts/ledger_floor_feed.py "$1" 'floor:buyers' "$sold" "$per_call" "$user_digits" "$value_digits" \
+      > "$TMP/floor.resp"
+    local from; from=$(fcall_usec)
+    on_load redis-cli -p $LEDGER_PORT --pipe < "$TMP/floor.resp" > "$TMP/floor.out"
+    grep -q 'errors: 0' "$TMP/floor.out" || { cat "$TMP/floor.out"; echo "bench: ledger floor feed failed" >&2; exit 1; }
+    echo $(( $(fcall_usec) - from ))
+  }
+  args_usec=$(floor_run floor_args)
+  hset_usec=$(floor_run floor_hset)
+  fields=$(redis-cli -p $LEDGER_PORT HLEN floor:buyers | tr -d '\r')
+  [ "$fields" = "$sold" ] || { echo "bench: the ledger floor wrote $fields fields for $sold sales" >&2; exit 1; }
+  redis-cli -p $LEDGER_PORT UNLINK floor:buyers >/dev/null
+  redis-cli -p $LEDGER_PORT FUNCTION DELETE ticketd_floor >/dev/null
+  echo "{\"sales\": $sold, \"per_call\": $per_call, \"fields_written\": $fields, \"user_digits\": $user_digits, \"value_digits\": $value_digits, \"args_usec\": $args_usec, \"hset_usec\": $hset_usec}" \
+    | tee "$OUT/ledger-floor.json"
+else
+  echo "   (no ledger floor: the ledger row above sold nothing to size it by)"
+fi
 
 echo "-- ledger connections: $CONNS held by $SERVERS ledger-mode ticketd processes, one event"
 LEDGER_STOCK=$((CONNS * 9 / 10))
