@@ -484,17 +484,24 @@ fn orders_reads_the_global_ledger_from_any_node() {
     );
 }
 
-#[test]
-fn http_buys_go_through_the_ledger_too() {
-    let redis = RedisServer::start();
-    let events = [event(1, 2, 1)];
+/// A ledger-mode node with the HTTP front end, selling event 1 (`stock` tickets, one a
+/// buyer); the node and its HTTP address.
+fn http_node(redis: &RedisServer, stock: i64) -> (ServerHandle, std::net::SocketAddr) {
+    let events = [event(1, stock, 1)];
     let ttl = Duration::from_secs(60);
     redis.create_events(&events, ttl);
     let mut config = redis.node_config(1, 1, &events);
     config.hold_ttl = ttl;
     config.http = Some("127.0.0.1:0".parse().unwrap());
-    let n = ticketd::start(config).unwrap();
-    let http = n.http_addr().expect("http");
+    let node = ticketd::start(config).unwrap();
+    let http = node.http_addr().expect("http");
+    (node, http)
+}
+
+#[test]
+fn http_buys_go_through_the_ledger_too() {
+    let redis = RedisServer::start();
+    let (_node, http) = http_node(&redis, 2);
     let get = |user: u64| common::http_get(http, &format!("/buy/ticket?user={user}")).1;
     assert!(get(1).starts_with("{\"code\":1,"), "a sale");
     assert!(get(1).starts_with("{\"code\":-2,"), "the ledger's limit");
@@ -723,17 +730,22 @@ redis.register_function('ticketd_orders', function(keys, args) return {0} end)
 redis.register_function('ticketd_define', function(keys, args) return {'OK'} end)
 ";
 
+/// Puts `code` in place of the ledger library the node loaded.
+fn load_library(redis: &RedisServer, code: &str) {
+    let _: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(code)
+        .query(&mut redis.client())
+        .unwrap();
+}
+
 #[test]
 fn a_ledger_reply_that_cannot_be_read_gets_no_answer_and_its_connection_closes() {
     let redis = RedisServer::start();
     let (node, _) = node_for_pauses(&redis, 100, 2);
     let mut bystander = Client::connect(node.local_addr());
-    let _: String = redis::cmd("FUNCTION")
-        .arg("LOAD")
-        .arg("REPLACE")
-        .arg(UNREADABLE_DECIDE)
-        .query(&mut redis.client())
-        .unwrap();
+    load_library(&redis, UNREADABLE_DECIDE);
     let mut client = Client::connect(node.local_addr());
     let req_id = client.next_req_id();
     client.send(common::buy_request(req_id, 1));
@@ -753,22 +765,10 @@ fn a_ledger_reply_that_cannot_be_read_gets_no_answer_and_its_connection_closes()
 #[test]
 fn an_http_buy_whose_ledger_reply_cannot_be_read_gets_no_response() {
     let redis = RedisServer::start();
-    let events = [event(1, 100, 1)];
-    let ttl = Duration::from_secs(60);
-    redis.create_events(&events, ttl);
-    let mut config = redis.node_config(1, 1, &events);
-    config.hold_ttl = ttl;
-    config.http = Some("127.0.0.1:0".parse().unwrap());
-    let n = ticketd::start(config).unwrap();
-    let http = n.http_addr().expect("http");
+    let (_node, http) = http_node(&redis, 100);
     let get = |user: u64| common::try_http_get(http, &format!("/buy/ticket?user={user}"));
     assert!(get(1).unwrap().1.starts_with("{\"code\":1,"), "a sale");
-    let _: String = redis::cmd("FUNCTION")
-        .arg("LOAD")
-        .arg("REPLACE")
-        .arg(UNREADABLE_DECIDE)
-        .query(&mut redis.client())
-        .unwrap();
+    load_library(&redis, UNREADABLE_DECIDE);
     // No status line at all: any response would claim an outcome.
     let answered = get(2);
     assert!(
