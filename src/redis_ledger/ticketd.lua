@@ -294,10 +294,11 @@ end
 
 -- Expires due holds (including those of nodes that died) and forgets finished ones.
 -- Returns the error to return instead when a key it would touch after its first write is
--- of another type (then it has changed nothing).
-local function sweep(k, m, now)
+-- of another type (then it has changed nothing); `checked`: the caller has already made
+-- `holds_wrong_type`'s checks.
+local function sweep(k, m, now, checked)
   local due = redis.call('ZRANGEBYSCORE', k.deadlines, '-inf', now)
-  if #due > 0 then
+  if #due > 0 and not checked then
     local bad = holds_wrong_type(k)
     if bad then return bad end
   end
@@ -576,7 +577,7 @@ redis.register_function('ticketd_decide', function(keys, args)
     return reply(a) or unanswered(a)
   end
   local now = now_ms()
-  bad = sweep(k, m, now)
+  bad = sweep(k, m, now, settles)
   if bad then return bad end
   -- Every B/b/R step's entry with one HMGET, before any decision reads one.
   local b = k.view
@@ -730,7 +731,7 @@ redis.register_function('ticketd_stock', function(keys, args)
   if bad then return bad end
   local m = meta(k.meta)
   if not m then return { -1, -1, -1 } end
-  bad = sweep(k, m, now_ms())
+  bad = sweep(k, m, now_ms(), false)
   if bad then return bad end
   save(k.view)
   redis.call('HSET', k.meta, 'held', m.held)
