@@ -37,7 +37,7 @@ thread_local! {
     /// back to ordinary pages. Only ever added to, so a shard's start can say what its
     /// own tables got while other shards start beside it. (`const`, with no destructor:
     /// the global allocator may reach it on any thread, at any time.)
-    static TAKEN_HERE: Cell<Taken> = const { Cell::new(Taken { huge_bytes: 0, fell_back: 0 }) };
+    static TAKEN_HERE: Cell<Taken> = const { Cell::new(Taken::NONE) };
 }
 
 /// What the calling thread's large blocks got so far ([`taken_here`]).
@@ -49,12 +49,17 @@ pub struct Taken {
     pub fell_back: usize,
 }
 
-/// What the calling thread's large blocks got so far.
-pub fn taken_here() -> Taken {
-    TAKEN_HERE.try_with(Cell::get).unwrap_or(Taken {
+impl Taken {
+    /// Nothing yet.
+    pub const NONE: Taken = Taken {
         huge_bytes: 0,
         fell_back: 0,
-    })
+    };
+}
+
+/// What the calling thread's large blocks got so far.
+pub fn taken_here() -> Taken {
+    TAKEN_HERE.try_with(Cell::get).unwrap_or(Taken::NONE)
 }
 
 fn note_here(huge_bytes: usize, fell_back: usize) {
@@ -263,12 +268,6 @@ mod tests {
         );
         // What a thread took is its own: a shard's start reports only its tables.
         let elsewhere = std::thread::spawn(taken_here).join().unwrap();
-        assert_eq!(
-            elsewhere,
-            Taken {
-                huge_bytes: 0,
-                fell_back: 0
-            }
-        );
+        assert_eq!(elsewhere, Taken::NONE);
     }
 }
