@@ -18,7 +18,10 @@ def main():
     if len(sys.argv) != 7:
         sys.exit(__doc__)
     function, key = sys.argv[1].encode(), sys.argv[2].encode()
-    fields, per_call, user_digits, value_digits = (int(a) for a in sys.argv[3:])
+    try:
+        fields, per_call, user_digits, value_digits = (int(a) for a in sys.argv[3:])
+    except ValueError:
+        sys.exit("ledger_floor_feed.py: FIELDS, PER_CALL and the digits must be whole numbers\n" + __doc__)
     if fields < 1 or per_call < 1 or not 1 <= user_digits <= 19 or not 1 <= value_digits <= 19:
         sys.exit("ledger_floor_feed.py: FIELDS and PER_CALL must be positive, the digits 1..19")
     # The smallest numbers with that many digits, counting up: distinct and of one length
