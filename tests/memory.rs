@@ -452,3 +452,58 @@ fn huge_pages_hold_the_user_tables_where_reserved_and_a_short_pool_is_said() {
         "neither case ran: a pool with a few free pages that are not ours"
     );
 }
+
+/// `--huge-pages` changes only where the user table lives, not what is journaled: a node
+/// on huge pages killed after acknowledging sales has every one of them after a restart
+/// (on huge pages again), and issues no order id twice.
+#[test]
+fn a_node_on_huge_pages_killed_after_its_sales_keeps_every_acknowledged_one() {
+    let mut pool = GrownPool::by(64);
+    let expect_huge = huge_pages_free() >= 32;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let args = [
+        "--event",
+        "1:1000000",
+        "--shards",
+        "1",
+        "--fsync",
+        "always",
+        "--huge-pages",
+    ];
+    let server = TicketdProcess::spawn_in(dir.path(), &args);
+    let mut client = Client::connect(server.addr);
+    let buys: Vec<Command> = (0..1000)
+        .map(|user| {
+            Command::Buy(Purchase {
+                event: 1,
+                user,
+                qty: 1,
+            })
+        })
+        .collect();
+    let mut acknowledged = std::collections::HashMap::new();
+    for (user, answer) in pipeline(&mut client, &buys).iter().enumerate() {
+        assert_eq!(answer.status, Status::Ok);
+        acknowledged.insert(user as u64, order_id(answer));
+    }
+    if expect_huge {
+        assert!(
+            huge_mapped(server.child.id()) >= 16 << 20,
+            "the user table in huge pages"
+        );
+    }
+    server.kill9();
+    let server = TicketdProcess::spawn_in(dir.path(), &args);
+    let mut client = Client::connect(server.addr);
+    assert_eq!(client.stock(1), (1_000_000, 1_000_000 - 1000));
+    for user in [0, 1, 499, 999] {
+        assert_eq!(client.orders(1, user), vec![(acknowledged[&user], 1)]);
+    }
+    let next = order_id(&client.buy(1, 1000, 1));
+    assert!(
+        !acknowledged.values().any(|&id| id == next),
+        "order id {next} issued again"
+    );
+    drop(server);
+    pool.restore();
+}
