@@ -410,11 +410,17 @@ if l_floor and l_floor["sales"]:
                  "report it (a field per buyer: target 5 needs this < 1.5 us)"))
 
 def baseline_pairs(scenario):
-    """(baseline run, this build's run) of each round of bench.sh's ledger baseline rows."""
-    runs = [r for r in (l_base or {}).get("runs", []) if r["scenario"] == scenario and r["usec"] and r["sold"]]
+    """(baseline run, this build's run) of each round of bench.sh's ledger baseline rows,
+    leaving out a round where either run measured nothing (a rush that never sold out)."""
+    runs = [r for r in (l_base or {}).get("runs", []) if r["scenario"] == scenario]
     olds = [r for r in runs if r["build"] == "baseline"]
     news = [r for r in runs if r["build"] == "this"]
-    return list(zip(olds, news))
+    measured = lambda r: r["usec"] and r["sold"]
+    return [(o, n) for o, n in zip(olds, news) if measured(o) and measured(n)], min(len(olds), len(news))
+
+
+def rounds_note(pairs, rounds):
+    return "" if len(pairs) == rounds else f" ({len(pairs)} of {rounds} rounds measured)"
 
 
 def span(values, form):
@@ -434,11 +440,11 @@ elif l_base:
     per_sale = lambda r: r["usec"] / r["sold"]
     us = lambda v: f"{v:.2f}"
     times = lambda v: f"{v:.2f}x"
-    rush_pairs, thr_pairs = baseline_pairs("rush"), baseline_pairs("throughput")
+    (rush_pairs, rush_rounds), (thr_pairs, thr_rounds) = baseline_pairs("rush"), baseline_pairs("throughput")
     if rush_pairs:
         rows.append((f"ledger beside issue #10's build ({l_base['baseline']}): rush, 2 nodes, 10,000 tickets, "
                      "Redis us per sale",
-                     f"{span([per_sale(n) for _, n in rush_pairs], us)} us",
+                     f"{span([per_sale(n) for _, n in rush_pairs], us)} us{rounds_note(rush_pairs, rush_rounds)}",
                      f"that build: {span([per_sale(o) for o, _ in rush_pairs], us)} us",
                      span([per_sale(n) / per_sale(o) for o, n in rush_pairs], times),
                      "<= 0.33x (target 5)"))
@@ -447,7 +453,8 @@ elif l_base:
         rows.append((f"ledger beside issue #10's build ({l_base['baseline']}): endless stock, 64 x 64, "
                      "Redis us per sale; confirmed sales/s",
                      f"{span([per_sale(n) for _, n in thr_pairs], us)} us; "
-                     f"{span([rate(n) / 1e3 for _, n in thr_pairs], lambda v: f'{v:.0f}')} k/s",
+                     f"{span([rate(n) / 1e3 for _, n in thr_pairs], lambda v: f'{v:.0f}')} k/s"
+                     f"{rounds_note(thr_pairs, thr_rounds)}",
                      f"that build: {span([per_sale(o) for o, _ in thr_pairs], us)} us; "
                      f"{span([rate(o) / 1e3 for o, _ in thr_pairs], lambda v: f'{v:.0f}')} k/s",
                      f"{span([per_sale(n) / per_sale(o) for o, n in thr_pairs], times)}; sales "
