@@ -423,11 +423,17 @@ def rounds_note(pairs, rounds):
     return "" if len(pairs) == rounds else f" ({len(pairs)} of {rounds} rounds measured)"
 
 
-def span(values, form):
+def span(values, form, median=False):
+    """The range of values; with median=True, and their median where there are three or more."""
     values = sorted(values)
     if not values:
         return "-"
-    return form(values[0]) if values[0] == values[-1] else f"{form(values[0])}-{form(values[-1])}"
+    text = form(values[0]) if values[0] == values[-1] else f"{form(values[0])}-{form(values[-1])}"
+    if median and len(values) >= 3:
+        mid = len(values) // 2
+        middle = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+        text += f" (median {form(middle)})"
+    return text
 
 
 if l_base and l_base.get("skipped"):
@@ -446,7 +452,7 @@ elif l_base:
                      "Redis us per sale",
                      f"{span([per_sale(n) for _, n in rush_pairs], us)} us{rounds_note(rush_pairs, rush_rounds)}",
                      f"that build: {span([per_sale(o) for o, _ in rush_pairs], us)} us",
-                     span([per_sale(n) / per_sale(o) for o, n in rush_pairs], times),
+                     span([per_sale(n) / per_sale(o) for o, n in rush_pairs], times, median=True),
                      "<= 0.33x (target 5)"))
     if thr_pairs:
         rate = lambda r: r["sold"] / max(r["elapsed_s"], 1e-9)
@@ -457,7 +463,7 @@ elif l_base:
                      f"{rounds_note(thr_pairs, thr_rounds)}",
                      f"that build: {span([per_sale(o) for o, _ in thr_pairs], us)} us; "
                      f"{span([rate(o) / 1e3 for o, _ in thr_pairs], lambda v: f'{v:.0f}')} k/s",
-                     f"{span([per_sale(n) / per_sale(o) for o, n in thr_pairs], times)}; sales "
+                     f"{span([per_sale(n) / per_sale(o) for o, n in thr_pairs], times, median=True)}; sales "
                      f"{span([rate(n) / rate(o) for o, n in thr_pairs], times)}",
                      "<= 0.33x; sales >= 2.3x (target 5)"))
 if l_conns:
