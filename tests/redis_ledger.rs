@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::redis_server::RedisServer;
 use redis::{Connection, Value};
 use ticketd::redis_ledger::setup::Definition;
-use ticketd::redis_ledger::{self, Decision, EventKeys, Step};
+use ticketd::redis_ledger::{self, Decision, EventKeys, ReplyError, Step};
 use ticketd_proto::Status;
 
 /// Creates the event as `ticketd create-events` does (an existing one is left as it
@@ -1233,4 +1233,60 @@ fn a_node_and_a_library_either_side_of_the_distinct_argument_refuse_each_other()
     );
     assert_eq!(meta(&mut c, 1), vec![10, 0, 0], "nothing sold");
     assert_eq!(outbox_len(&mut c, 1), 0);
+}
+
+/// The library as shipped, with a bug put in on purpose: its RESERVE path forgets to
+/// answer the step it has decided.
+fn library_forgetting_reserve_answers() -> String {
+    let library = include_str!("../src/redis_ledger/ticketd.lua");
+    let answer = "answer(a, i, 'O', expires_text)";
+    assert_eq!(
+        library.matches(answer).count(),
+        1,
+        "the RESERVE's answer moved"
+    );
+    library.replace(answer, "")
+}
+
+/// A call whose library finds a step unanswered (only a bug can do that) has already
+/// written that RESERVE's hold: it keeps all its changes counted — the hold in `held`, the
+/// sale in `sold` — and answers a text no node reads as decisions, the same on replay.
+/// When the hold expires, its tickets come back exactly: none sold twice, none lost.
+#[test]
+fn a_call_with_a_step_left_unanswered_keeps_its_changes_counted_and_answers_nothing() {
+    let redis = RedisServer::start();
+    let mut c = redis.client();
+    init(&mut c, 1, 10, 1, 200);
+    load_library(&mut c, &library_forgetting_reserve_answers());
+    let steps = [
+        buy(5, 100),
+        Step::Reserve {
+            user: 6,
+            qty: 1,
+            hold_id: 500,
+        },
+    ];
+    for attempt in ["first", "replayed"] {
+        let reply: Value = redis_ledger::decide(1, "u1", 1, 60_000, &steps)
+            .query(&mut c)
+            .unwrap_or_else(|e| panic!("{attempt}: the call failed instead: {e}"));
+        match redis_ledger::parse_decisions(&reply, &steps) {
+            Err(ReplyError::Library(why)) => {
+                assert!(why.contains("without an answer"), "{attempt}: {why}")
+            }
+            other => panic!("{attempt}: {other:?}"),
+        }
+        assert_eq!(
+            meta(&mut c, 1),
+            vec![10, 1, 1],
+            "{attempt}: the sale and the hold both counted"
+        );
+    }
+    assert_eq!(outbox(&mut c, 1), vec![vec![(100, 5, 1)]]);
+    assert_eq!(buyer_entry(&mut c, 1, 6).as_deref(), Some("1|"));
+
+    // The hold expires on Redis's clock and gives back its one ticket: 9 left.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(stock(&mut c, 1), (10, 9));
+    assert_eq!(meta(&mut c, 1), vec![10, 1, 0]);
 }

@@ -14,6 +14,10 @@ pub enum ReplyError {
     Count { expected: usize, got: usize },
     #[error("malformed result {index}: {value}")]
     Malformed { index: usize, value: String },
+    /// The library's own word that it has no decisions to give (a text starting `!`):
+    /// it found one of its steps unanswered, kept the call's changes and says so.
+    #[error("the ledger library answered no decisions: {0}")]
+    Library(String),
 }
 
 fn text_of(reply: &Value) -> Option<&str> {
@@ -35,6 +39,9 @@ pub fn parse_decisions(reply: &Value, steps: &[Step]) -> Result<Vec<Decision>, R
         value: format!("{reply:?}"),
     };
     let text = text_of(reply).ok_or_else(|| malformed(0))?;
+    if let Some(why) = text.strip_prefix('!') {
+        return Err(ReplyError::Library(why.to_owned()));
+    }
     let (codes, extras) = text.split_once(' ').unwrap_or((text, ""));
     if codes.len() != steps.len() {
         return Err(ReplyError::Count {
@@ -217,6 +224,19 @@ mod tests {
         let cancel = [Step::Cancel { hold_id: 1 }];
         for bad in ["O 7", "O 7:x", "O 7:70000"] {
             assert!(parse_decisions(&bulk(bad), &cancel).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_librarys_own_no_answer_is_its_own_error_with_its_words() {
+        let steps = [buy(1), buy(2)];
+        // Even where the text happens to be as long as the steps are many.
+        for text in ["!ticketd: a bug", "!O"] {
+            assert_eq!(
+                parse_decisions(&bulk(text), &steps),
+                Err(ReplyError::Library(text[1..].to_owned())),
+                "{text:?}"
+            );
         }
     }
 

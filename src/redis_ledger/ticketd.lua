@@ -19,7 +19,8 @@
 -- S sold out, L limit reached, N not found, E expired), then, space-separated, what the
 -- OK steps that carry more than the caller sent tell: a RESERVE its expiry (Unix ms), a
 -- CONFIRM its order id, a CANCEL "event:tickets released". A BUY's OK says all: its
--- order id is the one the caller sent.
+-- order id is the one the caller sent. Or, from a call that found one of its steps
+-- unanswered (a bug here), "!" and why, with no decision in it (see `unanswered`).
 --
 -- Time is Redis's own clock (TIME), so every node agrees when a hold expires.
 --
@@ -396,10 +397,16 @@ local function reply(a)
   return text
 end
 
--- The error a call returns, before its last writes, when `reply` found a step unanswered.
+-- What a call answers when `reply` found a step unanswered: a bug in this library. By
+-- then the call may have written holds and ended others (Redis undoes nothing), so it
+-- does not stop there: it keeps its changes whole — every hold written is counted in
+-- `held`, every sale in `sold`, the outbox and the buyers' entries — and answers this
+-- text, which no node can read as decisions ('!' is no step's letter). The node then
+-- answers none of the call's requests (their connections close), since neither OK nor
+-- "nothing happened" would be known true; a replay of the call answers the same.
 local function unanswered(a)
-  return redis.error_reply('ticketd: ' .. a.n .. ' steps, ' .. a.sold_buys .. ' BUYs sold, and ' ..
-    'the steps without an answer are not those: a bug in this library; nothing more written')
+  return '!ticketd: ' .. a.n .. ' steps, ' .. a.sold_buys .. ' BUYs sold, and the steps ' ..
+    'without an answer are not those: a bug in the ledger library; its changes are kept'
 end
 
 -- Whether qty more tickets for a user who has `entry` and the stock allow it: nil when
@@ -687,8 +694,7 @@ redis.register_function('ticketd_decide', function(keys, args)
     end
   end
   m.sold, made.n, b.np, a.n, a.sold_buys = sold, mn, np, n, sold_buys
-  local text = reply(a)
-  if not text then return unanswered(a) end
+  local text = reply(a) or unanswered(a)
   save(b)
   if piecewise then
     publish(k, made, node, call)
@@ -778,8 +784,7 @@ redis.register_function('ticketd_settle', function(keys, args)
       settle(state.k, state.m, state.event, kind, hold_id, order_id, state.made, now, a, i)
     end
   end
-  local text = reply(a)
-  if not text then return unanswered(a) end
+  local text = reply(a) or unanswered(a)
   for _, state in pairs(touched) do
     if state.m then
       save(state.k.view)

@@ -91,8 +91,8 @@ impl RemoteLedger {
                         tracing::error!(
                             error = %e,
                             requests = call.waiters.len(),
-                            "malformed ledger reply: its outcome is unknown here, so its \
-                             requests get no answer and their connections are closed"
+                            "ledger reply without decisions: its outcome is unknown here, so \
+                             its requests get no answer and their connections are closed"
                         );
                         self.abandoned
                             .extend(call.waiters.iter().map(|waiter| waiter.conn));
