@@ -378,6 +378,17 @@ fn huge_pages_node(shards: usize) -> (u64, String) {
     (mapped, server.log_text())
 }
 
+/// Each of `shards` shards' start lines (`line`) comes before the node's start-up line:
+/// the node says it started once every shard's tables are in.
+fn every_shard_line_precedes_the_start_line(log: &str, line: &str, shards: usize) {
+    let started = log.find("ticketd started").expect("the start-up line");
+    assert_eq!(
+        log[..started].matches(line).count(),
+        shards,
+        "each shard's {line:?} before \"ticketd started\": {log}"
+    );
+}
+
 /// The machine's huge-page pool grown by some pages for a test (where it may: root), and
 /// put back to its size when dropped, a failed assertion included.
 struct GrownPool {
@@ -434,6 +445,7 @@ fn huge_pages_hold_the_user_tables_where_reserved_and_a_short_pool_is_said() {
             .filter_map(|mib| mib.parse().ok())
             .collect();
         assert_eq!(told.len(), 2, "a line per shard: {log}");
+        every_shard_line_precedes_the_start_line(&log, "user tables in reserved huge pages", 2);
         assert!(told.iter().all(|&mib| mib > 0), "{told:?}: {log}");
         assert!(
             told.iter().sum::<u64>() <= mapped >> 20,
@@ -446,6 +458,7 @@ fn huge_pages_hold_the_user_tables_where_reserved_and_a_short_pool_is_said() {
         let (mapped, log) = huge_pages_node(1);
         assert_eq!(mapped, 0);
         assert!(log.contains("the reserved pool was short"), "{log}");
+        every_shard_line_precedes_the_start_line(&log, "the reserved pool was short", 1);
     }
     assert!(
         expect_huge || huge_pages_free() == 0,

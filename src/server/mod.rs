@@ -247,6 +247,10 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         .map(|max| Arc::new(crate::shard::admission::ConnsPerIp::new(max)));
 
     let mut threads = Vec::with_capacity(shards);
+    // Each shard says when it is ready to serve (its tables mapped and faulted in), and
+    // the start-up line waits for all of them: before it, a client that connected got
+    // nothing until the shard's tables were in, and the line came before the shards' own.
+    let (ready, all_ready) = std::sync::mpsc::channel::<()>();
     let parts = polls
         .into_iter()
         .zip(inboxes)
@@ -286,6 +290,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             shutdown: Arc::clone(&shutdown),
             journal: shard_journals.get_mut(index).and_then(Option::take),
         };
+        let ready = ShardReady(ready.clone());
         let thread = std::thread::Builder::new()
             .name(format!("ticketd-shard-{index}"))
             .spawn(move || {
@@ -303,6 +308,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                     );
                 }
                 crate::memory::huge::report_start(index);
+                drop(ready);
                 match shard {
                     Ok(shard) => shard.run(),
                     Err(e) => panic!("shard {index} could not start: {e}"),
@@ -313,6 +319,14 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                 source,
             })?;
         threads.push(thread);
+    }
+    drop(ready);
+    for _ in 0..shards {
+        // An error: every shard has said so or is gone (a shard that could not start
+        // takes the process down by its panic).
+        if all_ready.recv().is_err() {
+            break;
+        }
     }
 
     banner::log_started(&banner::Started {
@@ -400,5 +414,17 @@ impl Drop for ServerHandle {
         if !self.threads.is_empty() {
             self.stop_and_collect();
         }
+    }
+}
+
+/// A shard thread's word that it is ready to serve, given when dropped: after its
+/// tables are in, or as its thread unwinds from a failed start, so the start-up line
+/// never waits for a shard that will not come.
+struct ShardReady(std::sync::mpsc::Sender<()>);
+
+impl Drop for ShardReady {
+    fn drop(&mut self) {
+        // The receiver is gone only once start-up has stopped waiting.
+        let _ = self.0.send(());
     }
 }
