@@ -85,16 +85,25 @@ steal_note() { echo "{\"steal_ms\": $(( $(steal_ms) - steal_from ))}" > "$OUT/$1
 # the server core's share among the rest.
 core_steal_ms() { awk -v hz="$CLK_TCK" -v cpu="cpu$SERVER_CORE" '$1 == cpu {printf "%d\n", $9 * 1000 / hz}' /proc/stat; }
 
+# Starts redis-server on the server core at PORT, its files in a fresh directory under
+# $TMP, no RDB snapshots, with any further redis-server arguments (the AOF's); sets
+# REDIS_STARTED to its PID once it answers PING. (The cluster's comes from cluster.sh.)
+start_redis() {
+  local port=$1; shift
+  local dir; dir=$(mktemp -d -p "$TMP" redis.XXXXXX)
+  taskset -c "$SERVER_CORE" redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" \
+    --save '' --daemonize no "$@" > "$dir/log" 2>&1 &
+  REDIS_STARTED=$!; PIDS+=("$REDIS_STARTED")
+  for _ in $(seq 1 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+}
+
 # Target 1's yardstick, Redis `INCR -P 64` (same pinning), measured beside the
 # all-selling rows (before and after them) as well as with the peers at the end: on a
 # shared host it moved 1.4-2.3 M/s between runs, so a ratio wants its figure from the
 # same minutes. Writes redis-benchmark's CSV to $1.
 redis_incr_p64() {
-  mkdir -p "$TMP/redis-ref"
-  taskset -c "$SERVER_CORE" redis-server --port $REDIS_PORT --bind 127.0.0.1 --dir "$TMP/redis-ref" \
-    --save '' --appendonly no --daemonize no > "$TMP/redis-ref/log" 2>&1 &
-  local pid=$!; PIDS+=("$pid")
-  for _ in $(seq 1 100); do redis-cli -p $REDIS_PORT ping >/dev/null 2>&1 && break; sleep 0.05; done
+  start_redis $REDIS_PORT --appendonly no
+  local pid=$REDIS_STARTED
   on_load redis-benchmark -p $REDIS_PORT -q --csv -t incr -n "$((REDIS_N * 5))" -c 50 -P 64 > "$1"
   stop_pid "$pid"
 }
@@ -296,11 +305,8 @@ echo "   server RSS: $baseline KiB before, $peak KiB peak with the connections h
 for pid in "${SERVER_PIDS[@]}"; do stop_pid "$pid"; done
 
 echo "== ledger mode: Redis on core $SERVER_CORE as the one ledger for two ticketd nodes"
-mkdir -p "$TMP/ledger"
-taskset -c "$SERVER_CORE" redis-server --port $LEDGER_PORT --bind 127.0.0.1 --dir "$TMP/ledger" \
-  --save '' --appendonly no --daemonize no > "$TMP/ledger/log" 2>&1 &
-LEDGER_PID=$!; PIDS+=("$LEDGER_PID")
-for _ in $(seq 1 100); do redis-cli -p $LEDGER_PORT ping >/dev/null 2>&1 && break; sleep 0.05; done
+start_redis $LEDGER_PORT --appendonly no
+LEDGER_PID=$REDIS_STARTED
 fcalls() { redis-cli -p $LEDGER_PORT INFO commandstats | awk -F'[=,]' '/^cmdstat_fcall:/ {print $2}' | tr -d '\r'; }
 # Microseconds Redis spent inside FCALLs (its commandstats' usec), for µs per sale.
 fcall_usec() { redis-cli -p $LEDGER_PORT INFO commandstats | awk -F'[=,]' '/^cmdstat_fcall:/ {print $4}' | tr -d '\r'; }
@@ -410,13 +416,6 @@ build_ledger_baseline() { # prints why it could not, or nothing
     --manifest-path "$TMP/baseline-src/Cargo.toml" --bin ticketd > "$TMP/baseline-build.log" 2>&1 \
     || { echo "its build failed: $(tail -3 "$TMP/baseline-build.log" | tr '\n' ' ')"; return 1; }
 }
-baseline_redis() { # a fresh Redis on the server core at $BASELINE_PORT; sets BASELINE_REDIS
-  local dir; dir=$(mktemp -d -p "$TMP" baseline-redis.XXXXXX)
-  taskset -c "$SERVER_CORE" redis-server --port $BASELINE_PORT --bind 127.0.0.1 --dir "$dir" \
-    --save '' --appendonly no --daemonize no > "$dir/log" 2>&1 &
-  BASELINE_REDIS=$!; PIDS+=("$BASELINE_REDIS")
-  for _ in $(seq 1 100); do redis-cli -p $BASELINE_PORT ping >/dev/null 2>&1 && break; sleep 0.05; done
-}
 baseline_usec() { redis-cli -p $BASELINE_PORT INFO commandstats | awk -F'[=,]' '/^cmdstat_fcall:/ {print $4}' | tr -d '\r'; }
 baseline_sold() { redis-cli -p $BASELINE_PORT HGET '{ev:1}:meta' sold | tr -d '\r'; }
 # A node of BUILD (this | baseline) with its id, node count, event and port; sets NODE_PID.
@@ -441,7 +440,8 @@ baseline_node() {
 # ORDERS (protocol 1.1), fails its read-back, so only its sales are taken from Redis.
 baseline_run() {
   local scenario=$1 build=$2 usec sold elapsed status=0
-  baseline_redis
+  start_redis $BASELINE_PORT --appendonly no
+  local redis=$REDIS_STARTED
   if [ "$scenario" = rush ]; then
     [ "$build" = this ] && "$BIN/ticketd" create-events --redis redis://127.0.0.1:$BASELINE_PORT --event 1:10000 >/dev/null
     baseline_node "$build" 1 2 1:10000 $PORT; local n1=$NODE_PID
@@ -465,7 +465,7 @@ baseline_run() {
     elapsed=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["elapsed_s"])' "$TMP/baseline-loadgen.json")
     stop_pid "$n1"
   fi
-  stop_pid "$BASELINE_REDIS"
+  stop_pid "$redis"
   if [ "$build" = this ] && [ "$status" -ne 0 ]; then
     cat "$TMP/baseline-loadgen.txt"; echo "bench: ledger $scenario run of this build failed its checks" >&2; exit 1
   fi
@@ -542,11 +542,8 @@ grep -E "Requests per second" "$OUT/ab-nginx.txt"
 stop_pid "$NGINX_PID"
 
 echo "== peer: redis-benchmark against a local redis-server"
-mkdir -p "$TMP/redis"
-taskset -c "$SERVER_CORE" redis-server --port $REDIS_PORT --bind 127.0.0.1 --dir "$TMP/redis" --save '' \
-  --appendonly no --daemonize no > "$TMP/redis/log" 2>&1 &
-REDIS_PID=$!; PIDS+=("$REDIS_PID")
-for _ in $(seq 1 100); do redis-cli -p $REDIS_PORT ping >/dev/null 2>&1 && break; sleep 0.05; done
+start_redis $REDIS_PORT --appendonly no
+REDIS_PID=$REDIS_STARTED
 RB="on_load redis-benchmark -p $REDIS_PORT -q --csv"
 $RB -t incr -n "$REDIS_N" -c 50 -P 1 > "$OUT/redis-incr-p1.csv"
 $RB -t incr -n "$((REDIS_N * 5))" -c 50 -P 64 > "$OUT/redis-incr-p64.csv"
@@ -558,11 +555,8 @@ $RB -n "$REDIS_N" -c 100 -P 1 EVALSHA "$SHA" 1 ticket:1 > "$OUT/redis-evalsha.cs
 stop_pid "$REDIS_PID"
 
 echo "== peer: the durable setup users pick today: Redis with appendfsync always, the same script"
-mkdir -p "$TMP/redis-aof"
-taskset -c "$SERVER_CORE" redis-server --port $REDIS_PORT --bind 127.0.0.1 --dir "$TMP/redis-aof" --save '' \
-  --appendonly yes --appendfsync always --daemonize no > "$TMP/redis-aof/log" 2>&1 &
-REDIS_PID=$!; PIDS+=("$REDIS_PID")
-for _ in $(seq 1 100); do redis-cli -p $REDIS_PORT ping >/dev/null 2>&1 && break; sleep 0.05; done
+start_redis $REDIS_PORT --appendonly yes --appendfsync always
+REDIS_PID=$REDIS_STARTED
 redis-cli -p $REDIS_PORT HSET ticket:1 total $ENDLESS sold 0 >/dev/null
 SHA=$(redis-cli -p $REDIS_PORT SCRIPT LOAD "$SCRIPT")
 $RB -n "$((REDIS_N / 4))" -c 100 -P 1 EVALSHA "$SHA" 1 ticket:1 > "$OUT/redis-evalsha-aof-always.csv"

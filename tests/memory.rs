@@ -349,6 +349,19 @@ fn huge_mapped(pid: u32) -> u64 {
     total
 }
 
+/// One-ticket BUYs of event 1 by users 0 .. n.
+fn first_buyers_of_event_1(n: u64) -> Vec<Command> {
+    (0..n)
+        .map(|user| {
+            Command::Buy(Purchase {
+                event: 1,
+                user,
+                qty: 1,
+            })
+        })
+        .collect()
+}
+
 /// A node of `shards` shards started with `--huge-pages`, after 1,000 sales over its
 /// socket: how many bytes it holds in huge pages, and its log.
 fn huge_pages_node(shards: usize) -> (u64, String) {
@@ -362,15 +375,7 @@ fn huge_pages_node(shards: usize) -> (u64, String) {
         "--huge-pages".into(),
     ]);
     let mut client = Client::connect(server.addr);
-    let buys: Vec<Command> = (0..1000)
-        .map(|user| {
-            Command::Buy(Purchase {
-                event: 1,
-                user,
-                qty: 1,
-            })
-        })
-        .collect();
+    let buys = first_buyers_of_event_1(1000);
     for answer in pipeline(&mut client, &buys) {
         assert_eq!(answer.status, Status::Ok);
     }
@@ -485,15 +490,7 @@ fn a_node_on_huge_pages_killed_after_its_sales_keeps_every_acknowledged_one() {
     ];
     let server = TicketdProcess::spawn_in(dir.path(), &args);
     let mut client = Client::connect(server.addr);
-    let buys: Vec<Command> = (0..1000)
-        .map(|user| {
-            Command::Buy(Purchase {
-                event: 1,
-                user,
-                qty: 1,
-            })
-        })
-        .collect();
+    let buys = first_buyers_of_event_1(1000);
     let mut acknowledged = std::collections::HashMap::new();
     for (user, answer) in pipeline(&mut client, &buys).iter().enumerate() {
         assert_eq!(answer.status, Status::Ok);
